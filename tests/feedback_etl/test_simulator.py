@@ -1,0 +1,128 @@
+"""The simulator honours its parameters and its bookkeeping is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from feedback_etl.simulator import SimulationConfig, simulate
+from schemas.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def big_sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    summary = simulate(SimulationConfig(out=str(out), n_exposures=60_000, alpha=0.5, rho01=0.2, rho10=0.1, messiness=0.5, seed=3, chunk_size=25_000))
+    return out, summary
+
+
+def test_observation_and_flip_rates_match_request(big_sim):
+    out, _ = big_sim
+    truth = pl.read_parquet(out / "truth.parquet")
+    n = truth.height
+    obs = truth.filter(pl.col("observed"))
+    rate = obs.height / n
+    assert abs(rate - 0.2) < 4 * math.sqrt(0.2 * 0.8 / n) + 0.01  # pilot-sample scale error allowed
+    pos, neg = obs.filter(pl.col("y_true") == 1), obs.filter(pl.col("y_true") == 0)
+    rho01 = pos["flipped"].mean()
+    rho10 = neg["flipped"].mean()
+    assert abs(rho01 - 0.2) < 4 * math.sqrt(0.2 * 0.8 / pos.height)
+    assert abs(rho10 - 0.1) < 4 * math.sqrt(0.1 * 0.9 / neg.height)
+    # label = y_true xor flipped on observed rows, null elsewhere
+    assert (obs["label"] == np.where(obs["flipped"], 1 - obs["y_true"], obs["y_true"])).all()
+    assert truth.filter(~pl.col("observed"))["label"].null_count() == n - obs.height
+
+
+def test_propensity_follows_alpha_power_of_reward(big_sim):
+    out, _ = big_sim
+    truth = pl.read_parquet(out / "truth.parquet")
+    rho = truth.select(pl.corr("r_star", "propensity", method="spearman")).item()
+    assert rho > 0.5
+    # without context effects, log p is exactly linear in r* with slope -log(alpha)
+    out2 = out.parent / "nocontext"
+    simulate(SimulationConfig(out=str(out2), n_exposures=5_000, alpha=0.2, context_effects=False, seed=1))
+    t2 = pl.read_parquet(out2 / "truth.parquet").filter(pl.col("propensity").is_between(0.0011, 0.979))
+    slope = np.polyfit(t2["r_star"].to_numpy(), np.log(t2["propensity"].to_numpy()), 1)[0]
+    assert slope == pytest.approx(-math.log(0.2), rel=1e-6)
+
+
+def test_messiness_counts_match_truth_and_files(big_sim):
+    out, summary = big_sim
+    counts = summary["counts"]
+    truth = pl.read_parquet(out / "truth.parquet")
+    events = pl.read_parquet(out / "events" / "*.parquet")
+    assert events.height == counts["rows_written"]
+    assert counts["late_events"] == truth["n_late_events"].sum() > 0
+    assert counts["duplicates"] == truth["n_duplicate_events"].sum() > 0
+    assert counts["toggled_exposures"] == truth["toggled"].sum() > 0
+    assert counts["cleared_exposures"] == truth["cleared"].sum() > 0
+    assert events.filter(pl.col("exposure_id").str.starts_with("orphan-")).height == counts["orphan_feedback"] > 0
+    assert events.filter(pl.col("event_type") == "thumbs_sideways").height == counts["malformed"]["unknown_event_type"] > 0
+    assert events.filter(pl.col("event_time").str.starts_with("2026-13")).height == counts["malformed"]["bad_timestamp"] > 0
+    ids = events.filter(pl.col("event_id").is_not_null())
+    assert ids.height - ids["event_id"].n_unique() == counts["duplicates"]
+    assert events.filter(pl.col("event_type") == "impression").unique("event_id").height == truth.height
+    assert json.loads((out / "simulation.json").read_text())["counts"] == counts
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        simulate(SimulationConfig(out=str(d), n_exposures=3_000, messiness=0.4, seed=5))
+    assert pl.read_parquet(a / "events" / "*.parquet").equals(pl.read_parquet(b / "events" / "*.parquet"))
+    assert pl.read_parquet(a / "truth.parquet").equals(pl.read_parquet(b / "truth.parquet"))
+
+
+def test_jsonl_output_with_unparseable_lines(tmp_path):
+    summary = simulate(SimulationConfig(out=str(tmp_path), n_exposures=20_000, messiness=1.0, format="jsonl", seed=2))
+    lines = (tmp_path / "events" / "part-00000.jsonl").read_text().splitlines()
+    assert len(lines) == summary["counts"]["rows_written"]
+    bad = 0
+    for line in lines:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+    assert bad == summary["counts"]["malformed"]["unparseable_row"] > 0
+
+
+@pytest.mark.parametrize("texts", ["hh_rlhf", "oasst", "finegrained"])
+def test_real_text_sources_give_reward_tied_to_human_labels(tmp_path, texts, shared_data):
+    from feedback_etl.texts import load_text_pool
+
+    pool = load_text_pool(texts, shared_data)
+    assert len(pool) > 600
+    assert ((pool.r_star >= 0) & (pool.r_star <= 1)).all()
+    assert np.corrcoef(pool.r_star, pool.human_target)[0, 1] > 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"rho01": 0.6, "rho10": 0.5}, "rho01 + rho10"),
+        ({"texts": "reddit"}, "texts must be"),
+        ({"messiness": 2.0}, "messiness"),
+    ],
+)
+def test_bad_config_is_one_clear_error(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SimulationConfig(out="x", **kwargs)
+
+
+def test_cli_simulate(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--n-exposures", "2000", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "truth.parquet").exists()
+    bad = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--rho01", "0.7", "--rho10", "0.6"])
+    assert bad.exit_code == 1
+    assert "rho01 + rho10" in bad.output
+    assert "Traceback" not in bad.output
