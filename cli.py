@@ -45,6 +45,7 @@ def simulate(
     texts: Annotated[str, typer.Option(help="Text source: synthetic, hh_rlhf, oasst or finegrained.")] = "synthetic",
     messiness: Annotated[float, typer.Option(help="0..1: duplicates, toggles, late, orphan and malformed rows.")] = 0.0,
     randomized_slice: Annotated[float, typer.Option(help="Fraction of exposures where feedback is solicited at random.")] = 0.0,
+    label_effect: Annotated[float, typer.Option(help="MNAR selection: users who like an answer react this many times as often (1 = off).")] = 1.0,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the shared datasets (default: ../shared/data).")] = None,
@@ -55,7 +56,7 @@ def simulate(
     try:
         cfg = SimulationConfig(
             out=str(out_dir), n_exposures=n_exposures, alpha=alpha, obs_rate=obs_rate, rho01=rho01, rho10=rho10,
-            texts=texts, messiness=messiness, randomized_slice=randomized_slice, format=fmt, seed=seed,
+            texts=texts, messiness=messiness, randomized_slice=randomized_slice, label_effect=label_effect, format=fmt, seed=seed,
             data_dir=str(data_dir) if data_dir else None,
         )
         summary = run_simulation(cfg, progress=sys.stderr.isatty())
@@ -64,7 +65,8 @@ def simulate(
     real = summary["realised"]
     out.print(
         f"wrote {summary['counts']['rows_written']:,} events for {n_exposures:,} exposures to {out_dir}/events "
-        f"(obs rate {real['obs_rate']:.3f}, rho01 {real['rho01']:.3f}, rho10 {real['rho10']:.3f}); truth: {out_dir}/truth.parquet"
+        f"(obs rate {real['obs_rate']:.3f}, rho01 {real['rho01']:.3f}, rho10 {real['rho10']:.3f}); truth: {out_dir}/truth.parquet",
+        soft_wrap=True,
     )
 
 

@@ -3,7 +3,8 @@
 Per exposure i (one response shown to one user):
 
 * true reward r*_i in [0, 1] from the text pool's teacher, clean label y_true_i ~ Bernoulli(r*_i);
-* propensity p_i = c * alpha ** (max r* - r*_i) * m(context_i), clipped to [0.001, 0.98], with c
+* propensity p_i = c * alpha ** (max r* - r*_i) * m(context_i) * label_effect ** y_true_i, clipped to
+  [0.001, 0.98] (label_effect = 1 by default: selection on r* and context only), with c
   solved so that the mean observation rate is ``obs_rate`` (the paper's selection model), and m a
   context modulation by platform, position and response length (``context_effects``);
 * observed o_i ~ Bernoulli(p_i) (always 1 on a randomized, solicited slice);
@@ -70,6 +71,7 @@ class SimulationConfig:
     days: int = 14
     window_hours: float = 24.0
     randomized_slice: float = 0.0
+    label_effect: float = 1.0
     context_effects: bool = True
     format: str = "parquet"
     chunk_size: int = 250_000
@@ -84,6 +86,7 @@ class SimulationConfig:
             (self.rho01 + self.rho10 < 1, "rho01 + rho10 must be < 1 (else labels carry no signal)"),
             (0 <= self.messiness <= 1, "messiness must be in [0, 1]"),
             (0 <= self.randomized_slice < 1, "randomized_slice must be in [0, 1)"),
+            (self.label_effect > 0, "label_effect must be > 0"),
             (self.texts in TEXT_SOURCES, f"texts must be one of {', '.join(TEXT_SOURCES)}"),
             (self.format in ("parquet", "jsonl"), "format must be parquet or jsonl"),
             (self.chunk_size >= 1000, "chunk_size must be >= 1000"),
@@ -152,10 +155,14 @@ class _World:
         position = rng.integers(0, 4, n)
         model = rng.integers(0, len(MODELS), n)
         r_star = self.pool.r_star[item]
+        y_true = (rng.random(n) < r_star).astype(np.int8)
         base = cfg.alpha ** (self.max_r - r_star)
+        # Missing not at random beyond the features (issue 11): users who liked the answer react
+        # label_effect times as often, whatever its context. 1.0 = selection on r* and context only.
+        base = base * cfg.label_effect ** y_true
         if cfg.context_effects:
             base = base * PLATFORM_FACTOR[self.user_platform[user]] * 0.85**position * np.exp(-0.15 * self.log_len_z[item])
-        return {"item": item, "user": user, "position": position, "model": model, "r_star": r_star, "_base": base}
+        return {"item": item, "user": user, "position": position, "model": model, "r_star": r_star, "y_true": y_true, "_base": base}
 
 
 def _iso(micros: np.ndarray) -> pl.Series:
@@ -191,7 +198,7 @@ def _chunk(world: _World, chunk_index: int, start: int, stop: int, counts: _Coun
     propensity = np.clip(world.scale * draw["_base"], 0.001, 0.98)
     solicited = rng.random(n) < cfg.randomized_slice
     observed = (rng.random(n) < propensity) | solicited
-    y_true = (rng.random(n) < draw["r_star"]).astype(np.int8)
+    y_true = draw["y_true"]
     flip_u = rng.random(n)
     flipped = observed & np.where(y_true == 1, flip_u < cfg.rho01, flip_u < cfg.rho10)
     label = np.where(flipped, 1 - y_true, y_true).astype(np.int8)

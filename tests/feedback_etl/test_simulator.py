@@ -126,3 +126,24 @@ def test_cli_simulate(tmp_path):
     assert bad.exit_code == 1
     assert "rho01 + rho10" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_label_effect_makes_selection_depend_on_the_label(tmp_path):
+    """label_effect > 1: among exposures with the same r*, liked ones are observed more often."""
+    simulate(SimulationConfig(out=str(tmp_path), n_exposures=40_000, label_effect=3.0, context_effects=False, seed=4))
+    truth = pl.read_parquet(tmp_path / "truth.parquet")
+    by_label = truth.group_by("y_true").agg(pl.col("propensity").mean()).sort("y_true")["propensity"].to_list()
+    assert by_label[1] > 2.0 * by_label[0]
+    ratio = truth.filter(pl.col("propensity").is_between(0.0011, 0.979)).with_columns(
+        base=0.5 ** (pl.col("r_star").max() - pl.col("r_star"))
+    ).with_columns(k=pl.col("propensity") / pl.col("base"))
+    ks = ratio.group_by("y_true").agg(pl.col("k").mean()).sort("y_true")["k"].to_list()
+    assert ks[1] / ks[0] == pytest.approx(3.0, rel=1e-6)
+
+
+def test_randomized_slice_is_always_observed(tmp_path):
+    simulate(SimulationConfig(out=str(tmp_path), n_exposures=5_000, randomized_slice=0.1, seed=4))
+    truth = pl.read_parquet(tmp_path / "truth.parquet")
+    sliced = truth.filter(pl.col("solicited"))
+    assert abs(sliced.height / truth.height - 0.1) < 4 * math.sqrt(0.09 / truth.height)
+    assert sliced["observed"].all()
