@@ -1,0 +1,186 @@
+"""Privacy controls applied to staged events before anything reaches the warehouse (issue 9).
+
+* Pseudonymisation: ``user_id`` and ``session_id`` become HMAC-SHA256(key, id), hex. The key is
+  read from an environment variable named by the user, never from the command line or a file in
+  the warehouse, and is never written anywhere. The same key maps the same id to the same
+  pseudonym, so joins, splits and history features keep working across ingest runs.
+* Text retention: ``keep`` the texts, ``hash`` them (keyed when a key is given, so short prompts
+  cannot be recovered by hashing guesses; equal texts still hash equal, so dedup and joins work) or
+  ``drop`` them (null).
+* Redaction: a best-effort regex scrubber for e-mail addresses, phone numbers, card-like numbers
+  (Luhn-checked) and access tokens. It is not a guarantee: names, addresses and free-form secrets
+  pass through. Counts of what was redacted go to the ingest manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from schemas.errors import ConfigError
+
+TEXT_MODES: tuple[str, ...] = ("keep", "hash", "drop")
+TEXT_COLUMNS: tuple[str, ...] = ("prompt_text", "response_text")
+ID_COLUMNS: tuple[str, ...] = ("user_id", "session_id")
+MIN_KEY_BYTES = 16
+
+# Ordered: tokens before phones (a token can contain digit runs), cards before phones.
+REDACTION_PATTERNS: dict[str, str] = {
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    "access_token": (
+        r"(?:sk-[A-Za-z0-9_-]{16,}|ghp_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}"
+        r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,}=*)"
+    ),
+    "card_number": r"\b(?:\d[ -]?){12,18}\d\b",
+    # Not part of a longer digit run (a card-like number that failed Luhn is not a phone).
+    "phone": r"(?<!\d)(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{3,4}[ .-]\d{3,4}(?:[ .-]\d{2,4})?(?![ .-]?\d)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """How ingest treats personal data. ``key`` is the secret itself, read from the environment."""
+
+    key: bytes | None = None
+    key_env: str | None = None
+    text: str = "keep"
+    redact: bool = False
+
+    def __post_init__(self) -> None:
+        if self.text not in TEXT_MODES:
+            raise ConfigError(f"unknown text mode {self.text!r}", where="--text", fix=f"use one of {', '.join(TEXT_MODES)}")
+        if self.key is not None and len(self.key) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"pseudonymisation key in ${self.key_env} is shorter than {MIN_KEY_BYTES} bytes",
+                where=f"environment variable {self.key_env}",
+                fix="use a long random secret, e.g. `export VAR=$(openssl rand -hex 32)`",
+            )
+
+    @classmethod
+    def from_env(cls, key_env: str | None, *, text: str = "keep", redact: bool = False) -> "PrivacyConfig":
+        """Build the config, reading the key from ``$key_env`` (never from argv or a file)."""
+        if key_env is None:
+            return cls(text=text, redact=redact)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key_env):
+            raise ConfigError(f"{key_env!r} is not an environment variable name", where="--pseudonymize-key-env", fix="pass the NAME of the variable, not the secret")
+        value = os.environ.get(key_env)
+        if not value:
+            raise ConfigError(f"environment variable {key_env} is unset or empty", where="--pseudonymize-key-env", fix=f"export {key_env}=<secret> before ingesting")
+        return cls(key=value.encode("utf-8"), key_env=key_env, text=text, redact=redact)
+
+    @property
+    def pseudonymized(self) -> bool:
+        return self.key is not None
+
+    def describe(self) -> dict:
+        """What the manifest records: that pseudonymisation was applied, never the key."""
+        return {
+            "pseudonymized": self.pseudonymized,
+            "pseudonym": "hmac-sha256" if self.pseudonymized else None,
+            "key_env": self.key_env,
+            "text": self.text,
+            "redact": self.redact,
+        }
+
+
+def _hmac_hex(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _map_unique(column: pl.Series, fn) -> pl.Series:
+    """Apply ``fn`` once per distinct non-null value (ids and texts repeat a lot)."""
+    uniques = column.drop_nulls().unique()
+    mapping = dict(zip(uniques.to_list(), (fn(v) for v in uniques.to_list())))
+    return column.replace_strict(mapping, default=None, return_dtype=pl.Utf8)
+
+
+def pseudonymize(frame: pl.DataFrame, key: bytes, columns: tuple[str, ...] = ID_COLUMNS) -> pl.DataFrame:
+    """Replace each id column present by HMAC-SHA256(key, id) as 64 hex characters."""
+    return frame.with_columns(
+        [_map_unique(frame[c].cast(pl.Utf8), lambda v: _hmac_hex(key, v)).alias(c) for c in columns if c in frame.columns]
+    )
+
+
+def apply_text_mode(frame: pl.DataFrame, mode: str, key: bytes | None = None, columns: tuple[str, ...] = TEXT_COLUMNS) -> pl.DataFrame:
+    """keep / hash (``sha256:`` + hex, keyed HMAC when a key is given) / drop (null) the text columns."""
+    present = [c for c in columns if c in frame.columns]
+    if mode == "keep" or not present:
+        return frame
+    if mode == "drop":
+        return frame.with_columns([pl.lit(None, dtype=pl.Utf8).alias(c) for c in present])
+    if mode == "hash":
+        if key is None:
+            digest = lambda v: "sha256:" + hashlib.sha256(v.encode("utf-8")).hexdigest()  # noqa: E731
+        else:
+            digest = lambda v: "hmac-sha256:" + _hmac_hex(key, v)  # noqa: E731
+        return frame.with_columns([_map_unique(frame[c], digest).alias(c) for c in present])
+    raise ConfigError(f"unknown text mode {mode!r}", where="--text", fix=f"use one of {', '.join(TEXT_MODES)}")
+
+
+def _luhn_ok(candidate: str) -> bool:
+    digits = [int(ch) for ch in candidate if ch.isdigit()]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d = d * 2 - 9 if d * 2 > 9 else d * 2
+        total += d
+    return 13 <= len(digits) <= 19 and total % 10 == 0
+
+
+def redact_text(text: str, counts: dict[str, int]) -> str:
+    """Scrub one string, adding what was replaced to ``counts`` (by kind)."""
+    for kind, pattern in REDACTION_PATTERNS.items():
+        def replace(match: re.Match, kind: str = kind) -> str:
+            if kind == "card_number" and not _luhn_ok(match.group(0)):
+                return match.group(0)
+            counts[kind] = counts.get(kind, 0) + 1
+            return f"[{kind.upper()}]"
+
+        text = re.sub(pattern, replace, text)
+    return text
+
+
+# Cheap superset of the patterns above in Rust regex syntax (no look-around there): rows without
+# any of these cannot hold a match.
+_PREFILTER = r"@|sk-|ghp_|xox[abpr]-|AKIA|eyJ|(?i:bearer)|\d{3}"
+
+
+def redact(frame: pl.DataFrame, columns: tuple[str, ...] = TEXT_COLUMNS) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Redact the text columns; returns the new frame and counts by kind (summed over columns).
+
+    A vectorised regex pre-filter picks the rows that may hold something, so clean rows cost one
+    regex scan in Rust, not a Python call.
+    """
+    counts: dict[str, int] = {kind: 0 for kind in REDACTION_PATTERNS}
+    updates = []
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        suspect = values.str.contains(_PREFILTER).fill_null(False)
+        if not suspect.any():
+            continue
+        texts = values.to_list()
+        for i in suspect.arg_true().to_list():
+            texts[i] = redact_text(texts[i], counts)
+        updates.append(pl.Series(column, texts, dtype=pl.Utf8))
+    return (frame.with_columns(updates) if updates else frame), counts
+
+
+def apply_privacy(frame: pl.DataFrame, cfg: PrivacyConfig) -> tuple[pl.DataFrame, dict]:
+    """Redact (before hashing, so counts are meaningful), then text mode, then pseudonymise ids.
+
+    Returns the frame and the manifest entry (``cfg.describe()`` plus redaction counts).
+    """
+    record = cfg.describe()
+    if cfg.redact and cfg.text == "keep":
+        frame, record["redacted"] = redact(frame)
+    frame = apply_text_mode(frame, cfg.text, cfg.key)
+    if cfg.key is not None:
+        frame = pseudonymize(frame, cfg.key)
+    return frame, record
