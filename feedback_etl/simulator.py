@@ -74,7 +74,7 @@ class SimulationConfig:
     label_effect: float = 1.0
     context_effects: bool = True
     format: str = "parquet"
-    chunk_size: int = 250_000
+    chunk_size: int = 100_000
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
