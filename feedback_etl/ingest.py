@@ -1,0 +1,497 @@
+"""`causalrm ingest`: raw interaction logs -> staged events, rejects and the feedback table.
+
+The run, step by step (each transform is a file in ``sql/``, run by DuckDB):
+
+==========================  ====================================================================
+read                        ``feedback_etl.sources``: files (or a source adapter) -> ``raw_events``
+stg_events_typed            type every row, reason code for those that cannot be accepted
+stg_duplicates              repeated event_ids (rule 1), against the warehouse and within the run
+stg_impression_losers       a second impression of one exposure: repeat or conflict (rule 6)
+stg_orphans                 feedback without an impression (rule 5)
+stg_new_events              what this run adds to ``WH/events/``
+stg_rejects                 what it adds to ``WH/rejects/``
+reconcile                   rows read = accepted + rejected + duplicates, or the run fails (rule 7)
+marts/feedback              the feedback table, rebuilt from all events (rules 2-4, history, split)
+write + commit              validate every table on its full data, write aside, swap atomically
+==========================  ====================================================================
+
+Privacy hook (issue 9): every table written derives from ``typed_events`` (and rejects' payloads
+from ``raw_events``). Pseudonymising ``user_id``/``session_id`` and hashing or dropping the text
+columns belongs in one place: a transform between ``stg_events_typed`` and ``stg_duplicates``
+that rewrites ``typed_events`` (and the ``payload`` of its rejected rows) before anything else
+reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+
+from feedback_etl import io
+from feedback_etl.mapping import FieldMapping, load_mapping
+from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, register_raw_events
+from feedback_etl.sqlfiles import run_sql
+from feedback_etl.warehouse import (
+    LOCK_NAME,
+    commit,
+    discard,
+    ingest_lock,
+    link_tree,
+    new_staging,
+    read_manifest,
+    recover,
+    write_json,
+)
+from schemas.errors import ConfigError, ReconciliationError, RejectReason, TableValidationError
+from schemas.rejects import RejectsTable
+from schemas.staged_event import StagedEvent
+
+log = logging.getLogger(__name__)
+
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+
+# DuckDB types of the staged events (the empty warehouse reads as a typed, empty relation).
+_EVENT_COLUMNS: dict[str, str] = {
+    "event_id": "VARCHAR", "event_time": "TIMESTAMP WITH TIME ZONE", "event_type": "VARCHAR",
+    "exposure_id": "VARCHAR", "user_id": "VARCHAR", "session_id": "VARCHAR", "prompt_id": "VARCHAR",
+    "response_id": "VARCHAR", "model_id": "VARCHAR", "prompt_text": "VARCHAR", "response_text": "VARCHAR",
+    "position": "INTEGER", "platform": "VARCHAR", "locale": "VARCHAR", "latency_ms": "DOUBLE",
+    "solicited": "BOOLEAN", "source_file": "VARCHAR", "row_number": "BIGINT",
+}
+
+
+def parse_window(text: str) -> float:
+    """'24h', '90m', '3600s', '2d' or plain seconds -> seconds (> 0).
+
+    Raises
+    ------
+    ConfigError : anything else.
+    """
+    match = _WINDOW.match(str(text))
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
+    if seconds <= 0:
+        raise ConfigError(
+            f"attribution window {text!r} is not a positive duration",
+            where="--window",
+            fix="write a number with a unit s, m, h or d, e.g. 24h",
+        )
+    return seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """What to ingest. Mirrors ``causalrm ingest`` options one to one.
+
+    Attributes
+    ----------
+    inputs : files or folders to read.
+    warehouse : the warehouse folder (created when missing).
+    source : canonical, oasst, langfuse or ratings.
+    mapping : optional TOML file renaming fields / event types / Langfuse scores.
+    window : attribution window W, e.g. "24h" (resolution rule 2).
+    rating_threshold : ratings source: label = 1 when rating >= this.
+    force : re-read files already ingested (same sha256); by default they are skipped.
+    memory_limit : DuckDB memory limit (it spills to a temp folder inside the warehouse beyond it).
+    threads : DuckDB threads (None: all cores).
+    batch_rows : rows per validated, written Parquet part (bounds Python-side memory).
+    """
+
+    inputs: tuple[str, ...]
+    warehouse: str
+    source: str = "canonical"
+    mapping: str | None = None
+    window: str = "24h"
+    rating_threshold: float = 4.0
+    force: bool = False
+    memory_limit: str = "2GB"
+    threads: int | None = None
+    batch_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, (str, Path)) or not self.inputs:
+            raise ConfigError("give at least one input file or folder", where="ingest INPUT")
+        object.__setattr__(self, "inputs", tuple(str(p) for p in self.inputs))
+        checks = [
+            (self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}", "--source"),
+            (bool(_MEMORY.match(self.memory_limit)), "memory_limit must look like 2GB or 512MB", "--memory-limit"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1", "--threads"),
+            (self.batch_rows >= 1000, "batch_rows must be >= 1000", "ingest config"),
+            (0 < self.rating_threshold < float("inf"), "rating_threshold must be a positive number", "--rating-threshold"),
+        ]
+        for ok, message, where in checks:
+            if not ok:
+                raise ConfigError(message, where=where)
+        parse_window(self.window)
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_window(self.window)
+
+
+@dataclass
+class _Steps:
+    """Logs each step's wall time (kept in the manifest) and drives an optional progress bar."""
+
+    progress: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    _bar: Any = None
+    _task: Any = None
+
+    def __enter__(self) -> "_Steps":
+        if self.progress:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("ingest", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def run(self, name: str, action: Callable[[], Any]) -> Any:
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"ingest: {name}")
+        start = time.perf_counter()
+        result = action()
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        log.info("ingest step %s: %.2f s", name, self.timings[name])
+        return result
+
+
+def ingest(cfg: IngestConfig, *, progress: bool = False) -> dict:
+    """Ingest ``cfg.inputs`` into ``cfg.warehouse``; return this run's manifest record.
+
+    Raises
+    ------
+    InputFileError : an input is unreadable, of the wrong format or lacks a required column
+        (checked before the warehouse is touched).
+    ConfigError : a bad option or mapping file.
+    WarehouseError : another ingest holds the warehouse, or its manifest is unreadable.
+    ReconciliationError : rows read != accepted + rejected + duplicates (nothing is written).
+    TableValidationError : an output table breaks its contract (nothing is written).
+    """
+    started = datetime.now(timezone.utc)
+    warehouse = Path(cfg.warehouse)
+    mapping = load_mapping(cfg.mapping)
+    files = discover_inputs(cfg.inputs, cfg.source)
+    with duckdb.connect() as probe:
+        unknown_columns = preflight(probe, files, cfg.source, mapping)
+    digests = {f.path: _sha256(f.path) for f in files}
+    existed = warehouse.exists()
+    try:
+        with ingest_lock(warehouse):
+            recover(warehouse)
+            return _run(cfg, warehouse, files, digests, unknown_columns, mapping, started, progress)
+    except BaseException:
+        if not existed:
+            _remove_if_only_lock(warehouse)
+        raise
+
+
+def _run(
+    cfg: IngestConfig,
+    warehouse: Path,
+    files: list[InputFile],
+    digests: dict[Path, str],
+    unknown_columns: dict[str, list[str]],
+    mapping: FieldMapping,
+    started: datetime,
+    progress: bool,
+) -> dict:
+    manifest = read_manifest(warehouse)
+    run_id = started.strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
+    ingested_before = {
+        entry["sha256"]: run["run_id"]
+        for run in manifest["runs"]
+        for entry in run.get("files", [])
+        if entry.get("status") == "ingested"
+    }
+    to_read: list[InputFile] = []
+    file_entries: list[dict] = []
+    for f in files:
+        digest = digests[f.path]
+        prior = ingested_before.get(digest)
+        entry = {"path": str(f.path), "sha256": digest, "bytes": f.path.stat().st_size, "format": f.format}
+        if prior is not None and not cfg.force:
+            entry.update(status="skipped", reason=f"already ingested (same sha256) by run {prior}", rows_read=0)
+        else:
+            entry.update(status="ingested", unknown_columns=unknown_columns.get(str(f.path), []))
+            to_read.append(f)
+            ingested_before[digest] = run_id
+        file_entries.append(entry)
+
+    window_s = cfg.window_seconds
+    tables = manifest.get("tables", {})
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "started_at": started.isoformat(timespec="seconds"),
+        "source": cfg.source,
+        "window": cfg.window,
+        "window_seconds": window_s,
+        "rating_threshold": cfg.rating_threshold if cfg.source == "ratings" else None,
+        "mapping": mapping.to_manifest() if mapping.path else None,
+        "force": cfg.force,
+        "files": file_entries,
+    }
+    staging = new_staging(warehouse, run_id)
+    try:
+        if not to_read and tables.get("feedback_window_seconds") == window_s and (warehouse / "feedback").exists():
+            # Nothing new and the same window: the tables stay exactly as they are.
+            record.update(_zero_counts(), feedback={"rebuilt": False, **tables.get("feedback_summary", {})})
+            new_tables = dict(tables)
+        else:
+            with _connect(cfg, staging / ".duckdb-tmp") as conn, _Steps(progress) as steps:
+                counts, new_tables = _pipeline(conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps)
+            rows = counts.pop("_rows_per_file")
+            sources = counts.pop("_source_rows_per_file")
+            record.update(counts, timings_s=steps.timings)
+            for f, entry in zip(files, file_entries):
+                if entry["status"] == "ingested":
+                    entry["rows_read"] = rows.get(f.index, 0)
+                    if sources is not None:
+                        entry["source_records"] = sources.get(f.index, 0)
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = {**manifest, "runs": [*manifest["runs"], record], "tables": new_tables}
+        write_json(staging / "manifest.json", manifest)
+        commit(warehouse, staging)
+    finally:
+        discard(staging)
+    log.info("ingest run %s committed into %s", run_id, warehouse)
+    return record
+
+
+def _zero_counts() -> dict:
+    return {
+        "rows_read": 0, "accepted": 0, "accepted_by_type": {}, "rejected": {r.value: 0 for r in RejectReason},
+        "rejected_total": 0, "duplicates": 0, "late_events": 0,
+        "reconciliation": {"rows_read": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "balanced": True},
+    }
+
+
+class _connect:
+    """A DuckDB connection with a memory limit, a spill folder and UTC as the session time zone."""
+
+    def __init__(self, cfg: IngestConfig, temp_dir: Path) -> None:
+        self.cfg, self.temp_dir = cfg, temp_dir
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        config = {"memory_limit": self.cfg.memory_limit, "temp_directory": str(self.temp_dir)}
+        if self.cfg.threads:
+            config["threads"] = self.cfg.threads
+        self.conn = duckdb.connect(config=config)
+        self.conn.execute("SET TimeZone = 'UTC'")
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _pipeline(
+    conn: duckdb.DuckDBPyConnection,
+    cfg: IngestConfig,
+    warehouse: Path,
+    staging: Path,
+    files: list[InputFile],
+    mapping: FieldMapping,
+    run_id: str,
+    tables: dict,
+    steps: _Steps,
+) -> tuple[dict, dict]:
+    """Run the SQL steps, reconcile, validate and write the next state into ``staging``."""
+    window = timedelta(seconds=cfg.window_seconds)
+    steps.run("register", lambda: _register_warehouse_events(conn, warehouse))
+    source_relations = steps.run(
+        "read", lambda: register_raw_events(conn, files, cfg.source, mapping, rating_threshold=cfg.rating_threshold)
+    )
+    steps.run("stg_events_typed", lambda: run_sql(conn, "staging/stg_events_typed", into="typed_events"))
+    steps.run("stg_duplicates", lambda: run_sql(conn, "staging/stg_duplicates", into="duplicates"))
+    steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
+    steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
+    steps.run("stg_new_events", lambda: run_sql(conn, "staging/stg_new_events", into="new_events"))
+    steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
+
+    counts = steps.run("reconcile", lambda: _reconcile(conn, source_relations))
+    # The typed copy of the input is no longer needed; free its memory before the mart.
+    conn.execute('DROP TABLE "typed_events"')
+    conn.execute(
+        'CREATE OR REPLACE TEMP VIEW "all_events" AS '
+        'SELECT * FROM "warehouse_events" UNION ALL SELECT * FROM "new_events"'
+    )
+    counts["late_events"] = steps.run(
+        "stg_late_events", lambda: run_sql(conn, "staging/stg_late_events", {"window": window}).fetchone()[0]
+    )
+
+    def write_events() -> int:
+        link_tree(warehouse / "events", staging / "events")
+        if counts["accepted"] == 0:
+            (staging / "events").mkdir(exist_ok=True)
+            return 0
+        _check_unique(conn, "new_events", "event_id", "events")
+        reader = conn.sql('SELECT * FROM "new_events"').to_arrow_reader(cfg.batch_rows)
+        return io.write_validated_parts(
+            reader, lambda frame: io.validate_table(frame, StagedEvent, "events"), staging / "events" / f"run_id={run_id}"
+        )
+
+    def write_rejects() -> int:
+        link_tree(warehouse / "rejects", staging / "rejects")
+        (staging / "rejects").mkdir(exist_ok=True)
+        if counts["rejected_total"] == 0:
+            return 0
+        reader = conn.sql('SELECT * FROM "rejects" ORDER BY "source_file", "row_number"').to_arrow_reader(cfg.batch_rows)
+        return io.write_validated_parts(
+            reader, lambda frame: io.validate_table(frame, RejectsTable, "rejects"), staging / "rejects" / f"run_id={run_id}"
+        )
+
+    steps.run("write_events", write_events)
+    steps.run("write_rejects", write_rejects)
+    steps.run("marts/feedback", lambda: run_sql(conn, "marts/feedback", {"window": window}, into="feedback_mart"))
+    summary = steps.run("write_feedback", lambda: _write_feedback(conn, staging / "feedback", cfg.batch_rows))
+
+    totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
+    new_tables = {
+        "events": int(totals),
+        "rejects": int(tables.get("rejects", 0)) + counts["rejected_total"],
+        "feedback": summary["exposures"],
+        "feedback_window_seconds": cfg.window_seconds,
+        "feedback_summary": summary,
+    }
+    counts["feedback"] = {"rebuilt": True, **summary}
+    return counts, new_tables
+
+
+def _register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
+    """``warehouse_events``: the events earlier runs accepted (read-only; we hold the lock)."""
+    columns = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
+    if any((warehouse / "events").glob("run_id=*/*.parquet")):
+        pattern = str(warehouse / "events" / "run_id=*" / "*.parquet").replace("'", "''")
+        source = f"read_parquet('{pattern}', hive_partitioning = false)"
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {columns} FROM {source}')
+    else:
+        nulls = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {nulls} WHERE FALSE')
+
+
+def _reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> dict:
+    """Rule 7: rows read = accepted + rejected + duplicates, else ReconciliationError."""
+
+    def scalar(sql: str) -> int:
+        return int(conn.execute(sql).fetchone()[0])
+
+    rows_read = scalar('SELECT COUNT(*) FROM "typed_events"')
+    accepted = scalar('SELECT COUNT(*) FROM "new_events"')
+    duplicates = scalar('SELECT COUNT(*) FROM "duplicates"') + scalar(
+        'SELECT COUNT(*) FROM "impression_losers" WHERE "same_content"'
+    )
+    rejected = {r.value: 0 for r in RejectReason}
+    for reason, n in conn.execute('SELECT "reason", COUNT(*) FROM "rejects" GROUP BY "reason"').fetchall():
+        rejected[reason] = int(n)
+    rejected_total = sum(rejected.values())
+    balanced = rows_read == accepted + rejected_total + duplicates
+    reconciliation = {
+        "rows_read": rows_read, "accepted": accepted, "rejected": rejected_total,
+        "duplicates": duplicates, "balanced": balanced,
+    }
+    if not balanced:
+        raise ReconciliationError(
+            f"rows read ({rows_read}) != accepted ({accepted}) + rejected ({rejected_total}) + duplicates ({duplicates})",
+            where="ingest reconciliation",
+            fix="this is a bug in the ETL; report it with the input files",
+        )
+    by_type = dict(conn.execute('SELECT "event_type", COUNT(*) FROM "new_events" GROUP BY 1 ORDER BY 1').fetchall())
+    rows_per_file = dict(conn.execute('SELECT "file_index", COUNT(*) FROM "typed_events" GROUP BY 1').fetchall())
+    source_rows = None
+    if source_relations:
+        union = " UNION ALL ".join(f'SELECT "file_index" FROM "{name}"' for name in source_relations)
+        source_rows = dict(conn.execute(f"SELECT \"file_index\", COUNT(*) FROM ({union}) GROUP BY 1").fetchall())
+    return {
+        "rows_read": rows_read,
+        "accepted": accepted,
+        "accepted_by_type": {k: int(v) for k, v in by_type.items()},
+        "rejected": rejected,
+        "rejected_total": rejected_total,
+        "duplicates": duplicates,
+        "reconciliation": reconciliation,
+        "_rows_per_file": {int(k): int(v) for k, v in rows_per_file.items()},
+        "_source_rows_per_file": None if source_rows is None else {int(k): int(v) for k, v in source_rows.items()},
+    }
+
+
+def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, table: str) -> None:
+    """Full-data uniqueness of a key (parts are validated one at a time, so checked here)."""
+    repeated = conn.execute(
+        f'SELECT "{key}", COUNT(*) AS n FROM "{relation}" GROUP BY 1 HAVING COUNT(*) > 1 LIMIT 5'
+    ).fetchall()
+    if repeated:
+        raise TableValidationError(table, len(repeated), f"{key} not unique: {repeated}")
+
+
+def _write_feedback(conn: duckdb.DuckDBPyConnection, directory: Path, batch_rows: int) -> dict:
+    """Validate and write the feedback table, whole impression_date partitions at a time.
+
+    Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is a frame
+    of its own); each frame is collected and validated on its full data with
+    :func:`feedback_etl.io.validate_feedback` before it is written. A table that fits in one
+    batch is validated as one frame; exposure_id uniqueness across frames is checked on the whole
+    table first. Memory stays bounded by one batch (or the largest day).
+    """
+    _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
+    directory.mkdir(parents=True, exist_ok=True)
+    day_rows = conn.execute(
+        'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
+    ).fetchall()
+    groups: list[list] = []
+    size = 0
+    for day, rows in day_rows:
+        if not groups or size + rows > batch_rows:
+            groups.append([])
+            size = 0
+        groups[-1].append(day)
+        size += rows
+    for days in groups:
+        frame = conn.sql(
+            'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
+            params={"first": days[0], "last": days[-1]},
+        ).pl()
+        io.write_feedback(io.validate_feedback(frame), directory)
+    exposures, observed, copied, regenerated, shared = conn.execute(
+        'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
+        'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'
+    ).fetchone()
+    return {
+        "exposures": int(exposures), "observed": int(observed), "copied": int(copied),
+        "regenerated": int(regenerated), "shared": int(shared), "days": len(day_rows),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove_if_only_lock(warehouse: Path) -> None:
+    """A failed first run leaves no warehouse folder behind (only its lock file was created)."""
+    try:
+        entries = list(warehouse.iterdir())
+    except OSError:
+        return
+    if all(e.name == LOCK_NAME for e in entries):
+        shutil.rmtree(warehouse, ignore_errors=True)

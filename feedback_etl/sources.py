@@ -1,0 +1,529 @@
+"""Input readers and source adapters: turn input files into the ``raw_events`` relation.
+
+Everything engine-specific about *reading* lives here (DuckDB table functions over files); every
+*transform* from ``raw_events`` onward is a SQL file in ``sql/``. ``raw_events`` has the columns
+``file_index, source_file, row_number, parse_ok, payload`` and the sixteen canonical columns of
+``schemas.raw_event`` (of any type: ``sql/staging/stg_events_typed.sql`` types them).
+
+Readers keep every input row, so reconciliation can count them:
+
+* JSON Lines (``.jsonl``, ``.ndjson``, ``.json``, optionally ``.gz``) are read one line at a time as
+  text; a line that is not a JSON object is an ``unparseable_row``, never a read error. Blank lines
+  are not rows. ``row_number`` is the line number.
+* Parquet: ``row_number`` is the 1-based row in the file.
+* CSV (header row, optionally ``.gz``): lines the CSV parser cannot split are ``unparseable_row``
+  (their ``row_number`` is the file line); other rows are numbered by record (1 = first data row).
+
+Source adapters (``sql/adapters/*.sql``) reduce other formats to the same relation: ``oasst``
+(message trees), ``langfuse`` (traces with scores), ``ratings`` (a user x item matrix or
+``user_id,item_id,rating`` triples). For them a "row" is a canonical event the adapter emits (plus
+one per source record it cannot parse); the manifest also records the source records read.
+
+File paths and validated source column names are the only things pasted into SQL text, because
+DuckDB views cannot take bound parameters: paths as escaped string literals, column names as
+quoted identifiers after :func:`feedback_etl.mapping.check_source_column`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from feedback_etl.mapping import FieldMapping
+from feedback_etl.sqlfiles import run_sql
+from schemas.errors import ConfigError, InputFileError
+from schemas.raw_event import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
+
+SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "ratings")
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "event_id", "event_time", "event_type", "exposure_id", *IMPRESSION_REQUIRED, *IMPRESSION_OPTIONAL,
+)
+assert set(CANONICAL_COLUMNS) == set(KNOWN_COLUMNS)
+
+# Synthetic time for sources without timestamps (OASST, rating matrices).
+UNDATED_BASE_TIME = datetime(2023, 2, 1, tzinfo=timezone.utc)
+_SAMPLE_LINES = 1000
+_MAX_LINE_BYTES = 64 * 1024 * 1024
+
+_SUFFIX_FORMATS: dict[str, dict[str, str]] = {
+    "canonical": {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"},
+    "oasst": {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"},
+    "langfuse": {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"},
+    "ratings": {".ascii": "matrix", ".txt": "matrix", ".dat": "matrix", ".csv": "triples"},
+}
+_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "oasst": ("message_tree_id", "prompt"),
+    "langfuse": ("id", "timestamp"),
+    "triples": ("user_id", "item_id", "rating"),
+}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file. ``index`` orders files (earlier files win ties between duplicate copies)."""
+
+    path: Path
+    format: str
+    compressed: bool
+    index: int
+
+    @property
+    def tag(self) -> str:
+        """A safe short name for ids derived from the file (e.g. Coat's ``train``)."""
+        name = self.path.name
+        for suffix in (".gz", *self.path.suffixes[-1:]):
+            name = name.removesuffix(suffix)
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", name.split(".")[0]) or "file"
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (single quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    """A quoted SQL identifier (double quotes doubled), safe for any name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def discover_inputs(inputs: tuple[str, ...] | list[str], source: str) -> list[InputFile]:
+    """Expand INPUT arguments (files or folders) into the files to read, in a stable order.
+
+    Raises
+    ------
+    InputFileError : an input does not exist, a folder holds no readable file, or a suffix is
+        not one the source reads.
+    """
+    formats = _SUFFIX_FORMATS[source]
+    paths: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and not p.name.startswith((".", "_")) and _suffix(p) in formats
+            )
+            if not found:
+                raise InputFileError(
+                    f"folder holds no {source} input file ({', '.join(sorted(formats))})",
+                    where=str(path),
+                    fix="point INPUT at the files or pick the right --source",
+                )
+            paths.extend(found)
+        elif path.is_file():
+            if _suffix(path) not in formats:
+                raise InputFileError(
+                    f"cannot read {_suffix(path) or 'a file without suffix'} files as --source {source}",
+                    where=str(path),
+                    fix=f"use one of {', '.join(sorted(formats))} (optionally .gz), or another --source",
+                )
+            paths.append(path)
+        else:
+            raise InputFileError("input file does not exist", where=str(path), fix="check the path")
+    return [
+        InputFile(path=p.resolve(), format=formats[_suffix(p)], compressed=p.suffix == ".gz", index=i)
+        for i, p in enumerate(paths)
+    ]
+
+
+def _suffix(path: Path) -> str:
+    suffixes = path.suffixes
+    if suffixes and suffixes[-1] == ".gz":
+        return suffixes[-2] if len(suffixes) > 1 and suffixes[-2] != ".parquet" else ""
+    return suffixes[-1] if suffixes else ""
+
+
+# ---------------------------------------------------------------- preflight (before the lock)
+
+
+def preflight(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: str, mapping: FieldMapping) -> dict[str, list[str]]:
+    """Check every file can be read and has its required columns, before anything is touched.
+
+    Returns the unknown extra columns found per file (recorded in the manifest; JSON files are
+    judged on their first 1,000 records).
+
+    Raises
+    ------
+    InputFileError : unreadable file, wrong format, or a required column missing (named).
+    """
+    unknown: dict[str, list[str]] = {}
+    for f in files:
+        if f.format == "parquet":
+            columns = _describe(conn, f, f"read_parquet({_literal(str(f.path))})", "Parquet")
+        elif f.format in ("csv", "triples"):
+            columns = _describe(conn, f, f"read_csv({_literal(str(f.path))}, all_varchar = true, header = true)", "CSV with a header row")
+        elif f.format == "matrix":
+            columns = _check_matrix(f)
+        elif f.format == "json":
+            columns = _check_json_document(f)
+        else:
+            columns = _check_json_lines(f)
+        if source == "canonical":
+            required = [mapping.column(c) for c in REQUIRED_COLUMNS]
+            mapped = {mapping.column(c) for c in CANONICAL_COLUMNS}
+        else:
+            required = list(_REQUIRED_KEYS.get(f.format if f.format == "triples" else source, ()))
+            mapped = set(required)
+        if columns is not None:
+            for column in required:
+                if column not in columns:
+                    raise InputFileError(
+                        f"input lacks required column {column!r}",
+                        where=str(f.path),
+                        fix=f"add the column, map it with --mapping [fields], or pick the right --source (now {source})",
+                    )
+            extras = sorted(set(columns) - mapped)
+            if extras and source == "canonical":
+                unknown[str(f.path)] = extras
+    return unknown
+
+
+def _describe(conn: duckdb.DuckDBPyConnection, f: InputFile, reader: str, what: str) -> list[str]:
+    try:
+        return [row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
+    except duckdb.Error as exc:
+        raise InputFileError(
+            f"cannot read file as {what}: {str(exc).splitlines()[0]}",
+            where=str(f.path),
+            fix="check the file is complete and has the format its suffix says",
+        ) from exc
+
+
+def _open_text(f: InputFile):
+    return gzip.open(f.path, "rt", encoding="utf-8") if f.compressed else open(f.path, encoding="utf-8")
+
+
+def _check_json_lines(f: InputFile) -> list[str] | None:
+    """Union of keys over the first JSON-object lines; None when the file has no lines at all."""
+    keys: set[str] = set()
+    objects = lines = 0
+    try:
+        with _open_text(f) as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                lines += 1
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    objects += 1
+                    keys.update(record)
+                if lines >= _SAMPLE_LINES:
+                    break
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise InputFileError(
+            f"cannot read file as UTF-8 JSON Lines: {exc}",
+            where=str(f.path),
+            fix="check the file is complete (and gzip when it ends in .gz)",
+        ) from exc
+    if lines == 0:
+        return None
+    if objects == 0:
+        raise InputFileError(
+            f"none of the first {lines} lines is a JSON object: not JSON Lines",
+            where=str(f.path),
+            fix="pass one JSON object per line, or the --source that reads this format",
+        )
+    return sorted(keys)
+
+
+def _check_json_document(f: InputFile) -> list[str] | None:
+    """A .json Langfuse export: a JSON array of traces, {"data": [...]}, or one trace; else JSONL."""
+    shape = json_document_shape(f)
+    if shape == "jsonl":
+        return _check_json_lines(f)
+    return None
+
+
+def json_document_shape(f: InputFile) -> str:
+    """'array', 'data', 'object' for a JSON document, 'jsonl' when the file is JSON Lines instead."""
+    try:
+        doc = json.loads(f.path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"cannot read file as UTF-8 JSON: {exc}", where=str(f.path)) from exc
+    except ValueError:
+        return "jsonl"
+    if isinstance(doc, list):
+        return "array"
+    if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+        return "data"
+    if isinstance(doc, dict):
+        return "object"
+    raise InputFileError("JSON document is neither a list of traces nor an object", where=str(f.path))
+
+
+def _check_matrix(f: InputFile) -> None:
+    try:
+        with _open_text(f) as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise InputFileError(f"cannot read rating matrix: {exc}", where=str(f.path)) from exc
+    cells = first.split()
+    if cells and not all(re.fullmatch(r"-?\d+(\.\d+)?", c) for c in cells[:50]):
+        raise InputFileError(
+            "first line of the rating matrix is not whitespace-separated numbers",
+            where=str(f.path),
+            fix="pass a user x item matrix (0 = unrated), or user_id,item_id,rating triples as .csv",
+        )
+    return None
+
+
+# ---------------------------------------------------------------- raw_events
+
+
+def register_raw_events(
+    conn: duckdb.DuckDBPyConnection,
+    files: list[InputFile],
+    source: str,
+    mapping: FieldMapping,
+    *,
+    rating_threshold: float,
+) -> list[str]:
+    """Create the ``raw_events`` view (and what it reads from) for ``files``.
+
+    Returns the relations holding each adapter's source records (``file_index`` per row), for
+    the manifest's ``source_rows``; empty for canonical inputs, whose records are the rows.
+    """
+    conn.execute(
+        'CREATE OR REPLACE TEMP TABLE "event_type_map" ("source_value" VARCHAR, "event_type" VARCHAR)'
+    )
+    conn.executemany('INSERT INTO "event_type_map" VALUES (?, ?)', mapping.event_type_rows())
+    if not files:
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {_empty_raw_select()}')
+        return []
+    if source == "canonical":
+        _register_canonical(conn, files, mapping)
+        return []
+    params = {"base_time": UNDATED_BASE_TIME, "threshold": float(rating_threshold)}
+    if source == "oasst":
+        _register_records(conn, files)
+        run_sql(conn, "adapters/oasst", params, into="adapter_events")
+    elif source == "langfuse":
+        _register_records(conn, files)
+        conn.execute('CREATE OR REPLACE TEMP TABLE "score_channels" ("score_name" VARCHAR, "channel" VARCHAR)')
+        rows = sorted(mapping.score_channels.items())
+        if rows:
+            conn.executemany('INSERT INTO "score_channels" VALUES (?, ?)', rows)
+        run_sql(conn, "adapters/langfuse", params, into="adapter_events")
+    elif source == "ratings":
+        matrices = [f for f in files if f.format == "matrix"]
+        triples = [f for f in files if f.format == "triples"]
+        parts = []
+        if matrices:
+            _register_records(conn, matrices)
+            run_sql(conn, "adapters/ratings_matrix", params, into="adapter_events_matrix")
+            parts.append('SELECT * FROM "adapter_events_matrix"')
+        if triples:
+            _register_triples(conn, triples)
+            run_sql(conn, "adapters/ratings_triples", params, into="adapter_events_triples")
+            parts.append('SELECT * FROM "adapter_events_triples"')
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "adapter_events" AS {" UNION ALL ".join(parts)}')
+    else:  # pragma: no cover - IngestConfig validates the source
+        raise ConfigError(f"unknown source {source!r}")
+    canonical = ", ".join(_identifier(c) for c in CANONICAL_COLUMNS)
+    packed = ", ".join(f"{_identifier(c)} := CAST({_identifier(c)} AS VARCHAR)" for c in CANONICAL_COLUMNS)
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP VIEW "raw_events" AS
+        SELECT "file_index", "source_file", "row_number", "parse_ok",
+               COALESCE("payload", TO_JSON(STRUCT_PACK({packed}))) AS "payload", {canonical}
+        FROM "adapter_events" """
+    )
+    if source == "ratings":
+        return [name for name, fmt in (("source_records", "matrix"), ("source_triples", "triples")) if any(f.format == fmt for f in files)]
+    return ["source_records"]
+
+
+def _empty_raw_select() -> str:
+    columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
+    return (
+        'SELECT 0 AS "file_index", CAST(NULL AS VARCHAR) AS "source_file", CAST(0 AS BIGINT) AS "row_number", '
+        f'TRUE AS "parse_ok", CAST(NULL AS VARCHAR) AS "payload", {columns} WHERE FALSE'
+    )
+
+
+def _line_reader(f: InputFile) -> str:
+    """Every line of a text file, numbered, as SQL (row_number = line number, blank lines dropped).
+
+    The CSV reader with a NUL delimiter and no quoting hands back each physical line untouched.
+    """
+    reader = (
+        f"read_csv({_literal(str(f.path))}, columns = {{'line': 'VARCHAR'}}, header = false, "
+        f"delim = chr(0), quote = '', escape = '', auto_detect = false, new_line = '\\n', "
+        f"strict_mode = false, max_line_size = {_MAX_LINE_BYTES}, "
+        f"compression = {_literal('gzip' if f.compressed else 'none')})"
+    )
+    return (
+        f'SELECT ROW_NUMBER() OVER () AS "row_number", "line" FROM {reader}'
+    )
+
+
+def _json_lines_select(f: InputFile) -> str:
+    return f"""
+        SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
+               CAST("row_number" AS BIGINT) AS "row_number", "line" AS "record",
+               CASE WHEN json_valid("line") THEN json_type("line") = 'OBJECT' ELSE FALSE END AS "parse_ok"
+        FROM ({_line_reader(f)}) AS lines
+        WHERE "line" IS NOT NULL AND TRIM("line") <> ''"""
+
+
+def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -> None:
+    """``source_records``: one JSON record (or matrix line) per row, numbered per file."""
+    parts = []
+    for f in files:
+        if f.format == "json" and json_document_shape(f) != "jsonl":
+            path = "'$.data'" if json_document_shape(f) == "data" else "'$'"
+            array = (
+                f"CASE WHEN json_type(\"content\") = 'OBJECT' AND {path} = '$' THEN json_array(json(\"content\")) "
+                f"ELSE json_extract(\"content\", {path}) END"
+            )
+            parts.append(
+                f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
+                       CAST(r."ordinal" AS BIGINT) AS "row_number", CAST(r."record" AS VARCHAR) AS "record", TRUE AS "parse_ok"
+                FROM read_text({_literal(str(f.path))}) AS t
+                CROSS JOIN UNNEST(CAST({array} AS JSON[])) WITH ORDINALITY AS r("record", "ordinal")"""
+            )
+        elif f.format == "matrix":
+            parts.append(
+                f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
+                       CAST("row_number" AS BIGINT) AS "row_number", "line" AS "record", TRUE AS "parse_ok"
+                FROM ({_line_reader(f)}) AS lines WHERE "line" IS NOT NULL AND TRIM("line") <> ''"""
+            )
+        else:
+            parts.append(_json_lines_select(f))
+    _create_table(conn, "source_records", " UNION ALL ".join(parts), files)
+
+
+def _create_table(conn: duckdb.DuckDBPyConnection, name: str, select: str, files: list[InputFile]) -> None:
+    try:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {_identifier(name)} AS {select}")
+    except duckdb.Error as exc:
+        raise InputFileError(
+            f"cannot read input: {str(exc).splitlines()[0]}",
+            where=", ".join(str(f.path) for f in files[:3]) + (" ..." if len(files) > 3 else ""),
+            fix="check the files are complete and in the format their suffix says",
+        ) from exc
+
+
+def _read_csv(conn: duckdb.DuckDBPyConnection, f: InputFile) -> tuple[str, str]:
+    """Materialise one CSV file as ``csv_<i>`` (all VARCHAR, numbered) and its unparseable lines as
+    ``csv_<i>_rejects`` (line, csv_line). Returns both table names."""
+    table, rejects = f"csv_{f.index}", f"csv_{f.index}_rejects"
+    scan = f"csv_{f.index}_scan"
+    reader = (
+        f"read_csv({_literal(str(f.path))}, all_varchar = true, header = true, store_rejects = true, "
+        f"rejects_table = {_literal(rejects)}, rejects_scan = {_literal(scan)}, "
+        f"max_line_size = {_MAX_LINE_BYTES}, compression = {_literal('gzip' if f.compressed else 'none')})"
+    )
+    _create_table(conn, table, f'SELECT ROW_NUMBER() OVER () AS "__ordinal", * FROM {reader}', [f])
+    # Record numbers: the k-th parsed record comes after every rejected line whose record number
+    # minus its rank is below k (records are numbered 1 = first data line; one line per record).
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {_identifier(table + '_numbered')} AS
+        WITH rejected AS (
+            SELECT "line" - 1 AS "record_number", ROW_NUMBER() OVER (ORDER BY "line") AS "rank"
+            FROM {_identifier(rejects)}
+        )
+        SELECT c.*, c."__ordinal" + (SELECT COUNT(*) FROM rejected AS r WHERE r."record_number" - r."rank" < c."__ordinal") AS "__record"
+        FROM {_identifier(table)} AS c"""
+    )
+    return table + "_numbered", rejects
+
+
+def _register_canonical(conn: duckdb.DuckDBPyConnection, files: list[InputFile], mapping: FieldMapping) -> None:
+    """``raw_events`` for canonical inputs, with --mapping renames applied."""
+    per_file: list[tuple[InputFile, dict[str, str]]] = []  # file -> {column: duckdb type}
+    csv_tables: dict[int, tuple[str, str]] = {}
+    for f in files:
+        if f.format == "parquet":
+            reader = f"read_parquet({_literal(str(f.path))})"
+            types = {r[0]: r[1] for r in conn.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
+        elif f.format == "csv":
+            csv_tables[f.index] = _read_csv(conn, f)
+            types = {
+                r[0]: r[1] for r in conn.execute(f"DESCRIBE {_identifier(csv_tables[f.index][0])}").fetchall()
+                if not r[0].startswith("__")
+            }
+        else:
+            types = {}
+        per_file.append((f, types))
+    # A column whose type differs between files is read as text everywhere (typing casts it back).
+    common: dict[str, str] = {}
+    for column in CANONICAL_COLUMNS:
+        source = mapping.column(column)
+        seen = {("VARCHAR" if f.format == "jsonl" else types[source]) for f, types in per_file if f.format == "jsonl" or source in types}
+        common[column] = seen.pop() if len(seen) == 1 else "VARCHAR"
+    parts = []
+    for f, types in per_file:
+        if f.format == "jsonl":
+            parts.append(_canonical_jsonl(f, mapping))
+            continue
+        columns = []
+        for column in CANONICAL_COLUMNS:
+            source = mapping.column(column)
+            if source in types:
+                expr = _identifier(source)
+                if types[source] != common[column]:
+                    expr = f"CAST({expr} AS VARCHAR)"
+            else:
+                expr = f"CAST(NULL AS {common[column]})"
+            columns.append(f"{expr} AS {_identifier(column)}")
+        packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in types)
+        head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file"'
+        if f.format == "parquet":
+            parts.append(
+                f"""SELECT {head}, CAST("file_row_number" + 1 AS BIGINT) AS "row_number", TRUE AS "parse_ok",
+                       TO_JSON(STRUCT_PACK({packed})) AS "payload", {", ".join(columns)}
+                FROM read_parquet({_literal(str(f.path))}, file_row_number = true)"""
+            )
+        else:
+            table, rejects = csv_tables[f.index]
+            nulls = ", ".join(f"CAST(NULL AS {common[c]}) AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
+            parts.append(
+                f"""SELECT {head}, CAST("__record" AS BIGINT) AS "row_number", TRUE AS "parse_ok",
+                       TO_JSON(STRUCT_PACK({packed})) AS "payload", {", ".join(columns)}
+                FROM {_identifier(table)}
+                UNION ALL
+                SELECT {head}, CAST("line" AS BIGINT) AS "row_number", FALSE AS "parse_ok",
+                       TO_JSON(STRUCT_PACK("line" := "line", "csv_line" := "csv_line", "error" := "error_message")) AS "payload", {nulls}
+                FROM {_identifier(rejects)}"""
+            )
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {" UNION ALL ".join(parts)}')
+
+
+def _canonical_jsonl(f: InputFile, mapping: FieldMapping) -> str:
+    """One JSON Lines file: parse each line once, pull every canonical field as text."""
+    paths = ", ".join(_literal(f'$."{mapping.column(c)}"') for c in CANONICAL_COLUMNS)
+    fields = ", ".join(f'"values"[{k + 1}] AS {_identifier(c)}' for k, c in enumerate(CANONICAL_COLUMNS))
+    return f"""
+        SELECT "file_index", "source_file", "row_number", "parse_ok", "record" AS "payload", {fields}
+        FROM (
+            SELECT *, CASE WHEN "parse_ok" THEN json_extract_string("record", [{paths}]) END AS "values"
+            FROM ({_json_lines_select(f)}) AS records
+        ) AS parsed"""
+
+
+def _register_triples(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -> None:
+    """``source_triples`` for ratings given as user_id,item_id,rating CSV files."""
+    parts = []
+    for f in files:
+        table, rejects = _read_csv(conn, f)
+        head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag"'
+        parts.append(
+            f"""SELECT {head}, CAST("__record" AS BIGINT) AS "row_number", TRUE AS "parse_ok",
+                   "user_id", "item_id", "rating" AS "rating_text",
+                   TO_JSON(STRUCT_PACK("user_id" := "user_id", "item_id" := "item_id", "rating" := "rating")) AS "payload"
+            FROM {_identifier(table)}
+            UNION ALL
+            SELECT {head}, CAST("line" AS BIGINT) AS "row_number", FALSE AS "parse_ok",
+                   NULL AS "user_id", NULL AS "item_id", NULL AS "rating_text", "csv_line" AS "payload"
+            FROM {_identifier(rejects)}"""
+        )
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "source_triples" AS {" UNION ALL ".join(parts)}')

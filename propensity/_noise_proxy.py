@@ -1,0 +1,215 @@
+"""Proxy preference model for the anchor-point noise estimator (private to ``propensity.noise``).
+
+The anchor method needs a ranking of *every* exposure by how likely its true preference r* is 1.
+We fit P(r=1 | x) on the observed rows with inverse-propensity weights 1/p (so the fit targets the
+whole exposure population, not the self-selected voters), cross-fitted by user groups so that each
+exposure is scored by a model that never saw its label (or any label of its user): the labels of the
+anchors are then honest held-out labels (issue 10, "winner's curse").
+
+Features: the feedback table's context columns (``schemas.feedback.CONTEXT_*``), a binary bag of
+word 1-2 grams of ``response_text`` (the reward is a property of the text; context alone barely
+ranks it) and, when ``causalrm embed`` has run, the response embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from schemas.errors import EstimationError
+from schemas.feedback import CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
+
+log = logging.getLogger(__name__)
+
+PROXY_MODELS: tuple[str, ...] = ("lightgbm", "logistic")
+
+
+def group_folds(user_id: np.ndarray | pl.Series, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each row, constant within a user (a user's rows never straddle train and test).
+
+    Private stand-in for ``propensity.group_folds`` (used only when that helper is missing).
+
+    Returns
+    -------
+    array of shape (n_rows,), ints in [0, n_folds).
+    """
+    users = np.asarray(user_id, dtype=object)
+    unique, inverse = np.unique(users.astype(str), return_inverse=True)
+    # Hash of (seed, user) rather than a permutation of sorted ids, so that a user keeps its fold
+    # when other users are added to the warehouse.
+    keys = np.array(
+        [int.from_bytes(hashlib.blake2b(f"{seed}:{u}".encode(), digest_size=8).digest(), "little") for u in unique],
+        dtype=np.uint64,
+    )
+    return (keys % np.uint64(n_folds)).astype(np.int64)[inverse]
+
+
+def build_proxy_features(
+    frame: pl.DataFrame, embeddings: pl.DataFrame | None = None, *, text: bool = True, standardize: bool = False
+) -> tuple[sp.csr_matrix, list[str]]:
+    """Feature matrix for the proxy preference model.
+
+    Parameters
+    ----------
+    frame : feedback rows (one per exposure). Context columns missing from it are skipped.
+    embeddings : (exposure_id, embedding) frame or None; rows without an embedding get zeros.
+    text : add a binary bag of word 1-2 grams of ``response_text`` when that column has text.
+    standardize : z-score numeric columns and fill nulls with 0 (for the linear proxy); LightGBM
+        keeps raw values and NaN for nulls.
+
+    Returns
+    -------
+    (X, names): X a CSR matrix of shape (n_rows, n_features), names the feature names.
+    """
+    blocks: list[sp.csr_matrix] = []
+    names: list[str] = []
+    numeric = [c for c in CONTEXT_NUMERIC if c in frame.columns]
+    if numeric:
+        values = frame.select(pl.col(c).cast(pl.Float64) for c in numeric).to_numpy()
+        if standardize:
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0)
+            values = np.nan_to_num((values - mean) / np.where(std > 0, std, 1.0))
+        blocks.append(sp.csr_matrix(values))
+        names += numeric
+    for column in (c for c in CONTEXT_CATEGORICAL if c in frame.columns):
+        codes = frame[column].cast(pl.Utf8).fill_null("<null>").to_numpy()
+        levels, inverse = np.unique(codes, return_inverse=True)
+        onehot = sp.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), inverse)), shape=(len(codes), len(levels)))
+        blocks.append(onehot)
+        names += [f"{column}={level}" for level in levels]
+    if text and "response_text" in frame.columns and frame["response_text"].drop_nulls().len() > 0:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        # Vectorise each distinct text once: a response is typically shown many times.
+        texts = frame["response_text"].fill_null("")
+        distinct = texts.unique(maintain_order=True)
+        position = texts.to_frame("t").join(
+            distinct.to_frame("t").with_row_index("i"), on="t", how="left", maintain_order="left"
+        )["i"].to_numpy()
+        docs = distinct.to_list()
+        # min_df keeps n-grams that occur in several distinct responses: rarer ones cannot be learnt
+        # from a few noisy votes and only slow the trees down.
+        vectorizer = CountVectorizer(
+            ngram_range=(1, 2), min_df=min(5, max(1, len(docs) // 200)), max_features=20_000, binary=True, dtype=np.float64
+        )
+        try:
+            bag = vectorizer.fit_transform(docs).tocsr()[position]
+            blocks.append(bag)
+            names += [f"text:{t}" for t in vectorizer.get_feature_names_out()]
+        except ValueError:  # empty vocabulary (all texts blank or stop words)
+            log.info("response_text gives no n-gram features; proxy uses context only")
+    if embeddings is not None and embeddings.height:
+        joined = frame.select("exposure_id").join(embeddings, on="exposure_id", how="left")
+        present = joined["embedding"].is_not_null().to_numpy()
+        dim = len(embeddings["embedding"][0])
+        dense = np.zeros((frame.height, dim), dtype=np.float64)
+        if present.any():
+            dense[present] = np.asarray(joined["embedding"].filter(pl.Series(present)).to_list(), dtype=np.float64)
+        blocks.append(sp.csr_matrix(dense))
+        names += [f"emb{j}" for j in range(dim)]
+    if not blocks:
+        raise EstimationError(
+            "no features for the proxy preference model",
+            where="feedback table",
+            fix="the feedback table needs context columns, response_text or WH/embeddings",
+        )
+    return sp.hstack(blocks, format="csr"), names
+
+
+_LOGISTIC_C: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def _weighted_log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum())
+
+
+def _fit_lightgbm(X_fit, y_fit, w_fit, X_val, y_val, w_val, seed: int):
+    import lightgbm as lgb
+
+    # Small trees, early-stopped on held-out users: the labels are noisy (flips on top of
+    # y ~ Bernoulli(r*)), and an unregularised proxy ranks the tails badly, which is exactly where
+    # the anchors come from (benchmarks/noise/README.md, "proxy model"). n_jobs=1: on small shared
+    # machines LightGBM's threads fight each other, and one thread is reproducible.
+    model = lgb.LGBMClassifier(
+        n_estimators=2000, learning_rate=0.05, num_leaves=4, min_child_samples=50,
+        colsample_bytree=0.8, random_state=seed, n_jobs=1, verbose=-1,
+    )
+    model.fit(
+        X_fit, y_fit, sample_weight=w_fit, eval_X=(X_val,), eval_y=(y_val,), eval_sample_weight=[w_val],
+        callbacks=[lgb.early_stopping(50, verbose=False)],
+    )
+    return model
+
+
+def _fit_logistic(X_fit, y_fit, w_fit, X_val, y_val, w_val, X_all, y_all, w_all):
+    from sklearn.linear_model import LogisticRegression
+
+    # The L2 strength is picked on held-out users, then the model is refitted on all training rows.
+    losses = []
+    for c in _LOGISTIC_C:
+        model = LogisticRegression(C=c, max_iter=2000).fit(X_fit, y_fit, sample_weight=w_fit)
+        losses.append(_weighted_log_loss(y_val, model.predict_proba(X_val)[:, 1], w_val))
+    best = _LOGISTIC_C[int(np.argmin(losses))]
+    return LogisticRegression(C=best, max_iter=2000).fit(X_all, y_all, sample_weight=w_all)
+
+
+def cross_fit_scores(
+    features: sp.csr_matrix,
+    observed: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    fold: np.ndarray,
+    user_id: np.ndarray,
+    *,
+    kind: str = "lightgbm",
+    seed: int = 0,
+) -> np.ndarray:
+    """Out-of-fold P(r=1 | x) for every exposure.
+
+    In each outer fold, the training users are split again (1 in 5 held out) to early-stop the
+    LightGBM proxy or pick the logistic proxy's L2 strength.
+
+    Parameters
+    ----------
+    features : matrix of shape (n_exposures, n_features).
+    observed : bool array of shape (n_exposures,), o.
+    label : int array of shape (n_exposures,), r on observed rows (ignored elsewhere).
+    weight : float array of shape (n_exposures,), 1/p on observed rows.
+    fold : int array of shape (n_exposures,); exposures of fold k are scored by a model fitted on
+        the observed rows of the other folds.
+    user_id : array of shape (n_exposures,), the grouping of the inner validation split.
+
+    Returns
+    -------
+    array of shape (n_exposures,): the proxy's score for each exposure (used only to rank).
+    """
+    if kind not in PROXY_MODELS:
+        raise EstimationError(f"unknown proxy model {kind!r}", where="noise proxy model", fix=f"use one of {', '.join(PROXY_MODELS)}")
+    inner = group_folds(user_id, 5, seed + 7919) == 0
+    scores = np.full(features.shape[0], np.nan)
+    for k in np.unique(fold):
+        train = observed & (fold != k)
+        test = fold == k
+        fit, val = train & ~inner, train & inner
+        for name, rows in (("training", fit), ("validation", val)):
+            if np.unique(label[rows]).size < 2:
+                raise EstimationError(
+                    f"fold {int(k)}: the {name} rows ({int(rows.sum())} observed) hold fewer than two label values",
+                    where="noise proxy model",
+                    fix="use fewer folds or a larger warehouse",
+                )
+        w = weight / weight[train].mean()  # mean-1 weights keep LightGBM's min_child_weight meaningful
+        if kind == "lightgbm":
+            model = _fit_lightgbm(features[fit], label[fit], w[fit], features[val], label[val], w[val], seed + int(k))
+        else:
+            model = _fit_logistic(
+                features[fit], label[fit], w[fit], features[val], label[val], w[val], features[train], label[train], w[train]
+            )
+        scores[test] = model.predict_proba(features[test])[:, 1]
+    return scores

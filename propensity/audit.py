@@ -1,0 +1,516 @@
+"""Selection-bias audit: one self-contained HTML report (+ report.json) and guardrails that can stop a pipeline.
+
+``run_audit(cfg)`` reads the feedback table, the channel's propensities, the propensity fit's
+metrics and every noise estimate in the warehouse, computes (all on the final, calibrated and
+clipped propensities the weights use):
+
+* headline numbers: exposures, feedback rate, up-vote share, ESS and ESS / n_observed, max weight,
+  clipped share, ECE, max |SMD| before and after weighting, noise rates;
+* feedback rate (with the mean predicted propensity) and vote balance by model, platform, locale,
+  position, response-length bucket and hour;
+* propensity histograms by observed; the reliability diagram; the weight distribution;
+* standardized mean differences of every feature, observed rows vs all exposures, before and after
+  weighting by 1/p (a love plot);
+* noise rates with intervals per channel and segment;
+* naive vs IPS vs SNIPS estimates of the mean label, against the randomized slice when one exists;
+
+evaluates the guardrails (:class:`Thresholds`), and writes the report. ``--strict`` turns breaches
+into exit code 1 (the CLI prints one line per breach).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from propensity.diagnostics import expected_calibration_error, kish_ess, reliability_table, standardized_mean_differences
+from propensity.export import _fit_clip, _read_metrics, _read_scores
+from propensity.features import build_features, design_matrix
+from schemas.errors import ConfigError, InputFileError, WarehouseError
+from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
+
+log = logging.getLogger(__name__)
+
+SEGMENT_COLUMNS: tuple[str, ...] = ("model_id", "platform", "locale", "position", "response_length", "impression_hour")
+N_RELIABILITY_BINS = 10
+MAX_LEVELS_PER_CATEGORICAL = 12
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholds:
+    """Guardrail thresholds; a TOML file maps onto these fields one to one (README "Guardrails").
+
+    Parameters
+    ----------
+    min_ess_fraction : Kish ESS of the observed rows' weights / number of observed rows, at least.
+    max_weight : largest weight 1/p, at most (a weight of 50 means one row speaks for 50).
+    max_clipped_share : share of observed rows whose propensity sits at the clipping floor, at most.
+    max_ece : expected calibration error of the propensities (equal-mass bins), at most.
+    max_abs_smd_after : largest |standardized mean difference| after weighting, at most
+        (0.1 is the usual balance rule of thumb).
+    noise_margin : rho01 + rho10 must stay <= 1 - noise_margin (the noise-corrected loss divides
+        by 1 - rho01 - rho10), and the sum of the intervals' upper ends must stay < 1.
+    max_noise_ci_width : width of each rate's confidence interval, at most.
+    """
+
+    min_ess_fraction: float = 0.10
+    max_weight: float = 50.0
+    max_clipped_share: float = 0.05
+    max_ece: float = 0.05
+    max_abs_smd_after: float = 0.10
+    noise_margin: float = 0.20
+    max_noise_ci_width: float = 0.20
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"guardrail threshold {f.name} must be a number >= 0, got {value!r}", where="thresholds")
+        for name in ("min_ess_fraction", "max_clipped_share", "noise_margin"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"guardrail threshold {name} must be in [0, 1], got {getattr(self, name)}", where="thresholds")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Thresholds:
+        """Read thresholds from a TOML file: top-level keys or a ``[guardrails]`` table; missing keys keep defaults.
+
+        Raises
+        ------
+        InputFileError : missing or unparseable file.
+        ConfigError : unknown key or bad value.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise InputFileError("thresholds file not found", where=str(path), fix="pass an existing TOML file to --thresholds") from exc
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InputFileError(f"cannot parse thresholds TOML: {exc}", where=str(path), fix="check the file's TOML syntax") from exc
+        if isinstance(data.get("guardrails"), dict):
+            data = data["guardrails"]
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown guardrail threshold(s) {unknown}", where=str(path), fix=f"use only {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """What ``causalrm audit`` does. Mirrors its options one to one.
+
+    Parameters
+    ----------
+    warehouse : warehouse folder (feedback table and propensity scores required).
+    out : report HTML path; ``report.json`` goes beside it (same stem, ``.json``).
+    channel : the channel whose propensities and weights are audited (noise rates: every channel).
+    clip : optional propensity floor for the audited weights 1/max(p, clip) (match the export's).
+    thresholds : guardrail thresholds.
+    """
+
+    warehouse: str
+    out: str
+    channel: str = "vote"
+    clip: float | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ConfigError(f"unknown channel {self.channel!r}", where="audit config", fix=f"use one of {', '.join(CHANNELS)}")
+        if self.clip is not None and not 0 < self.clip < 1:
+            raise ConfigError(f"clip must be in (0, 1), got {self.clip}", where="audit config", fix="pass e.g. --clip 0.05")
+        if not str(self.out).endswith((".html", ".htm")):
+            raise ConfigError(f"report path must end in .html, got {self.out}", where="audit config", fix="pass --out report.html")
+
+    @property
+    def json_path(self) -> Path:
+        return Path(self.out).with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class GuardrailResult:
+    """One guardrail's outcome: ``status`` is ``pass``, ``breach`` or ``skipped`` (not computable)."""
+
+    name: str
+    status: str
+    value: float | None
+    threshold: float | None
+    message: str
+
+
+@dataclass
+class AuditResult:
+    """What :func:`run_audit` produced."""
+
+    html_path: Path
+    json_path: Path
+    report: dict[str, Any]
+    guardrails: list[GuardrailResult]
+
+    @property
+    def breaches(self) -> list[GuardrailResult]:
+        return [g for g in self.guardrails if g.status == "breach"]
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if self.breaches else "PASS"
+
+
+# --------------------------------------------------------------------------- statistics (pure)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ((nan, nan) when n = 0)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    phat = successes / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def reliability_with_intervals(propensity: np.ndarray, observed: np.ndarray, n_bins: int = N_RELIABILITY_BINS) -> tuple[list[dict[str, Any]], float]:
+    """``propensity.diagnostics.reliability_table`` on equal-mass bins, each bin with a 95% Wilson
+    interval of its observed rate, and the expected calibration error.
+
+    Equal-mass bins, because propensities crowd into a narrow range where equal-width bins would
+    leave most bins empty. ECE = sum_b n_b / N * |mean p_b - observed rate_b|.
+    """
+    table = reliability_table(observed, propensity, n_bins=n_bins, strategy="quantile")
+    for row in table:
+        lo, hi = wilson_interval(round(row["observed_rate"] * row["n"]), row["n"])
+        row["ci_lo"], row["ci_hi"] = lo, hi
+    return table, expected_calibration_error(table)
+
+
+def covariate_balance(feedback: pl.DataFrame, observed: np.ndarray, propensity: np.ndarray) -> list[dict[str, Any]]:
+    """SMDs (``propensity.diagnostics.standardized_mean_differences``) of the context features, one-hot
+    categoricals included, between observed rows (unweighted, then weighted by 1/p) and all exposures."""
+    X, _, categorical = build_features(feedback)
+    matrix, names = design_matrix(X, categorical)
+    rows = standardized_mean_differences(matrix, names, observed, propensity)
+    return [r for r in rows if r["before"] is not None and r["after"] is not None]
+
+
+def mean_label_estimates(
+    label: np.ndarray, observed: np.ndarray, propensity: np.ndarray, solicited: np.ndarray | None,
+    *, rho01: float | None = None, rho10: float | None = None,
+) -> dict[str, Any]:
+    """Naive, IPS and SNIPS estimates of the mean label with 95% intervals, and the randomized-slice mean.
+
+    When solicited (randomized) rows exist, naive / IPS / SNIPS use the organic (unsolicited) rows
+    only, so the slice is an independent benchmark: its mean label is unbiased for the population's
+    mean label because feedback there was asked for at random.
+
+    IPS = (1/N) sum o r / p; SNIPS = sum o r / p / sum o / p; intervals are normal approximations
+    (delta method for SNIPS). With flip rates, each estimate m of P(r=1) also gets the implied
+    mean true preference P(r*=1) = (m - rho10) / (1 - rho01 - rho10) (``noise_corrected``; the
+    slice's labels are noisy too, so compare like with like).
+    """
+    r = np.nan_to_num(np.asarray(label, dtype=np.float64))
+    o = np.asarray(observed, dtype=bool)
+    p = np.asarray(propensity, dtype=np.float64)
+    sol = np.zeros(len(o), dtype=bool) if solicited is None else np.asarray(solicited, dtype=bool)
+    organic = ~sol
+    r_o, o_o, p_o = r[organic], o[organic], p[organic]
+    n = len(o_o)
+    k, m = int((r_o * o_o).sum()), int(o_o.sum())
+    naive = k / m if m else math.nan
+    naive_ci = wilson_interval(k, m)
+    terms = np.where(o_o, r_o / p_o, 0.0)
+    ips = float(terms.mean()) if n else math.nan
+    ips_se = float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    inv = np.where(o_o, 1.0 / p_o, 0.0)
+    snips = float(terms.sum() / inv.sum()) if inv.sum() > 0 else math.nan
+    snips_se = float(np.std(inv * (r_o - snips), ddof=1) / inv.mean() / math.sqrt(n)) if n > 1 and inv.sum() > 0 else math.nan
+    estimates = {
+        "rows": "organic (unsolicited) rows" if sol.any() else "all rows",
+        "n_exposures": n,
+        "n_observed": m,
+        "naive": {"estimate": naive, "ci": list(naive_ci)},
+        "ips": {"estimate": ips, "ci": [ips - Z95 * ips_se, ips + Z95 * ips_se]},
+        "snips": {"estimate": snips, "ci": [snips - Z95 * snips_se, snips + Z95 * snips_se]},
+        "randomized_slice": None,
+    }
+    slice_rows = sol & o
+    if slice_rows.any():
+        k_s, n_s = int(r[slice_rows].sum()), int(slice_rows.sum())
+        truth = k_s / n_s
+        estimates["randomized_slice"] = {"estimate": truth, "ci": list(wilson_interval(k_s, n_s)), "n": n_s,
+                                         "n_solicited": int(sol.sum())}
+        for name in ("naive", "ips", "snips"):
+            estimates[name]["error_vs_slice"] = estimates[name]["estimate"] - truth
+    if rho01 is not None and rho10 is not None and rho01 + rho10 < 1:
+        def correct(x: float) -> float:
+            return (x - rho10) / (1 - rho01 - rho10)
+
+        for name in ("naive", "ips", "snips", "randomized_slice"):
+            if estimates[name]:
+                estimates[name]["noise_corrected"] = correct(estimates[name]["estimate"])
+                estimates[name]["noise_corrected_ci"] = [correct(c) for c in estimates[name]["ci"]]
+    return estimates
+
+
+def _length_buckets(chars: pl.Series) -> pl.Series:
+    """Response length in 5 equal-count buckets with readable edges ("90-163 chars")."""
+    values = chars.cast(pl.Float64).drop_nulls().to_numpy()
+    if len(values) == 0:
+        return pl.Series(["(missing)"] * len(chars))
+    edges = np.unique(np.quantile(values, [0.2, 0.4, 0.6, 0.8]).round())
+    lows = [float(values.min()), *(edges + 1)]
+    highs = [*edges, float(values.max())]
+    labels = [f"{int(lo)}-{int(hi)} chars" for lo, hi in zip(lows, highs)]
+    codes = np.searchsorted(edges, chars.cast(pl.Float64).fill_null(math.nan).to_numpy(), side="left")
+    out = np.array([labels[min(c, len(labels) - 1)] for c in codes], dtype=object)
+    out[chars.is_null().to_numpy()] = "(missing)"
+    return pl.Series(out, dtype=pl.Utf8)
+
+
+def segment_tables(frame: pl.DataFrame, *, with_labels: bool) -> dict[str, list[dict[str, Any]]]:
+    """Per segment column: rows {level, n, observed, rate, rate_ci, mean_propensity, up_share, up_share_ci}."""
+    frame = frame.with_columns(response_length=_length_buckets(frame["response_chars"]))
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for column in SEGMENT_COLUMNS:
+        if column not in frame.columns:
+            continue
+        grouped = (
+            frame.group_by(pl.col(column).cast(pl.Utf8).fill_null("(missing)").alias("level"))
+            .agg(n=pl.len(), observed=pl.col("observed").sum(), positive=(pl.col("label") == 1).sum(),
+                 mean_propensity=pl.col("propensity").mean(),
+                 _order=pl.col("response_chars" if column == "response_length" else column).min())
+            .sort("_order", nulls_last=True)
+        )
+        rows = []
+        for rec in grouped.iter_rows(named=True):
+            n, k, pos = int(rec["n"]), int(rec["observed"]), int(rec["positive"] or 0)
+            row = {"level": rec["level"], "n": n, "observed": k, "rate": k / n, "rate_ci": list(wilson_interval(k, n)),
+                   "mean_propensity": float(rec["mean_propensity"])}
+            if with_labels:
+                row |= {"positive": pos, "up_share": pos / k if k else math.nan, "up_share_ci": list(wilson_interval(pos, k))}
+            rows.append(row)
+        tables[column] = rows
+    return tables
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
+    return [int(c) for c in np.histogram(values, bins=edges)[0]]
+
+
+# --------------------------------------------------------------------------- guardrails
+
+
+def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[GuardrailResult]:
+    """Check the report's numbers against the thresholds; one result per guardrail (noise: per channel)."""
+    t = thresholds
+    h = report["headline"]
+    results: list[GuardrailResult] = []
+
+    def check(name: str, value: float | None, threshold: float, ok: bool, breach: str, skipped: str = "") -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            results.append(GuardrailResult(name, "skipped", None, threshold, skipped or f"{name}: not computable"))
+        else:
+            results.append(GuardrailResult(name, "pass" if ok else "breach", float(value), threshold, breach))
+
+    ess = h["ess_over_n"]
+    check("ess_fraction", ess, t.min_ess_fraction, ess >= t.min_ess_fraction,
+          f"ESS/N = {ess:.3f} < {t.min_ess_fraction} (min_ess_fraction): the weights keep the information of only "
+          f"{ess:.1%} of the observed rows; fix: refit propensities with a higher clip floor or more features")
+    mw = h["max_weight"]
+    check("max_weight", mw, t.max_weight, mw <= t.max_weight,
+          f"max weight = {mw:.1f} > {t.max_weight:g} (max_weight): one row speaks for {mw:.0f} exposures; "
+          "fix: raise the clip floor (`--clip`) or use --scheme snips")
+    cs = h["clipped_share"]
+    check("clipped_share", cs, t.max_clipped_share, cs is not None and cs <= t.max_clipped_share,
+          f"clipped share = {cs if cs is None else f'{cs:.3f}'} > {t.max_clipped_share} (max_clipped_share): many observed rows "
+          "sit at the propensity floor, so their weights are capped and the estimate is biased; fix: add features or lower the floor",
+          "clipped_share: the clipping floor is unknown (no metrics.json and no --clip)")
+    ece = h["ece"]
+    check("calibration_ece", ece, t.max_ece, ece <= t.max_ece,
+          f"ECE = {ece:.3f} > {t.max_ece} (max_ece): propensities are miscalibrated; fix: refit with --calibration isotonic")
+    smd = h["max_abs_smd_after"]
+    feature = h.get("worst_smd_feature")
+    check("balance_smd", smd, t.max_abs_smd_after, smd is not None and smd <= t.max_abs_smd_after,
+          f"max |SMD| after weighting = {smd if smd is None else f'{smd:.3f}'} > {t.max_abs_smd_after} (max_abs_smd_after) on {feature}: "
+          "weighting does not balance the covariates; fix: add that feature to the propensity model")
+    for noise in report["noise"]:
+        ch = noise["channel"]
+        total = noise["rho01"] + noise["rho10"]
+        hi01, hi10 = (noise.get("rho01_ci") or [None, None])[1], (noise.get("rho10_ci") or [None, None])[1]
+        upper = hi01 + hi10 if hi01 is not None and hi10 is not None else total
+        limit = 1 - t.noise_margin
+        ok = total <= limit and upper < 1
+        check(f"noise_identifiable[{ch}]", total, limit, ok,
+              f"{ch}: rho01 + rho10 = {total:.3f} (interval upper ends sum to {upper:.3f}); needs <= {limit:.2f} and < 1 "
+              "(noise_margin): the noise-corrected loss divides by 1 - rho01 - rho10; fix: re-estimate with an audit set or larger anchor quantile")
+        widths = [b - a for a, b in (noise.get("rho01_ci") or [None, None], noise.get("rho10_ci") or [None, None]) if a is not None and b is not None]
+        width = max(widths) if widths else None
+        check(f"noise_ci_width[{ch}]", width, t.max_noise_ci_width, width is not None and width <= t.max_noise_ci_width,
+              f"{ch}: noise-rate interval width = {width if width is None else f'{width:.3f}'} > {t.max_noise_ci_width} (max_noise_ci_width): "
+              "rates are too uncertain; fix: more anchor rows or a larger audit set",
+              f"noise_ci_width[{ch}]: the estimate has no intervals")
+    if not any(n["channel"] == report["channel"] for n in report["noise"]):
+        results.append(GuardrailResult(f"noise_identifiable[{report['channel']}]", "skipped", None, 1 - t.noise_margin,
+                                       f"no noise estimate for channel {report['channel']!r}: run `causalrm noise estimate`"))
+    return results
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _read_all_noise(warehouse: Path) -> list[dict[str, Any]]:
+    """Every noise estimate in the warehouse (``noise.json`` for vote, ``noise/<channel>.json``), vote first."""
+    found: dict[str, dict[str, Any]] = {}
+    # noise/<channel>.json first: the file propensity.noise.read_noise prefers (noise.json is its vote copy).
+    paths = sorted((warehouse / "noise").glob("*.json")) + ([warehouse / "noise.json"] if (warehouse / "noise.json").exists() else [])
+    for path in paths:
+        try:
+            noise = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputFileError(f"cannot read noise estimate: {exc}", where=str(path), fix="rerun `causalrm noise estimate`") from exc
+        channel = noise.get("channel") or ("vote" if path.name == "noise.json" else path.stem)
+        if not all(isinstance(noise.get(k), (int, float)) for k in ("rho01", "rho10")):
+            raise InputFileError("noise estimate lacks rho01 / rho10", where=str(path), fix="rerun `causalrm noise estimate`")
+        found.setdefault(channel, {**noise, "channel": channel, "source": str(path.relative_to(warehouse))})
+    return sorted(found.values(), key=lambda n: (n["channel"] != "vote", n["channel"]))
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN / inf -> None, numpy scalars -> Python, recursively (report.json stays strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_report(cfg: AuditConfig) -> dict[str, Any]:
+    """Compute every number of the report (no files written).
+
+    Raises
+    ------
+    WarehouseError : no feedback table, no propensity scores for the channel, or no observed rows.
+    """
+    from feedback_etl.io import read_feedback
+
+    warehouse = Path(cfg.warehouse)
+    feedback = read_feedback(warehouse)
+    scores = _read_scores(warehouse, cfg.channel)
+    metrics = _read_metrics(warehouse, cfg.channel)
+    frame = feedback.join(scores.select("exposure_id", "propensity"), on="exposure_id", how="left")
+    missing = frame["propensity"].null_count()
+    if missing:
+        raise WarehouseError(
+            f"{missing:,} of {frame.height:,} exposures have no {cfg.channel!r} propensity", where="propensity/scores.parquet",
+            fix=f"rerun `causalrm propensity fit {warehouse} --channel {cfg.channel}` after the latest ingest",
+        )
+    is_vote = cfg.channel == "vote"
+    if not is_vote:
+        frame = frame.with_columns(observed=pl.col(CHANNELS[cfg.channel]), label=pl.lit(None, dtype=pl.Int8))
+    observed = frame["observed"].to_numpy().astype(bool)
+    if not observed.any():
+        raise WarehouseError(f"channel {cfg.channel!r} has no observed rows", where=str(warehouse), fix="check the channel and the ingest")
+    p = frame["propensity"].to_numpy()
+    fit_clip = _fit_clip(metrics)
+    p_weights = np.maximum(p, cfg.clip) if cfg.clip else p
+    weights = np.where(observed, 1.0 / p_weights, 0.0)
+    floor = max([c for c in (fit_clip, cfg.clip) if c is not None], default=None)
+    w_obs = weights[observed]
+    ess = kish_ess(w_obs)
+    clipped_share = float((p[observed] <= floor * (1 + 1e-9)).mean()) if floor else None
+
+    reliability, ece = reliability_with_intervals(p, observed)
+    smd = covariate_balance(frame, observed, p_weights)
+    worst = max(smd, key=lambda s: abs(s["after"])) if smd else None
+    noise = _read_all_noise(warehouse)
+    own_noise = next((n for n in noise if n["channel"] == cfg.channel), None)
+    solicited = frame["solicited"].to_numpy().astype(bool) if "solicited" in frame.columns else None
+    estimates = None
+    if is_vote:
+        estimates = mean_label_estimates(
+            frame["label"].to_numpy(), observed, p, solicited,
+            rho01=own_noise["rho01"] if own_noise else None, rho10=own_noise["rho10"] if own_noise else None,
+        )
+
+    p_edges = np.linspace(0.0, float(max(p.max(), 1e-6)), 41)
+    w_edges = np.geomspace(max(w_obs.min(), 1e-6), max(w_obs.max(), w_obs.min() * 1.0001, 1.0), 41)
+    n_obs = int(observed.sum())
+    headline = {
+        "exposures": frame.height,
+        "observed": n_obs,
+        "feedback_rate": n_obs / frame.height,
+        "up_share": float(np.nanmean(frame["label"].to_numpy()[observed].astype(float))) if is_vote else None,
+        "mean_propensity": float(p.mean()),
+        "ess": ess,
+        "ess_over_n": ess / n_obs,
+        "max_weight": float(w_obs.max()),
+        "clipped_share": clipped_share,
+        "ece": ece,
+        "max_abs_smd_before": max((abs(s["before"]) for s in smd), default=None),
+        "max_abs_smd_after": abs(worst["after"]) if worst else None,
+        "worst_smd_feature": worst["feature"] if worst else None,
+        "rho01": own_noise["rho01"] if own_noise else None,
+        "rho10": own_noise["rho10"] if own_noise else None,
+        "naive": estimates["naive"]["estimate"] if estimates else None,
+        "snips": estimates["snips"]["estimate"] if estimates else None,
+        "randomized_slice": estimates["randomized_slice"]["estimate"] if estimates and estimates["randomized_slice"] else None,
+    }
+    return {
+        "schema": "causalrm.audit/1",
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "warehouse": str(warehouse.resolve()),
+        "channel": cfg.channel,
+        "headline": headline,
+        "thresholds": asdict(cfg.thresholds),
+        "propensity": {
+            "fit_clip": fit_clip,
+            "audit_clip": cfg.clip,
+            "floor": floor,
+            "model": (metrics or {}).get("model") or ((metrics or {}).get("config") or {}).get("model"),
+            "fit_metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
+            "histogram": {"edges": p_edges.tolist(), "observed": _histogram(p[observed], p_edges), "unobserved": _histogram(p[~observed], p_edges)},
+        },
+        "reliability": {"ece": ece, "bins": reliability, "binning": f"{N_RELIABILITY_BINS} equal-mass bins"},
+        "weights": {
+            "formula": "1 / max(p, clip)" if cfg.clip else "1 / p",
+            "n_observed": n_obs, "ess": ess, "ess_over_n": ess / n_obs, "max": float(w_obs.max()), "mean": float(w_obs.mean()),
+            "quantiles": {q: float(np.quantile(w_obs, float(q))) for q in ("0.5", "0.9", "0.99")},
+            "clipped_share": clipped_share,
+            "histogram": {"edges": w_edges.tolist(), "counts": _histogram(w_obs, w_edges)},
+        },
+        "segments": segment_tables(frame, with_labels=is_vote),
+        "balance": smd,
+        "noise": noise,
+        "estimates": estimates,
+    }
+
+
+def run_audit(cfg: AuditConfig) -> AuditResult:
+    """Build the report, evaluate the guardrails, write ``cfg.out`` (HTML) and its ``.json`` twin."""
+    from propensity._report_html import render_html
+
+    report = build_report(cfg)
+    guardrails = evaluate_guardrails(report, cfg.thresholds)
+    report["guardrails"] = [asdict(g) for g in guardrails]
+    report["verdict"] = "FAIL" if any(g.status == "breach" for g in guardrails) else "PASS"
+    report = _jsonable(report)
+    html_path = Path(cfg.out)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(render_html(report), encoding="utf-8")
+    cfg.json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    log.info("audit %s: wrote %s and %s", report["verdict"], html_path, cfg.json_path)
+    return AuditResult(html_path=html_path, json_path=cfg.json_path, report=report, guardrails=guardrails)

@@ -1,0 +1,739 @@
+"""Weighted-dataset export: the handoff from propensity / noise estimation to a reward-model trainer.
+
+``export_weighted_dataset(cfg)`` joins the feedback table, the channel's propensities
+(``WH/propensity/scores.parquet``), its noise rates (``WH/noise.json`` / ``WH/noise/<channel>.json``)
+and, when present, text embeddings, and writes ``DATASET/``:
+
+* ``data.parquet`` (or ``data.jsonl``): one row per exposure, observed or not, validated against
+  :class:`schemas.weighted_dataset.WeightedDataset` (CausalRM's losses average over *all*
+  exposures, with weight 0 on unobserved rows);
+* ``manifest.json``: everything else a trainer needs (see :func:`export_weighted_dataset`);
+* ``pairs.parquet`` (with ``pairs=True``): Bradley-Terry pairs, :class:`schemas.pairs.PairsTable`.
+
+Weights (o observed indicator, p propensity, N_s exposures of split s)::
+
+    ips          w = o / p
+    clipped-ips  w = o / max(p, clip)
+    snips        w = o / p * N_s / sum_{j in s} o_j / p_j
+
+so that the plain mean of ``weight * loss`` over the rows of a split is the IPS, clipped-IPS or
+self-normalised IPS estimate of the loss over all exposures of that split.
+
+``read_weighted_dataset(path)`` re-validates on read; the trainer calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandera.errors
+import polars as pl
+
+from propensity.diagnostics import kish_ess
+from propensity.io import metrics_path, read_metrics, read_scores, scores_path
+from propensity.noise import noise_path, read_noise
+from schemas.errors import ConfigError, IdentifiabilityError, InputFileError, TableValidationError, WarehouseError
+from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC, SPLITS
+from schemas.pairs import PairsTable
+from schemas.weighted_dataset import SCHEMA_VERSION, WeightedDataset
+
+log = logging.getLogger(__name__)
+
+SCHEMES: tuple[str, ...] = ("ips", "snips", "clipped-ips")
+FORMATS: tuple[str, ...] = ("parquet", "jsonl")
+DEFAULT_CLIP = 0.05
+# Implicit channels carry one polarity only: a copy or a share says "good", a regenerate "bad".
+# Their rows get observed = the channel's flag and this constant label (README "Weighted dataset").
+IMPLICIT_LABEL: dict[str, int] = {"copy": 1, "share": 1, "regenerate": 0}
+
+PAIR_WEIGHT_FORMULA = (
+    "ips: f / (p_chosen * p_rejected); clipped-ips: f / (max(p_chosen, clip) * max(p_rejected, clip)); "
+    "snips: the ips pair weights scaled so that they average 1 over the pairs of each split; "
+    "f = candidate pairs / sampled pairs of the prompt (1 unless the prompt hit max_pairs_per_prompt)"
+)
+PAIR_FLIP_FORMULA = (
+    "rho10_chosen * rho01_rejected / (rho10_chosen * rho01_rejected + (1 - rho01_chosen) * (1 - rho10_rejected))"
+)
+WEIGHT_FORMULA = {
+    "ips": "o / p",
+    "clipped-ips": "o / max(p, clip)",
+    "snips": "o / p * N_split / sum_{j in split} o_j / p_j (observed weights of a split sum to its row count)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    """What ``causalrm weights export`` writes. Mirrors its options one to one.
+
+    Parameters
+    ----------
+    warehouse : warehouse folder holding ``feedback/``, ``propensity/`` and ``noise.json``.
+    out : dataset folder to write (replaced when it holds an earlier export).
+    channel : feedback channel (``schemas.feedback.CHANNELS``).
+    scheme : ``ips``, ``snips`` or ``clipped-ips``.
+    clip : propensity floor for ``clipped-ips`` (default 0.05); not allowed with the other schemes.
+    format : ``parquet`` or ``jsonl`` (rows and pairs; the manifest is JSON either way).
+    pairs : also write Bradley-Terry pairs.
+    max_pairs_per_prompt : cap on pairs per (prompt, split); larger prompts are subsampled and
+        their pair weights scaled up by the inverse sampling rate.
+    no_noise : export with rho01 = rho10 = 0 when no noise estimate exists (recorded in the manifest).
+        Implicit channels always get 0: they are one-class, so no flip rates are defined.
+    segment_noise : when the estimate has per-segment rates (``noise estimate --segment-by``), give
+        each row its segment's rates (the overall ones where a segment is not identified).
+    seed : seed of the pair subsampling.
+    """
+
+    warehouse: str
+    out: str
+    channel: str = "vote"
+    scheme: str = "ips"
+    clip: float | None = None
+    format: str = "parquet"
+    pairs: bool = False
+    max_pairs_per_prompt: int = 1000
+    no_noise: bool = False
+    segment_noise: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = "weights export config"
+        if self.channel not in CHANNELS:
+            raise ConfigError(f"unknown channel {self.channel!r}", where=where, fix=f"use one of {', '.join(CHANNELS)}")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"unknown weighting scheme {self.scheme!r}", where=where, fix=f"use one of {', '.join(SCHEMES)}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown format {self.format!r}", where=where, fix="use parquet or jsonl")
+        if self.clip is not None:
+            if self.scheme != "clipped-ips":
+                raise ConfigError(
+                    f"--clip only applies to --scheme clipped-ips (got --scheme {self.scheme})", where=where,
+                    fix="drop --clip or pass --scheme clipped-ips",
+                )
+            if not 0 < self.clip < 1:
+                raise ConfigError(f"clip must be in (0, 1), got {self.clip}", where=where, fix="pass e.g. --clip 0.05")
+        if self.max_pairs_per_prompt < 1:
+            raise ConfigError("max_pairs_per_prompt must be >= 1", where=where)
+        if Path(self.out).resolve() == Path(self.warehouse).resolve():
+            raise ConfigError("the dataset folder cannot be the warehouse itself", where=self.out, fix="pass another --out")
+
+    @property
+    def effective_clip(self) -> float | None:
+        """The propensity floor the weights use (None for ips / snips)."""
+        if self.scheme == "clipped-ips":
+            return self.clip if self.clip is not None else DEFAULT_CLIP
+        return None
+
+
+# --------------------------------------------------------------------------- pure computations
+
+
+def compute_weights(
+    propensity: np.ndarray, observed: np.ndarray, split: np.ndarray | None = None, *, scheme: str = "ips", clip: float | None = None
+) -> np.ndarray:
+    """Per-exposure weights under a scheme.
+
+    Parameters
+    ----------
+    propensity : array of shape (n_exposures,), values in (0, 1].
+    observed : bool array of shape (n_exposures,).
+    split : array of shape (n_exposures,) of split names; snips normalises within each split
+        (None: one group).
+    scheme : ``ips`` (o / p), ``clipped-ips`` (o / max(p, clip)) or ``snips``
+        (o / p * N_s / sum_{j in s} o_j / p_j, so a split's observed weights sum to its row count N_s).
+    clip : floor for ``clipped-ips`` (default 0.05).
+
+    Returns
+    -------
+    array of shape (n_exposures,): 0 on unobserved rows, > 0 on observed ones.
+    """
+    p = np.asarray(propensity, dtype=np.float64)
+    o = np.asarray(observed, dtype=bool)
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown weighting scheme {scheme!r}", fix=f"use one of {', '.join(SCHEMES)}")
+    if scheme == "clipped-ips":
+        p = np.maximum(p, DEFAULT_CLIP if clip is None else clip)
+    w = np.where(o, 1.0 / p, 0.0)
+    if scheme == "snips":
+        groups = np.zeros(len(w), dtype=np.int64) if split is None else np.unique(np.asarray(split), return_inverse=True)[1]
+        for g in np.unique(groups):
+            rows = groups == g
+            total = w[rows].sum()
+            if total > 0:
+                w[rows] *= rows.sum() / total
+    return w
+
+
+def pair_flip_probability(
+    rho01_chosen: np.ndarray | float, rho10_chosen: np.ndarray | float, rho01_rejected: np.ndarray | float, rho10_rejected: np.ndarray | float
+) -> np.ndarray:
+    """Probability that a pair's observed order (chosen r=1, rejected r=0) reverses the true order.
+
+    Given that the two true preferences differ and either order is a priori equally likely, the
+    observed (1, 0) comes from true (1, 0) with probability (1 - rho01_c)(1 - rho10_r) (both labels
+    kept) and from true (0, 1) with probability rho10_c * rho01_r (both flipped), so::
+
+        flip = rho10_c * rho01_r / (rho10_c * rho01_r + (1 - rho01_c) * (1 - rho10_r))
+
+    which is < 0.5 whenever rho01 + rho10 < 1 on both rows. Arrays of shape (n_pairs,).
+    """
+    r01c, r10c, r01r, r10r = (np.asarray(x, dtype=np.float64) for x in (rho01_chosen, rho10_chosen, rho01_rejected, rho10_rejected))
+    reversed_ = r10c * r01r
+    kept = (1 - r01c) * (1 - r10r)
+    return reversed_ / (reversed_ + kept)
+
+
+def weight_summary(weights: np.ndarray, observed: np.ndarray, propensity: np.ndarray, floor: float | None) -> dict[str, Any]:
+    """ESS, ESS / n_observed, max, quantiles and clipped share of the observed rows' weights."""
+    o = np.asarray(observed, dtype=bool)
+    w = np.asarray(weights, dtype=np.float64)[o]
+    p = np.asarray(propensity, dtype=np.float64)[o]
+    n_obs = int(o.sum())
+    ess = kish_ess(w)
+    clipped = int((p <= floor * (1 + 1e-9)).sum()) if floor else 0
+    q = np.quantile(w, [0.5, 0.9, 0.99]) if n_obs else [math.nan] * 3
+    return {
+        "n_observed": n_obs,
+        "ess": ess,
+        "ess_over_n": ess / n_obs if n_obs else 0.0,
+        "max": float(w.max()) if n_obs else 0.0,
+        "mean": float(w.mean()) if n_obs else 0.0,
+        "p50": float(q[0]),
+        "p90": float(q[1]),
+        "p99": float(q[2]),
+        "floor": floor,
+        "clipped": clipped,
+        "clipped_share": clipped / n_obs if n_obs else 0.0,
+    }
+
+
+def build_weighted_frame(
+    feedback: pl.DataFrame,
+    scores: pl.DataFrame,
+    *,
+    channel: str,
+    scheme: str,
+    clip: float | None,
+    rho01: float,
+    rho10: float,
+    embeddings: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The dataset rows (pure): feedback x propensities x noise rates (x embeddings).
+
+    Parameters
+    ----------
+    feedback : the validated feedback table, one row per exposure.
+    scores : (exposure_id, propensity) for the channel, one row per exposure.
+    channel : ``vote`` (observed / label from the vote) or an implicit channel (observed = its
+        flag, label = its polarity, ``IMPLICIT_LABEL``).
+    embeddings : (exposure_id, embedding) or None.
+
+    Raises
+    ------
+    WarehouseError : some exposures have no propensity (or no embedding).
+    """
+    frame = feedback.join(scores.select("exposure_id", "propensity"), on="exposure_id", how="left")
+    missing = frame["propensity"].null_count()
+    if missing:
+        sample = frame.filter(pl.col("propensity").is_null())["exposure_id"].head(3).to_list()
+        raise WarehouseError(
+            f"{missing:,} of {frame.height:,} exposures have no {channel!r} propensity (e.g. {sample})",
+            where="propensity/scores.parquet",
+            fix=f"rerun `causalrm propensity fit WH --channel {channel}` after the latest ingest",
+        )
+    if channel == "vote":
+        observed, label = pl.col("observed"), pl.col("label")
+    else:
+        observed = pl.col(CHANNELS[channel])
+        label = pl.when(observed).then(pl.lit(IMPLICIT_LABEL[channel]))
+    frame = frame.with_columns(observed=observed, label=label.cast(pl.Int8), channel=pl.lit(channel))
+    weights = compute_weights(
+        frame["propensity"].to_numpy(), frame["observed"].to_numpy(), frame["split"].to_numpy(), scheme=scheme, clip=clip
+    )
+    frame = frame.with_columns(
+        weight=pl.Series(weights, dtype=pl.Float64),
+        rho01=pl.lit(float(rho01), dtype=pl.Float64),
+        rho10=pl.lit(float(rho10), dtype=pl.Float64),
+    )
+    columns = [
+        "exposure_id", "user_id", "prompt_id", "response_id", "channel", "split", "observed", "label",
+        "propensity", "weight", "rho01", "rho10", "solicited", "prompt_text", "response_text",
+        *CONTEXT_CATEGORICAL, *CONTEXT_NUMERIC,
+    ]
+    frame = frame.select(columns)
+    if embeddings is not None:
+        frame = frame.join(embeddings.select("exposure_id", "embedding"), on="exposure_id", how="left")
+        lacking = frame["embedding"].null_count()
+        if lacking:
+            raise WarehouseError(
+                f"{lacking:,} of {frame.height:,} exposures have no embedding", where="embeddings/",
+                fix="rerun `causalrm embed WH` after the latest ingest (or remove WH/embeddings to export without)",
+            )
+    return frame.sort("exposure_id")
+
+
+def build_pairs(
+    frame: pl.DataFrame, *, scheme: str, clip: float | None, max_pairs_per_prompt: int = 1000, seed: int = 0
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Bradley-Terry pairs (pure) from the dataset rows.
+
+    Candidates are pairs of observed exposures of the same prompt and split showing different
+    responses. Pairs whose observed labels tie carry no order and are dropped (counted in the
+    returned summary); the rest become (chosen = label 1, rejected = label 0). A prompt with more
+    than ``max_pairs_per_prompt`` label-differing pairs keeps a seeded random subset of its chosen
+    and rejected rows, and its pair weights are multiplied by the inverse inclusion probability so
+    the weighted pair loss stays unbiased.
+
+    Returns
+    -------
+    (pairs frame per :class:`schemas.pairs.PairsTable`, summary dict for the manifest)
+    """
+    observed = frame.filter(pl.col("observed")).sort("exposure_id")
+    keep = ["prompt_id", "split", "exposure_id", "response_id", "label", "propensity", "rho01", "rho10", "prompt_text", "response_text"]
+    sides = observed.select(keep)
+    rng = np.random.default_rng(seed)
+    sides = sides.with_columns(_key=pl.Series(rng.random(sides.height)))
+    group = ["prompt_id", "split"]
+    n_side = sides.group_by(group).agg(
+        n1=(pl.col("label") == 1).sum().cast(pl.Int64), n0=(pl.col("label") == 0).sum().cast(pl.Int64)
+    )
+    cap = max_pairs_per_prompt
+    root = int(math.isqrt(cap))
+    # Balanced caps: each side keeps k rows so that k1 * k0 <= cap, using the budget a small side leaves.
+    n_side = n_side.with_columns(
+        k1=pl.min_horizontal(pl.col("n1"), pl.max_horizontal(pl.lit(root), pl.lit(cap) // pl.max_horizontal(pl.col("n0"), pl.lit(1))))
+    ).with_columns(k0=pl.min_horizontal(pl.col("n0"), pl.lit(cap) // pl.max_horizontal(pl.col("k1"), pl.lit(1))))
+    sides = sides.join(n_side, on=group).with_columns(_rank=pl.col("_key").rank("ordinal").over([*group, "label"]))
+    chosen = sides.filter((pl.col("label") == 1) & (pl.col("_rank") <= pl.col("k1")))
+    rejected = sides.filter((pl.col("label") == 0) & (pl.col("_rank") <= pl.col("k0")))
+    pairs = chosen.join(rejected.drop("n1", "n0", "k1", "k0", "prompt_text"), on=group, suffix="_rej")
+    pairs = pairs.filter(pl.col("response_id") != pl.col("response_id_rej"))
+    factor = (pl.col("n1") * pl.col("n0")) / (pl.col("k1") * pl.col("k0"))
+    if scheme == "clipped-ips":
+        floor = DEFAULT_CLIP if clip is None else clip
+        p_c, p_r = pl.max_horizontal("propensity", pl.lit(floor)), pl.max_horizontal("propensity_rej", pl.lit(floor))
+    else:
+        p_c, p_r = pl.col("propensity"), pl.col("propensity_rej")
+    pairs = pairs.with_columns(weight=factor / (p_c * p_r))
+    if scheme == "snips":
+        pairs = pairs.with_columns(weight=pl.col("weight") / pl.col("weight").mean().over("split"))
+    flip = pair_flip_probability(
+        pairs["rho01"].to_numpy(), pairs["rho10"].to_numpy(), pairs["rho01_rej"].to_numpy(), pairs["rho10_rej"].to_numpy()
+    )
+    channel = frame["channel"][0] if frame.height else "vote"
+    pairs = pairs.with_columns(flip_probability=pl.Series(flip, dtype=pl.Float64)).select(
+        pair_id=pl.col("exposure_id") + "~" + pl.col("exposure_id_rej"),
+        prompt_id="prompt_id",
+        split="split",
+        channel=pl.lit(channel),
+        chosen_exposure_id="exposure_id",
+        rejected_exposure_id="exposure_id_rej",
+        chosen_response_id="response_id",
+        rejected_response_id="response_id_rej",
+        prompt_text="prompt_text",
+        chosen_text="response_text",
+        rejected_text="response_text_rej",
+        chosen_propensity="propensity",
+        rejected_propensity="propensity_rej",
+        weight="weight",
+        flip_probability="flip_probability",
+    ).sort("pair_id")
+    # Candidate and tie counts (before subsampling) in closed form, so huge prompts cost no join:
+    # candidates = C(n, 2) - sum_r C(m_r, 2) (pairs showing two different responses), of which
+    # label-differing = n1 n0 - sum_r m_r1 m_r0; the rest are ties.
+    per_response = observed.group_by([*group, "response_id"]).agg(
+        m1=(pl.col("label") == 1).sum().cast(pl.Int64), m0=(pl.col("label") == 0).sum().cast(pl.Int64)
+    ).group_by(group).agg(
+        same=((pl.col("m1") + pl.col("m0")) * (pl.col("m1") + pl.col("m0") - 1) // 2).sum(),
+        same_diff=(pl.col("m1") * pl.col("m0")).sum(),
+    )
+    counts = n_side.join(per_response, on=group).select(
+        candidates=((pl.col("n1") + pl.col("n0")) * (pl.col("n1") + pl.col("n0") - 1) // 2 - pl.col("same")).sum(),
+        differing=(pl.col("n1") * pl.col("n0") - pl.col("same_diff")).sum(),
+    )
+    n_candidates = int(counts["candidates"][0] or 0)
+    n_ties = n_candidates - int(counts["differing"][0] or 0)
+    subsampled = n_side.filter((pl.col("k1") < pl.col("n1")) | (pl.col("k0") < pl.col("n0"))).height
+    summary = {
+        "rows": pairs.height,
+        "rows_by_split": {s: int((pairs["split"] == s).sum()) for s in SPLITS},
+        "candidate_pairs": n_candidates,
+        "tied_pairs_dropped": n_ties,
+        "prompts_subsampled": subsampled,
+        "max_pairs_per_prompt": cap,
+        "weight_formula": PAIR_WEIGHT_FORMULA,
+        "flip_probability_formula": PAIR_FLIP_FORMULA,
+        "ess": kish_ess(pairs["weight"].to_numpy()),
+        "max_weight": float(pairs["weight"].max()) if pairs.height else 0.0,
+    }
+    return pairs, summary
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate(model: type, frame: pl.DataFrame, table: str) -> pl.DataFrame:
+    try:
+        return model.validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        sample = str(cases.head(5).to_dicts()) if hasattr(cases, "head") else str(cases)[:500]
+        raise TableValidationError(table, len(cases), sample) from exc
+    except pandera.errors.SchemaError as exc:
+        raise TableValidationError(table, 1, str(exc)[:500]) from exc
+
+
+def validate_weighted_dataset(frame: pl.DataFrame) -> pl.DataFrame:
+    """Validate (and coerce) dataset rows against :class:`WeightedDataset`."""
+    return _validate(WeightedDataset, frame, "weighted_dataset")
+
+
+def validate_pairs(frame: pl.DataFrame) -> pl.DataFrame:
+    """Validate (and coerce) pairs against :class:`PairsTable`."""
+    return _validate(PairsTable, frame, "pairs")
+
+
+# --------------------------------------------------------------------------- warehouse inputs
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_scores(warehouse: Path, channel: str) -> pl.DataFrame:
+    """The channel's propensities (``propensity.io.read_scores``), checked to lie in (0, 1]."""
+    scores = read_scores(warehouse, channel)
+    bad = scores.filter(~pl.col("propensity").is_between(0, 1, closed="right") | pl.col("propensity").is_null())
+    if bad.height:
+        raise InputFileError(
+            f"{bad.height:,} propensities outside (0, 1] (e.g. {bad['propensity'].head(3).to_list()})",
+            where=str(scores_path(warehouse)), fix="refit with a clipping floor > 0 (`causalrm propensity fit --clip 0.05`)",
+        )
+    return scores.unique("exposure_id", keep="last")
+
+
+def _noise_path(warehouse: Path, channel: str) -> Path | None:
+    """The file ``propensity.noise.read_noise`` reads for the channel, or None when there is none."""
+    candidates = [noise_path(warehouse, channel)] + ([warehouse / "noise.json"] if channel == "vote" else [])
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _read_noise(warehouse: Path, channel: str) -> dict[str, Any] | None:
+    """The channel's noise estimate (``propensity.noise.read_noise``), checked, or None when there is none."""
+    path = _noise_path(warehouse, channel)
+    if path is None:
+        return None
+    try:
+        noise = read_noise(warehouse, channel)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"cannot read noise estimate: {exc}", where=str(path), fix="rerun `causalrm noise estimate`") from exc
+    for key in ("rho01", "rho10"):
+        value = noise.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise InputFileError(f"noise estimate has no valid {key} (got {value!r})", where=str(path), fix="rerun `causalrm noise estimate`")
+    return noise
+
+
+def segment_noise_rates(frame: pl.DataFrame, noise: dict[str, Any], rho01: float, rho10: float) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """Per-row rho01 / rho10 from the estimate's segments (``segment_by``, ``segment``), falling back
+    to the channel's overall rates for rows whose segment has no (identified) estimate.
+
+    Returns the frame with ``rho01`` / ``rho10`` columns and a summary for the manifest (None when
+    the estimate has no usable segments).
+    """
+    segments = [s for s in noise.get("segments") or [] if isinstance(s, dict) and s.get("segment_by") and s.get("segment") is not None]
+    usable = [s for s in segments if all(isinstance(s.get(k), (int, float)) and 0 <= s[k] < 1 for k in ("rho01", "rho10"))
+              and s["rho01"] + s["rho10"] < 1]
+    by = {s["segment_by"] for s in usable}
+    if not usable or len(by) != 1 or next(iter(by)) not in frame.columns:
+        return frame.with_columns(rho01=pl.lit(rho01, dtype=pl.Float64), rho10=pl.lit(rho10, dtype=pl.Float64)), None
+    column = next(iter(by))
+    table = pl.DataFrame(
+        {"_segment": [str(s["segment"]) for s in usable], "_rho01": [float(s["rho01"]) for s in usable], "_rho10": [float(s["rho10"]) for s in usable]}
+    )
+    # propensity.noise names a missing segment value "<null>".
+    key = pl.col(column).cast(pl.Utf8).fill_null("<null>").alias("_segment")
+    frame = frame.with_columns(key).join(table, on="_segment", how="left", maintain_order="left")
+    fallback = int(frame["_rho01"].null_count())
+    frame = frame.with_columns(
+        rho01=pl.col("_rho01").fill_null(rho01).cast(pl.Float64), rho10=pl.col("_rho10").fill_null(rho10).cast(pl.Float64)
+    ).drop("_segment", "_rho01", "_rho10")
+    summary = {"segment_by": column, "segments_used": sorted(table["_segment"].to_list()),
+               "segments_skipped": sorted(str(s["segment"]) for s in segments if s not in usable), "rows_on_overall_rates": fallback}
+    return frame, summary
+
+
+def _read_metrics(warehouse: Path, channel: str) -> dict[str, Any] | None:
+    """The channel's entry of ``WH/propensity/metrics.json`` (config and diagnostics), or None."""
+    if not metrics_path(warehouse).is_file():
+        return None
+    metrics = read_metrics(warehouse)
+    entry = metrics.get(channel)
+    if not isinstance(entry, dict):
+        log.warning("propensity/metrics.json has no entry for channel %r", channel)
+        return None
+    return entry
+
+
+def _fit_clip(metrics: dict[str, Any] | None) -> float | None:
+    """The clipping floor the propensity fit used, wherever metrics.json keeps it."""
+    if not metrics:
+        return None
+    for holder in (metrics, metrics.get("config") or {}, metrics.get("clipping") or {}):
+        for key in ("clip", "clip_floor", "floor"):
+            value = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(value, (int, float)) and 0 < value < 1:
+                return float(value)
+    return None
+
+
+def _input_files(warehouse: Path, channel: str) -> list[Path]:
+    files = sorted((warehouse / "feedback").glob("impression_date=*/*.parquet"))
+    files += [warehouse / "propensity" / "scores.parquet", warehouse / "propensity" / "metrics.json"]
+    noise = _noise_path(warehouse, channel)
+    if noise:
+        files.append(noise)
+    files += sorted((warehouse / "embeddings").glob("*.parquet"))
+    return [f for f in files if f.exists()]
+
+
+# --------------------------------------------------------------------------- export / read
+
+
+def _write_table(frame: pl.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        frame.write_parquet(path, statistics=True)
+    else:
+        frame.write_ndjson(path)
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh staging folder beside ``out``; refuse to replace a folder that is not a dataset."""
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise ConfigError(
+            "output folder exists, is not empty and holds no earlier dataset", where=str(out), fix="pass an empty or new --out folder"
+        )
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
+    """Write ``cfg.out/`` (data, manifest, optional pairs) and return the manifest.
+
+    Manifest fields: ``schema_version``, ``created_at``, ``channel``, ``label_source``, ``format``,
+    ``files`` (names of data / pairs files), ``columns`` (feature columns, embedding dim),
+    ``input`` (warehouse path, sha256 of every input file), ``propensity`` (fit config and
+    diagnostics from metrics.json, clip floor), ``noise`` (the estimate with intervals, or
+    ``assumed_zero``), ``weights`` (scheme, formula, clip, ESS, ESS / n_observed, max, quantiles,
+    clipped share, overall and per split), ``rows`` (total, observed, positive, per split) and
+    ``pairs`` (when written).
+
+    Raises
+    ------
+    WarehouseError : missing feedback, scores or noise estimate (without ``no_noise``).
+    IdentifiabilityError : rho01 + rho10 >= 1.
+    TableValidationError : the rows break the WeightedDataset contract.
+    """
+    from feedback_etl.io import read_embeddings, read_feedback
+
+    warehouse = Path(cfg.warehouse)
+    out = Path(cfg.out)
+    feedback = read_feedback(warehouse)
+    scores = _read_scores(warehouse, cfg.channel)
+    metrics = _read_metrics(warehouse, cfg.channel)
+    # Implicit channels are one-class (propensity.noise refuses them): no flip rates are defined.
+    implicit = cfg.channel != "vote"
+    noise = None if implicit else _read_noise(warehouse, cfg.channel)
+    if noise is None and not (cfg.no_noise or implicit):
+        raise WarehouseError(
+            f"no noise estimate for channel {cfg.channel!r}",
+            where=str(noise_path(warehouse, cfg.channel)),
+            fix=f"run `causalrm noise estimate {warehouse} --channel {cfg.channel}`, or pass --no-noise to export with rho01 = rho10 = 0",
+        )
+    rho01, rho10 = (float(noise["rho01"]), float(noise["rho10"])) if noise else (0.0, 0.0)
+    if rho01 + rho10 >= 1:
+        raise IdentifiabilityError(
+            f"rho01 + rho10 = {rho01 + rho10:.3f} >= 1: the noise-corrected loss is undefined",
+            where=str(_noise_path(warehouse, cfg.channel)), fix="re-estimate the noise rates (larger anchor quantile or an audit set)",
+        )
+    embeddings = read_embeddings(warehouse)
+    frame = build_weighted_frame(
+        feedback, scores, channel=cfg.channel, scheme=cfg.scheme, clip=cfg.effective_clip, rho01=rho01, rho10=rho10, embeddings=embeddings
+    )
+    noise_segments = None
+    if noise and cfg.segment_noise:
+        frame, noise_segments = segment_noise_rates(frame, noise, rho01, rho10)
+    frame = validate_weighted_dataset(frame)
+    if frame["observed"].sum() == 0:
+        raise WarehouseError(f"channel {cfg.channel!r} has no observed rows", where=str(warehouse), fix="check the channel name and the ingest")
+
+    fit_clip = _fit_clip(metrics)
+    floor = max(x for x in (fit_clip, cfg.effective_clip, 0.0) if x is not None) or None
+    propensity, observed, weight = frame["propensity"].to_numpy(), frame["observed"].to_numpy(), frame["weight"].to_numpy()
+    split = frame["split"].to_numpy()
+    by_split: dict[str, Any] = {}
+    rows_by_split: dict[str, Any] = {}
+    for s in SPLITS:
+        rows = split == s
+        rows_by_split[s] = {
+            "rows": int(rows.sum()),
+            "observed": int(observed[rows].sum()),
+            "positive": int(((frame["label"].to_numpy() == 1) & rows).sum()),
+        }
+        if rows.any():
+            by_split[s] = weight_summary(weight[rows], observed[rows], propensity[rows], floor)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "channel": cfg.channel,
+        "label_source": "vote (1 = thumbs up)" if cfg.channel == "vote" else f"implicit: observed = {CHANNELS[cfg.channel]}, label = {IMPLICIT_LABEL[cfg.channel]}",
+        "format": cfg.format,
+        "files": {"data": f"data.{cfg.format}", "pairs": f"pairs.{cfg.format}" if cfg.pairs else None},
+        "columns": {
+            "categorical": list(CONTEXT_CATEGORICAL),
+            "numeric": list(CONTEXT_NUMERIC),
+            "text": ["prompt_text", "response_text"],
+            "embedding_dim": int(len(frame["embedding"][0])) if "embedding" in frame.columns else None,
+        },
+        "input": {
+            "warehouse": str(warehouse.resolve()),
+            "files": {str(p.relative_to(warehouse)): _sha256(p) for p in _input_files(warehouse, cfg.channel)},
+        },
+        "propensity": {
+            "source": "propensity/scores.parquet",
+            "fit_clip": fit_clip,
+            "metrics": metrics,
+        },
+        "noise": (
+            {**noise, "assumed_zero": False, "source": str(_noise_path(warehouse, cfg.channel).relative_to(warehouse)),
+             "per_row": noise_segments or "overall rates on every row"}
+            if noise
+            else {"channel": cfg.channel, "rho01": 0.0, "rho10": 0.0, "assumed_zero": True, "source": None,
+                  "note": (f"implicit channel {cfg.channel!r} is one-class: flip rates are undefined, rho01 = rho10 = 0"
+                           if implicit else "no noise estimate: exported with --no-noise, rho01 = rho10 = 0")}
+        ),
+        "weights": {
+            "scheme": cfg.scheme,
+            "formula": WEIGHT_FORMULA[cfg.scheme],
+            "clip": cfg.effective_clip,
+            **weight_summary(weight, observed, propensity, floor),
+            "by_split": by_split,
+        },
+        "rows": {
+            "total": frame.height,
+            "observed": int(observed.sum()),
+            "positive": int((frame["label"] == 1).sum()),
+            "by_split": rows_by_split,
+        },
+        "pairs": None,
+        "config": asdict(cfg),
+    }
+
+    staging = _prepare_out(out)
+    try:
+        _write_table(frame, staging / manifest["files"]["data"], cfg.format)
+        if cfg.pairs:
+            pairs, pair_summary = build_pairs(
+                frame, scheme=cfg.scheme, clip=cfg.effective_clip, max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed
+            )
+            pairs = validate_pairs(pairs)
+            _write_table(pairs, staging / manifest["files"]["pairs"], cfg.format)
+            manifest["pairs"] = pair_summary
+            if pairs.is_empty():
+                log.warning("no prompt has two observed responses with different labels in one split: pairs file is empty")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s rows (%s observed) to %s", frame.height, manifest["rows"]["observed"], out)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """``DATASET/manifest.json`` as a dict (``path``: the dataset folder or a file inside it).
+
+    Raises
+    ------
+    InputFileError : missing or unreadable manifest, or a schema version newer than this code.
+    """
+    root = Path(path)
+    root = root if root.is_dir() else root.parent
+    target = root / "manifest.json"
+    try:
+        manifest = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputFileError("weighted dataset has no manifest.json", where=str(root), fix="export it with `causalrm weights export`") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"cannot read manifest: {exc}", where=str(target), fix="re-export the dataset") from exc
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputFileError(
+            f"dataset schema_version {version!r} is not supported (this code reads <= {SCHEMA_VERSION})",
+            where=str(target), fix="upgrade causalrm or re-export the dataset with this version",
+        )
+    return manifest
+
+
+def _locate(path: str | Path, kind: str) -> Path:
+    root = Path(path)
+    if root.is_file():
+        return root
+    for suffix in FORMATS:
+        candidate = root / f"{kind}.{suffix}"
+        if candidate.exists():
+            return candidate
+    raise InputFileError(f"no {kind}.parquet or {kind}.jsonl", where=str(root), fix="export it with `causalrm weights export`")
+
+
+def _read_table(path: Path, overrides: dict[str, pl.DataType]) -> pl.DataFrame:
+    try:
+        if path.suffix == ".jsonl":
+            return pl.read_ndjson(path, schema_overrides=overrides, infer_schema_length=None)
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars / pyarrow raise many types for a damaged file
+        raise InputFileError(f"cannot read {path.name}: {exc}", where=str(path), fix="re-export the dataset") from exc
+
+
+def read_weighted_dataset(path: str | Path) -> pl.DataFrame:
+    """Read and re-validate a weighted dataset's rows (the trainer's entry point).
+
+    Parameters
+    ----------
+    path : the dataset folder (``data.parquet`` or ``data.jsonl`` inside) or the data file itself.
+
+    Returns
+    -------
+    polars frame of shape (n_exposures, n_columns) per :class:`WeightedDataset`.
+    """
+    target = _locate(path, "data")
+    if target.parent.joinpath("manifest.json").exists():
+        read_manifest(target.parent)
+    overrides = {"label": pl.Int8, "observed": pl.Boolean, "propensity": pl.Float64, "weight": pl.Float64,
+                 "rho01": pl.Float64, "rho10": pl.Float64, "prompt_text": pl.Utf8, "response_text": pl.Utf8}
+    return validate_weighted_dataset(_read_table(target, overrides))
+
+
+def read_pairs(path: str | Path) -> pl.DataFrame:
+    """Read and re-validate ``DATASET/pairs.parquet`` (or ``.jsonl``): frame per :class:`PairsTable`."""
+    target = _locate(path, "pairs")
+    overrides = {"prompt_text": pl.Utf8, "chosen_text": pl.Utf8, "rejected_text": pl.Utf8}
+    return validate_pairs(_read_table(target, overrides))

@@ -1,0 +1,133 @@
+"""Propensity features: the feedback table's context and history columns, plus text embeddings.
+
+One row per exposure, in the order of the feedback frame given. Categorical columns are pandas
+``category`` columns (LightGBM splits on them natively); the MLP and the logistic baseline take
+the one-hot :func:`design_matrix` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from schemas.errors import InputFileError, WarehouseError
+from schemas.feedback import CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_PREFIX = "emb_"
+
+
+def build_features(
+    feedback: pl.DataFrame,
+    embeddings: pl.DataFrame | None = None,
+    *,
+    categorical: tuple[str, ...] = CONTEXT_CATEGORICAL,
+    numeric: tuple[str, ...] = CONTEXT_NUMERIC,
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Feature matrix of every exposure for a propensity model.
+
+    Parameters
+    ----------
+    feedback : polars frame, one row per exposure (the feedback table, or any frame holding
+        ``exposure_id`` and the feature columns).
+    embeddings : polars frame (``exposure_id``, ``embedding`` list[float]) from
+        ``feedback_etl.io.read_embeddings`` or None. When given it must cover every exposure.
+    categorical, numeric : feature column names (default: the feedback contract's context and
+        user-history columns).
+
+    Returns
+    -------
+    X : pandas DataFrame of shape (n_exposures, n_features), rows in ``feedback``'s order;
+        categorical columns have dtype ``category`` (categories sorted, nulls stay missing),
+        numeric ones float64 (nulls are NaN), embedding dimensions float32 named ``emb_000``...
+    feature_names : list of the n_features column names.
+    categorical_names : the subset of ``feature_names`` that is categorical.
+
+    Raises
+    ------
+    InputFileError : a feature column is missing from ``feedback``.
+    WarehouseError : embeddings exist but do not cover every exposure, or have ragged dimensions.
+    """
+    missing = [c for c in (*categorical, *numeric) if c not in feedback.columns]
+    if missing:
+        raise InputFileError(
+            f"feedback table lacks propensity feature column(s) {missing}",
+            where="WH/feedback",
+            fix="re-run `causalrm ingest` so the table follows the schemas.feedback contract",
+        )
+    columns: dict[str, pd.Series | np.ndarray] = {}
+    for name in categorical:
+        values = feedback[name].cast(pl.String).to_pandas()
+        levels = sorted(values.dropna().unique().tolist())
+        columns[name] = pd.Categorical(values, categories=levels)
+    for name in numeric:
+        columns[name] = feedback[name].cast(pl.Float64).to_numpy(allow_copy=True).astype(np.float64)
+    X = pd.DataFrame(columns)
+    categorical_names = list(categorical)
+
+    if embeddings is not None:
+        matrix = _embedding_matrix(feedback, embeddings)
+        names = [f"{EMBEDDING_PREFIX}{j:03d}" for j in range(matrix.shape[1])]
+        X = pd.concat([X, pd.DataFrame(matrix, columns=names)], axis=1)
+    return X, list(X.columns), categorical_names
+
+
+def _embedding_matrix(feedback: pl.DataFrame, embeddings: pl.DataFrame) -> np.ndarray:
+    """(n_exposures, dim) float32 embeddings aligned with ``feedback``'s rows."""
+    if "exposure_id" not in feedback.columns:
+        raise InputFileError("feedback frame lacks exposure_id", where="WH/feedback", fix="pass the feedback table")
+    joined = feedback.select("exposure_id").join(
+        embeddings.select("exposure_id", "embedding"), on="exposure_id", how="left", maintain_order="left"
+    )
+    n_missing = joined["embedding"].null_count()
+    if n_missing:
+        raise WarehouseError(
+            f"embeddings cover {len(joined) - n_missing:,} of {len(joined):,} exposures",
+            where="WH/embeddings",
+            fix="re-run `causalrm embed WH` after the last ingest, or fit with --no-embeddings",
+        )
+    lengths = joined["embedding"].list.len()
+    if lengths.n_unique() != 1:
+        raise WarehouseError(
+            f"embeddings have ragged dimensions {sorted(lengths.unique().to_list())[:5]}",
+            where="WH/embeddings",
+            fix="re-run `causalrm embed WH` with one model",
+        )
+    dim = int(lengths[0])
+    flat = joined["embedding"].explode().cast(pl.Float32).to_numpy()
+    return flat.reshape(len(joined), dim)
+
+
+def design_matrix(X: pd.DataFrame, categorical_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Numeric float64 matrix for models without native categoricals (MLP, logistic, balance).
+
+    Categorical columns become one indicator column per level (``platform=ios``; a missing value
+    is all zeros); numeric columns are copied (NaN kept: the estimators impute).
+
+    Returns
+    -------
+    matrix : ndarray of shape (n_exposures, n_columns)
+    names : list of the n_columns column names
+    """
+    categorical_names = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)] if categorical_names is None else categorical_names
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    for name in X.columns:
+        column = X[name]
+        if name in categorical_names:
+            codes = column.cat.codes.to_numpy()
+            levels = list(column.cat.categories)
+            onehot = np.zeros((len(X), len(levels)), dtype=np.float64)
+            rows = np.flatnonzero(codes >= 0)
+            onehot[rows, codes[rows]] = 1.0
+            blocks.append(onehot)
+            names.extend(f"{name}={level}" for level in levels)
+        else:
+            blocks.append(column.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1))
+            names.append(name)
+    matrix = np.hstack(blocks) if blocks else np.empty((len(X), 0))
+    return matrix, names

@@ -1,0 +1,338 @@
+"""`causalrm propensity fit`: cross-fitted, calibrated, clipped propensities for one channel.
+
+Steps: read WH/feedback (and WH/embeddings) -> features -> user-grouped folds -> one model per
+fold trained on the other folds -> out-of-fold raw scores -> calibration fitted on the other
+folds' out-of-fold scores -> clipping at a floor -> diagnostics -> WH/propensity/.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from propensity.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate
+from propensity.crossfit import cross_fit, group_folds
+from propensity.diagnostics import propensity_diagnostics
+from propensity.estimators import ESTIMATORS, make_estimator
+from propensity.features import EMBEDDING_PREFIX, build_features, design_matrix
+from propensity.io import models_dir, replace_dir, write_metrics, write_scores
+from schemas.errors import ConfigError, EstimationError, WarehouseError
+from schemas.feedback import CHANNELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PropensityConfig:
+    """Options of one propensity fit (a TOML ``[propensity]`` table maps onto it one to one).
+
+    Attributes
+    ----------
+    channel : feedback channel, a key of ``schemas.feedback.CHANNELS`` (vote -> ``observed``,
+        copy -> ``copied``, regenerate -> ``regenerated``, share -> ``shared``).
+    model : ``lightgbm`` (default), ``mlp`` or ``logistic``.
+    folds : K user-grouped cross-fitting folds (>= 2).
+    calibration : ``isotonic``, ``platt`` or ``none``; cross-fitted like the model.
+    clip : propensity floor in (0, 1); weights are then at most 1/clip. Clipped rows are counted.
+    seed : fold assignment and model seed.
+    use_embeddings : append WH/embeddings when present (ignored when absent).
+    n_jobs : LightGBM threads (0 = all cores).
+    device : MLP device: ``auto``, ``cpu``, ``cuda``.
+    reliability_bins : bins of the reliability table and ECE.
+    model_params : extra estimator parameters (e.g. ``{"n_estimators": 300}``).
+    """
+
+    channel: str = "vote"
+    model: str = "lightgbm"
+    folds: int = 5
+    calibration: str = "isotonic"
+    clip: float = 0.05
+    seed: int = 0
+    use_embeddings: bool = True
+    n_jobs: int = 0
+    device: str = "auto"
+    reliability_bins: int = 10
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ConfigError(f"unknown channel {self.channel!r}", where="--channel", fix=f"use one of {sorted(CHANNELS)}")
+        if self.model not in ESTIMATORS:
+            raise ConfigError(f"unknown propensity model {self.model!r}", where="--model", fix=f"use one of {sorted(ESTIMATORS)}")
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"unknown calibration {self.calibration!r}", where="--calibration", fix=f"use one of {list(CALIBRATIONS)}")
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}", where="--folds", fix="use --folds 5")
+        if not 0.0 < self.clip < 1.0:
+            raise ConfigError(
+                f"clip must be in (0, 1), got {self.clip}", where="--clip", fix="use e.g. --clip 0.05 (1e-4 clips almost nothing)"
+            )
+        if self.reliability_bins < 2:
+            raise ConfigError(f"reliability_bins must be >= 2, got {self.reliability_bins}", where="reliability_bins")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"unknown device {self.device!r}", where="--device", fix="use auto, cpu or cuda")
+        self.estimator()  # unknown model_params fail here, before any data is read
+
+    @property
+    def target(self) -> str:
+        """The feedback-table column this channel's model predicts."""
+        return CHANNELS[self.channel]
+
+    def estimator(self):
+        """The unfitted estimator this config describes."""
+        defaults: dict[str, Any] = {"random_state": self.seed}
+        if self.model == "lightgbm":
+            defaults["n_jobs"] = self.n_jobs
+        if self.model == "mlp":
+            defaults["device"] = self.device
+        if self.model == "logistic":
+            defaults = {}
+        return make_estimator(self.model, **{**defaults, **dict(self.model_params)})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model_params"] = dict(self.model_params)
+        d["target"] = self.target
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class PropensityResult:
+    """What a fit produced: the scores frame, the channel's diagnostics and where they were written."""
+
+    scores: pl.DataFrame
+    metrics: dict[str, Any]
+    clip: ClipReport
+    scores_path: Path
+    metrics_path: Path
+    models_path: Path
+
+
+def _check_target(feedback: pl.DataFrame, cfg: PropensityConfig, warehouse: Path) -> np.ndarray:
+    if feedback.is_empty():
+        raise WarehouseError(
+            "feedback table is empty (0 exposures)", where=str(warehouse / "feedback"), fix=f"ingest logs: `causalrm ingest LOGS --warehouse {warehouse}`"
+        )
+    if cfg.target not in feedback.columns:
+        raise WarehouseError(
+            f"feedback table lacks the {cfg.channel!r} channel's column {cfg.target!r}", where=str(warehouse / "feedback"),
+            fix="re-run `causalrm ingest` so the table follows the schemas.feedback contract",
+        )
+    y = feedback[cfg.target].fill_null(False).cast(pl.Boolean).to_numpy()
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise EstimationError(
+            f"no exposure has {cfg.channel!r} feedback ({cfg.target} is false on all {len(y):,} rows)",
+            where=str(warehouse / "feedback"),
+            fix=f"check that the logs carry {cfg.channel} events, or fit another --channel",
+        )
+    if n_pos == len(y):
+        raise EstimationError(
+            f"every exposure has {cfg.channel!r} feedback ({cfg.target} is true on all {len(y):,} rows): one class only, "
+            "propensity is 1 everywhere",
+            where=str(warehouse / "feedback"),
+            fix="log impressions without feedback too (the exposure universe), not only the rated ones",
+        )
+    return y
+
+
+def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *, progress: bool = False) -> PropensityResult:
+    """Fit one channel's cross-fitted propensities and write scores, metrics and models.
+
+    Parameters
+    ----------
+    warehouse : the warehouse folder (holding ``feedback/``, optionally ``embeddings/``).
+    cfg : options (default :class:`PropensityConfig`()).
+    progress : show a rich progress bar over folds.
+
+    Returns
+    -------
+    :class:`PropensityResult`; ``scores`` has one row per exposure: exposure_id, propensity,
+    propensity_raw, fold.
+
+    Raises
+    ------
+    WarehouseError : no or empty feedback table, stale embeddings.
+    EstimationError : no observed rows, every row observed, a fold with one class.
+    TableValidationError / InputFileError : the feedback table breaks its contract.
+    """
+    from feedback_etl.io import read_embeddings, read_feedback
+
+    cfg = cfg or PropensityConfig()
+    warehouse = Path(warehouse)
+    if not warehouse.is_dir():
+        raise WarehouseError("warehouse folder does not exist", where=str(warehouse), fix="pass the folder given to `causalrm ingest --warehouse`")
+    started = time.perf_counter()
+    feedback = read_feedback(warehouse)
+    observed = _check_target(feedback, cfg, warehouse)
+    embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
+    X, feature_names, categorical_names = build_features(feedback, embeddings)
+    folds = group_folds(feedback["user_id"].to_numpy(), cfg.folds, cfg.seed)
+    X_design, design_names = design_matrix(X, categorical_names)
+    model_input = X if cfg.model == "lightgbm" else X_design
+    log.info(
+        "propensity %s: %d exposures, %d with feedback, %d features (%s), %d folds, model %s",
+        cfg.channel, len(observed), int(observed.sum()), len(feature_names),
+        "with embeddings" if embeddings is not None else "no embeddings", cfg.folds, cfg.model,
+    )
+
+    with _fold_progress(progress, cfg.folds, f"propensity {cfg.channel}") as advance:
+        fitted = cross_fit(cfg.estimator(), model_input, observed, folds, on_fold_done=advance)
+    calibrated, calibrators = cross_calibrate(fitted.oof, observed, folds, cfg.calibration)
+    propensity, clip_report = clip_propensity(calibrated, cfg.clip, 1.0, observed=observed)
+    _log_clipping(cfg, clip_report)
+
+    diagnostics = propensity_diagnostics(
+        observed, propensity, propensity_raw=fitted.oof, folds=folds, X=X_design, feature_names=design_names,
+        n_bins=cfg.reliability_bins, embedding_prefix=EMBEDDING_PREFIX,
+    )
+    diagnostics = {
+        "channel": cfg.channel,
+        "target": cfg.target,
+        **diagnostics,
+        "clipping": clip_report.to_dict(),
+        "features": feature_names if embeddings is None else [n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)],
+        "categorical_features": categorical_names,
+        "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in feature_names)),
+        "config": cfg.to_dict(),
+        "estimator_params": _jsonable(cfg.estimator().get_params()),
+        "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - started, 3),
+    }
+
+    scores = pl.DataFrame(
+        {
+            "exposure_id": feedback["exposure_id"],
+            "propensity": propensity,
+            "propensity_raw": fitted.oof,
+            "fold": folds.astype(np.int32),
+        }
+    )
+    models_path = _write_models(warehouse, cfg, fitted.models, calibrators, X, feature_names, categorical_names, design_names)
+    scores_path = write_scores(warehouse, cfg.channel, scores)
+    metrics_path = write_metrics(warehouse, cfg.channel, diagnostics)
+    log.info("propensity %s: AUC %.3f, ECE %.4f, ESS/N %.3f", cfg.channel, diagnostics["auc"], diagnostics["ece"], diagnostics["weights"]["ess_ratio"])
+    return PropensityResult(
+        scores=scores, metrics=diagnostics, clip=clip_report, scores_path=scores_path, metrics_path=metrics_path, models_path=models_path
+    )
+
+
+def _log_clipping(cfg: PropensityConfig, report: ClipReport) -> None:
+    """Clipping changes weights, so it is always reported (EconML #1054: silent clipping misleads)."""
+    message = (
+        f"propensity {cfg.channel}: clipped {report.n_clipped:,} of {report.n_exposures:,} propensities "
+        f"({report.share_clipped:.2%}) to [{report.floor:g}, {report.ceiling:g}]; "
+        f"{report.n_clipped_observed:,} of them observed ({report.share_clipped_observed:.2%} of observed rows)"
+    )
+    log.log(logging.WARNING if report.n_clipped else logging.INFO, message)
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+
+
+def _write_models(
+    warehouse: Path,
+    cfg: PropensityConfig,
+    models: list,
+    calibrators: list,
+    X,
+    feature_names: list[str],
+    categorical_names: list[str],
+    design_names: list[str],
+) -> Path:
+    """Write fold models, calibrators and the feature spec into models/<channel>/ (swapped in whole)."""
+    import json
+
+    target = models_dir(warehouse, cfg.channel)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    staging.mkdir(parents=True)
+    try:
+        files = []
+        for k, model in enumerate(models):
+            files += [p.name for p in model.save(staging, f"fold_{k}")]
+        (staging / "calibration.json").write_text(json.dumps([c.to_dict() for c in calibrators], indent=1))
+        spec = {
+            "channel": cfg.channel,
+            "target": cfg.target,
+            "model": cfg.model,
+            "n_folds": len(models),
+            "fold_files": files,
+            "feature_names": feature_names,
+            "categorical_levels": {c: [str(v) for v in X[c].cat.categories] for c in categorical_names},
+            "design_names": design_names if cfg.model != "lightgbm" else None,
+            "config": cfg.to_dict(),
+            "note": "propensity = clip(calibration[k](fold_k(x))) for exposures of fold k; score new exposures "
+                    "with propensity.fit.load_fold_models and average over folds",
+        }
+        (staging / "config.json").write_text(json.dumps(spec, indent=2))
+        replace_dir(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_fold_models(warehouse: str | Path, channel: str = "vote") -> tuple[dict[str, Any], list, list]:
+    """The saved spec, fold models and calibrators of a channel (to score new exposures).
+
+    Returns
+    -------
+    spec : dict from ``models/<channel>/config.json``
+    models : list of K fitted estimators
+    calibrators : list of K fitted calibrators
+    """
+    import json
+
+    from propensity.calibration import calibrator_from_dict
+
+    directory = models_dir(warehouse, channel)
+    if not (directory / "config.json").is_file():
+        raise WarehouseError(
+            f"no saved propensity models for channel {channel!r}", where=str(directory),
+            fix=f"run `causalrm propensity fit {warehouse} --channel {channel}`",
+        )
+    spec = json.loads((directory / "config.json").read_text())
+    cls = ESTIMATORS[spec["model"]]
+    models = [cls.load(directory, f"fold_{k}") for k in range(spec["n_folds"])]
+    calibrators = [calibrator_from_dict(d) for d in json.loads((directory / "calibration.json").read_text())]
+    return spec, models, calibrators
+
+
+class _NullProgress:
+    def __enter__(self):
+        return lambda k: None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _RichProgress:
+    def __init__(self, total: int, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+        self.total, self.label = total, label
+
+    def __enter__(self):
+        self.progress.__enter__()
+        task = self.progress.add_task(f"{self.label}: folds", total=self.total)
+        return lambda k: self.progress.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _fold_progress(enabled: bool, total: int, label: str):
+    return _RichProgress(total, label) if enabled else _NullProgress()
+

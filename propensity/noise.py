@@ -1,0 +1,747 @@
+"""Label-noise rates per feedback channel: rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0) (issue 10).
+
+Two estimators, both with confidence intervals:
+
+* **Anchor points** (the CausalRM paper's method). A proxy preference model P(r=1 | x) is fitted on
+  the observed rows with inverse-propensity weights 1/p and cross-fitted by user groups, so every
+  exposure (observed or not) gets an out-of-fold score. Anchors are the exposures scored in the top
+  ``1 - q`` (r* close to 1) and bottom ``1 - q`` (r* close to 0). Then
+
+      rho01_hat = 1 - P(r=1 | top anchors),    rho10_hat = P(r=1 | bottom anchors),
+
+  with P(r=1 | anchors) the self-normalised inverse-propensity-weighted mean of the *held-out
+  observed labels* in the anchor set: sum(o r / p) / sum(o / p). The proxy's own scores are never
+  used as probabilities: the rows it scores most extreme are where it is most overconfident, so
+  its scores there understate the flip rates (winner's curse). Each side's quantile is widened,
+  in steps of one exposure, until it holds ``min_anchors`` observed rows (never below
+  ``min_quantile``); the quantile used is reported per side. Intervals: user-level (cluster)
+  bootstrap of the anchor selection and the weighted means, *conditional on the proxy's scores*
+  (refitting the proxy per replicate would multiply the cost by the number of replicates; the
+  scores only choose the anchor set, the labels carry the sampling noise).
+
+  Bias: anchors are only approximately pure. If the top anchors' clean-label rate is
+  m = P(r*=1 | top) < 1, then E[rho01_hat] = rho01 + (1 - m)(1 - rho01 - rho10), and likewise
+  rho10_hat is biased up by P(r*=1 | bottom)(1 - rho01 - rho10). Both are upward biases that grow
+  as the quantile widens; benchmarks/noise/README.md measures them on simulated logs.
+
+* **Audit set**: a gold-labelled sample (``exposure_id``, ``true_label``). Its observed rows give
+  the confusion counts of (r*, r); rho01 = #(r*=1, r=0) / #(r*=1), rho10 = #(r*=0, r=1) / #(r*=0)
+  with exact Clopper-Pearson (default) or Wilson intervals. The rates are those of the rows the
+  audit sampled (unweighted): draw the audit uniformly from observed exposures.
+
+Identifiability guard: rho01 + rho10 >= 1 (or a confidence interval of the sum reaching 1), an empty
+anchor set, or a one-class channel raise :class:`~schemas.errors.IdentifiabilityError`; the
+noise-aware loss divides by 1 - rho01 - rho10 and is meaningless there.
+
+Channels: only ``vote`` carries an up/down label. The implicit channels (copy, regenerate, share)
+are one-class: every observed row is the same signal, and not copying is not a thumbs-down, so no
+pair of flip rates is defined for them and estimating one is refused (their reliability belongs
+in their propensity P(signal | x), not in rho01 / rho10).
+
+Outputs: ``WH/noise/<channel>.json`` and, for the vote channel, ``WH/noise.json`` (same content).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from propensity._noise_proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores, group_folds
+from schemas.errors import ConfigError, EstimationError, IdentifiabilityError, InputFileError, WarehouseError
+from schemas.feedback import CHANNELS
+
+log = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("anchor", "audit")
+INTERVALS: tuple[str, ...] = ("clopper-pearson", "wilson")
+SEGMENT_COLUMNS: tuple[str, ...] = ("platform", "model_id", "locale")
+LABELLED_CHANNELS: tuple[str, ...] = ("vote",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseConfig:
+    """How to estimate the flip rates. Mirrors ``causalrm noise estimate`` options one to one.
+
+    Parameters
+    ----------
+    channel : feedback channel; only ``vote`` has an up/down label (see module docstring).
+    method : ``anchor`` (proxy model + anchor points) or ``audit`` (gold-labelled sample).
+    audit : path of an audit file (parquet, csv or jsonl with exposure_id, true_label). Required by
+        ``method="audit"``; with ``method="anchor"`` both estimates are reported and compared.
+    quantile : requested anchor quantile q: anchors are the top and bottom 1 - q of exposures.
+    min_anchors : each side is widened until it holds this many observed rows.
+    min_quantile : the widening stops here (a side then keeps fewer anchors, with a warning).
+    segment_by : also report rates per value of this column (platform, model_id or locale).
+    bootstrap : number of user-level bootstrap replicates for the anchor intervals.
+    confidence : two-sided confidence level of every interval.
+    interval : audit interval, ``clopper-pearson`` (exact, conservative) or ``wilson``.
+    use_weights : weight by 1/p from ``WH/propensity/scores.parquet``; False (``--no-weights``)
+        treats feedback as missing at random, which biases the rates when selection depends on r*.
+    proxy : proxy preference model, ``lightgbm`` or ``logistic`` (L2 logistic regression).
+    n_folds : cross-fitting folds when the propensity scores carry no fold column.
+    text_features : add a bag of word n-grams of response_text to the proxy's features.
+    use_embeddings : add WH/embeddings to the proxy's features when present.
+    max_ci_width : an interval wider than this is a warning in the output.
+    seed : seed of folds, proxy model and bootstrap.
+    """
+
+    channel: str = "vote"
+    method: str = "anchor"
+    audit: str | None = None
+    quantile: float = 0.97
+    min_anchors: int = 300
+    min_quantile: float = 0.75
+    segment_by: str | None = None
+    bootstrap: int = 200
+    confidence: float = 0.95
+    interval: str = "clopper-pearson"
+    use_weights: bool = True
+    proxy: str = "lightgbm"
+    n_folds: int = 5
+    text_features: bool = True
+    use_embeddings: bool = True
+    max_ci_width: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.channel in CHANNELS, f"unknown channel {self.channel!r}", f"use one of {', '.join(CHANNELS)}"),
+            (self.method in METHODS, f"unknown method {self.method!r}", "use anchor or audit"),
+            (self.method != "audit" or self.audit is not None, "method audit needs an audit file", "pass --audit FILE"),
+            (0.5 < self.quantile < 1, f"quantile must be in (0.5, 1), got {self.quantile}", "e.g. --quantile 0.97"),
+            (0.5 <= self.min_quantile <= self.quantile, f"min_quantile must be in [0.5, quantile], got {self.min_quantile}", "e.g. 0.75"),
+            (self.min_anchors >= 1, f"min_anchors must be >= 1, got {self.min_anchors}", "e.g. --min-anchors 300"),
+            (self.segment_by is None or self.segment_by in SEGMENT_COLUMNS, f"cannot segment by {self.segment_by!r}", f"use one of {', '.join(SEGMENT_COLUMNS)}"),
+            (self.bootstrap >= 20, f"bootstrap must be >= 20 replicates, got {self.bootstrap}", "e.g. --bootstrap 200"),
+            (0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence}", "e.g. 0.95"),
+            (self.interval in INTERVALS, f"unknown interval {self.interval!r}", f"use one of {', '.join(INTERVALS)}"),
+            (self.proxy in PROXY_MODELS, f"unknown proxy model {self.proxy!r}", f"use one of {', '.join(PROXY_MODELS)}"),
+            (self.n_folds >= 2, f"n_folds must be >= 2, got {self.n_folds}", "e.g. 5"),
+            (0 < self.max_ci_width <= 1, f"max_ci_width must be in (0, 1], got {self.max_ci_width}", "e.g. 0.15"),
+        ]
+        for ok, what, fix in checks:
+            if not ok:
+                raise ConfigError(what, where="noise config", fix=fix)
+
+
+# ------------------------------------------------------------------------------------ anchor points
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side's anchor set: count of exposures k from the extreme end, observed anchors, P(r=1)."""
+
+    k: int
+    n_observed: int
+    p_label1: float
+    quantile: float
+    short: bool  # min_anchors not reached at min_quantile
+
+
+def _side_point(obs: np.ndarray, wy: np.ndarray, w: np.ndarray, *, quantile: float, min_anchors: int, min_quantile: float) -> _Side:
+    """Anchor set of one side. Arrays are sorted from the extreme end (shape (n,))."""
+    n = obs.size
+    k_req = max(1, math.ceil(round((1 - quantile) * n, 9)))
+    k_max = max(k_req, math.floor(round((1 - min_quantile) * n, 9)))
+    cum_obs = np.cumsum(obs)
+    k_need = int(np.searchsorted(cum_obs, min_anchors, side="left")) + 1  # first k with >= min_anchors
+    k = min(max(k_req, k_need), k_max, n)
+    n_observed = int(cum_obs[k - 1])
+    denominator = float(w[:k].sum())
+    p_label1 = float(wy[:k].sum() / denominator) if denominator > 0 else float("nan")
+    return _Side(k=k, n_observed=n_observed, p_label1=p_label1, quantile=1 - k / n, short=k_need > k)
+
+
+def _side_bootstrap(obs: np.ndarray, wy: np.ndarray, w: np.ndarray, m: np.ndarray, *, quantile: float, min_anchors: int, min_quantile: float) -> float:
+    """P(r=1 | anchors) in one bootstrap replicate: arrays sorted from the extreme end, m the
+    replicate's multiplicity of each exposure (shape (n,)); the same widening rule as the point
+    estimate, applied to the resampled exposures."""
+    cm = np.cumsum(m)
+    total = cm[-1]
+    co = np.cumsum(m * obs)
+    i_req = int(np.searchsorted(cm, (1 - quantile) * total, side="left"))
+    i_need = int(np.searchsorted(co, min_anchors, side="left"))
+    i_cap = int(np.searchsorted(cm, (1 - min_quantile) * total, side="left"))
+    i = min(max(i_req, i_need), i_cap, m.size - 1)
+    den = float(np.dot(m[: i + 1], w[: i + 1]))
+    return float(np.dot(m[: i + 1], wy[: i + 1]) / den) if den > 0 else float("nan")
+
+
+def _percentile_ci(values: np.ndarray, confidence: float) -> list[float]:
+    alpha = 1 - confidence
+    lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
+    return [float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))]
+
+
+def anchor_rates(
+    score: np.ndarray,
+    observed: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    user: np.ndarray,
+    *,
+    quantile: float = 0.97,
+    min_anchors: int = 300,
+    min_quantile: float = 0.75,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+    where: str = "noise estimate",
+) -> dict:
+    """Anchor-point flip rates from scores of every exposure and the held-out observed labels.
+
+    Parameters
+    ----------
+    score : array of shape (n_exposures,), out-of-fold proxy score of P(r*=1 | x); only its order matters.
+    observed : bool array of shape (n_exposures,), o.
+    label : int array of shape (n_exposures,), r (any value where o = 0).
+    weight : array of shape (n_exposures,), 1/p (any value where o = 0).
+    user : array of shape (n_exposures,), the bootstrap's resampling unit (user_id).
+
+    Returns
+    -------
+    dict with rho01, rho10, rho01_ci, rho10_ci, rho_sum_ci, n_anchor, n_anchor_exposures, quantile,
+    quantile_by_side, warnings.
+
+    Raises
+    ------
+    IdentifiabilityError : no observed anchors on a side, or rho01 + rho10 (or its interval) >= 1.
+    """
+    observed = np.asarray(observed, dtype=bool)
+    n = observed.size
+    if n == 0 or not observed.any():
+        raise IdentifiabilityError("no observed rows, so no anchor can carry a label", where=where, fix="check the channel and the warehouse")
+    y = np.where(observed, np.asarray(label, dtype=np.float64), 0.0)
+    w = np.where(observed, np.asarray(weight, dtype=np.float64), 0.0)
+    obs = observed.astype(np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    # Stable sorts on (score, position): ties are broken the same way in every run.
+    top_order = np.argsort(-score, kind="stable")
+    bottom_order = np.argsort(score, kind="stable")
+    params = {"quantile": quantile, "min_anchors": min_anchors, "min_quantile": min_quantile}
+    top = _side_point(obs[top_order], (w * y)[top_order], w[top_order], **params)
+    bottom = _side_point(obs[bottom_order], (w * y)[bottom_order], w[bottom_order], **params)
+    for name, side in (("top", top), ("bottom", bottom)):
+        if side.n_observed == 0:
+            raise IdentifiabilityError(
+                f"empty anchor set: the {name} {1 - side.quantile:.0%} of exposures by proxy score hold no observed row",
+                where=where,
+                fix="collect more feedback, lower --min-quantile, or use --method audit",
+            )
+    rho01 = 1.0 - top.p_label1
+    rho10 = bottom.p_label1
+
+    rng = np.random.default_rng(seed)
+    _, user_index = np.unique(np.asarray(user).astype(str), return_inverse=True)
+    n_users = int(user_index.max()) + 1
+    top_arrays = (obs[top_order], (w * y)[top_order], w[top_order])
+    bottom_arrays = (obs[bottom_order], (w * y)[bottom_order], w[bottom_order])
+    user_top, user_bottom = user_index[top_order], user_index[bottom_order]
+    top_b, bottom_b = np.empty(n_bootstrap), np.empty(n_bootstrap)
+    for b in range(n_bootstrap):
+        # Cluster bootstrap: users are drawn with replacement and bring all their exposures.
+        counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users)).astype(np.float64)
+        top_b[b] = _side_bootstrap(*top_arrays, counts[user_top], **params)
+        bottom_b[b] = _side_bootstrap(*bottom_arrays, counts[user_bottom], **params)
+    rho01_b, rho10_b = 1.0 - top_b, bottom_b
+    sum_b = rho01_b + rho10_b
+    warnings: list[str] = []
+    failed = int(np.isnan(sum_b).sum())
+    if failed > 0.05 * n_bootstrap:
+        warnings.append(f"{failed} of {n_bootstrap} bootstrap replicates had an empty anchor side; intervals are unreliable")
+    alpha = 1 - confidence
+    sum_ci = [float(v) for v in np.nanquantile(sum_b, [alpha / 2, 1 - alpha / 2])]
+    if rho01 + rho10 >= 1 or sum_ci[1] >= 1:
+        raise IdentifiabilityError(
+            f"flip rates not identified: rho01 + rho10 = {rho01 + rho10:.3f} ({confidence:.0%} interval "
+            f"{sum_ci[0]:.3f}..{sum_ci[1]:.3f}) reaches 1, i.e. top anchors are not more often up-voted than bottom "
+            f"anchors (P(r=1|top) = {top.p_label1:.3f}, P(r=1|bottom) = {bottom.p_label1:.3f})",
+            where=where,
+            fix="the proxy model cannot rank answers: add text features or embeddings (`causalrm embed`), or use --method audit",
+        )
+    for name, side in (("top", top), ("bottom", bottom)):
+        if side.short:
+            warnings.append(
+                f"{name} anchors: only {side.n_observed} observed rows at the widest quantile {side.quantile:.3f} "
+                f"(min_anchors {min_anchors}); the rate is imprecise"
+            )
+        elif side.quantile < quantile - 1e-9:
+            warnings.append(
+                f"{name} anchors: quantile widened from {quantile} to {side.quantile:.4f} to reach {min_anchors} observed rows; "
+                "wider anchor sets are less pure and bias the rate upward"
+            )
+    return {
+        "rho01": float(rho01),
+        "rho10": float(rho10),
+        "rho01_ci": _percentile_ci(rho01_b, confidence),
+        "rho10_ci": _percentile_ci(rho10_b, confidence),
+        "rho_sum_ci": sum_ci,
+        "n_anchor": {"top": top.n_observed, "bottom": bottom.n_observed},
+        "n_anchor_exposures": {"top": top.k, "bottom": bottom.k},
+        "p_label1": {"top": top.p_label1, "bottom": bottom.p_label1},
+        "quantile": float(min(top.quantile, bottom.quantile)),
+        "quantile_by_side": {"top": float(top.quantile), "bottom": float(bottom.quantile)},
+        "warnings": warnings,
+    }
+
+
+# ------------------------------------------------------------------------------------ audit set
+
+
+def proportion_ci(successes: int, trials: int, *, confidence: float = 0.95, interval: str = "clopper-pearson") -> list[float]:
+    """Two-sided interval for a binomial proportion successes / trials.
+
+    Clopper-Pearson inverts the exact binomial test (coverage >= nominal for every true rate);
+    Wilson inverts the score test (coverage close to nominal on average, narrower).
+    """
+    from scipy import stats
+
+    if trials == 0:
+        return [0.0, 1.0]
+    alpha = 1 - confidence
+    if interval == "clopper-pearson":
+        lo = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
+        hi = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+        return [lo, hi]
+    if interval == "wilson":
+        z = float(stats.norm.ppf(1 - alpha / 2))
+        p = successes / trials
+        center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+        half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+        return [max(0.0, center - half), min(1.0, center + half)]
+    raise ConfigError(f"unknown interval {interval!r}", where="noise config", fix=f"use one of {', '.join(INTERVALS)}")
+
+
+def audit_rates(
+    true_label: np.ndarray, observed_label: np.ndarray, *, confidence: float = 0.95, interval: str = "clopper-pearson", where: str = "audit set"
+) -> dict:
+    """Flip rates from gold labels r* and observed labels r on the same exposures.
+
+    Parameters
+    ----------
+    true_label : int array of shape (n_audited,), r* in {0, 1}.
+    observed_label : int array of shape (n_audited,), r in {0, 1}.
+
+    Returns
+    -------
+    dict with rho01, rho10, rho01_ci, rho10_ci, confusion counts and warnings.
+
+    Raises
+    ------
+    IdentifiabilityError : the audit holds one class only, or rho01 + rho10 (upper bounds) >= 1.
+    """
+    true_label = np.asarray(true_label, dtype=np.int64)
+    observed_label = np.asarray(observed_label, dtype=np.int64)
+    n1 = int((true_label == 1).sum())
+    n0 = int((true_label == 0).sum())
+    if n1 == 0 or n0 == 0:
+        raise IdentifiabilityError(
+            f"one-class audit: the {n1 + n0} audited observed rows all have true_label={1 if n1 else 0}, so "
+            f"{'rho10' if n1 else 'rho01'} has no denominator",
+            where=where,
+            fix="audit a uniform sample of observed exposures with both good and bad answers",
+        )
+    n10 = int(((true_label == 1) & (observed_label == 0)).sum())  # r*=1 but r=0
+    n01 = int(((true_label == 0) & (observed_label == 1)).sum())  # r*=0 but r=1
+    rho01, rho10 = n10 / n1, n01 / n0
+    rho01_ci = proportion_ci(n10, n1, confidence=confidence, interval=interval)
+    rho10_ci = proportion_ci(n01, n0, confidence=confidence, interval=interval)
+    if rho01 + rho10 >= 1 or rho01_ci[1] + rho10_ci[1] >= 1:
+        raise IdentifiabilityError(
+            f"flip rates not identified: rho01 + rho10 = {rho01 + rho10:.3f} (upper bounds sum to "
+            f"{rho01_ci[1] + rho10_ci[1]:.3f}) reaches 1: observed labels carry no information about r*",
+            where=where,
+            fix="audit more rows, or check that true_label uses the same coding as the vote (1 = good)",
+        )
+    return {
+        "rho01": rho01,
+        "rho10": rho10,
+        "rho01_ci": rho01_ci,
+        "rho10_ci": rho10_ci,
+        "confusion": {"true1_r1": n1 - n10, "true1_r0": n10, "true0_r1": n01, "true0_r0": n0 - n01},
+        "warnings": [],
+    }
+
+
+def read_audit(path: str | Path) -> pl.DataFrame:
+    """Read an audit file (parquet, csv or jsonl/ndjson) as (exposure_id str, true_label int8).
+
+    Raises
+    ------
+    InputFileError : missing file, unknown format, missing column, labels not 0/1, conflicting duplicates.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError("audit file not found", where=str(path), fix="pass --audit with a parquet, csv or jsonl file")
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson, ".json": pl.read_ndjson}
+    if suffix not in readers:
+        raise InputFileError(f"unknown audit file format {suffix!r}", where=str(path), fix="use .parquet, .csv or .jsonl")
+    try:
+        frame = readers[suffix](path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InputFileError(f"cannot read audit file: {exc}", where=str(path), fix="check the file's format") from exc
+    missing = [c for c in ("exposure_id", "true_label") if c not in frame.columns]
+    if missing:
+        raise InputFileError(
+            f"audit file lacks column(s) {', '.join(missing)} (has {', '.join(frame.columns)})",
+            where=str(path),
+            fix="the audit needs exposure_id and true_label (1 = the answer is good, 0 = bad)",
+        )
+    frame = frame.select(pl.col("exposure_id").cast(pl.Utf8), pl.col("true_label"))
+    if frame["true_label"].dtype == pl.Boolean:
+        frame = frame.with_columns(pl.col("true_label").cast(pl.Int8))
+    labels = frame["true_label"].cast(pl.Float64, strict=False)
+    bad = frame.filter(~labels.is_in([0.0, 1.0]).fill_null(False) | pl.col("exposure_id").is_null())
+    if bad.height:
+        raise InputFileError(
+            f"{bad.height} audit rows have a null exposure_id or a true_label other than 0/1, e.g. {bad.head(3).to_dicts()}",
+            where=str(path),
+            fix="true_label must be 0 or 1",
+        )
+    frame = frame.with_columns(pl.col("true_label").cast(pl.Float64).cast(pl.Int8)).unique()
+    dup = frame.group_by("exposure_id").len().filter(pl.col("len") > 1)
+    if dup.height:
+        raise InputFileError(
+            f"{dup.height} exposure_id(s) appear with both true labels, e.g. {dup['exposure_id'].head(3).to_list()}",
+            where=str(path),
+            fix="keep one gold label per exposure",
+        )
+    return frame
+
+
+def _audit_join(feedback: pl.DataFrame, audit: pl.DataFrame, segment_by: str | None) -> tuple[pl.DataFrame, dict, list[str]]:
+    cols = ["exposure_id", "observed", "label"] + ([segment_by] if segment_by else [])
+    joined = audit.join(feedback.select(cols), on="exposure_id", how="left")
+    not_in_wh = int(joined["observed"].is_null().sum())
+    used = joined.filter(pl.col("observed").fill_null(False))
+    counts = {"rows": audit.height, "used": used.height, "not_in_warehouse": not_in_wh, "not_observed": audit.height - not_in_wh - used.height}
+    warnings = []
+    if not_in_wh:
+        warnings.append(f"{not_in_wh} audit rows name exposures absent from the warehouse; ignored")
+    if counts["not_observed"]:
+        warnings.append(f"{counts['not_observed']} audit rows have no vote to compare with; ignored")
+    return used, counts, warnings
+
+
+# ------------------------------------------------------------------------------------ orchestration
+
+
+def _width_warnings(result: dict, max_width: float, prefix: str = "") -> list[str]:
+    out = []
+    for name in ("rho01", "rho10"):
+        lo, hi = result[f"{name}_ci"]
+        if hi - lo > max_width:
+            out.append(f"{prefix}{name} interval [{lo:.3f}, {hi:.3f}] is wider than {max_width}; collect more feedback or audit labels")
+    return out
+
+
+def _require_labelled_channel(channel: str) -> None:
+    if channel not in LABELLED_CHANNELS:
+        raise IdentifiabilityError(
+            f"channel {channel!r} is one-class: an implicit signal ({CHANNELS[channel]}) is only ever positive, and its "
+            "absence is not a thumbs-down, so rho01 / rho10 are not defined for it",
+            where=f"noise estimate --channel {channel}",
+            fix="estimate noise on --channel vote; an implicit channel's reliability is carried by its propensity",
+        )
+
+
+def proxy_scores(
+    feedback: pl.DataFrame,
+    config: NoiseConfig,
+    *,
+    weight: np.ndarray,
+    fold: np.ndarray | None = None,
+    embeddings: pl.DataFrame | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Cross-fitted proxy scores of P(r=1 | x) for every exposure, and the proxy's diagnostics.
+
+    Parameters
+    ----------
+    feedback : one row per exposure (see :func:`estimate_noise_frame`).
+    weight : array of shape (n_exposures,), 1/p (ones without weights).
+    fold : int array of shape (n_exposures,) or None (folds by user_id hash).
+
+    Returns
+    -------
+    (score, info): score of shape (n_exposures,); info = model, n_features, n_folds and
+    auc_observed (inverse-propensity-weighted AUC of the held-out scores against observed labels).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    observed = feedback["observed"].to_numpy().astype(bool)
+    label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
+    users = feedback["user_id"].to_numpy()
+    fold = group_folds(users, config.n_folds, config.seed) if fold is None else np.asarray(fold)
+    features, names = build_proxy_features(
+        feedback, embeddings if config.use_embeddings else None, text=config.text_features, standardize=config.proxy == "logistic"
+    )
+    log.info("noise proxy: %s on %d features, %d folds, %d observed rows", config.proxy, len(names), len(np.unique(fold)), observed.sum())
+    score = cross_fit_scores(features, observed, label, weight, fold, users, kind=config.proxy, seed=config.seed)
+    auc = float(roc_auc_score(label[observed], score[observed], sample_weight=weight[observed]))
+    return score, {"model": config.proxy, "n_features": len(names), "n_folds": int(len(np.unique(fold))), "auc_observed": auc}
+
+
+def estimate_noise_frame(
+    feedback: pl.DataFrame,
+    config: NoiseConfig,
+    *,
+    propensity: np.ndarray | None = None,
+    fold: np.ndarray | None = None,
+    embeddings: pl.DataFrame | None = None,
+    audit: pl.DataFrame | None = None,
+) -> dict:
+    """Estimate rho01 / rho10 from an in-memory feedback frame (no file I/O).
+
+    Parameters
+    ----------
+    feedback : one row per exposure with at least exposure_id, user_id, observed, label and, for
+        the anchor method, feature columns (context columns, response_text); see
+        ``propensity._noise_proxy.build_proxy_features``.
+    config : what to estimate.
+    propensity : array of shape (n_exposures,), p aligned with ``feedback`` rows; None = no weights.
+    fold : int array of shape (n_exposures,), cross-fitting folds (e.g. the propensity model's);
+        None = folds by user_id hash.
+    embeddings : optional (exposure_id, embedding) frame for the proxy.
+    audit : optional (exposure_id, true_label) frame (see :func:`read_audit`).
+
+    Returns
+    -------
+    dict in the ``WH/noise.json`` layout (see README "causalrm noise estimate").
+    """
+    _require_labelled_channel(config.channel)
+    where = f"noise estimate --channel {config.channel}"
+    observed = feedback["observed"].to_numpy().astype(bool)
+    labels = feedback.filter(pl.col("observed"))["label"]
+    if labels.n_unique() < 2:
+        value = labels.unique().to_list()
+        raise IdentifiabilityError(
+            f"one-class channel: all {labels.len()} observed labels are {value}, so flip rates are not identified",
+            where=where,
+            fix="check the ETL's vote mapping (thumbs_up=1, thumbs_down=0)",
+        )
+    result: dict = {
+        "channel": config.channel,
+        "method": config.method,
+        "rho01": None, "rho10": None, "rho01_ci": None, "rho10_ci": None,
+        "confidence": config.confidence,
+        "n_anchor": None, "n_anchor_exposures": None,
+        "quantile": None, "quantile_requested": None, "quantile_by_side": None, "min_anchors": None,
+        "n_exposures": feedback.height,
+        "n_observed": int(observed.sum()),
+        "warnings": [],
+        "segments": [],
+        "comparison": None,
+        "config": asdict(config),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    audit_used = None
+    if audit is not None:
+        audit_used, audit_counts, audit_warnings = _audit_join(feedback, audit, config.segment_by)
+        if audit_used.height == 0:
+            raise IdentifiabilityError(
+                f"none of the {audit.height} audit rows is an observed exposure of this warehouse",
+                where=config.audit or "audit set",
+                fix="audit exposures that received a vote (observed = true)",
+            )
+        audit_result = audit_rates(
+            audit_used["true_label"].to_numpy(), audit_used["label"].to_numpy(), confidence=config.confidence,
+            interval=config.interval, where=config.audit or "audit set",
+        )
+        audit_result["n_audit"] = audit_counts
+        audit_result["interval"] = config.interval
+        audit_result["warnings"] = audit_warnings + _width_warnings(audit_result, config.max_ci_width, "audit ")
+
+    if config.method == "anchor":
+        if propensity is None:
+            weight = np.ones(feedback.height)
+            result["warnings"].append("no inverse-propensity weights (--no-weights): rates assume feedback is missing at random")
+        else:
+            weight = 1.0 / np.asarray(propensity, dtype=np.float64)
+        label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
+        score, result["proxy"] = proxy_scores(feedback, config, weight=weight, fold=fold, embeddings=embeddings)
+        auc = result["proxy"]["auc_observed"]
+        if auc < 0.6:
+            result["warnings"].append(
+                f"proxy model separates up- from down-votes poorly (held-out AUC {auc:.3f}); anchors are impure and both rates biased upward"
+            )
+        users = feedback["user_id"].to_numpy()
+        anchor_kw = {
+            "quantile": config.quantile, "min_anchors": config.min_anchors, "min_quantile": config.min_quantile,
+            "n_bootstrap": config.bootstrap, "confidence": config.confidence, "seed": config.seed,
+        }
+        main = anchor_rates(score, observed, label, weight, users, where=where, **anchor_kw)
+        result.update({k: v for k, v in main.items() if k != "warnings"})
+        result["quantile_requested"] = config.quantile
+        result["min_anchors"] = config.min_anchors
+        result["warnings"] += main["warnings"] + _width_warnings(main, config.max_ci_width)
+        if config.segment_by:
+            values = feedback[config.segment_by].cast(pl.Utf8).fill_null("<null>").to_numpy()
+            for value in sorted(set(values.tolist())):
+                mask = values == value
+                row = {"segment_by": config.segment_by, "segment": value, "n_exposures": int(mask.sum()), "n_observed": int(observed[mask].sum())}
+                try:
+                    seg = anchor_rates(score[mask], observed[mask], label[mask], weight[mask], users[mask], where=f"{where} segment {config.segment_by}={value}", **anchor_kw)
+                    row.update(seg)
+                    row["warnings"] = seg["warnings"] + _width_warnings(seg, config.max_ci_width)
+                    row["error"] = None
+                except IdentifiabilityError as exc:
+                    row.update({"rho01": None, "rho10": None, "rho01_ci": None, "rho10_ci": None, "warnings": [], "error": exc.one_line()})
+                    result["warnings"].append(f"segment {config.segment_by}={value}: {exc.what}")
+                result["segments"].append(row)
+        if audit_used is not None:
+            result["comparison"] = {
+                "audit": {k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "n_audit", "interval", "confusion")},
+                "distance": _distance(result, audit_result),
+            }
+            result["warnings"] += audit_result["warnings"]
+    else:
+        result.update({k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "confusion", "n_audit", "interval")})
+        result["warnings"] += audit_result["warnings"]
+        if config.segment_by:
+            for value in sorted(set(audit_used[config.segment_by].cast(pl.Utf8).fill_null("<null>").to_list())):
+                part = audit_used.filter(pl.col(config.segment_by).cast(pl.Utf8).fill_null("<null>") == value)
+                row = {"segment_by": config.segment_by, "segment": value, "n_audit": part.height}
+                try:
+                    seg = audit_rates(part["true_label"].to_numpy(), part["label"].to_numpy(), confidence=config.confidence,
+                                      interval=config.interval, where=f"audit segment {config.segment_by}={value}")
+                    row.update(seg)
+                    row["warnings"] = _width_warnings(seg, config.max_ci_width)
+                    row["error"] = None
+                except IdentifiabilityError as exc:
+                    row.update({"rho01": None, "rho10": None, "rho01_ci": None, "rho10_ci": None, "warnings": [], "error": exc.one_line()})
+                    result["warnings"].append(f"segment {config.segment_by}={value}: {exc.what}")
+                result["segments"].append(row)
+    for message in result["warnings"]:
+        log.warning("noise %s: %s", config.channel, message)
+    return result
+
+
+def _distance(anchor: dict, audit: dict) -> dict:
+    def overlap(a: list[float], b: list[float]) -> bool:
+        return a[0] <= b[1] and b[0] <= a[1]
+
+    d01 = anchor["rho01"] - audit["rho01"]
+    d10 = anchor["rho10"] - audit["rho10"]
+    return {
+        "rho01": float(d01),
+        "rho10": float(d10),
+        "max_abs": float(max(abs(d01), abs(d10))),
+        "intervals_overlap": bool(overlap(anchor["rho01_ci"], audit["rho01_ci"]) and overlap(anchor["rho10_ci"], audit["rho10_ci"])),
+    }
+
+
+# ------------------------------------------------------------------------------------ warehouse I/O
+
+
+def _scores_path(warehouse: Path) -> Path:
+    return warehouse / "propensity" / "scores.parquet"
+
+
+def _load_scores(warehouse: Path, channel: str) -> pl.DataFrame:
+    """(exposure_id, propensity, fold) of a channel from WH/propensity/scores.parquet."""
+    path = _scores_path(warehouse)
+    fix = (
+        f"run `causalrm propensity fit {warehouse} --channel {channel}` first, or pass --no-weights to estimate "
+        "without inverse-propensity weights (biased when feedback depends on the answer's quality)"
+    )
+    if not path.is_file():
+        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(path), fix=fix)
+    try:
+        from propensity import read_scores  # the propensity helper's reader, when it exists
+    except ImportError:
+        read_scores = None
+    if read_scores is not None:
+        scores = read_scores(warehouse, channel=channel)
+    else:
+        scores = pl.read_parquet(path).filter(pl.col("channel") == channel)
+    if scores.height == 0:
+        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(path), fix=fix)
+    return scores
+
+
+def noise_path(warehouse: str | Path, channel: str = "vote") -> Path:
+    """``WH/noise/<channel>.json``."""
+    return Path(warehouse) / "noise" / f"{channel}.json"
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
+    """Estimate the flip rates of a warehouse's channel and write ``WH/noise/<channel>.json``
+    (and ``WH/noise.json`` for the vote channel).
+
+    Reads ``WH/feedback``, ``WH/propensity/scores.parquet`` (anchor method, unless
+    ``use_weights=False``), ``WH/embeddings`` (optional) and the audit file.
+
+    Returns
+    -------
+    The dict written (see :func:`estimate_noise_frame`).
+
+    Raises
+    ------
+    IdentifiabilityError, WarehouseError, InputFileError, EstimationError.
+    """
+    from feedback_etl.io import read_embeddings, read_feedback
+
+    warehouse = Path(warehouse)
+    _require_labelled_channel(config.channel)
+    feedback = read_feedback(warehouse)
+    audit = read_audit(config.audit) if config.audit else None
+    propensity = fold = None
+    source = None
+    if config.method == "anchor" and config.use_weights:
+        scores = _load_scores(warehouse, config.channel)
+        keep = ["exposure_id", "propensity"] + (["fold"] if "fold" in scores.columns else [])
+        joined = feedback.select("exposure_id").join(scores.select(keep), on="exposure_id", how="left", maintain_order="left")
+        missing = int(joined["propensity"].is_null().sum())
+        if missing:
+            raise WarehouseError(
+                f"{missing} of {feedback.height} exposures have no {config.channel} propensity",
+                where=str(_scores_path(warehouse)),
+                fix=f"refit: `causalrm propensity fit {warehouse} --channel {config.channel}` after the last ingest",
+            )
+        propensity = joined["propensity"].to_numpy()
+        if (propensity <= 0).any():
+            raise EstimationError("propensities must be > 0", where=str(_scores_path(warehouse)), fix="refit the propensity model (it clips)")
+        fold = joined["fold"].to_numpy() if "fold" in joined.columns and joined["fold"].null_count() == 0 else None
+        source = str(_scores_path(warehouse))
+    embeddings = read_embeddings(warehouse) if (config.method == "anchor" and config.use_embeddings) else None
+    result = estimate_noise_frame(feedback, config, propensity=propensity, fold=fold, embeddings=embeddings, audit=audit)
+    result["warehouse"] = str(warehouse)
+    result["propensity_source"] = source
+    result["embeddings"] = embeddings is not None
+    _write_json_atomic(noise_path(warehouse, config.channel), result)
+    if config.channel == "vote":
+        _write_json_atomic(warehouse / "noise.json", result)
+    return result
+
+
+def read_noise(warehouse: str | Path, channel: str = "vote") -> dict:
+    """The last noise estimate of a channel (``WH/noise/<channel>.json``; ``WH/noise.json`` for vote).
+
+    Raises
+    ------
+    WarehouseError : no estimate for this channel yet.
+    """
+    path = noise_path(warehouse, channel)
+    if not path.is_file() and channel == "vote" and (Path(warehouse) / "noise.json").is_file():
+        path = Path(warehouse) / "noise.json"
+    if not path.is_file():
+        raise WarehouseError(
+            f"no noise estimate for channel {channel!r}", where=str(path), fix=f"run `causalrm noise estimate {warehouse} --channel {channel}`"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))

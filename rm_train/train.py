@@ -1,0 +1,407 @@
+"""Training a reward head on a weighted dataset with the CausalRM losses.
+
+Loop: AdamW over mini-batches of the training split (all exposures for the IPS / DR losses, observed
+rows only for naive / noise); after each epoch the *same* estimator is computed on the validation
+split (clean labels do not exist in production, so early stopping must use the debiased loss), the
+best epoch's weights are checkpointed to ``MODEL_DIR/model.safetensors`` and restored at the end.
+
+Doubly robust training (causalrm-dr, dr-debias-only): an imputation head g of the same architecture
+predicts y_hat = sigmoid(g(x)) ~ E[r* | x]. Each mini-batch does two steps, alternating as in joint
+learning for DR (Wang et al., ICML 2019, "Doubly Robust Joint Learning for Recommendation on Data
+Missing Not at Random"):
+
+1. g: one AdamW step on its own objective, the CausalRM-IPS loss with the bounded MSE base
+   (``losses.imputation_loss``) on the batch, so y_hat targets E[r* | x] over all exposures;
+2. f: one AdamW step on the DR loss with e_i = l(f(x_i), y_hat_i), y_hat detached.
+
+Why alternate rather than minimise one joint sum: the DR objective is small when y_hat agrees with f,
+so letting its gradient reach g would pull the imputation towards the reward model instead of towards
+the labels, and the error-imputation term would stop carrying information from unobserved rows. The
+imputation head is saved next to the model (``imputation.safetensors``).
+
+GPU: ``device="auto"`` picks CUDA when visible; the forward runs under bf16 autocast (losses in
+fp32); batches come from pinned memory. Under ``torchrun`` (WORLD_SIZE > 1) the heads are wrapped in
+DistributedDataParallel and batches drawn with DistributedSampler (NCCL on GPUs, gloo on CPUs); every
+rank computes the full validation loss, so early stopping agrees across ranks without communication;
+rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import save_file
+
+from rm_train.config import TrainConfig
+from rm_train.data import (
+    FeatureSpec,
+    ShuffledBatches,
+    TensorRows,
+    feature_tensors,
+    fit_feature_spec,
+    load_pairs,
+    load_weighted_dataset,
+    read_manifest,
+    target_tensors,
+)
+from rm_train.heads import RewardHead
+from rm_train.losses import OBSERVED_ONLY, imputation_loss, pairwise_terms, pointwise_terms
+from schemas.errors import ConfigError, EstimationError
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "causalrm-reward-head"
+MODEL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_kind: str) -> _Distributed:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Distributed()
+    import torch.distributed as dist
+
+    initialised_here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        initialised_here = True
+    return _Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                        local_rank=int(os.environ.get("LOCAL_RANK", "0")), initialised_here=initialised_here)
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local CUDA device when visible, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for but no CUDA device is visible", fix="use --device cpu or auto")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+
+
+def _loader(rows: TensorRows, cfg: TrainConfig, device: torch.device, dist: _Distributed):
+    if dist.world_size > 1:
+        from torch.utils.data import BatchSampler, DistributedSampler
+
+        inner = DistributedSampler(rows, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed)
+        sampler = BatchSampler(inner, cfg.batch_size, drop_last=False)
+        set_epoch = inner.set_epoch
+    else:
+        sampler = ShuffledBatches(len(rows), cfg.batch_size, cfg.seed)
+        set_epoch = sampler.set_epoch
+    # batch_size=None: the sampler yields whole index batches and TensorRows gathers them in one go.
+    loader = torch.utils.data.DataLoader(rows, sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
+                                         pin_memory=device.type == "cuda")
+    return loader, set_epoch
+
+
+def _ess(weight: np.ndarray) -> float:
+    positive = weight[weight > 0]
+    return float(positive.sum() ** 2 / (positive**2).sum()) if len(positive) else 0.0
+
+
+class _Objective:
+    """Computes the configured loss for the reward head (and the imputation head's step for DR)."""
+
+    def __init__(self, cfg: TrainConfig, features: dict[str, torch.Tensor] | None, device: torch.device) -> None:
+        self.cfg = cfg
+        # Pairs mode: batches hold row indices into these per-exposure feature tensors (kept on the device).
+        self.features = {k: v.to(device) for k, v in features.items()} if features else None
+
+    def terms(self, model, batch: dict[str, torch.Tensor], device: torch.device, y_hat: torch.Tensor | None = None):
+        cfg = self.cfg
+        if cfg.pairs:
+            both = torch.cat([batch["chosen"], batch["rejected"]])
+            inputs = {k: v[both] for k, v in self.features.items()}
+            with _autocast(device):
+                scores = model(inputs).float()
+            chosen, rejected = scores.split(batch["chosen"].shape[0])
+            return pairwise_terms(cfg.loss, chosen, rejected, batch["weight"], batch["flip"], base=cfg.base_loss)
+        with _autocast(device):
+            logit = model(batch).float()
+        return pointwise_terms(cfg.loss, logit, batch, base=cfg.base_loss, y_hat=y_hat)
+
+    def imputation_step(self, imputer, optimizer, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of g on its own objective; returns (its loss, y_hat detached) for the batch."""
+        with _autocast(device):
+            logit = imputer(batch).float()
+        loss = imputation_loss(logit, batch["label"], batch["weight"], batch["rho01"], batch["rho10"],
+                               denoise=self.cfg.loss == "causalrm-dr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), torch.sigmoid(logit.detach())
+
+    @torch.no_grad()
+    def split_loss(self, model, imputer, rows: TensorRows, device: torch.device, batch_size: int = 8192) -> float:
+        """The same estimator over a whole split: sum of terms / sum of rows over all batches."""
+        model.eval()
+        if imputer is not None:
+            imputer.eval()
+        total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+        for start in range(0, len(rows), batch_size):
+            batch = _to_device(rows[slice(start, start + batch_size)], device)
+            y_hat = None
+            if imputer is not None:
+                with _autocast(device):
+                    y_hat = torch.sigmoid(imputer(batch).float())
+            terms, weight = self.terms(model, batch, device, y_hat)
+            total += terms.sum()
+            count += weight.sum()
+        model.train()
+        if imputer is not None:
+            imputer.train()
+        return float(total / count.clamp(min=1e-12))
+
+
+def _prepare_rows(frame: pl.DataFrame, cfg: TrainConfig, spec: FeatureSpec | None = None,
+                  dataset: str | Path | None = None) -> dict[str, Any]:
+    """Split the dataset into training and validation tensors for the configured loss."""
+    train = frame.filter(pl.col("split") == cfg.train_split)
+    val = frame.filter(pl.col("split") == cfg.val_split)
+    if train.height == 0:
+        raise EstimationError(f"no rows in split {cfg.train_split!r}", where=str(dataset),
+                              fix="export the dataset with a train split (or pass --train-split)")
+    if not train["observed"].any():
+        raise EstimationError(f"no observed rows in split {cfg.train_split!r}: nothing to learn from", where=str(dataset),
+                              fix="check the feedback channel and the export")
+    spec = spec or fit_feature_spec(train, embedding=cfg.embedding, numeric=cfg.numeric_features,
+                                    categorical=cfg.categorical_features, ids=cfg.id_features)
+    prepared: dict[str, Any] = {"spec": spec, "n_train_exposures": train.height, "n_val_exposures": val.height,
+                                "n_observed_train": int(train["observed"].sum()),
+                                "ess_train": _ess(train["weight"].to_numpy())}
+    if cfg.pairs:
+        features = feature_tensors(frame, spec)
+        index = pl.DataFrame({"exposure_id": frame["exposure_id"], "_row": np.arange(frame.height)})
+        pairs = load_pairs(dataset)
+        pairs = (pairs.join(index.rename({"exposure_id": "chosen_exposure_id", "_row": "chosen"}), on="chosen_exposure_id", how="inner")
+                      .join(index.rename({"exposure_id": "rejected_exposure_id", "_row": "rejected"}), on="rejected_exposure_id", how="inner"))
+
+        def pair_rows(split: str) -> TensorRows | None:
+            part = pairs.filter(pl.col("split") == split)
+            if part.height == 0:
+                return None
+            return TensorRows({
+                "chosen": torch.from_numpy(part["chosen"].to_numpy().astype(np.int64)),
+                "rejected": torch.from_numpy(part["rejected"].to_numpy().astype(np.int64)),
+                "weight": torch.from_numpy(part["weight"].to_numpy().astype(np.float32)),
+                "flip": torch.from_numpy(part["flip_probability"].to_numpy().astype(np.float32)),
+            })
+
+        prepared.update(features=features, train=pair_rows(cfg.train_split), val=pair_rows(cfg.val_split))
+        if prepared["train"] is None:
+            raise EstimationError(f"pairs.parquet has no pairs in split {cfg.train_split!r}", where=str(dataset),
+                                  fix="export more data or train pointwise (without --pairs)")
+        return prepared
+    if cfg.loss in OBSERVED_ONLY:
+        train, val = train.filter(pl.col("observed")), val.filter(pl.col("observed"))
+    prepared["train"] = TensorRows({**feature_tensors(train, spec), **target_tensors(train)})
+    prepared["val"] = TensorRows({**feature_tensors(val, spec), **target_tensors(val)}) if val.height else None
+    return prepared
+
+
+def _new_head(spec: FeatureSpec, cfg: TrainConfig) -> RewardHead:
+    return RewardHead(
+        embedding_dim=spec.embedding_dim, n_numeric=len(spec.numeric),
+        categorical_cardinalities=tuple(spec.cardinalities(spec.categorical)), categorical_dim=cfg.categorical_dim,
+        id_cardinalities=tuple(spec.cardinalities(spec.ids)), id_dim=cfg.id_dim, hidden=cfg.hidden, dropout=cfg.dropout,
+    )
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    inner = getattr(module, "module", module)
+    return {name: tensor.detach().clone().contiguous().cpu() for name, tensor in inner.state_dict().items()}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
+def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Train a reward head on ``DATASET`` and write ``out/`` (model.safetensors, config.json, metrics.json).
+
+    Parameters
+    ----------
+    dataset : folder with data.parquet (+ manifest.json, embeddings/, pairs.parquet).
+    cfg : see :class:`rm_train.config.TrainConfig`.
+    out : model folder to create (files are overwritten).
+    progress : show a rich progress bar (rank 0 only).
+
+    Returns
+    -------
+    dict : the metrics written to ``out/metrics.json``.
+    """
+    started = time.perf_counter()
+    probe = resolve_device(cfg.device)
+    dist = _setup_distributed(probe.type)
+    device = resolve_device(cfg.device, dist.local_rank)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(out)
+
+    frame = load_weighted_dataset(dataset, label_column=cfg.label_column, truth=cfg.truth, all_observed=cfg.all_observed)
+    prepared = _prepare_rows(frame, cfg, dataset=dataset)
+    spec: FeatureSpec = prepared["spec"]
+    train_rows: TensorRows = prepared["train"]
+    val_rows: TensorRows | None = prepared["val"]
+    objective = _Objective(cfg, prepared.get("features"), device)
+    warnings: list[str] = []
+    if val_rows is None:
+        warnings.append(f"no rows in split {cfg.val_split!r}: early stopping uses the training loss")
+
+    model = _new_head(spec, cfg).to(device)
+    imputer = _new_head(spec, cfg).to(device) if cfg.doubly_robust else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    imputer_optimizer = torch.optim.AdamW(imputer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if imputer else None
+    train_model, train_imputer = model, imputer
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+        train_imputer = DistributedDataParallel(imputer, device_ids=ids) if imputer else None
+    loader, set_epoch = _loader(train_rows, cfg, device, dist)
+
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    best = {"val_loss": math.inf, "epoch": -1, "model": _state(model), "imputer": _state(imputer) if imputer else None}
+    bad_epochs, train_seconds, samples = 0, 0.0, 0
+    bar = _Progress(cfg.epochs * len(loader)) if progress and dist.main else None
+    try:
+        for epoch in range(cfg.epochs):
+            set_epoch(epoch)
+            epoch_start = time.perf_counter()
+            total, count, imputer_total = torch.zeros((), device=device), torch.zeros((), device=device), torch.zeros((), device=device)
+            for batch in loader:
+                batch = _to_device(batch, device)
+                y_hat = None
+                if train_imputer is not None:
+                    imputer_loss, y_hat = objective.imputation_step(train_imputer, imputer_optimizer, batch, device)
+                    imputer_total += imputer_loss
+                terms, rows = objective.terms(train_model, batch, device, y_hat)
+                loss = terms.sum() / rows.sum().clamp(min=1e-12)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += terms.detach().sum()
+                count += rows.detach().sum()
+                samples += next(iter(batch.values())).shape[0]
+                if bar:
+                    bar.advance()
+            train_loss = float(total / count.clamp(min=1e-12))
+            train_seconds += time.perf_counter() - epoch_start
+            val_loss = objective.split_loss(model, imputer, val_rows, device) if val_rows is not None else train_loss
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                      "seconds": round(time.perf_counter() - epoch_start, 4)}
+            if imputer is not None:
+                record["imputation_loss"] = float(imputer_total) / max(len(loader), 1)
+            history.append(record)
+            log.info("epoch %d: train %.5f val %.5f", epoch, train_loss, val_loss)
+            if not math.isfinite(val_loss):
+                raise EstimationError(f"validation loss is {val_loss} at epoch {epoch}", where=str(dataset),
+                                      fix="lower --lr, or use --base-loss mse; check for tiny propensities (huge weights)")
+            if val_loss < best["val_loss"]:
+                best = {"val_loss": val_loss, "epoch": epoch, "model": _state(model), "imputer": _state(imputer) if imputer else None}
+                bad_epochs = 0
+                if dist.main:
+                    save_file(best["model"], str(out / "model.safetensors"))
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    break
+            if bar:
+                bar.set_epoch(epoch, train_loss, val_loss)
+    finally:
+        if bar:
+            bar.stop()
+
+    model.load_state_dict(best["model"])
+    metrics = {
+        "loss": cfg.loss, "base_loss": cfg.base_loss, "pairs": cfg.pairs, "epochs": history,
+        "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "stopped_early": len(history) < cfg.epochs,
+        "n_train_rows": len(train_rows), "n_val_rows": len(val_rows) if val_rows is not None else 0,
+        "n_train_exposures": prepared["n_train_exposures"], "n_observed_train": prepared["n_observed_train"],
+        "ess_train": round(prepared["ess_train"], 2), "device": str(device), "world_size": dist.world_size,
+        "train_seconds": round(train_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+        "train_samples_per_s": round(samples * dist.world_size / train_seconds, 1) if train_seconds else None,
+        "warnings": warnings,
+    }
+    if dist.main:
+        save_file(best["model"], str(out / "model.safetensors"))
+        if best["imputer"] is not None:
+            save_file(best["imputer"], str(out / "imputation.safetensors"))
+        _write_json(out / "config.json", _model_config(model, spec, cfg, dataset))
+        _write_json(out / "metrics.json", metrics)
+    if dist.initialised_here:
+        import torch.distributed as torch_distributed
+
+        torch_distributed.barrier()
+        torch_distributed.destroy_process_group()
+    return metrics
+
+
+def _model_config(model: RewardHead, spec: FeatureSpec, cfg: TrainConfig, dataset: str | Path) -> dict[str, Any]:
+    embed_meta = Path(dataset) / "embeddings" / "meta.json"
+    return {
+        "format": MODEL_FORMAT, "version": MODEL_VERSION,
+        "reward": "sigmoid(logit): predicted P(r* = 1 | x)" if not cfg.pairs else "sigmoid(Bradley-Terry score)",
+        "architecture": model.architecture, "features": spec.to_dict(), "train": asdict(cfg),
+        "dataset": str(dataset), "dataset_manifest": read_manifest(dataset),
+        "embedding": json.loads(embed_meta.read_text()) if embed_meta.is_file() else None,
+    }
+
+
+class _Progress:
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("training {task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)
+        self.task = self.progress.add_task("train", total=total, status="")
+        self.progress.start()
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def set_epoch(self, epoch: int, train_loss: float, val_loss: float) -> None:
+        self.progress.update(self.task, status=f"epoch {epoch} train {train_loss:.4f} val {val_loss:.4f}")
+
+    def stop(self) -> None:
+        self.progress.stop()

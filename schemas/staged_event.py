@@ -1,0 +1,25 @@
+"""Staged-event contract: ``WH/events/run_id=<run>/part-*.parquet``, written by ``causalrm ingest``.
+
+One row per accepted event, key ``event_id`` (unique across the warehouse). The typed columns of
+:class:`schemas.raw_event.RawEvent` plus lineage (``source_file``, ``row_number``); the run that
+added an event is the ``run_id`` partition. The feedback table is rebuilt from these files.
+"""
+
+from __future__ import annotations
+
+import pandera.polars as pa
+import polars as pl
+
+from schemas.raw_event import RawEvent
+
+
+class StagedEvent(RawEvent):
+    """A typed, de-duplicated event accepted into the warehouse."""
+
+    event_id: str = pa.Field(nullable=False, unique=True)
+    source_file: str = pa.Field(nullable=False)
+    row_number: pl.Int64 = pa.Field(nullable=False, ge=1)
+
+    class Config:
+        strict = True
+        coerce = True

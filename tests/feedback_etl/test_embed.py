@@ -1,0 +1,155 @@
+"""Embedding step: determinism on CPU, text de-duplication, shard resumption, both input kinds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from feedback_etl import embed as embed_module
+from feedback_etl.embed import EmbedConfig, default_model_path, embed
+from feedback_etl.io import read_embeddings, read_feedback
+from schemas.errors import ConfigError, InputFileError
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM tokenizer: fast, offline."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def small_warehouse(warehouse: Path, tmp_path: Path) -> Path:
+    """The first 300 exposures of the shared warehouse (a private, writable copy)."""
+    from feedback_etl.io import write_feedback
+
+    frame = read_feedback(warehouse).head(300)
+    wh = tmp_path / "wh"
+    write_feedback(frame, wh / "feedback")
+    return wh
+
+
+def _vectors(root: Path) -> pl.DataFrame:
+    return pl.read_parquet(sorted(root.glob("part-*.parquet"))).sort("exposure_id")
+
+
+def test_embed_writes_contract_and_is_deterministic(small_warehouse: Path, tiny_encoder: Path, tmp_path: Path) -> None:
+    cfg = EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=64, batch_size=16)
+    summary = embed(small_warehouse, cfg)
+    first = read_embeddings(small_warehouse)
+    assert first is not None and first.height == 300
+    assert first.schema["embedding"] == pl.List(pl.Float32)
+    assert first["exposure_id"].to_list() == sorted(read_feedback(small_warehouse)["exposure_id"].to_list())
+    meta = json.loads((small_warehouse / "embeddings" / "meta.json").read_text())
+    assert meta["complete"] and meta["dim"] == 32 and meta["pooling"] == "mean" and meta["n_exposures"] == 300
+    # Identical texts were encoded once: fewer texts than exposures, and equal texts share a vector.
+    assert summary["texts_encoded"] == meta["n_unique_texts"] < 300
+    # A second run in a fresh folder gives bit-identical vectors.
+    other = tmp_path / "again"
+    embed(small_warehouse, EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=64, batch_size=16, out=str(other)))
+    second = _vectors(other)
+    np.testing.assert_array_equal(np.stack(first["embedding"].to_list()), np.stack(second["embedding"].to_list()))
+
+
+def test_duplicate_texts_share_one_vector(small_warehouse: Path, tiny_encoder: Path) -> None:
+    embed(small_warehouse, EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=50))
+    frame = read_feedback(small_warehouse).join(read_embeddings(small_warehouse), on="exposure_id")
+    repeated = frame.group_by("prompt_text", "response_text").agg(pl.col("embedding"), n=pl.len()).filter(pl.col("n") > 1)
+    assert repeated.height > 0
+    for vectors in repeated["embedding"].head(5).to_list():
+        assert all(v == vectors[0] for v in vectors)
+
+
+def test_crash_resumes_from_last_finished_shard(small_warehouse: Path, tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=40, batch_size=8)
+    real_encode = embed_module._Encoder.encode
+    calls = {"n": 0}
+
+    def crash_on_third_shard(self, texts, advance=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_encode(self, texts, advance)
+
+    monkeypatch.setattr(embed_module._Encoder, "encode", crash_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        embed(small_warehouse, cfg)
+    root = small_warehouse / "embeddings"
+    assert sorted(p.name for p in root.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert not json.loads((root / "meta.json").read_text())["complete"]
+    monkeypatch.setattr(embed_module._Encoder, "encode", real_encode)
+    summary = embed(small_warehouse, cfg)
+    assert summary["shards_skipped"] == 2 and summary["shards_done"] == summary["n_shards"] - 2
+    resumed = _vectors(root)
+    fresh_out = small_warehouse.parent / "fresh"
+    embed(small_warehouse, EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=40, batch_size=8, out=str(fresh_out)))
+    assert resumed.equals(_vectors(fresh_out))
+    # Nothing left to do: a rerun encodes nothing.
+    assert embed(small_warehouse, cfg)["texts_encoded"] == 0
+
+
+def test_changed_settings_start_over(small_warehouse: Path, tiny_encoder: Path) -> None:
+    embed(small_warehouse, EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=40))
+    summary = embed(small_warehouse, EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=40, pooling="cls"))
+    assert summary["shards_skipped"] == 0 and summary["pooling"] == "cls"
+
+
+def test_embed_accepts_exported_dataset(small_warehouse: Path, tiny_encoder: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    read_feedback(small_warehouse).select("exposure_id", "prompt_text", "response_text").write_parquet(dataset / "data.parquet")
+    embed(dataset, EmbedConfig(model=str(tiny_encoder), device="cpu", pooling="last"))
+    assert _vectors(dataset / "embeddings").height == 300
+
+
+def test_default_minilm_on_a_handful_of_texts(tmp_path: Path, small_warehouse: Path) -> None:
+    from feedback_etl.io import write_feedback
+
+    frame = read_feedback(small_warehouse).head(4)
+    wh = tmp_path / "mini"
+    write_feedback(frame, wh / "feedback")
+    summary = embed(wh, EmbedConfig(device="cpu"))
+    vectors = np.stack(read_embeddings(wh)["embedding"].to_list())
+    assert summary["dim"] == 384 and summary["pooling"] == "mean" and summary["normalize"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"pooling": "max"}, ConfigError, "unknown pooling"),
+        ({"device": "tpu"}, ConfigError, "unknown device"),
+        ({"batch_size": 0}, ConfigError, "batch_size must be >= 1"),
+        ({"template": "{response}"}, ConfigError, "template must contain"),
+    ],
+)
+def test_bad_config(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        EmbedConfig(**kwargs)
+
+
+def test_bad_inputs(tmp_path: Path, tiny_encoder: Path) -> None:
+    with pytest.raises(InputFileError, match="neither a warehouse"):
+        embed(tmp_path, EmbedConfig(model=str(tiny_encoder)))
+    (tmp_path / "wh" / "feedback" / "impression_date=2026-01-01").mkdir(parents=True)
+    (tmp_path / "data.parquet").write_text("not parquet")
+    with pytest.raises(InputFileError, match="cannot read"):
+        embed(tmp_path, EmbedConfig(model=str(tiny_encoder)))
+    with pytest.raises(InputFileError, match="cannot load embedding model"):
+        shutil.copytree(tiny_encoder, tmp_path / "broken")
+        (tmp_path / "broken" / "config.json").write_text("{}")
+        embed_module._Encoder(str(tmp_path / "broken"), pooling=None, normalize=False, max_length=None, batch_size=1, device="cpu")
