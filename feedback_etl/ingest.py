@@ -15,11 +15,11 @@ marts/feedback              the feedback table, rebuilt from all events (rules 2
 write + commit              validate every table on its full data, write aside, swap atomically
 ==========================  ====================================================================
 
-Privacy hook (issue 9): every table written derives from ``typed_events`` (and rejects' payloads
-from ``raw_events``). Pseudonymising ``user_id``/``session_id`` and hashing or dropping the text
-columns belongs in one place: a transform between ``stg_events_typed`` and ``stg_duplicates``
-that rewrites ``typed_events`` (and the ``payload`` of its rejected rows) before anything else
-reads it.
+Privacy hook (issue 9): every table written derives from ``typed_events`` (rejects' payloads
+included: typing keeps the raw payload of rejected rows in that table). Pseudonymising
+``user_id``/``session_id`` and hashing, dropping or scrubbing the text columns belongs in one
+place: ``ingest(..., typed_hook=...)``, run between ``stg_events_typed`` and ``stg_duplicates``,
+rewrites ``typed_events`` before anything else reads it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import duckdb
 
 from feedback_etl import io
 from feedback_etl.mapping import FieldMapping, load_mapping
-from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, register_raw_events
+from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
 from feedback_etl.sqlfiles import run_sql
 from feedback_etl.warehouse import (
     LOCK_NAME,
@@ -52,7 +52,7 @@ from feedback_etl.warehouse import (
     recover,
     write_json,
 )
-from schemas.errors import ConfigError, ReconciliationError, RejectReason, TableValidationError
+from schemas.errors import ConfigError, InputFileError, ReconciliationError, RejectReason, TableValidationError
 from schemas.rejects import RejectsTable
 from schemas.staged_event import StagedEvent
 
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Rewrites the temp table "typed_events" in place; returns what to record in the manifest.
+TypedHook = Callable[[duckdb.DuckDBPyConnection], "dict | None"]
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
 
 # DuckDB types of the staged events (the empty warehouse reads as a typed, empty relation).
@@ -172,8 +174,14 @@ class _Steps:
         return result
 
 
-def ingest(cfg: IngestConfig, *, progress: bool = False) -> dict:
+def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook | None = None) -> dict:
     """Ingest ``cfg.inputs`` into ``cfg.warehouse``; return this run's manifest record.
+
+    ``typed_hook(conn)``, when given, runs right after typing, before anything else reads
+    ``typed_events``: the one place to pseudonymise ids, hash or drop texts and scrub the
+    ``payload`` of rejected rows (issue 9). It rewrites the DuckDB temp table ``typed_events`` in
+    place (same columns and types) and returns a JSON-able dict kept in the run's manifest record
+    under ``typed_hook`` (e.g. counts of what was redacted; never a secret).
 
     Raises
     ------
@@ -195,7 +203,7 @@ def ingest(cfg: IngestConfig, *, progress: bool = False) -> dict:
     try:
         with ingest_lock(warehouse):
             recover(warehouse)
-            return _run(cfg, warehouse, files, digests, unknown_columns, mapping, started, progress)
+            return _run(cfg, warehouse, files, digests, unknown_columns, mapping, started, progress, typed_hook)
     except BaseException:
         if not existed:
             _remove_if_only_lock(warehouse)
@@ -211,6 +219,7 @@ def _run(
     mapping: FieldMapping,
     started: datetime,
     progress: bool,
+    typed_hook: "TypedHook | None" = None,
 ) -> dict:
     manifest = read_manifest(warehouse)
     run_id = started.strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
@@ -255,7 +264,9 @@ def _run(
             new_tables = dict(tables)
         else:
             with _connect(cfg, staging / ".duckdb-tmp") as conn, _Steps(progress) as steps:
-                counts, new_tables = _pipeline(conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps)
+                counts, new_tables = _pipeline(
+                    conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook
+                )
             rows = counts.pop("_rows_per_file")
             sources = counts.pop("_source_rows_per_file")
             record.update(counts, timings_s=steps.timings)
@@ -312,21 +323,17 @@ def _pipeline(
     run_id: str,
     tables: dict,
     steps: _Steps,
+    typed_hook: "TypedHook | None" = None,
 ) -> tuple[dict, dict]:
     """Run the SQL steps, reconcile, validate and write the next state into ``staging``."""
     window = timedelta(seconds=cfg.window_seconds)
-    steps.run("register", lambda: _register_warehouse_events(conn, warehouse))
-    source_relations = steps.run(
-        "read", lambda: register_raw_events(conn, files, cfg.source, mapping, rating_threshold=cfg.rating_threshold)
+    steps.run("register", lambda: register_warehouse_events(conn, warehouse))
+    parts, source_relations = steps.run(
+        "read", lambda: raw_event_parts(conn, files, cfg.source, mapping, rating_threshold=cfg.rating_threshold)
     )
-    steps.run("stg_events_typed", lambda: run_sql(conn, "staging/stg_events_typed", into="typed_events"))
-    steps.run("stg_duplicates", lambda: run_sql(conn, "staging/stg_duplicates", into="duplicates"))
-    steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
-    steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
-    steps.run("stg_new_events", lambda: run_sql(conn, "staging/stg_new_events", into="new_events"))
-    steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
+    hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook)
 
-    counts = steps.run("reconcile", lambda: _reconcile(conn, source_relations))
+    counts = steps.run("reconcile", lambda: reconcile(conn, source_relations))
     # The typed copy of the input is no longer needed; free its memory before the mart.
     conn.execute('DROP TABLE "typed_events"')
     conn.execute(
@@ -334,7 +341,7 @@ def _pipeline(
         'SELECT * FROM "warehouse_events" UNION ALL SELECT * FROM "new_events"'
     )
     counts["late_events"] = steps.run(
-        "stg_late_events", lambda: run_sql(conn, "staging/stg_late_events", {"window": window}).fetchone()[0]
+        "stg_late_events", lambda: run_sql(conn, "staging/stg_late_events", {"window": window}).fetchall()[0][0]
     )
 
     def write_events() -> int:
@@ -372,10 +379,51 @@ def _pipeline(
         "feedback_summary": summary,
     }
     counts["feedback"] = {"rebuilt": True, **summary}
+    if hook_report is not None:
+        counts["typed_hook"] = hook_report
     return counts, new_tables
 
 
-def _register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
+def stage(
+    conn: duckdb.DuckDBPyConnection,
+    parts: list[str],
+    run_id: str,
+    *,
+    files: list[InputFile] | None = None,
+    steps: _Steps | None = None,
+    typed_hook: TypedHook | None = None,
+) -> dict | None:
+    """Run the staging transforms over the slices of ``raw_events`` (needs ``warehouse_events``
+    and ``event_type_map``): typed_events, duplicates, impression_losers, orphans, new_events,
+    rejects -- everything reconciliation counts. Returns what ``typed_hook`` returned."""
+    steps = steps or _Steps(progress=False)
+    files = files or []
+
+    def type_events() -> None:
+        # One pass per slice of raw_events (one per canonical file), all into one typed table.
+        for k, part in enumerate(parts):
+            conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {part}')
+            try:
+                run_sql(conn, "staging/stg_events_typed", into="typed_events", append=k > 0)
+            except duckdb.Error as exc:
+                where = str(files[k].path) if len(parts) == len(files) else ", ".join(str(f.path) for f in files[:3])
+                raise InputFileError(
+                    f"cannot read input: {str(exc).splitlines()[0]}",
+                    where=where or "input",
+                    fix="check the file is complete and in the format its suffix says",
+                ) from exc
+
+    steps.run("stg_events_typed", type_events)
+    hook_report = steps.run("typed_hook", lambda: typed_hook(conn)) if typed_hook is not None else None
+    steps.run("stg_duplicates", lambda: run_sql(conn, "staging/stg_duplicates", into="duplicates"))
+    steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
+    steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
+    steps.run("stg_new_events", lambda: run_sql(conn, "staging/stg_new_events", into="new_events"))
+    steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
+    return hook_report
+
+
+def register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
     """``warehouse_events``: the events earlier runs accepted (read-only; we hold the lock)."""
     columns = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
     if any((warehouse / "events").glob("run_id=*/*.parquet")):
@@ -387,7 +435,7 @@ def _register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path)
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {nulls} WHERE FALSE')
 
 
-def _reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> dict:
+def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> dict:
     """Rule 7: rows read = accepted + rejected + duplicates, else ReconciliationError."""
 
     def scalar(sql: str) -> int:

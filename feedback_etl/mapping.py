@@ -77,22 +77,22 @@ class FieldMapping:
         for canonical, source in self.fields.items():
             if canonical not in KNOWN_COLUMNS:
                 raise ConfigError(
-                    f"[fields] key {canonical!r} is not a canonical column",
+                    f"fields table: key {canonical!r} is not a canonical column",
                     where=where,
                     fix=f"use one of {', '.join(KNOWN_COLUMNS)}",
                 )
-            check_source_column(source, where=f"{where} [fields] {canonical}")
+            check_source_column(source, where=f"{where}, fields table, key {canonical}")
         for source_value, canonical in self.event_types.items():
             if canonical not in EVENT_TYPES:
                 raise ConfigError(
-                    f"[event_types] {source_value!r} maps to {canonical!r}, not a canonical event type",
+                    f"event_types table: {source_value!r} maps to {canonical!r}, not a canonical event type",
                     where=where,
                     fix=f"use one of {', '.join(EVENT_TYPES)}",
                 )
         for score, channel in self.score_channels.items():
             if channel not in SCORE_CHANNELS:
                 raise ConfigError(
-                    f"[langfuse.scores] {score!r} maps to {channel!r}, not a channel",
+                    f"langfuse.scores table: {score!r} maps to {channel!r}, not a channel",
                     where=where,
                     fix=f"use one of {', '.join(SCORE_CHANNELS)}",
                 )
@@ -148,12 +148,12 @@ def load_mapping(path: str | Path | None) -> FieldMapping:
     for name in ("fields", "event_types"):
         table = doc.get(name, {})
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-            raise ConfigError(f"[{name}] must map names to strings", where=str(path))
+            raise ConfigError(f"the {name} table must map names to strings", where=str(path))
         sections[name] = table
     langfuse = doc.get("langfuse", {})
     scores = langfuse.get("scores", DEFAULT_SCORE_CHANNELS) if isinstance(langfuse, dict) else None
     if not isinstance(scores, dict) or set(langfuse) - {"scores"} or not all(isinstance(v, str) for v in scores.values()):
-        raise ConfigError("[langfuse] must only hold a [langfuse.scores] table of name = channel", where=str(path))
+        raise ConfigError("the langfuse table must only hold a langfuse.scores table of name = channel", where=str(path))
     return FieldMapping(
         fields=MappingProxyType(dict(sections["fields"])),
         event_types=MappingProxyType(dict(sections["event_types"])),

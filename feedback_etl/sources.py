@@ -176,7 +176,7 @@ def preflight(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: s
                     raise InputFileError(
                         f"input lacks required column {column!r}",
                         where=str(f.path),
-                        fix=f"add the column, map it with --mapping [fields], or pick the right --source (now {source})",
+                        fix=f"add the column, rename it in the fields table of a --mapping file, or pick the right --source (now {source})",
                     )
             extras = sorted(set(columns) - mapped)
             if extras and source == "canonical":
@@ -279,33 +279,35 @@ def _check_matrix(f: InputFile) -> None:
 # ---------------------------------------------------------------- raw_events
 
 
-def register_raw_events(
+def raw_event_parts(
     conn: duckdb.DuckDBPyConnection,
     files: list[InputFile],
     source: str,
     mapping: FieldMapping,
     *,
     rating_threshold: float,
-) -> list[str]:
-    """Create the ``raw_events`` view (and what it reads from) for ``files``.
+) -> tuple[list[str], list[str]]:
+    """SELECT statements, each a slice of ``raw_events``, plus the relations of source records.
 
-    Returns the relations holding each adapter's source records (``file_index`` per row), for
-    the manifest's ``source_rows``; empty for canonical inputs, whose records are the rows.
+    Canonical inputs give one statement per file (a file's columns and the STRUCT type of its
+    payload are its own, so the typing step runs once per statement); adapters give one statement
+    over everything they read. Also creates ``event_type_map``. The second value names the
+    relations holding each adapter's source records (``file_index`` per row), for the manifest's
+    ``source_records``; it is empty for canonical inputs, whose records are the rows themselves.
     """
     conn.execute(
         'CREATE OR REPLACE TEMP TABLE "event_type_map" ("source_value" VARCHAR, "event_type" VARCHAR)'
     )
     conn.executemany('INSERT INTO "event_type_map" VALUES (?, ?)', mapping.event_type_rows())
     if not files:
-        conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {_empty_raw_select()}')
-        return []
+        return [_empty_raw_select()], []
     if source == "canonical":
-        _register_canonical(conn, files, mapping)
-        return []
+        return [_canonical_part(conn, f, mapping) for f in files], []
     params = {"base_time": UNDATED_BASE_TIME, "threshold": float(rating_threshold)}
     if source == "oasst":
         _register_records(conn, files)
         run_sql(conn, "adapters/oasst", params, into="adapter_events")
+        relations = ["source_records"]
     elif source == "langfuse":
         _register_records(conn, files)
         conn.execute('CREATE OR REPLACE TEMP TABLE "score_channels" ("score_name" VARCHAR, "channel" VARCHAR)')
@@ -313,39 +315,38 @@ def register_raw_events(
         if rows:
             conn.executemany('INSERT INTO "score_channels" VALUES (?, ?)', rows)
         run_sql(conn, "adapters/langfuse", params, into="adapter_events")
+        relations = ["source_records"]
     elif source == "ratings":
         matrices = [f for f in files if f.format == "matrix"]
         triples = [f for f in files if f.format == "triples"]
-        parts = []
+        parts, relations = [], []
         if matrices:
             _register_records(conn, matrices)
             run_sql(conn, "adapters/ratings_matrix", params, into="adapter_events_matrix")
             parts.append('SELECT * FROM "adapter_events_matrix"')
+            relations.append("source_records")
         if triples:
             _register_triples(conn, triples)
             run_sql(conn, "adapters/ratings_triples", params, into="adapter_events_triples")
             parts.append('SELECT * FROM "adapter_events_triples"')
+            relations.append("source_triples")
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "adapter_events" AS {" UNION ALL ".join(parts)}')
     else:  # pragma: no cover - IngestConfig validates the source
         raise ConfigError(f"unknown source {source!r}")
     canonical = ", ".join(_identifier(c) for c in CANONICAL_COLUMNS)
-    packed = ", ".join(f"{_identifier(c)} := CAST({_identifier(c)} AS VARCHAR)" for c in CANONICAL_COLUMNS)
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP VIEW "raw_events" AS
-        SELECT "file_index", "source_file", "row_number", "parse_ok",
-               COALESCE("payload", TO_JSON(STRUCT_PACK({packed}))) AS "payload", {canonical}
+    packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in CANONICAL_COLUMNS)
+    part = f"""SELECT "file_index", "source_file", "row_number", "parse_ok", "payload" AS "payload_text",
+               STRUCT_PACK({packed}) AS "payload", {canonical}
         FROM "adapter_events" """
-    )
-    if source == "ratings":
-        return [name for name, fmt in (("source_records", "matrix"), ("source_triples", "triples")) if any(f.format == fmt for f in files)]
-    return ["source_records"]
+    return [part], relations
 
 
 def _empty_raw_select() -> str:
     columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
     return (
         'SELECT 0 AS "file_index", CAST(NULL AS VARCHAR) AS "source_file", CAST(0 AS BIGINT) AS "row_number", '
-        f'TRUE AS "parse_ok", CAST(NULL AS VARCHAR) AS "payload", {columns} WHERE FALSE'
+        'TRUE AS "parse_ok", CAST(NULL AS VARCHAR) AS "payload_text", CAST(NULL AS VARCHAR) AS "payload", '
+        f"{columns} WHERE FALSE"
     )
 
 
@@ -437,65 +438,36 @@ def _read_csv(conn: duckdb.DuckDBPyConnection, f: InputFile) -> tuple[str, str]:
     return table + "_numbered", rejects
 
 
-def _register_canonical(conn: duckdb.DuckDBPyConnection, files: list[InputFile], mapping: FieldMapping) -> None:
-    """``raw_events`` for canonical inputs, with --mapping renames applied."""
-    per_file: list[tuple[InputFile, dict[str, str]]] = []  # file -> {column: duckdb type}
-    csv_tables: dict[int, tuple[str, str]] = {}
-    for f in files:
-        if f.format == "parquet":
-            reader = f"read_parquet({_literal(str(f.path))})"
-            types = {r[0]: r[1] for r in conn.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
-        elif f.format == "csv":
-            csv_tables[f.index] = _read_csv(conn, f)
-            types = {
-                r[0]: r[1] for r in conn.execute(f"DESCRIBE {_identifier(csv_tables[f.index][0])}").fetchall()
-                if not r[0].startswith("__")
-            }
-        else:
-            types = {}
-        per_file.append((f, types))
-    # A column whose type differs between files is read as text everywhere (typing casts it back).
-    common: dict[str, str] = {}
-    for column in CANONICAL_COLUMNS:
-        source = mapping.column(column)
-        seen = {("VARCHAR" if f.format == "jsonl" else types[source]) for f, types in per_file if f.format == "jsonl" or source in types}
-        common[column] = seen.pop() if len(seen) == 1 else "VARCHAR"
-    parts = []
-    for f, types in per_file:
-        if f.format == "jsonl":
-            parts.append(_canonical_jsonl(f, mapping))
-            continue
-        columns = []
-        for column in CANONICAL_COLUMNS:
-            source = mapping.column(column)
-            if source in types:
-                expr = _identifier(source)
-                if types[source] != common[column]:
-                    expr = f"CAST({expr} AS VARCHAR)"
-            else:
-                expr = f"CAST(NULL AS {common[column]})"
-            columns.append(f"{expr} AS {_identifier(column)}")
-        packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in types)
-        head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file"'
-        if f.format == "parquet":
-            parts.append(
-                f"""SELECT {head}, CAST("file_row_number" + 1 AS BIGINT) AS "row_number", TRUE AS "parse_ok",
-                       TO_JSON(STRUCT_PACK({packed})) AS "payload", {", ".join(columns)}
-                FROM read_parquet({_literal(str(f.path))}, file_row_number = true)"""
-            )
-        else:
-            table, rejects = csv_tables[f.index]
-            nulls = ", ".join(f"CAST(NULL AS {common[c]}) AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
-            parts.append(
-                f"""SELECT {head}, CAST("__record" AS BIGINT) AS "row_number", TRUE AS "parse_ok",
-                       TO_JSON(STRUCT_PACK({packed})) AS "payload", {", ".join(columns)}
-                FROM {_identifier(table)}
-                UNION ALL
-                SELECT {head}, CAST("line" AS BIGINT) AS "row_number", FALSE AS "parse_ok",
-                       TO_JSON(STRUCT_PACK("line" := "line", "csv_line" := "csv_line", "error" := "error_message")) AS "payload", {nulls}
-                FROM {_identifier(rejects)}"""
-            )
-    conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {" UNION ALL ".join(parts)}')
+def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping) -> str:
+    """One canonical file as a slice of ``raw_events``, with --mapping renames applied."""
+    if f.format == "jsonl":
+        return _canonical_jsonl(f, mapping)
+    if f.format == "parquet":
+        reader = f"read_parquet({_literal(str(f.path))}, file_row_number = true)"
+        columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(f.path))})").fetchall()]
+        row_number = '"file_row_number" + 1'
+    else:
+        table, rejects = _read_csv(conn, f)
+        reader = _identifier(table)
+        columns = [r[0] for r in conn.execute(f"DESCRIBE {reader}").fetchall() if not r[0].startswith("__")]
+        row_number = '"__record"'
+    selected = ", ".join(
+        f"{_identifier(mapping.column(c)) if mapping.column(c) in columns else 'NULL'} AS {_identifier(c)}"
+        for c in CANONICAL_COLUMNS
+    )
+    packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in columns)
+    head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file"'
+    part = f"""SELECT {head}, CAST({row_number} AS BIGINT) AS "row_number", TRUE AS "parse_ok",
+               CAST(NULL AS VARCHAR) AS "payload_text", STRUCT_PACK({packed}) AS "payload", {selected}
+        FROM {reader}"""
+    if f.format == "csv":
+        nulls = ", ".join(f"NULL AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
+        part = f"""SELECT * FROM ({part}) AS parsed
+        UNION ALL BY NAME
+        SELECT {head}, CAST("line" AS BIGINT) AS "row_number", FALSE AS "parse_ok",
+               "csv_line" AS "payload_text", NULL AS "payload", {nulls}
+        FROM {_identifier(rejects)}"""
+    return part
 
 
 def _canonical_jsonl(f: InputFile, mapping: FieldMapping) -> str:
@@ -503,7 +475,8 @@ def _canonical_jsonl(f: InputFile, mapping: FieldMapping) -> str:
     paths = ", ".join(_literal(f'$."{mapping.column(c)}"') for c in CANONICAL_COLUMNS)
     fields = ", ".join(f'"values"[{k + 1}] AS {_identifier(c)}' for k, c in enumerate(CANONICAL_COLUMNS))
     return f"""
-        SELECT "file_index", "source_file", "row_number", "parse_ok", "record" AS "payload", {fields}
+        SELECT "file_index", "source_file", "row_number", "parse_ok", "record" AS "payload_text",
+               CAST(NULL AS VARCHAR) AS "payload", {fields}
         FROM (
             SELECT *, CASE WHEN "parse_ok" THEN json_extract_string("record", [{paths}]) END AS "values"
             FROM ({_json_lines_select(f)}) AS records

@@ -30,8 +30,11 @@ def run_sql(
     params: dict[str, Any] | None = None,
     *,
     into: str | None = None,
-) -> duckdb.DuckDBPyConnection:
-    """Run ``sql/<name>.sql``; with ``into``, materialise it as the temp table of that name.
+    append: bool = False,
+) -> duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation:
+    """Run ``sql/<name>.sql``; with ``into``, materialise it as the temp table of that name
+    (``append``: insert into that existing table instead). Without ``into``, return the query
+    as a DuckDB relation (``.pl()``, ``.fetchall()``, ...).
 
     Only the parameters the file uses are bound (DuckDB refuses unused named parameters).
     """
@@ -41,9 +44,10 @@ def run_sql(
     missing = used - set(bound)
     if missing:
         raise KeyError(f"sql/{name}.sql needs parameters {sorted(missing)}")
-    if into is not None:
-        table = '"' + into.replace('"', '""') + '"'
-        text = f"CREATE OR REPLACE TEMP TABLE {table} AS\n{text}"
+    if into is None:
+        return conn.sql(text, params=bound or None)
+    table = '"' + into.replace('"', '""') + '"'
+    text = f"INSERT INTO {table}\n{text}" if append else f"CREATE OR REPLACE TEMP TABLE {table} AS\n{text}"
     return conn.execute(text, bound) if bound else conn.execute(text)
 
 

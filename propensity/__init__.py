@@ -24,3 +24,6 @@ __all__ = [
 ]
 
 # ---- other propensity/ modules (noise, export, audit) append their re-exports below this line.
+from propensity.noise import NoiseConfig, estimate_noise, estimate_noise_frame, read_audit, read_noise  # noqa: E402
+
+__all__ += ["NoiseConfig", "estimate_noise", "estimate_noise_frame", "read_audit", "read_noise"]

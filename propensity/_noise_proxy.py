@@ -13,39 +13,19 @@ ranks it) and, when ``causalrm embed`` has run, the response embeddings.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from propensity.crossfit import group_folds
 from schemas.errors import EstimationError
 from schemas.feedback import CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
 
 log = logging.getLogger(__name__)
 
 PROXY_MODELS: tuple[str, ...] = ("lightgbm", "logistic")
-
-
-def group_folds(user_id: np.ndarray | pl.Series, n_folds: int, seed: int) -> np.ndarray:
-    """Fold of each row, constant within a user (a user's rows never straddle train and test).
-
-    Private stand-in for ``propensity.group_folds`` (used only when that helper is missing).
-
-    Returns
-    -------
-    array of shape (n_rows,), ints in [0, n_folds).
-    """
-    users = np.asarray(user_id, dtype=object)
-    unique, inverse = np.unique(users.astype(str), return_inverse=True)
-    # Hash of (seed, user) rather than a permutation of sorted ids, so that a user keeps its fold
-    # when other users are added to the warehouse.
-    keys = np.array(
-        [int.from_bytes(hashlib.blake2b(f"{seed}:{u}".encode(), digest_size=8).digest(), "little") for u in unique],
-        dtype=np.uint64,
-    )
-    return (keys % np.uint64(n_folds)).astype(np.int64)[inverse]
 
 
 def build_proxy_features(
@@ -191,11 +171,15 @@ def cross_fit_scores(
     """
     if kind not in PROXY_MODELS:
         raise EstimationError(f"unknown proxy model {kind!r}", where="noise proxy model", fix=f"use one of {', '.join(PROXY_MODELS)}")
-    inner = group_folds(user_id, 5, seed + 7919) == 0
+    user_id = np.asarray(user_id)
     scores = np.full(features.shape[0], np.nan)
     for k in np.unique(fold):
         train = observed & (fold != k)
         test = fold == k
+        # Inner split drawn among this fold's training users (a global one would line up with the
+        # outer folds: group_folds places the largest users the same way for every seed).
+        inner = np.zeros_like(train)
+        inner[train] = group_folds(user_id[train], 5, seed + int(k)) == 0
         fit, val = train & ~inner, train & inner
         for name, rows in (("training", fit), ("validation", val)):
             if np.unique(label[rows]).size < 2:

@@ -86,6 +86,19 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _figure(width: float, height: float, *, left: float = 0.75, right: float = 0.2, top: float = 0.45, bottom: float = 0.65) -> Figure:
+    """A one-axes figure with fixed margins in inches. Fixed margins rather than constrained layout:
+    measuring every label for the layout doubles the drawing time, the costliest part of the audit."""
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height)
+    return fig
+
+
+def _label_margin(labels: list[str], fontsize: float) -> float:
+    """Left margin (inches) that fits the longest y tick label at ``fontsize`` points."""
+    return 0.35 + 0.52 * fontsize / 72 * max((len(label) for label in labels), default=4)
+
+
 def _figure_html(fig: Figure, alt: str, caption: str) -> str:
     return f'<figure><img src="{_png(fig)}" alt="{html.escape(alt)}"><figcaption>{caption}</figcaption></figure>'
 
@@ -141,7 +154,7 @@ def _fig_segments(segments: dict[str, list[dict[str, Any]]], key: str, overall: 
 def _fig_propensity(hist: dict[str, Any], floor: float | None) -> Figure:
     edges = np.asarray(hist["edges"])
     widths = np.diff(edges)
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = _figure(6.4, 4.2)
     ax = fig.subplots()
     for name, color in (("unobserved", ORANGE), ("observed", BLUE)):
         counts = np.asarray(hist[name], dtype=float)
@@ -165,7 +178,7 @@ def _fig_reliability(reliability: dict[str, Any]) -> Figure:
     lo = np.array([b["ci_lo"] for b in bins])
     hi = np.array([b["ci_hi"] for b in bins])
     top = float(max(pred.max(), hi.max(), 0.05)) * 1.08
-    fig = Figure(figsize=(5.2, 4.6), layout="constrained")
+    fig = _figure(5.2, 4.6)
     ax = fig.subplots()
     ax.plot([0, top], [0, top], "--", color=GREY, linewidth=1, label="perfect calibration")
     ax.errorbar(pred, rate, yerr=[np.clip(rate - lo, 0, None), np.clip(hi - rate, 0, None)], fmt="o-", color=BLUE,
@@ -183,7 +196,7 @@ def _fig_reliability(reliability: dict[str, Any]) -> Figure:
 def _fig_weights(weights: dict[str, Any], max_weight: float) -> Figure:
     edges = np.asarray(weights["histogram"]["edges"])
     counts = np.asarray(weights["histogram"]["counts"], dtype=float)
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = _figure(6.4, 4.2, top=0.7)
     ax = fig.subplots()
     ax.stairs(counts, edges, fill=True, color=BLUE, alpha=0.6)
     ax.set_xscale("log")
@@ -209,7 +222,7 @@ def _fig_weights(weights: dict[str, Any], max_weight: float) -> Figure:
 def _fig_love(balance: list[dict[str, Any]], threshold: float) -> Figure:
     rows = sorted(balance, key=lambda b: abs(b["before"]))
     y = np.arange(len(rows))
-    fig = Figure(figsize=(7.5, 0.26 * len(rows) + 1.6), layout="constrained")
+    fig = _figure(7.5, 0.26 * len(rows) + 1.6, left=_label_margin([b["feature"] for b in rows], 8))
     ax = fig.subplots()
     ax.scatter([abs(b["before"]) for b in rows], y, facecolors="none", edgecolors=GREY, s=36, label="before weighting")
     ax.scatter([abs(b["after"]) for b in rows], y, color=BLUE, s=30, label="after weighting by 1/p")
@@ -225,6 +238,13 @@ def _fig_love(balance: list[dict[str, Any]], threshold: float) -> Figure:
     return fig
 
 
+def _anchors(value: Any) -> str:
+    """Anchor / audit counts as text: ``{"top": 300, "bottom": 281}`` -> ``top 300, bottom 281``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in value.items())
+    return "" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def _noise_rows(noise: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flatten channel estimates and their segments into labelled rows."""
     rows = []
@@ -233,13 +253,15 @@ def _noise_rows(noise: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for seg in estimate.get("segments") or []:
             if not isinstance(seg, dict) or "rho01" not in seg:
                 continue
-            name = ", ".join(f"{v}" for k, v in seg.items() if k in ("segment", "column", "by", "value", "level", "name") and v is not None)
-            rows.append({"label": f"{estimate['channel']}: {name or 'segment'}", **seg})
+            if not isinstance(seg.get("rho01"), (int, float)) or not isinstance(seg.get("rho10"), (int, float)):
+                continue  # a segment the estimator could not identify (its error is in the warnings)
+            name = f"{seg['segment_by']}={seg.get('segment')}" if seg.get("segment_by") else str(seg.get("segment", "segment"))
+            rows.append({"label": f"{estimate['channel']}: {name}", **seg})
     return rows
 
 
 def _fig_noise(rows: list[dict[str, Any]]) -> Figure:
-    fig = Figure(figsize=(7.5, 0.55 * len(rows) + 1.9), layout="constrained")
+    fig = _figure(7.5, 0.55 * len(rows) + 2.2, left=_label_margin([r["label"] for r in rows], 9), bottom=1.05)
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     for offset, key, color in ((0.12, "rho01", BLUE), (-0.12, "rho10", ORANGE)):
@@ -255,14 +277,16 @@ def _fig_noise(rows: list[dict[str, Any]]) -> Figure:
     ax.set_xlim(left=0)
     ax.set_xlabel("flip rate (probability)")
     ax.set_title("Label-noise rates per channel and segment", fontsize=12)
-    ax.legend(fontsize=9, loc="lower right")
+    # Below the axes: inside, it would hide the intervals of the bottom row.
+    axes_height = 0.55 * len(rows) + 2.2 - 0.45 - 1.05  # inches, from _figure's margins above
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.55 / axes_height), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return fig
 
 
 def _fig_estimates(estimates: dict[str, Any]) -> Figure:
     names = [("naive", "naive (mean of observed labels)"), ("ips", "IPS"), ("snips", "SNIPS (self-normalised)")]
-    fig = Figure(figsize=(7.2, 3.0), layout="constrained")
+    fig = _figure(7.2, 3.0, left=_label_margin([label for _, label in names], 9))
     ax = fig.subplots()
     y = np.arange(len(names))[::-1]
     for yi, (key, _) in zip(y, names):
@@ -416,7 +440,7 @@ def render_html(report: dict[str, Any]) -> str:
             _fig_noise(noise_rows), "noise rates",
             "Estimated flip rates with their intervals: rho01 = P(r=0 | r*=1) (false negatives), rho10 = P(r=1 | r*=0) (false positives)."))
         table_rows = [[esc(r["label"]), esc(str(r.get("method", ""))), _num(r["rho01"]), _ci(r.get("rho01_ci")), _num(r["rho10"]),
-                       _ci(r.get("rho10_ci")), esc(str(r.get("n_anchor", "")))] for r in noise_rows]
+                       _ci(r.get("rho10_ci")), esc(_anchors(r.get("n_anchor", r.get("n_audit"))))] for r in noise_rows]
         sections.append(_table(["channel / segment", "method", "rho01", "95% CI", "rho10", "95% CI", "anchors"], table_rows))
         warnings = [f"{n['channel']}: {w_}" for n in report["noise"] for w_ in (n.get("warnings") or [])]
         if warnings:
@@ -429,7 +453,7 @@ def render_html(report: dict[str, Any]) -> str:
         sections.append("<h2>Does weighting move the estimate? (naive vs IPS vs SNIPS)</h2>")
         sections.append(_figure_html(
             _fig_estimates(est), "mean label estimates",
-            f"Mean label estimated from the {esc(est['rows'])}: the naive mean of observed labels, IPS = (1/N) sum o r / p and "
+            f"Mean label estimated from {esc(est['rows'])}: the naive mean of observed labels, IPS = (1/N) sum o r / p and "
             "SNIPS = sum o r / p / sum o / p. " + (
                 "The green band is the mean label of the randomized slice, where feedback was solicited at random: an unbiased "
                 "benchmark." if est.get("randomized_slice") else "No randomized slice (column <code>solicited</code>) in this warehouse.")))

@@ -235,7 +235,7 @@ def mean_label_estimates(
     snips = float(terms.sum() / inv.sum()) if inv.sum() > 0 else math.nan
     snips_se = float(np.std(inv * (r_o - snips), ddof=1) / inv.mean() / math.sqrt(n)) if n > 1 and inv.sum() > 0 else math.nan
     estimates = {
-        "rows": "organic (unsolicited) rows" if sol.any() else "all rows",
+        "rows": "the organic (unsolicited) rows" if sol.any() else "all rows",
         "n_exposures": n,
         "n_observed": m,
         "naive": {"estimate": naive, "ci": list(naive_ci)},

@@ -704,10 +704,11 @@ def _locate(path: str | Path, kind: str) -> Path:
     raise InputFileError(f"no {kind}.parquet or {kind}.jsonl", where=str(root), fix="export it with `causalrm weights export`")
 
 
-def _read_table(path: Path, overrides: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_table(path: Path) -> pl.DataFrame:
     try:
         if path.suffix == ".jsonl":
-            return pl.read_ndjson(path, schema_overrides=overrides, infer_schema_length=None)
+            # Whole-file type inference: label is null on the first rows of many files.
+            return pl.read_ndjson(path, infer_schema_length=None)
         return pl.read_parquet(path)
     except Exception as exc:  # polars / pyarrow raise many types for a damaged file
         raise InputFileError(f"cannot read {path.name}: {exc}", where=str(path), fix="re-export the dataset") from exc
@@ -727,13 +728,10 @@ def read_weighted_dataset(path: str | Path) -> pl.DataFrame:
     target = _locate(path, "data")
     if target.parent.joinpath("manifest.json").exists():
         read_manifest(target.parent)
-    overrides = {"label": pl.Int8, "observed": pl.Boolean, "propensity": pl.Float64, "weight": pl.Float64,
-                 "rho01": pl.Float64, "rho10": pl.Float64, "prompt_text": pl.Utf8, "response_text": pl.Utf8}
-    return validate_weighted_dataset(_read_table(target, overrides))
+    return validate_weighted_dataset(_read_table(target))
 
 
 def read_pairs(path: str | Path) -> pl.DataFrame:
     """Read and re-validate ``DATASET/pairs.parquet`` (or ``.jsonl``): frame per :class:`PairsTable`."""
     target = _locate(path, "pairs")
-    overrides = {"prompt_text": pl.Utf8, "chosen_text": pl.Utf8, "rejected_text": pl.Utf8}
-    return validate_pairs(_read_table(target, overrides))
+    return validate_pairs(_read_table(target))

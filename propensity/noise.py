@@ -54,7 +54,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from propensity._noise_proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores, group_folds
+from propensity._noise_proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores
+from propensity.crossfit import group_folds
+from propensity.io import read_scores, scores_path
 from schemas.errors import ConfigError, EstimationError, IdentifiabilityError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS
 
@@ -320,6 +322,18 @@ def proportion_ci(successes: int, trials: int, *, confidence: float = 0.95, inte
     raise ConfigError(f"unknown interval {interval!r}", where="noise config", fix=f"use one of {', '.join(INTERVALS)}")
 
 
+def _sum_ci(x1: int, n1: int, x0: int, n0: int, confidence: float) -> list[float]:
+    """Interval of rho01 + rho10 from two independent binomials (normal approximation on
+    Agresti-Caffo adjusted proportions, (x + 0.5) / (n + 1), so that 0 or n flips keep a variance)."""
+    from scipy import stats
+
+    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
+    a1, a0 = (x1 + 0.5) / (n1 + 1), (x0 + 0.5) / (n0 + 1)
+    se = math.sqrt(a1 * (1 - a1) / (n1 + 1) + a0 * (1 - a0) / (n0 + 1))
+    total = x1 / n1 + x0 / n0
+    return [max(0.0, total - z * se), total + z * se]
+
+
 def audit_rates(
     true_label: np.ndarray, observed_label: np.ndarray, *, confidence: float = 0.95, interval: str = "clopper-pearson", where: str = "audit set"
 ) -> dict:
@@ -354,10 +368,11 @@ def audit_rates(
     rho01, rho10 = n10 / n1, n01 / n0
     rho01_ci = proportion_ci(n10, n1, confidence=confidence, interval=interval)
     rho10_ci = proportion_ci(n01, n0, confidence=confidence, interval=interval)
-    if rho01 + rho10 >= 1 or rho01_ci[1] + rho10_ci[1] >= 1:
+    sum_ci = _sum_ci(n10, n1, n01, n0, confidence)
+    if rho01 + rho10 >= 1 or sum_ci[1] >= 1:
         raise IdentifiabilityError(
-            f"flip rates not identified: rho01 + rho10 = {rho01 + rho10:.3f} (upper bounds sum to "
-            f"{rho01_ci[1] + rho10_ci[1]:.3f}) reaches 1: observed labels carry no information about r*",
+            f"flip rates not identified: rho01 + rho10 = {rho01 + rho10:.3f} ({confidence:.0%} interval "
+            f"{sum_ci[0]:.3f}..{sum_ci[1]:.3f}) reaches 1: observed labels carry no information about r*",
             where=where,
             fix="audit more rows, or check that true_label uses the same coding as the vote (1 = good)",
         )
@@ -366,6 +381,7 @@ def audit_rates(
         "rho10": rho10,
         "rho01_ci": rho01_ci,
         "rho10_ci": rho10_ci,
+        "rho_sum_ci": sum_ci,
         "confusion": {"true1_r1": n1 - n10, "true1_r0": n10, "true0_r1": n01, "true0_r0": n0 - n01},
         "warnings": [],
     }
@@ -642,30 +658,17 @@ def _distance(anchor: dict, audit: dict) -> dict:
 # ------------------------------------------------------------------------------------ warehouse I/O
 
 
-def _scores_path(warehouse: Path) -> Path:
-    return warehouse / "propensity" / "scores.parquet"
-
-
 def _load_scores(warehouse: Path, channel: str) -> pl.DataFrame:
-    """(exposure_id, propensity, fold) of a channel from WH/propensity/scores.parquet."""
-    path = _scores_path(warehouse)
-    fix = (
-        f"run `causalrm propensity fit {warehouse} --channel {channel}` first, or pass --no-weights to estimate "
-        "without inverse-propensity weights (biased when feedback depends on the answer's quality)"
-    )
-    if not path.is_file():
-        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(path), fix=fix)
+    """(exposure_id, propensity, propensity_raw, fold) of a channel, with a hint about --no-weights."""
     try:
-        from propensity import read_scores  # the propensity helper's reader, when it exists
-    except ImportError:
-        read_scores = None
-    if read_scores is not None:
-        scores = read_scores(warehouse, channel=channel)
-    else:
-        scores = pl.read_parquet(path).filter(pl.col("channel") == channel)
-    if scores.height == 0:
-        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(path), fix=fix)
-    return scores
+        return read_scores(warehouse, channel=channel)
+    except WarehouseError as exc:
+        raise WarehouseError(
+            exc.what,
+            where=exc.where,
+            fix=f"run `causalrm propensity fit {warehouse} --channel {channel}` first, or pass --no-weights to estimate "
+            "without inverse-propensity weights (biased when feedback depends on the answer's quality)",
+        ) from exc
 
 
 def noise_path(warehouse: str | Path, channel: str = "vote") -> Path:
@@ -711,14 +714,14 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
         if missing:
             raise WarehouseError(
                 f"{missing} of {feedback.height} exposures have no {config.channel} propensity",
-                where=str(_scores_path(warehouse)),
+                where=str(scores_path(warehouse)),
                 fix=f"refit: `causalrm propensity fit {warehouse} --channel {config.channel}` after the last ingest",
             )
         propensity = joined["propensity"].to_numpy()
         if (propensity <= 0).any():
-            raise EstimationError("propensities must be > 0", where=str(_scores_path(warehouse)), fix="refit the propensity model (it clips)")
+            raise EstimationError("propensities must be > 0", where=str(scores_path(warehouse)), fix="refit the propensity model (it clips)")
         fold = joined["fold"].to_numpy() if "fold" in joined.columns and joined["fold"].null_count() == 0 else None
-        source = str(_scores_path(warehouse))
+        source = str(scores_path(warehouse))
     embeddings = read_embeddings(warehouse) if (config.method == "anchor" and config.use_embeddings) else None
     result = estimate_noise_frame(feedback, config, propensity=propensity, fold=fold, embeddings=embeddings, audit=audit)
     result["warehouse"] = str(warehouse)

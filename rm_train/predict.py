@@ -63,14 +63,32 @@ class RewardModel:
         return result
 
 
+def is_sequence_classifier(model_dir: str | Path) -> bool:
+    """True when ``model_dir/config.json`` is a transformers sequence-classification config (a
+    fine-tuned backbone from ``causalrm train --finetune``)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+
+
 def predict(model_dir: str | Path, data: str | Path, out: str | Path, *, device: str = "auto") -> dict[str, Any]:
-    """Score every exposure of a dataset or warehouse; write ``out`` (exposure_id, reward[, split]).
+    """Score every exposure of a dataset or warehouse with a reward head or a fine-tuned backbone;
+    write ``out`` (exposure_id, reward[, split]).
 
     Returns a summary (rows, out path, mean reward).
     """
-    model = RewardModel.load(model_dir, device=device)
     frame = load_scoring_frame(data)
-    reward = model.predict(frame)
+    if is_sequence_classifier(model_dir):
+        from rm_train.hf_trainer import score_texts
+
+        reward = score_texts(model_dir, frame, device=str(resolve_device(device)))
+    else:
+        reward = RewardModel.load(model_dir, device=device).predict(frame)
     columns = {"exposure_id": frame["exposure_id"], "reward": reward}
     if "split" in frame.columns:
         # Not part of the preds contract, but lets `causalrm evaluate --split test` work on its own.

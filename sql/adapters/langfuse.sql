@@ -16,7 +16,7 @@
 WITH traces AS (
     SELECT
         "file_index", "source_file", "row_number", "record",
-        COALESCE("parse_ok" AND json_type("record") = 'OBJECT', FALSE) AS "parse_ok"
+        COALESCE(CASE WHEN "parse_ok" THEN json_type("record") = 'OBJECT' END, FALSE) AS "parse_ok"
     FROM "source_records"
 ),
 

@@ -16,7 +16,7 @@ WITH RECURSIVE trees AS (
     -- A line that is JSON but not a tree (no "prompt" object) is as unusable as broken JSON.
     SELECT
         "file_index", "source_file", "row_number", "record",
-        COALESCE("parse_ok" AND json_type(json_extract("record", '$.prompt')) = 'OBJECT', FALSE) AS "parse_ok"
+        COALESCE(CASE WHEN "parse_ok" THEN json_type(json_extract("record", '$.prompt')) = 'OBJECT' END, FALSE) AS "parse_ok"
     FROM "source_records"
 ),
 

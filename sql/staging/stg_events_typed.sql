@@ -3,14 +3,17 @@
 --
 -- Grain: one row per input row, accepted or not.   Key: ("file_index", "row_number").
 -- Inputs: "raw_events" (a reader or source adapter: canonical columns of any type, plus
---         "file_index", "source_file", "row_number", "parse_ok" and a lazily computed "payload"),
+--         "file_index", "source_file", "row_number", "parse_ok", and the raw row as "payload_text"
+--         (the raw line of text formats) or "payload" (a STRUCT of the row's columns)),
 --         "event_type_map" ("source_value" -> canonical "event_type": the identity for every
 --         canonical type plus the --mapping file's renames).
 -- Reasons, first that applies: unparseable_row; missing_field (event_id, event_type, exposure_id,
 -- event_time); bad_timestamp (does not parse as ISO-8601, or outside [1970, 2200)); unknown_event_type;
 -- missing_field (an impression without user_id, session_id, prompt_id, response_id or model_id);
 -- bad_value (position, latency_ms or solicited present but not a non-negative number / boolean).
--- "payload" is kept on rejected rows only (CASE evaluates it for those rows alone).
+-- The payload becomes JSON text on rejected rows only: building a STRUCT is free (it wraps the
+-- column vectors), serialising it is not, and CASE serialises only the rows it selects.
+-- Portability: TO_JSON(struct) is TO_JSON(STRUCT(...)) in Spark.
 WITH source AS (
     SELECT * FROM "raw_events"
 ),
@@ -22,6 +25,7 @@ as_text AS (
         "source_file",
         "row_number",
         "parse_ok",
+        "payload_text",
         "payload",
         CASE WHEN TRIM(CAST("event_id" AS VARCHAR)) = '' THEN NULL ELSE CAST("event_id" AS VARCHAR) END AS "event_id",
         CASE WHEN TRIM(CAST("event_time" AS VARCHAR)) = '' THEN NULL ELSE "event_time" END AS "event_time_raw",
@@ -117,9 +121,11 @@ SELECT
     "row_number",
     "reject_reason",
     "reject_detail",
-    CASE WHEN "reject_reason" IS NOT NULL THEN "payload" END AS "payload",
+    CASE
+        WHEN "reject_reason" IS NOT NULL THEN COALESCE("payload_text", CAST(TO_JSON("payload") AS VARCHAR))
+    END AS "payload",
     "event_id",
-    "event_time",
+    CASE WHEN NOT "is_bad_timestamp" THEN "event_time" END AS "event_time",
     "event_type",
     "exposure_id",
     "user_id",

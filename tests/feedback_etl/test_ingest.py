@@ -1,0 +1,144 @@
+"""End to end: simulated messy logs -> `causalrm ingest` -> tables that match the simulator's truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from feedback_etl.ingest import IngestConfig, ingest
+from feedback_etl.io import read_events, read_feedback, read_rejects
+from feedback_etl.simulator import SimulationConfig, simulate
+from schemas.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def messy_warehouse(messy_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    wh = tmp_path_factory.mktemp("messy_wh") / "wh"
+    run = ingest(IngestConfig(inputs=(str(messy_logs / "events"),), warehouse=str(wh)))
+    return wh, run
+
+
+@pytest.fixture(scope="module")
+def messy_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small messy logs in JSON Lines: the simulator adds unparseable lines there."""
+    out = tmp_path_factory.mktemp("messy_jsonl")
+    simulate(SimulationConfig(out=str(out), n_exposures=2_000, messiness=1.0, seed=4, format="jsonl"))
+    return out
+
+
+def _assert_matches_truth(wh: Path, logs: Path) -> None:
+    feedback = read_feedback(wh)
+    truth = pl.read_parquet(logs / "truth.parquet")
+    assert feedback.height == truth.height
+    joined = feedback.join(truth, on="exposure_id", how="full", suffix="_truth", coalesce=True)
+    for column in ("observed", "label", "copied", "regenerated", "shared", "solicited", "n_late_events", "user_id", "prompt_id", "response_id"):
+        mismatched = joined.filter(pl.col(column).ne_missing(pl.col(f"{column}_truth")))
+        assert mismatched.height == 0, f"{column}: {mismatched.head(3).to_dicts()}"
+
+
+def _assert_counts_match_simulation(run: dict, logs: Path) -> None:
+    counts = json.loads((logs / "simulation.json").read_text())["counts"]
+    assert run["rows_read"] == counts["rows_written"]
+    assert run["duplicates"] == counts["duplicates"]
+    assert run["late_events"] == counts["late_events"]
+    assert run["rejected"]["orphan_feedback"] == counts["orphan_feedback"]
+    for reason, n in counts["malformed"].items():
+        assert run["rejected"][reason] == n, reason
+    assert run["rejected"]["conflicting_impression"] == 0
+    assert run["accepted_by_type"]["impression"] == counts["impressions"]
+    assert run["reconciliation"]["balanced"]
+
+
+def test_messy_parquet_logs_match_truth_and_simulation_counts(messy_warehouse, messy_logs):
+    wh, run = messy_warehouse
+    _assert_matches_truth(wh, messy_logs)
+    _assert_counts_match_simulation(run, messy_logs)
+    truth = pl.read_parquet(messy_logs / "truth.parquet")
+    assert run["late_events"] == truth["n_late_events"].sum() > 0
+    assert run["duplicates"] == truth["n_duplicate_events"].sum() > 0
+    manifest = json.loads((wh / "manifest.json").read_text())
+    assert manifest["runs"][-1]["run_id"] == run["run_id"]
+    assert manifest["runs"][-1]["files"][0]["sha256"] and manifest["tables"]["feedback"] == truth.height
+
+
+def test_messy_jsonl_logs_with_unparseable_lines(messy_jsonl, tmp_path):
+    run = ingest(IngestConfig(inputs=(str(messy_jsonl / "events"),), warehouse=str(tmp_path / "wh")))
+    _assert_matches_truth(tmp_path / "wh", messy_jsonl)
+    _assert_counts_match_simulation(run, messy_jsonl)
+    assert run["rejected"]["unparseable_row"] > 0
+    rejects = read_rejects(tmp_path / "wh")
+    bad = rejects.filter(pl.col("reason") == "unparseable_row")
+    lines = (next((messy_jsonl / "events").glob("*.jsonl"))).read_text().splitlines()
+    for row in bad.iter_rows(named=True):
+        assert lines[row["row_number"] - 1] == row["payload"]  # raw line, by its line number
+
+
+def test_warehouse_tables_and_rejects(messy_warehouse):
+    wh, run = messy_warehouse
+    events = read_events(wh)
+    assert events.height == run["accepted"] and events["event_id"].n_unique() == events.height
+    assert set(events["run_id"]) == {run["run_id"]}
+    rejects = read_rejects(wh)
+    assert rejects.height == run["rejected_total"]
+    assert rejects.group_by("reason").len().sort("reason").rows() == sorted((k, v) for k, v in run["rejected"].items() if v)
+    assert rejects["payload"].null_count() == 0 and rejects["row_number"].min() >= 1
+    assert not any(p.name.startswith(".ingest-staging") for p in wh.iterdir())
+
+
+def test_feedback_features(messy_warehouse):
+    wh, _ = messy_warehouse
+    feedback = read_feedback(wh)
+    # point in time: the first exposure of each user has no history
+    first = feedback.sort("impression_time").group_by("user_id").first()
+    assert (first["user_prior_exposures"] == 0).all() and first["user_prior_feedback_rate"].null_count() == first.height
+    assert (feedback["user_prior_votes"] <= feedback["user_prior_exposures"]).all()
+    # a user never straddles splits, and the split is roughly 80 / 10 / 10 over users
+    assert feedback.group_by("user_id").agg(pl.col("split").n_unique())["split"].max() == 1
+    observed = feedback.filter(pl.col("observed"))
+    assert observed["feedback_delay_s"].null_count() == 0 and (observed["feedback_delay_s"] >= 0).all()
+    assert feedback.filter(~pl.col("observed"))["feedback_delay_s"].null_count() == feedback.height - observed.height
+    assert (feedback["n_events"] >= 1 + feedback["observed"].cast(pl.Int32)).all()
+
+
+def test_window_option_changes_lateness(messy_logs, tmp_path):
+    run = ingest(IngestConfig(inputs=(str(messy_logs / "events"),), warehouse=str(tmp_path / "wh"), window="200d"))
+    assert run["late_events"] == 0 and run["window_seconds"] == 200 * 86400
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"window": "24x"}, "attribution window"),
+        ({"window": "0h"}, "attribution window"),
+        ({"source": "kafka"}, "source must be one of"),
+        ({"memory_limit": "lots"}, "memory_limit"),
+        ({"inputs": ()}, "at least one input"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        IngestConfig(**{"inputs": ("x",), "warehouse": "wh", **kwargs})
+
+
+def test_fixture_warehouse_is_built_by_ingest(warehouse):
+    feedback = read_feedback(warehouse)
+    truth = pl.read_parquet(warehouse.parent / "truth.parquet")
+    assert feedback.height == truth.height == 8_000
+    joined = feedback.join(truth, on="exposure_id")
+    assert (joined["observed"] == joined["observed_right"]).all()
+    assert (warehouse / "manifest.json").exists() and any((warehouse / "events").rglob("*.parquet"))
+
+
+def test_second_source_reusing_exposure_ids_conflicts(warehouse, messy_logs, tmp_path):
+    """Simulations number exposures from 0, so messy_logs reuses the fixture warehouse's ids with
+    other content: every impression is a conflicting_impression (rule 6) and the table keeps its rows."""
+    wh = tmp_path / "wh"
+    shutil.copytree(warehouse, wh)
+    run = ingest(IngestConfig(inputs=(str(messy_logs / "events"),), warehouse=str(wh)))
+    assert run["rejected"]["conflicting_impression"] == 5_000
+    assert read_feedback(wh).height == 8_000
