@@ -143,6 +143,41 @@ def embed_cmd(
     )
 
 # ---------------------------------------------------------------- propensity fit (propensity)
+@propensity_app.command("fit")
+def propensity_fit(
+    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (holds feedback/, optionally embeddings/).")],
+    model: Annotated[str, typer.Option(help="lightgbm (default), mlp (torch; uses embeddings well) or logistic (baseline).")] = "lightgbm",
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds, grouped by user_id: each exposure is scored by a model that never saw it.")] = 5,
+    calibration: Annotated[str, typer.Option(help="isotonic, platt or none; cross-fitted like the model.")] = "isotonic",
+    clip: Annotated[float, typer.Option(help="Propensity floor in (0, 1): weights are at most 1/clip. Clipped rows are counted in metrics.json.")] = 0.05,
+    channel: Annotated[list[str], typer.Option(help="Feedback channel(s): vote, copy, regenerate, share. Repeat for several; one model each.")] = ["vote"],  # noqa: B006
+    seed: Annotated[int, typer.Option(help="Seed of the fold assignment and the models.")] = 0,
+    embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Use WH/embeddings as features when `causalrm embed` has produced them.")] = True,
+    n_jobs: Annotated[int, typer.Option(help="LightGBM threads (0 = all cores).")] = 0,
+    device: Annotated[str, typer.Option(help="MLP device: auto (CUDA when available), cpu or cuda.")] = "auto",
+) -> None:
+    """Fit cross-fitted, calibrated propensities P(feedback | exposure) and write WH/propensity/
+    (scores.parquet, metrics.json, models/<channel>/)."""
+    from propensity.fit import PropensityConfig, fit_propensity
+
+    try:
+        for name in channel:
+            cfg = PropensityConfig(
+                channel=name, model=model, folds=folds, calibration=calibration, clip=clip, seed=seed,
+                use_embeddings=embeddings, n_jobs=n_jobs, device=device,
+            )
+            result = fit_propensity(warehouse, cfg, progress=sys.stderr.isatty())
+            m, c, w = result.metrics, result.clip, result.metrics["weights"]
+            out.print(
+                f"{name}: {m['n_exposures']:,} exposures, {m['n_observed']:,} with feedback; AUC {m['auc']:.3f}, "
+                f"ECE {m['ece']:.4f}, ESS/N {w['ess_ratio']:.3f}, max weight {w['max']:.1f}; clipped {c.n_clipped:,} "
+                f"({c.share_clipped:.2%}) at {c.floor:g}; {len(m['warnings'])} warning(s) (logged above, in metrics.json)",
+                highlight=False, soft_wrap=True,
+            )
+        out.print(f"wrote {result.scores_path}, {result.metrics_path}, {result.models_path.parent}/", highlight=False, soft_wrap=True)
+    except CausalRMError as exc:
+        _fail(exc)
+
 
 # ---------------------------------------------------------------- noise estimate (noise)
 @noise_app.command("estimate")
@@ -238,7 +273,8 @@ def weights_export(
     )
     if manifest["pairs"] is not None:
         p = manifest["pairs"]
-        out.print(f"wrote {p['rows']:,} pairs to {out_dir}/{manifest['files']['pairs']} ({p['tied_pairs_dropped']:,} tied pairs dropped)", highlight=False)
+        out.print(f"wrote {p['rows']:,} pairs to {out_dir}/{manifest['files']['pairs']} ({p['tied_pairs_dropped']:,} tied pairs dropped)",
+                  highlight=False, soft_wrap=True)
     out.print(f"manifest: {out_dir}/manifest.json", highlight=False)
 
 
@@ -260,7 +296,7 @@ def audit(
     except CausalRMError as exc:
         _fail(exc)
     counts = {s: sum(g.status == s for g in result.guardrails) for s in ("pass", "breach", "skipped")}
-    out.print(f"report: {result.html_path} (numbers: {result.json_path})", highlight=False)
+    out.print(f"report: {result.html_path} (numbers: {result.json_path})", highlight=False, soft_wrap=True)
     colour = "red" if result.breaches else "green"
     out.print(
         f"guardrails: [bold {colour}]{result.verdict}[/] ({counts['pass']} pass, {counts['breach']} breach, {counts['skipped']} skipped)",
@@ -305,7 +341,12 @@ def train_cmd(
     max_length: Annotated[int, typer.Option(help="With --finetune: token limit (left truncation).")] = 256,
     imputed: Annotated[Optional[Path], typer.Option(help="With --finetune and a DR loss: preds.parquet giving y_hat per exposure.")] = None,
 ) -> None:
-    """Train a reward model with a CausalRM loss (MLP head on embeddings, or full fine-tuning with --finetune)."""
+    """Train a reward model with a CausalRM loss (MLP head on embeddings, or full fine-tuning with --finetune).
+
+    Multi-GPU: `torchrun --nproc-per-node N $(which causalrm) train ...` (DistributedDataParallel).
+    """
+    import os
+
     try:
         if finetune:
             from rm_train.config import FinetuneConfig
@@ -342,6 +383,8 @@ def train_cmd(
         metrics = train(dataset, cfg, out_dir, progress=sys.stderr.isatty())
     except CausalRMError as exc:
         _fail(exc)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     out.print(
         f"trained {loss} ({base_loss}) on {metrics['n_train_rows']:,} rows ({metrics['n_observed_train']:,} observed): best epoch "
         f"{metrics['best_epoch'] + 1}/{len(metrics['epochs'])}, val loss {metrics['best_val_loss']:.4f}, "

@@ -157,7 +157,7 @@ def preflight(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: s
         if f.format == "parquet":
             columns = _describe(conn, f, f"read_parquet({_literal(str(f.path))})", "Parquet")
         elif f.format in ("csv", "triples"):
-            columns = _describe(conn, f, f"read_csv({_literal(str(f.path))}, all_varchar = true, header = true)", "CSV with a header row")
+            columns = csv_header(f)
         elif f.format == "matrix":
             columns = _check_matrix(f)
         elif f.format == "json":
@@ -193,6 +193,30 @@ def _describe(conn: duckdb.DuckDBPyConnection, f: InputFile, reader: str, what: 
             where=str(f.path),
             fix="check the file is complete and has the format its suffix says",
         ) from exc
+
+
+def csv_header(f: InputFile) -> list[str]:
+    """Column names from the header row of a comma-separated file (RFC 4180 quoting).
+
+    Raises
+    ------
+    InputFileError : unreadable, empty, or a header with blank or repeated names.
+    """
+    import csv
+
+    try:
+        with _open_text(f) as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as exc:
+        raise InputFileError(f"cannot read file as UTF-8 CSV: {exc}", where=str(f.path), fix="check the file (gzip when it ends in .gz)") from exc
+    names = [h.strip() for h in header]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise InputFileError(
+            f"CSV header row {header!r} is empty, has a blank or a repeated column name",
+            where=str(f.path),
+            fix="start the file with one comma-separated row of distinct column names",
+        )
+    return names
 
 
 def _open_text(f: InputFile):
@@ -350,29 +374,62 @@ def _empty_raw_select() -> str:
     )
 
 
-def _line_reader(f: InputFile) -> str:
-    """Every line of a text file, numbered, as SQL (row_number = line number, blank lines dropped).
+def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
+    """Materialise every line of a text file as ``lines_<i>`` (row_number = line number, line,
+    readable) and return the table name.
 
-    The CSV reader with a NUL delimiter and no quoting hands back each physical line untouched.
+    DuckDB's CSV reader with a NUL delimiter, no quoting and strict mode hands back each line
+    untouched (LF or CRLF endings); a line it cannot hand back (a NUL byte inside, invalid UTF-8,
+    longer than 64 MiB) lands in its rejects table and comes back here with ``readable`` false, at
+    its line number. Blank lines are kept (the caller drops them) so that numbering stays exact.
+    A bare CR inside a line makes the whole file unreadable (one clear InputFileError).
     """
+    table, rejects, scan = f"lines_{f.index}", f"lines_{f.index}_rejects", f"lines_{f.index}_scan"
     reader = (
         f"read_csv({_literal(str(f.path))}, columns = {{'line': 'VARCHAR'}}, header = false, "
-        f"delim = chr(0), quote = '', escape = '', auto_detect = false, new_line = '\\n', "
-        f"strict_mode = false, max_line_size = {_MAX_LINE_BYTES}, "
+        f"delim = chr(0), quote = '', escape = '', auto_detect = false, "
+        f"strict_mode = true, store_rejects = true, rejects_table = {_literal(rejects)}, "
+        f"rejects_scan = {_literal(scan)}, max_line_size = {_MAX_LINE_BYTES}, "
         f"compression = {_literal('gzip' if f.compressed else 'none')})"
     )
-    return (
-        f'SELECT ROW_NUMBER() OVER () AS "row_number", "line" FROM {reader}'
+    _create_table(conn, table + "_read", f'SELECT ROW_NUMBER() OVER () AS "ordinal", "line" FROM {reader}', [f])
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {_identifier(table)} AS
+        {_renumber(table + "_read", rejects, "line")}
+        SELECT "record_number" AS "row_number", "line", TRUE AS "readable" FROM numbered
+        UNION ALL
+        SELECT CAST("line" AS BIGINT), LTRIM("csv_line", chr(10)), FALSE FROM {_identifier(rejects)}"""
     )
+    return table
 
 
-def _json_lines_select(f: InputFile) -> str:
+def _renumber(parsed: str, rejects: str, line_column: str, offset: int = 0) -> str:
+    """A ``WITH ... numbered AS (...)`` prefix giving each parsed record its record number.
+
+    The reader numbers parsed records 1, 2, ... and skips the lines it rejected; the k-th parsed
+    record sits after every rejected line whose record number minus its rank is below k (one line
+    per record). ``offset`` turns file line numbers into record numbers (1 for a header row).
+    """
+    return f"""WITH rejected AS (
+            SELECT "{line_column}" - {offset} AS "record_number", ROW_NUMBER() OVER (ORDER BY "{line_column}") AS "rank"
+            FROM {_identifier(rejects)}
+        ),
+        numbered AS (
+            SELECT p.*, CAST(p."ordinal" + (
+                SELECT COUNT(*) FROM rejected AS r WHERE r."record_number" - r."rank" < p."ordinal"
+            ) AS BIGINT) AS "record_number"
+            FROM {_identifier(parsed)} AS p
+        )"""
+
+
+def _json_lines_select(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
+    table = _lines_table(conn, f)
     return f"""
         SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
-               CAST("row_number" AS BIGINT) AS "row_number", "line" AS "record",
-               CASE WHEN json_valid("line") THEN json_type("line") = 'OBJECT' ELSE FALSE END AS "parse_ok"
-        FROM ({_line_reader(f)}) AS lines
-        WHERE "line" IS NOT NULL AND TRIM("line") <> ''"""
+               "row_number", "line" AS "record",
+               CASE WHEN "readable" AND json_valid("line") THEN json_type("line") = 'OBJECT' ELSE FALSE END AS "parse_ok"
+        FROM {_identifier(table)}
+        WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line") <> '')"""
 
 
 def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -> None:
@@ -392,13 +449,14 @@ def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
                 CROSS JOIN UNNEST(CAST({array} AS JSON[])) WITH ORDINALITY AS r("record", "ordinal")"""
             )
         elif f.format == "matrix":
+            table = _lines_table(conn, f)
             parts.append(
                 f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
-                       CAST("row_number" AS BIGINT) AS "row_number", "line" AS "record", TRUE AS "parse_ok"
-                FROM ({_line_reader(f)}) AS lines WHERE "line" IS NOT NULL AND TRIM("line") <> ''"""
+                       "row_number", "line" AS "record", "readable" AS "parse_ok"
+                FROM {_identifier(table)} WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line") <> '')"""
             )
         else:
-            parts.append(_json_lines_select(f))
+            parts.append(_json_lines_select(conn, f))
     _create_table(conn, "source_records", " UNION ALL ".join(parts), files)
 
 
@@ -418,22 +476,20 @@ def _read_csv(conn: duckdb.DuckDBPyConnection, f: InputFile) -> tuple[str, str]:
     ``csv_<i>_rejects`` (line, csv_line). Returns both table names."""
     table, rejects = f"csv_{f.index}", f"csv_{f.index}_rejects"
     scan = f"csv_{f.index}_scan"
+    # A fixed dialect (comma, double quotes, header row) instead of sniffing: sniffing a small file
+    # with a broken line guesses wrong, and the dialect is part of the input contract anyway.
+    columns = "{" + ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in csv_header(f)) + "}"
     reader = (
-        f"read_csv({_literal(str(f.path))}, all_varchar = true, header = true, store_rejects = true, "
+        f"read_csv({_literal(str(f.path))}, columns = {columns}, header = true, auto_detect = false, "
+        f"delim = ',', quote = '\"', escape = '\"', store_rejects = true, "
         f"rejects_table = {_literal(rejects)}, rejects_scan = {_literal(scan)}, "
         f"max_line_size = {_MAX_LINE_BYTES}, compression = {_literal('gzip' if f.compressed else 'none')})"
     )
-    _create_table(conn, table, f'SELECT ROW_NUMBER() OVER () AS "__ordinal", * FROM {reader}', [f])
-    # Record numbers: the k-th parsed record comes after every rejected line whose record number
-    # minus its rank is below k (records are numbered 1 = first data line; one line per record).
+    _create_table(conn, table, f'SELECT ROW_NUMBER() OVER () AS "ordinal", * FROM {reader}', [f])
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE {_identifier(table + '_numbered')} AS
-        WITH rejected AS (
-            SELECT "line" - 1 AS "record_number", ROW_NUMBER() OVER (ORDER BY "line") AS "rank"
-            FROM {_identifier(rejects)}
-        )
-        SELECT c.*, c."__ordinal" + (SELECT COUNT(*) FROM rejected AS r WHERE r."record_number" - r."rank" < c."__ordinal") AS "__record"
-        FROM {_identifier(table)} AS c"""
+        {_renumber(table, rejects, "line", offset=1)}
+        SELECT * EXCLUDE ("ordinal") FROM numbered"""
     )
     return table + "_numbered", rejects
 
@@ -441,7 +497,7 @@ def _read_csv(conn: duckdb.DuckDBPyConnection, f: InputFile) -> tuple[str, str]:
 def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping) -> str:
     """One canonical file as a slice of ``raw_events``, with --mapping renames applied."""
     if f.format == "jsonl":
-        return _canonical_jsonl(f, mapping)
+        return _canonical_jsonl(conn, f, mapping)
     if f.format == "parquet":
         reader = f"read_parquet({_literal(str(f.path))}, file_row_number = true)"
         columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(f.path))})").fetchall()]
@@ -449,8 +505,8 @@ def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fiel
     else:
         table, rejects = _read_csv(conn, f)
         reader = _identifier(table)
-        columns = [r[0] for r in conn.execute(f"DESCRIBE {reader}").fetchall() if not r[0].startswith("__")]
-        row_number = '"__record"'
+        columns = [r[0] for r in conn.execute(f"DESCRIBE {reader}").fetchall() if r[0] != "record_number"]
+        row_number = '"record_number"'
     selected = ", ".join(
         f"{_identifier(mapping.column(c)) if mapping.column(c) in columns else 'NULL'} AS {_identifier(c)}"
         for c in CANONICAL_COLUMNS
@@ -464,13 +520,13 @@ def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fiel
         nulls = ", ".join(f"NULL AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
         part = f"""SELECT * FROM ({part}) AS parsed
         UNION ALL BY NAME
-        SELECT {head}, CAST("line" AS BIGINT) AS "row_number", FALSE AS "parse_ok",
+        SELECT {head}, CAST("line" - 1 AS BIGINT) AS "row_number", FALSE AS "parse_ok",
                "csv_line" AS "payload_text", NULL AS "payload", {nulls}
         FROM {_identifier(rejects)}"""
     return part
 
 
-def _canonical_jsonl(f: InputFile, mapping: FieldMapping) -> str:
+def _canonical_jsonl(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping) -> str:
     """One JSON Lines file: parse each line once, pull every canonical field as text."""
     paths = ", ".join(_literal(f'$."{mapping.column(c)}"') for c in CANONICAL_COLUMNS)
     fields = ", ".join(f'"values"[{k + 1}] AS {_identifier(c)}' for k, c in enumerate(CANONICAL_COLUMNS))
@@ -479,7 +535,7 @@ def _canonical_jsonl(f: InputFile, mapping: FieldMapping) -> str:
                CAST(NULL AS VARCHAR) AS "payload", {fields}
         FROM (
             SELECT *, CASE WHEN "parse_ok" THEN json_extract_string("record", [{paths}]) END AS "values"
-            FROM ({_json_lines_select(f)}) AS records
+            FROM ({_json_lines_select(conn, f)}) AS records
         ) AS parsed"""
 
 
@@ -490,12 +546,12 @@ def _register_triples(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
         table, rejects = _read_csv(conn, f)
         head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag"'
         parts.append(
-            f"""SELECT {head}, CAST("__record" AS BIGINT) AS "row_number", TRUE AS "parse_ok",
+            f"""SELECT {head}, "record_number" AS "row_number", TRUE AS "parse_ok",
                    "user_id", "item_id", "rating" AS "rating_text",
                    TO_JSON(STRUCT_PACK("user_id" := "user_id", "item_id" := "item_id", "rating" := "rating")) AS "payload"
             FROM {_identifier(table)}
             UNION ALL
-            SELECT {head}, CAST("line" AS BIGINT) AS "row_number", FALSE AS "parse_ok",
+            SELECT {head}, CAST("line" - 1 AS BIGINT) AS "row_number", FALSE AS "parse_ok",
                    NULL AS "user_id", NULL AS "item_id", NULL AS "rating_text", "csv_line" AS "payload"
             FROM {_identifier(rejects)}"""
         )

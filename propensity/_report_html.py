@@ -26,6 +26,7 @@ SEGMENT_TITLES = {
     "response_length": "Response length",
     "impression_hour": "Hour of day (UTC)",
 }
+MAX_LOVE_FEATURES = 40
 # Which headline card a guardrail colours red when breached.
 CARD_OF_GUARDRAIL = {
     "ess_fraction": "ess",
@@ -44,7 +45,7 @@ h1{font-size:26px;margin:0 0 4px;} h2{font-size:20px;margin:36px 0 8px;border-bo
 .verdict.fail{background:#fdecea;border:2px solid #c0392b;color:#7b1d14;}
 .verdict.pass{background:#e9f7ef;border:2px solid #1e8449;color:#145a32;}
 .verdict strong{font-size:18px;display:block;margin-bottom:6px;}
-.verdict ul{margin:6px 0 0 18px;padding:0;} .verdict li{margin:3px 0;}
+.verdict ul{margin:6px 0 0 18px;padding:0;} .verdict li{margin:3px 0;} .verdict li.skipped{color:#6b6b6b;}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:10px;}
 .card{border:1px solid #dfe3e8;border-radius:6px;padding:10px 12px;background:#fbfcfd;}
 .card .label{font-size:12px;color:#5f6b76;text-transform:uppercase;letter-spacing:.03em;}
@@ -220,7 +221,9 @@ def _fig_weights(weights: dict[str, Any], max_weight: float) -> Figure:
 
 
 def _fig_love(balance: list[dict[str, Any]], threshold: float) -> Figure:
-    rows = sorted(balance, key=lambda b: abs(b["before"]))
+    # The MAX_LOVE_FEATURES worst features (by |SMD| before or after); the table lists them all.
+    rows = sorted(balance, key=lambda b: max(abs(b["before"]), abs(b["after"])))[-MAX_LOVE_FEATURES:]
+    rows = sorted(rows, key=lambda b: abs(b["before"]))
     y = np.arange(len(rows))
     fig = _figure(7.5, 0.26 * len(rows) + 1.6, left=_label_margin([b["feature"] for b in rows], 8))
     ax = fig.subplots()
@@ -316,7 +319,7 @@ def _verdict_html(report: dict[str, Any]) -> str:
     breaches = [g for g in guardrails if g["status"] == "breach"]
     skipped = [g for g in guardrails if g["status"] == "skipped"]
     passed = [g for g in guardrails if g["status"] == "pass"]
-    skipped_html = "".join(f"<li>skipped: {html.escape(g['message'])}</li>" for g in skipped)
+    skipped_html = "".join(f'<li class="skipped">skipped: {html.escape(g["message"])}</li>' for g in skipped)
     if breaches:
         items = "".join(f"<li>{html.escape(g['message'])}</li>" for g in breaches)
         return (f'<div class="verdict fail" id="verdict" data-verdict="FAIL"><strong>Guardrails: FAIL, {len(breaches)} breach'
@@ -432,6 +435,9 @@ def render_html(report: dict[str, Any]) -> str:
             "and after (filled) weighting by 1/p. Weighting should pull every feature inside the dashed guardrail."))
         smd_rows = [[esc(b["feature"]), f"{b['before']:+.3f}", f"{b['after']:+.3f}"] for b in report["balance"]]
         sections.append(f"<details><summary>SMD table</summary>{_table(['feature', 'SMD before', 'SMD after'], smd_rows)}</details>")
+    else:
+        sections.append("<h2>Covariate balance</h2>")
+        sections.append('<p class="note">No context feature varies across exposures in this warehouse: balance cannot be checked.</p>')
 
     sections.append("<h2>Label noise</h2>")
     noise_rows = _noise_rows(report["noise"])

@@ -33,16 +33,15 @@ import numpy as np
 import polars as pl
 
 from propensity.diagnostics import expected_calibration_error, kish_ess, reliability_table, standardized_mean_differences
-from propensity.export import _fit_clip, _read_metrics, _read_scores
+from propensity.export import _fit_clip, _read_metrics, _read_scores, json_safe
 from propensity.features import build_features, design_matrix
 from schemas.errors import ConfigError, InputFileError, WarehouseError
-from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
+from schemas.feedback import CHANNELS
 
 log = logging.getLogger(__name__)
 
 SEGMENT_COLUMNS: tuple[str, ...] = ("model_id", "platform", "locale", "position", "response_length", "impression_hour")
 N_RELIABILITY_BINS = 10
-MAX_LEVELS_PER_CATEGORICAL = 12
 Z95 = 1.959963984540054
 
 
@@ -342,16 +341,22 @@ def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[
     feature = h.get("worst_smd_feature")
     check("balance_smd", smd, t.max_abs_smd_after, smd is not None and smd <= t.max_abs_smd_after,
           f"max |SMD| after weighting = {smd if smd is None else f'{smd:.3f}'} > {t.max_abs_smd_after} (max_abs_smd_after) on {feature}: "
-          "weighting does not balance the covariates; fix: add that feature to the propensity model")
+          "weighting does not balance the covariates; fix: add that feature to the propensity model",
+          "balance_smd: no context feature varies across exposures")
     for noise in report["noise"]:
         ch = noise["channel"]
         total = noise["rho01"] + noise["rho10"]
         hi01, hi10 = (noise.get("rho01_ci") or [None, None])[1], (noise.get("rho10_ci") or [None, None])[1]
-        upper = hi01 + hi10 if hi01 is not None and hi10 is not None else total
+        # The estimator's interval of the sum when it gives one (tighter), else the sum of the upper ends.
+        sum_ci = noise.get("rho_sum_ci")
+        if isinstance(sum_ci, list) and len(sum_ci) == 2 and isinstance(sum_ci[1], (int, float)):
+            upper = float(sum_ci[1])
+        else:
+            upper = hi01 + hi10 if hi01 is not None and hi10 is not None else total
         limit = 1 - t.noise_margin
         ok = total <= limit and upper < 1
         check(f"noise_identifiable[{ch}]", total, limit, ok,
-              f"{ch}: rho01 + rho10 = {total:.3f} (interval upper ends sum to {upper:.3f}); needs <= {limit:.2f} and < 1 "
+              f"{ch}: rho01 + rho10 = {total:.3f} (upper confidence bound {upper:.3f}); needs <= {limit:.2f} and < 1 "
               "(noise_margin): the noise-corrected loss divides by 1 - rho01 - rho10; fix: re-estimate with an audit set or larger anchor quantile")
         widths = [b - a for a, b in (noise.get("rho01_ci") or [None, None], noise.get("rho10_ci") or [None, None]) if a is not None and b is not None]
         width = max(widths) if widths else None
@@ -359,7 +364,8 @@ def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[
               f"{ch}: noise-rate interval width = {width if width is None else f'{width:.3f}'} > {t.max_noise_ci_width} (max_noise_ci_width): "
               "rates are too uncertain; fix: more anchor rows or a larger audit set",
               f"noise_ci_width[{ch}]: the estimate has no intervals")
-    if not any(n["channel"] == report["channel"] for n in report["noise"]):
+    # Only the vote channel has flip rates: implicit channels are one-class (propensity.noise refuses them).
+    if report["channel"] == "vote" and not any(n["channel"] == "vote" for n in report["noise"]):
         results.append(GuardrailResult(f"noise_identifiable[{report['channel']}]", "skipped", None, 1 - t.noise_margin,
                                        f"no noise estimate for channel {report['channel']!r}: run `causalrm noise estimate`"))
     return results
@@ -383,19 +389,6 @@ def _read_all_noise(warehouse: Path) -> list[dict[str, Any]]:
             raise InputFileError("noise estimate lacks rho01 / rho10", where=str(path), fix="rerun `causalrm noise estimate`")
         found.setdefault(channel, {**noise, "channel": channel, "source": str(path.relative_to(warehouse))})
     return sorted(found.values(), key=lambda n: (n["channel"] != "vote", n["channel"]))
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN / inf -> None, numpy scalars -> Python, recursively (report.json stays strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def build_report(cfg: AuditConfig) -> dict[str, Any]:
@@ -442,7 +435,7 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
     estimates = None
     if is_vote:
         estimates = mean_label_estimates(
-            frame["label"].to_numpy(), observed, p, solicited,
+            frame["label"].to_numpy(), observed, p_weights, solicited,
             rho01=own_noise["rho01"] if own_noise else None, rho10=own_noise["rho10"] if own_noise else None,
         )
 
@@ -507,7 +500,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     guardrails = evaluate_guardrails(report, cfg.thresholds)
     report["guardrails"] = [asdict(g) for g in guardrails]
     report["verdict"] = "FAIL" if any(g.status == "breach" for g in guardrails) else "PASS"
-    report = _jsonable(report)
+    report = json_safe(report)
     html_path = Path(cfg.out)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(render_html(report), encoding="utf-8")

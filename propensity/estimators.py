@@ -118,7 +118,8 @@ class LightGBMPropensity(_BinaryPropensity):
     ----------
     n_estimators : boosting rounds.
     learning_rate : shrinkage per round.
-    num_leaves : maximum leaves per tree.
+    num_leaves : maximum leaves per tree. Small trees by default: feedback propensities are smooth
+        in the context, and on the simulator and on Coat 7 leaves ranked and debiased better than 15 or 31.
     min_child_samples : minimum rows per leaf (large values keep scores away from 0 and 1).
     subsample : row fraction per round (bagging; 1.0 disables it).
     colsample_bytree : feature fraction per tree.
@@ -139,9 +140,9 @@ class LightGBMPropensity(_BinaryPropensity):
     def __init__(
         self,
         *,
-        n_estimators: int = 200,
+        n_estimators: int = 150,
         learning_rate: float = 0.05,
-        num_leaves: int = 15,
+        num_leaves: int = 7,
         min_child_samples: int = 50,
         subsample: float = 0.8,
         colsample_bytree: float = 0.9,

@@ -40,7 +40,7 @@ import pandera.errors
 import polars as pl
 
 from propensity.diagnostics import kish_ess
-from propensity.io import metrics_path, read_metrics, read_scores, scores_path
+from propensity.io import metrics_path, read_metrics, read_scores, replace_dir, scores_path
 from propensity.noise import noise_path, read_noise
 from schemas.errors import ConfigError, IdentifiabilityError, InputFileError, TableValidationError, WarehouseError
 from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC, SPLITS
@@ -378,6 +378,19 @@ def build_pairs(
     return pairs, summary
 
 
+def json_safe(value: Any) -> Any:
+    """NaN / inf -> None, numpy scalars -> Python, recursively, so the JSON we write is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -657,10 +670,9 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
             manifest["pairs"] = pair_summary
             if pairs.is_empty():
                 log.warning("no prompt has two observed responses with different labels in one split: pairs file is empty")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        manifest = json_safe(manifest)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        replace_dir(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

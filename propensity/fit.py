@@ -26,7 +26,7 @@ from propensity.diagnostics import propensity_diagnostics
 from propensity.estimators import ESTIMATORS, make_estimator
 from propensity.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import models_dir, replace_dir, write_metrics, write_scores
-from schemas.errors import ConfigError, EstimationError, WarehouseError
+from schemas.errors import ConfigError, EstimationError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,16 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     if not warehouse.is_dir():
         raise WarehouseError("warehouse folder does not exist", where=str(warehouse), fix="pass the folder given to `causalrm ingest --warehouse`")
     started = time.perf_counter()
-    feedback = read_feedback(warehouse)
+    try:
+        feedback = read_feedback(warehouse)
+    except pl.exceptions.ColumnNotFoundError as exc:
+        # read_feedback selects the contract's columns; a table missing one fails there.
+        missing = str(exc).strip().splitlines()[0][:200]
+        raise InputFileError(
+            f"feedback table lacks a contract column ({missing})",
+            where=str(warehouse / "feedback"),
+            fix="re-run `causalrm ingest` so the table follows the schemas.feedback contract",
+        ) from exc
     observed = _check_target(feedback, cfg, warehouse)
     embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
     X, feature_names, categorical_names = build_features(feedback, embeddings)
@@ -201,6 +210,7 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         "target": cfg.target,
         **diagnostics,
         "clipping": clip_report.to_dict(),
+        "warnings": _warnings(cfg, clip_report, diagnostics),
         "features": feature_names if embeddings is None else [n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)],
         "categorical_features": categorical_names,
         "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in feature_names)),
@@ -235,6 +245,25 @@ def _log_clipping(cfg: PropensityConfig, report: ClipReport) -> None:
         f"{report.n_clipped_observed:,} of them observed ({report.share_clipped_observed:.2%} of observed rows)"
     )
     log.log(logging.WARNING if report.n_clipped else logging.INFO, message)
+
+
+def _warnings(cfg: PropensityConfig, report: ClipReport, diagnostics: dict[str, Any]) -> list[str]:
+    """Plain-language problems a user should see before trusting the weights (also logged)."""
+    found = []
+    rate = diagnostics["observed_rate"]
+    if cfg.clip >= rate:
+        found.append(
+            f"clip floor {cfg.clip:g} is at or above the {cfg.channel} feedback rate {rate:.4f}: most propensities are "
+            f"clipped and the weights barely vary; use a floor well below the rate, e.g. --clip {rate / 10:.2g}"
+        )
+    if report.share_clipped > 0.10:
+        found.append(f"{report.share_clipped:.1%} of propensities were clipped at {cfg.clip:g}: weak overlap or a floor too high")
+    ess_ratio = diagnostics["weights"]["ess_ratio"]
+    if ess_ratio is not None and ess_ratio < 0.1:
+        found.append(f"effective sample size is {ess_ratio:.1%} of the observed rows: a few weights dominate")
+    for message in found:
+        log.warning("propensity %s: %s", cfg.channel, message)
+    return found
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

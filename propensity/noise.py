@@ -257,6 +257,12 @@ def anchor_rates(
     sum_b = rho01_b + rho10_b
     warnings: list[str] = []
     failed = int(np.isnan(sum_b).sum())
+    if failed == n_bootstrap:
+        raise IdentifiabilityError(
+            "empty anchor set in every bootstrap replicate: too few observed rows at the extremes",
+            where=where,
+            fix="collect more feedback, lower --min-quantile, or use --method audit",
+        )
     if failed > 0.05 * n_bootstrap:
         warnings.append(f"{failed} of {n_bootstrap} bootstrap replicates had an empty anchor side; intervals are unreliable")
     alpha = 1 - confidence
@@ -559,6 +565,8 @@ def estimate_noise_frame(
         "config": asdict(config),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if config.method == "audit" and audit is None:
+        raise ConfigError("method audit needs the audit frame", where="estimate_noise_frame", fix="pass audit=read_audit(path)")
     audit_used = None
     if audit is not None:
         audit_used, audit_counts, audit_warnings = _audit_join(feedback, audit, config.segment_by)
@@ -620,7 +628,7 @@ def estimate_noise_frame(
             }
             result["warnings"] += audit_result["warnings"]
     else:
-        result.update({k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "confusion", "n_audit", "interval")})
+        result.update({k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "rho_sum_ci", "confusion", "n_audit", "interval")})
         result["warnings"] += audit_result["warnings"]
         if config.segment_by:
             for value in sorted(set(audit_used[config.segment_by].cast(pl.Utf8).fill_null("<null>").to_list())):

@@ -13,6 +13,11 @@ y_hat comes from a file (``imputed``: a preds.parquet, e.g. a causalrm-ips head'
 same exposures). e_i = l(f(x_i), y_hat_i) still depends on the fine-tuned f, so DR does not collapse
 into IPS.
 
+Engines: ``transformers.Trainer`` needs the ``accelerate`` package; where it is missing,
+:func:`finetune` runs the same loss in a plain torch loop (AdamW, linear decay to 0 as the Trainer's
+default schedule, bf16 autocast on CUDA) and exports the same folder. ``engine="trainer"`` forces the
+Trainer (and its DDP / FSDP / DeepSpeed integrations under ``torchrun`` / ``accelerate launch``).
+
 Text: ``feedback_etl.embed.TEXT_TEMPLATE`` (prompt, blank line, response), truncated from the left.
 """
 
@@ -60,11 +65,24 @@ class CausalRMTrainer(Trainer):
         self.base_loss = base_loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        targets = {key[len(_PREFIX):]: inputs.pop(key).float() for key in list(inputs) if key.startswith(_PREFIX)}
-        outputs = model(**inputs)
-        logit = outputs.logits.squeeze(-1).float()
-        loss = pointwise_objective(self.loss_name, logit, targets, base=self.base_loss, y_hat=targets.get("y_hat"))
+        loss, outputs = causalrm_loss(model, inputs, self.loss_name, self.base_loss)
         return (loss, outputs) if return_outputs else loss
+
+
+def causalrm_loss(model, inputs: dict[str, torch.Tensor], loss: str, base_loss: str):
+    """(loss, model outputs) of a sequence classifier on a batch carrying the ``crm_*`` loss columns."""
+    inputs = dict(inputs)
+    targets = {key[len(_PREFIX):]: inputs.pop(key).float() for key in list(inputs) if key.startswith(_PREFIX)}
+    outputs = model(**inputs)
+    logit = outputs.logits.squeeze(-1).float()
+    return pointwise_objective(loss, logit, targets, base=base_loss, y_hat=targets.get("y_hat")), outputs
+
+
+def has_accelerate() -> bool:
+    """transformers.Trainer refuses to run without the ``accelerate`` package."""
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
 
 
 class RewardCollator:
@@ -123,12 +141,54 @@ def _join_imputed(frame: pl.DataFrame, imputed: str) -> pl.DataFrame:
     return joined
 
 
-def finetune(dataset: str | Path, cfg: FinetuneConfig, out: str | Path, *, progress: bool = False) -> dict[str, Any]:
+def _torch_loop(model, rows: list[dict[str, Any]], collator: RewardCollator, cfg: FinetuneConfig, device: torch.device,
+                progress: bool) -> tuple[float, list[dict[str, Any]]]:
+    """The Trainer's job without accelerate: AdamW, linear decay to 0, bf16 autocast on CUDA."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(_Rows(rows), batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                         collate_fn=collator, pin_memory=device.type == "cuda")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = max(1, cfg.epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
+    model.to(device).train()
+    history, losses = [], []
+    for epoch in range(cfg.epochs):
+        epoch_losses = []
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, _ = causalrm_loss(model, batch, cfg.loss, cfg.base_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            epoch_losses.append(float(loss.detach()))
+        history.append({"epoch": epoch, "loss": float(np.mean(epoch_losses))})
+        losses += epoch_losses
+        if progress:
+            log.info("fine-tune epoch %d: loss %.5f", epoch, history[-1]["loss"])
+    return float(np.mean(losses)), history
+
+
+def finetune(dataset: str | Path, cfg: FinetuneConfig, out: str | Path, *, progress: bool = False,
+             engine: str = "auto") -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on the dataset's training split; export to ``out``.
+
+    Parameters
+    ----------
+    engine : ``trainer`` (transformers.Trainer, needs accelerate), ``torch`` (plain loop, same loss)
+        or ``auto`` (the Trainer when accelerate is installed).
 
     Returns the metrics written to ``out/metrics.json`` (train loss, runtime, tokens/s).
     """
     from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    if engine not in ("auto", "trainer", "torch"):
+        raise ConfigError(f"unknown engine {engine!r}", fix="use auto, trainer or torch")
+    if engine == "trainer" and not has_accelerate():
+        raise ConfigError("transformers.Trainer needs the accelerate package", fix="pip install 'accelerate>=1.1' or use engine torch")
+    use_trainer = engine == "trainer" or (engine == "auto" and has_accelerate())
 
     out = Path(out)
     started = time.perf_counter()
@@ -144,6 +204,7 @@ def finetune(dataset: str | Path, cfg: FinetuneConfig, out: str | Path, *, progr
         raise ConfigError("--device cuda asked for but no CUDA device is visible", fix="use --device cpu or auto")
     use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
 
+    torch.manual_seed(cfg.seed)  # the new score head's initialisation is part of the run's reproducibility
     try:
         tokenizer = _load_tokenizer(cfg.model)
         model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=1)
@@ -156,7 +217,9 @@ def finetune(dataset: str | Path, cfg: FinetuneConfig, out: str | Path, *, progr
     if cfg.freeze_backbone:
         model.base_model.requires_grad_(False)
 
-    tokens = tokenizer(_texts(frame), truncation=True, max_length=cfg.max_length)
+    limits = [cfg.max_length, getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    max_length = min(v for v in limits if isinstance(v, int) and v > 0)
+    tokens = tokenizer(_texts(frame), truncation=True, max_length=max_length)
     targets = frame.select(
         label=pl.col("label").cast(pl.Float32).fill_null(0.0), observed=pl.col("observed").cast(pl.Float32),
         weight=pl.col("weight").cast(pl.Float32), rho01=pl.col("rho01").cast(pl.Float32), rho10=pl.col("rho10").cast(pl.Float32),
@@ -167,26 +230,33 @@ def finetune(dataset: str | Path, cfg: FinetuneConfig, out: str | Path, *, progr
             for i in range(frame.height)]
     n_tokens = int(sum(len(ids) for ids in tokens["input_ids"]))
 
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
-        report_to="none", save_strategy="no", logging_strategy="epoch", remove_unused_columns=False,
-        use_cpu=not use_cuda, bf16=use_cuda and torch.cuda.is_bf16_supported(), dataloader_pin_memory=use_cuda,
-        disable_tqdm=not progress,
-    )
-    trainer = CausalRMTrainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=RewardCollator(tokenizer),
-                              loss=cfg.loss, base_loss=cfg.base_loss)
-    result = trainer.train()
+    collator = RewardCollator(tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))
+    loop_start = time.perf_counter()
+    if use_trainer:
+        args = TrainingArguments(
+            output_dir=str(out), per_device_train_batch_size=cfg.batch_size, num_train_epochs=cfg.epochs,
+            learning_rate=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+            report_to="none", save_strategy="no", logging_strategy="epoch", remove_unused_columns=False,
+            use_cpu=not use_cuda, bf16=use_cuda and torch.cuda.is_bf16_supported(), dataloader_pin_memory=use_cuda,
+            disable_tqdm=not progress,
+        )
+        trainer = CausalRMTrainer(model=model, args=args, train_dataset=_Rows(rows), data_collator=collator,
+                                  loss=cfg.loss, base_loss=cfg.base_loss)
+        result = trainer.train()
+        trainer.save_model(str(out))
+        train_loss, history = float(result.training_loss), trainer.state.log_history
+    else:
+        train_loss, history = _torch_loop(model, rows, collator, cfg, torch.device("cuda" if use_cuda else "cpu"), progress)
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    runtime = float(result.metrics.get("train_runtime", time.perf_counter() - started))
+    runtime = time.perf_counter() - loop_start
     metrics = {
-        "loss": cfg.loss, "base_loss": cfg.base_loss, "train_loss": float(result.training_loss),
+        "loss": cfg.loss, "base_loss": cfg.base_loss, "train_loss": train_loss, "engine": "trainer" if use_trainer else "torch",
         "n_train_rows": frame.height, "epochs": cfg.epochs, "train_runtime_s": round(runtime, 3),
         "train_samples_per_s": round(frame.height * cfg.epochs / runtime, 2) if runtime else None,
         "train_tokens_per_s": round(n_tokens * cfg.epochs / runtime, 1) if runtime else None,
-        "log_history": trainer.state.log_history, "device": "cuda" if use_cuda else "cpu",
+        "log_history": history, "device": "cuda" if use_cuda else "cpu", "seconds": round(time.perf_counter() - started, 3),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (out / "causalrm_train.json").write_text(json.dumps({"finetune": asdict(cfg), "dataset": str(dataset),
@@ -202,6 +272,11 @@ def score_texts(model_dir: str | Path, frame: pl.DataFrame, *, batch_size: int =
 
     tokenizer = _load_tokenizer(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval().to(device)
+    trained = Path(model_dir) / "causalrm_train.json"
+    if trained.is_file():  # score with the token limit the model was trained with
+        max_length = json.loads(trained.read_text())["finetune"].get("max_length", max_length)
+    limits = [max_length, getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    max_length = min(v for v in limits if isinstance(v, int) and v > 0)
     texts = _texts(frame)
     result = np.empty(len(texts), dtype=np.float64)
     for start in range(0, len(texts), batch_size):
@@ -211,4 +286,4 @@ def score_texts(model_dir: str | Path, frame: pl.DataFrame, *, batch_size: int =
     return result
 
 
-__all__ = ["CausalRMTrainer", "RewardCollator", "finetune", "score_texts"]
+__all__ = ["CausalRMTrainer", "RewardCollator", "causalrm_loss", "finetune", "has_accelerate", "score_texts"]

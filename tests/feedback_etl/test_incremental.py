@@ -136,7 +136,7 @@ def test_a_crash_inside_the_commit_is_rolled_forward(tmp_path, batches, monkeypa
 
     def replace_then_die(src, dst):
         calls["n"] += 1
-        if calls["n"] == 4:  # events and rejects swapped, feedback moved aside, not yet replaced
+        if calls["n"] == 6:  # events and rejects swapped, feedback moved aside, not yet replaced
             raise KeyboardInterrupt("killed mid-commit")
         real_replace(src, dst)
 

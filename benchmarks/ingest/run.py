@@ -1,0 +1,139 @@
+"""Ingest benchmark: simulated canonical Parquet logs of 1M / 3M / 10M events.
+
+For each size it measures, each in a fresh process (so peak RSS is that step's own):
+
+* floor: DuckDB reading the same input and writing it back as Parquet in one pass, with the same
+  memory limit and threads (``COPY (SELECT * FROM read_parquet(...)) TO ... (FORMAT parquet)``);
+* ingest: ``feedback_etl.ingest.ingest`` into an empty warehouse (what ``causalrm ingest`` runs).
+
+and reports events/s, peak RSS and the ratio ingest / floor. Not a test: run it by hand::
+
+    .venv/bin/python benchmarks/ingest/run.py --sizes 1M 3M 10M --work /tmp/ingest-bench
+
+Results go to ``benchmarks/ingest/results.json`` (and a Markdown table on stdout for the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+# Events per exposure at messiness 0.3 (impression + votes, toggles, copies, dups, junk), measured
+# on a 20k-exposure pilot; the simulator is driven by exposures, the benchmark by events.
+EVENTS_PER_EXPOSURE = 1.63
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1], 1)
+    return int(float(text.rstrip("KM")) * scale)
+
+
+def _child(kind: str, args: argparse.Namespace) -> None:
+    """Run one measured step in this (fresh) process and print a JSON line."""
+    start = time.perf_counter()
+    extra: dict = {}
+    if kind == "floor":
+        import duckdb
+
+        config = {"memory_limit": args.memory_limit, "temp_directory": str(Path(args.out) / ".tmp")}
+        if args.threads:
+            config["threads"] = args.threads
+        conn = duckdb.connect(config=config)
+        source = str(Path(args.input) / "*.parquet").replace("'", "''")
+        target = str(Path(args.out) / "floor.parquet").replace("'", "''")
+        conn.execute(f"COPY (SELECT * FROM read_parquet('{source}')) TO '{target}' (FORMAT parquet)")
+        conn.close()
+    else:
+        from feedback_etl.ingest import IngestConfig, ingest
+
+        run = ingest(IngestConfig(
+            inputs=(args.input,), warehouse=str(Path(args.out) / "wh"), memory_limit=args.memory_limit, threads=args.threads,
+        ))
+        extra = {"rows_read": run["rows_read"], "exposures": run["feedback"]["exposures"], "timings_s": run["timings_s"]}
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"kind": kind, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, **extra}))
+
+
+def _measure(kind: str, input_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--child", kind, "--input", str(input_dir), "--out", str(out_dir),
+           "--memory-limit", args.memory_limit]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _simulate(events: int, target: Path) -> dict:
+    from feedback_etl.simulator import SimulationConfig, simulate
+
+    if (target / "simulation.json").exists():
+        return json.loads((target / "simulation.json").read_text())
+    n_exposures = int(events / EVENTS_PER_EXPOSURE)
+    return simulate(SimulationConfig(out=str(target), n_exposures=n_exposures, messiness=0.3, seed=0, chunk_size=250_000))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["1M", "3M", "10M"], help="event counts, e.g. 1M 3M 10M")
+    parser.add_argument("--work", default="/tmp/causalrm-ingest-bench", help="scratch folder (inputs are kept for reruns)")
+    parser.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit for floor and ingest")
+    parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    parser.add_argument("--results", default=str(Path(__file__).with_name("results.json")))
+    parser.add_argument("--child", choices=["floor", "ingest"], help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args)
+        return
+
+    work = Path(args.work)
+    rows = []
+    for label in args.sizes:
+        events = _size(label)
+        logs = work / f"logs-{label}"
+        summary = _simulate(events, logs)
+        run_dir = work / f"run-{label}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        floor = _measure("floor", logs / "events", run_dir / "floor", args)
+        result = _measure("ingest", logs / "events", run_dir / "ingest", args)
+        row = {
+            "size": label,
+            "events": summary["counts"]["rows_written"],
+            "exposures": result["exposures"],
+            "input_mb": round(sum(p.stat().st_size for p in (logs / "events").glob("*.parquet")) / 2**20, 1),
+            "floor_s": round(floor["seconds"], 2),
+            "floor_peak_rss_mb": round(floor["peak_rss_mb"]),
+            "ingest_s": round(result["seconds"], 2),
+            "ingest_peak_rss_mb": round(result["peak_rss_mb"]),
+            "ratio_to_floor": round(result["seconds"] / floor["seconds"], 2),
+            "events_per_s": round(summary["counts"]["rows_written"] / result["seconds"]),
+            "timings_s": result["timings_s"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    meta = {"cpu_count": os.cpu_count(), "memory_limit": args.memory_limit, "threads": args.threads or os.cpu_count()}
+    Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print("\n| events | exposures | input MB | floor s | ingest s | ingest / floor | events/s | peak RSS MB (ingest / floor) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['events']:,} | {r['exposures']:,} | {r['input_mb']} | {r['floor_s']} | {r['ingest_s']} | "
+              f"{r['ratio_to_floor']} | {r['events_per_s']:,} | {r['ingest_peak_rss_mb']:,} / {r['floor_peak_rss_mb']:,} |")
+
+
+if __name__ == "__main__":
+    main()
