@@ -306,6 +306,7 @@ class _connect:
             config["threads"] = self.cfg.threads
         self.conn = duckdb.connect(config=config)
         self.conn.execute("SET TimeZone = 'UTC'")
+        self.conn.execute("SET enable_progress_bar = false")
         return self.conn
 
     def __exit__(self, *exc: object) -> None:
@@ -513,7 +514,7 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, directory: Path, batch_rows
         size += rows
     for days in groups:
         frame = conn.sql(
-            'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
+            'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last',
             params={"first": days[0], "last": days[-1]},
         ).pl()
         io.write_feedback(io.validate_feedback(frame), directory)

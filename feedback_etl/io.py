@@ -11,6 +11,10 @@ from schemas.errors import TableValidationError, WarehouseError
 from schemas.feedback import FeedbackTable
 
 
+# Snappy, DuckDB's default: about a third faster to write than zstd for ~25% larger files.
+PARQUET_COMPRESSION = "snappy"
+
+
 def feedback_dir(warehouse: str | Path) -> Path:
     return Path(warehouse) / "feedback"
 
@@ -56,7 +60,7 @@ def write_feedback(frame: pl.DataFrame, directory: str | Path) -> None:
     for (day,), part in frame.sort("exposure_id").partition_by("impression_date", as_dict=True).items():
         target = directory / f"impression_date={day.isoformat()}"
         target.mkdir(parents=True, exist_ok=True)
-        part.drop("impression_date").write_parquet(target / "part-0.parquet")
+        part.drop("impression_date").write_parquet(target / "part-0.parquet", compression=PARQUET_COMPRESSION)
 
 
 def read_embeddings(warehouse: str | Path) -> pl.DataFrame | None:
@@ -131,7 +135,7 @@ def write_validated_parts(
     rows = 0
     for k, batch in enumerate(batches):
         frame = validate(pl.from_arrow(batch))
-        frame.write_parquet(directory / f"{prefix}-{k:05d}.parquet")
+        frame.write_parquet(directory / f"{prefix}-{k:05d}.parquet", compression=PARQUET_COMPRESSION)
         rows += frame.height
     return rows
 

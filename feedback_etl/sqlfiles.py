@@ -33,8 +33,8 @@ def run_sql(
     append: bool = False,
 ) -> duckdb.DuckDBPyConnection | duckdb.DuckDBPyRelation:
     """Run ``sql/<name>.sql``; with ``into``, materialise it as the temp table of that name
-    (``append``: insert into that existing table instead). Without ``into``, return the query
-    as a DuckDB relation (``.pl()``, ``.fetchall()``, ...).
+    (``append``: insert into that existing table instead). Without ``into``, return the query as
+    a DuckDB relation (``.pl()``, ``.fetchall()``, ...).
 
     Only the parameters the file uses are bound (DuckDB refuses unused named parameters).
     """

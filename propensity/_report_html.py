@@ -213,9 +213,9 @@ def _fig_weights(weights: dict[str, Any], max_weight: float) -> Figure:
     ax.set_xlabel(f"weight {weights['formula']} (log scale)")
     ax.set_ylabel("observed rows")
     ess_line = f"ESS = {weights['ess']:,.0f} = {weights['ess_over_n']:.0%} of {weights['n_observed']:,} observed"
-    clipped = "" if weights.get("clipped_share") is None else f"; clipped {weights['clipped_share']:.1%}"
+    clipped = "" if weights.get("clipped_share") is None else f"; clipped {weights['clipped_share']:.2%}"
     ax.set_title(f"Weight distribution\n{ess_line}{clipped}", fontsize=11)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=9, loc="best")
     ax.grid(alpha=0.3)
     return fig
 

@@ -84,7 +84,11 @@ def _append(X: Any, extra: np.ndarray | pd.DataFrame | None) -> Any:
     if extra is None:
         return X
     if isinstance(X, pd.DataFrame):
-        extra_frame = extra if isinstance(extra, pd.DataFrame) else pd.DataFrame(np.asarray(extra).reshape(len(X), -1))
+        if isinstance(extra, pd.DataFrame):
+            extra_frame = extra
+        else:
+            values = np.asarray(extra, dtype=np.float64).reshape(len(X), -1)
+            extra_frame = pd.DataFrame(values, columns=[f"augment_{j}" for j in range(values.shape[1])])
         extra_frame = extra_frame.set_axis(X.index, axis=0)
         return pd.concat([X, extra_frame], axis=1)
     return np.hstack([X, np.asarray(extra, dtype=np.float64).reshape(len(X), -1)])

@@ -17,17 +17,11 @@
 -- split: md5(user_id), first 8 hex digits as an integer, mod 10: 0-7 train, 8 val, 9 test.
 -- Portability: DATE_DIFF('microsecond', a, b) is TIMESTAMPDIFF(MICROSECOND, a, b) in Spark, and the
 -- hex cast CAST('0x..' AS BIGINT) is CONV(.., 16, 10) there (sqlglot does not translate that one).
-WITH events AS (
-    SELECT * FROM "all_events"
-),
-
-impressions AS (
-    SELECT
-        "exposure_id", "user_id", "session_id", "prompt_id", "response_id", "model_id",
-        "event_time" AS "impression_time",
-        "position", "platform", "locale", "latency_ms", "prompt_text", "response_text",
-        COALESCE("solicited", FALSE) AS "solicited"
-    FROM events
+-- "all_events" is read directly where needed: a CTE over it read three times would be
+-- materialised, texts and all. The wide columns (texts) join once, at the end.
+WITH impressions AS (
+    SELECT "exposure_id", "user_id", "event_time" AS "impression_time"
+    FROM "all_events"
     WHERE "event_type" = 'impression'
 ),
 
@@ -38,7 +32,7 @@ feedback_events AS (
         f."event_type",
         f."event_time",
         CASE WHEN f."event_time" <= i."impression_time" + $window THEN 1 ELSE 0 END AS "in_window"
-    FROM events AS f
+    FROM "all_events" AS f
     JOIN impressions AS i
         ON i."exposure_id" = f."exposure_id"
     WHERE f."event_type" <> 'impression'
@@ -133,26 +127,26 @@ user_history AS (
 SELECT
     r."exposure_id",
     r."user_id",
-    r."session_id",
-    r."prompt_id",
-    r."response_id",
-    r."model_id",
+    i."session_id",
+    i."prompt_id",
+    i."response_id",
+    i."model_id",
     r."impression_time",
     CAST(r."impression_time" AS DATE) AS "impression_date",
     CAST(EXTRACT(HOUR FROM r."impression_time") AS INTEGER) AS "impression_hour",
-    CAST(r."position" AS INTEGER) AS "position",
-    r."platform",
-    r."locale",
-    CAST(r."latency_ms" AS DOUBLE) AS "latency_ms",
-    r."prompt_text",
-    r."response_text",
-    CAST(LENGTH(r."response_text") AS BIGINT) AS "response_chars",
+    CAST(i."position" AS INTEGER) AS "position",
+    i."platform",
+    i."locale",
+    CAST(i."latency_ms" AS DOUBLE) AS "latency_ms",
+    i."prompt_text",
+    i."response_text",
+    CAST(LENGTH(i."response_text") AS BIGINT) AS "response_chars",
     r."observed",
     CAST(r."label" AS TINYINT) AS "label",
     r."copied",
     r."regenerated",
     r."shared",
-    r."solicited",
+    COALESCE(i."solicited", FALSE) AS "solicited",
     CASE
         WHEN r."observed"
         THEN GREATEST(0.0, DATE_DIFF('microsecond', r."impression_time", r."final_vote_time") / 1000000.0)
@@ -173,3 +167,5 @@ SELECT
 FROM resolved AS r
 JOIN user_history AS h
     ON h."exposure_id" = r."exposure_id"
+JOIN "all_events" AS i
+    ON i."exposure_id" = r."exposure_id" AND i."event_type" = 'impression'

@@ -6,8 +6,9 @@
 -- this run's earliest by (event_time, event_id). A loser whose content (every column but event_id)
 -- equals the winner's only repeats it and is counted as a duplicate ("same_content" true); one that
 -- differs is rejected as conflicting_impression (resolution rule 6).
+-- Ranking runs on narrow key rows; the wide content (texts) is fetched only for contested exposures.
 WITH new_impressions AS (
-    SELECT t.*
+    SELECT t."file_index", t."row_number", t."exposure_id", t."event_time", t."event_id"
     FROM "typed_events" AS t
     WHERE t."reject_reason" IS NULL
       AND t."event_type" = 'impression'
@@ -18,7 +19,6 @@ WITH new_impressions AS (
 ),
 
 keys AS (
-    -- Narrow rows first: ranking every impression with its texts attached would be costly.
     SELECT "exposure_id", "event_time", "event_id", 0 AS "batch_rank", -1 AS "file_index", CAST(-1 AS BIGINT) AS "row_number"
     FROM "warehouse_events"
     WHERE "event_type" = 'impression'
@@ -46,33 +46,31 @@ ranked AS (
     WHERE k."exposure_id" IN (SELECT "exposure_id" FROM contested)
 ),
 
-winners AS (
-    -- Content of each winner, from the warehouse or from this run.
+contested_rows AS (
+    -- Content of every contested impression, from the warehouse or from this run.
     SELECT
-        w."event_id", w."event_time", w."event_type", w."exposure_id", w."user_id", w."session_id",
-        w."prompt_id", w."response_id", w."model_id", w."prompt_text", w."response_text", w."position",
-        w."platform", w."locale", w."latency_ms", w."solicited", w."source_file", w."row_number"
-    FROM "warehouse_events" AS w
-    JOIN ranked AS r
-        ON r."batch_rank" = 0 AND r."impression_rank" = 1 AND w."event_id" = r."event_id"
-    WHERE w."event_type" = 'impression'
+        r."exposure_id", r."impression_rank", r."file_index", r."row_number", r."event_id",
+        w."event_time", w."user_id", w."session_id", w."prompt_id", w."response_id", w."model_id",
+        w."prompt_text", w."response_text", w."position", w."platform", w."locale", w."latency_ms", w."solicited"
+    FROM ranked AS r
+    JOIN "warehouse_events" AS w
+        ON r."batch_rank" = 0 AND w."event_id" = r."event_id" AND w."event_type" = 'impression'
     UNION ALL
     SELECT
-        n."event_id", n."event_time", n."event_type", n."exposure_id", n."user_id", n."session_id",
-        n."prompt_id", n."response_id", n."model_id", n."prompt_text", n."response_text", n."position",
-        n."platform", n."locale", n."latency_ms", n."solicited", n."source_file", n."row_number"
-    FROM new_impressions AS n
-    JOIN ranked AS r
-        ON r."batch_rank" = 1 AND r."impression_rank" = 1
-       AND r."file_index" = n."file_index" AND r."row_number" = n."row_number"
+        r."exposure_id", r."impression_rank", r."file_index", r."row_number", r."event_id",
+        t."event_time", t."user_id", t."session_id", t."prompt_id", t."response_id", t."model_id",
+        t."prompt_text", t."response_text", t."position", t."platform", t."locale", t."latency_ms", t."solicited"
+    FROM ranked AS r
+    JOIN "typed_events" AS t
+        ON r."batch_rank" = 1 AND t."file_index" = r."file_index" AND t."row_number" = r."row_number"
+),
+
+winners AS (
+    SELECT * FROM contested_rows WHERE "impression_rank" = 1
 ),
 
 losers AS (
-    SELECT n.*
-    FROM new_impressions AS n
-    JOIN ranked AS r
-        ON r."impression_rank" > 1
-       AND r."file_index" = n."file_index" AND r."row_number" = n."row_number"
+    SELECT * FROM contested_rows WHERE "impression_rank" > 1
 )
 
 SELECT

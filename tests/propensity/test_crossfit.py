@@ -1,0 +1,140 @@
+"""Cross-fitting never scores a row with a model that saw it; folds group users; calibration is
+cross-fitted; clipping counts are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from propensity.calibration import IsotonicCalibrator, PlattCalibrator, clip_propensity, cross_calibrate
+from propensity.crossfit import cross_fit, group_folds
+from propensity.estimators import LogisticPropensity
+from schemas.errors import ConfigError, EstimationError
+
+
+class _MemorisingSpy(ClassifierMixin, BaseEstimator):
+    """Column 0 holds the row id. Scores 1.0 for any row id it was trained on, else 0.0."""
+
+    def fit(self, X, y):
+        self.seen_ = set(np.asarray(X)[:, 0].astype(int).tolist())
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X):
+        seen = np.array([int(i) in self.seen_ for i in np.asarray(X)[:, 0]], dtype=float)
+        return np.column_stack([1 - seen, seen])
+
+
+def _users(n: int, n_users: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Heavy-tailed activity, as in production logs.
+    activity = rng.pareto(1.5, n_users) + 1
+    return np.array([f"u{u:05d}" for u in rng.choice(n_users, n, p=activity / activity.sum())])
+
+
+def test_no_row_is_scored_by_a_model_that_saw_it() -> None:
+    n = 3_000
+    users = _users(n, 150)
+    folds = group_folds(users, 5, seed=3)
+    y = (np.arange(n) % 7 == 0).astype(int)
+    X = np.column_stack([np.arange(n), np.zeros(n)])
+    result = cross_fit(_MemorisingSpy(), X, y, folds)
+    assert np.all(result.oof == 0.0), "some row was scored by a model trained on it"
+    # and the spy does remember: each fold model saw exactly the rows outside its fold
+    for k, model in enumerate(result.models):
+        assert model.seen_ == set(np.flatnonzero(folds != k).tolist())
+
+
+def test_augment_hook_gets_disjoint_rows() -> None:
+    n = 600
+    folds = group_folds(_users(n, 40), 4, seed=0)
+    y = (np.arange(n) % 5 == 0).astype(int)
+    X = pd.DataFrame({"row": np.arange(n, dtype=float)})
+    calls = []
+
+    def augment(k, train_rows, test_rows):
+        calls.append(k)
+        assert set(train_rows).isdisjoint(test_rows)
+        assert np.all(folds[test_rows] == k) and np.all(folds[train_rows] != k)
+        return np.ones((len(train_rows), 1)), np.ones((len(test_rows), 1))
+
+    result = cross_fit(LogisticPropensity(), X, y, folds, augment=augment)
+    assert calls == [0, 1, 2, 3]
+    assert np.isfinite(result.oof).all()
+
+
+def test_group_folds_keep_users_together_and_balance() -> None:
+    users = _users(20_000, 800, seed=1)
+    folds = group_folds(users, 5, seed=0)
+    frame = pd.DataFrame({"user": users, "fold": folds})
+    assert frame.groupby("user")["fold"].nunique().max() == 1
+    sizes = np.bincount(folds, minlength=5)
+    # Greedy placement of the largest users first: folds within 10% of n/K.
+    assert sizes.min() > 0.9 * len(users) / 5 and sizes.max() < 1.1 * len(users) / 5
+    # Deterministic, and independent of row order.
+    order = np.random.default_rng(2).permutation(len(users))
+    np.testing.assert_array_equal(group_folds(users[order], 5, seed=0), folds[order])
+    assert not np.array_equal(group_folds(users, 5, seed=1), folds)
+
+
+@pytest.mark.parametrize(
+    ("users", "k", "error", "message"),
+    [
+        (np.array(["a", "b", "c"]), 5, EstimationError, "3 distinct user"),
+        (np.array(["a", "b", "c"]), 1, ConfigError, "folds must be >= 2"),
+    ],
+)
+def test_group_folds_errors(users, k, error, message) -> None:
+    with pytest.raises(error, match=message):
+        group_folds(users, k)
+
+
+def test_cross_fit_rejects_one_class_training_split() -> None:
+    folds = np.repeat([0, 1], 50)
+    y = np.r_[np.zeros(50), np.r_[np.ones(1), np.zeros(49)]]  # fold 0's training rows (fold 1) have 1 positive; fold 1's have none
+    with pytest.raises(EstimationError, match="one class only"):
+        cross_fit(LogisticPropensity(), np.random.default_rng(0).normal(size=(100, 2)), y, folds)
+
+
+@pytest.mark.parametrize("method", ["isotonic", "platt"])
+def test_calibration_is_cross_fitted(method) -> None:
+    rng = np.random.default_rng(0)
+    n = 4_000
+    folds = rng.integers(0, 4, n)
+    true_p = rng.uniform(0.02, 0.6, n)
+    y = (rng.random(n) < true_p).astype(int)
+    raw = true_p**2  # a monotone but miscalibrated score
+    calibrated, calibrators = cross_calibrate(raw, y, folds, method)
+    cls = IsotonicCalibrator if method == "isotonic" else PlattCalibrator
+    for k, cal in enumerate(calibrators):
+        # fold k's map is the one fitted on the other folds' scores and labels only
+        reference = cls().fit(raw[folds != k], y[folds != k])
+        np.testing.assert_allclose(calibrated[folds == k], np.clip(reference.predict(raw[folds == k]), 0, 1))
+        np.testing.assert_allclose(cal.predict(raw[:50]), reference.predict(raw[:50]))
+    # and it calibrates: the mean is right within 4 binomial standard errors
+    assert abs(calibrated.mean() - y.mean()) < 4 * np.sqrt(y.mean() * (1 - y.mean()) / n)
+
+
+def test_calibration_rejects_unknown_method() -> None:
+    with pytest.raises(ConfigError, match="unknown calibration"):
+        cross_calibrate(np.ones(4), np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), "beta")
+
+
+def test_clipping_counts_are_exact() -> None:
+    p = np.array([0.0, 0.01, 0.049, 0.05, 0.2, 0.9, 1.0])
+    observed = np.array([True, False, True, True, False, True, False])
+    clipped, report = clip_propensity(p, 0.05, observed=observed)
+    np.testing.assert_array_equal(clipped, [0.05, 0.05, 0.05, 0.05, 0.2, 0.9, 1.0])
+    assert report.n_clipped_low == 3 and report.n_clipped_high == 0 and report.n_clipped == 3
+    assert report.share_clipped == pytest.approx(3 / 7)
+    assert report.n_clipped_observed == 2 and report.share_clipped_observed == pytest.approx(2 / 4)
+    _, high = clip_propensity(np.array([0.5, 0.95, 0.99]), 0.1, 0.9)
+    assert high.n_clipped_high == 2 and high.n_clipped_low == 0
+
+
+@pytest.mark.parametrize(("floor", "ceiling"), [(0.0, 1.0), (-0.1, 1.0), (0.5, 0.4), (0.1, 1.5)])
+def test_clipping_rejects_bad_bounds(floor, ceiling) -> None:
+    with pytest.raises(ConfigError, match="clip floor"):
+        clip_propensity(np.array([0.5]), floor, ceiling)
