@@ -210,8 +210,9 @@ def anchor_rates(
 
     Returns
     -------
-    dict with rho01, rho10, rho01_ci, rho10_ci, rho_sum_ci, n_anchor, n_anchor_exposures, quantile,
-    quantile_by_side, warnings.
+    dict with rho01, rho10, rho01_ci, rho10_ci, rho_sum_ci, p_label1, n_anchor, n_anchor_exposures
+    (the anchor sets' sizes; :func:`anchor_sets` gives their members), quantile, quantile_by_side,
+    warnings.
 
     Raises
     ------
@@ -238,12 +239,8 @@ def anchor_rates(
                 where=where,
                 fix="collect more feedback, lower --min-quantile, or use --method audit",
             )
-    rho01 = 1.0 - top.p_label1
-    rho10 = bottom.p_label1
-
     rng = np.random.default_rng(seed)
-    _, user_index = np.unique(np.asarray(user).astype(str), return_inverse=True)
-    n_users = int(user_index.max()) + 1
+    user_index, n_users = _user_index(user)
     top_arrays = (obs[top_order], (w * y)[top_order], w[top_order])
     bottom_arrays = (obs[bottom_order], (w * y)[bottom_order], w[bottom_order])
     user_top, user_bottom = user_index[top_order], user_index[bottom_order]
@@ -253,8 +250,48 @@ def anchor_rates(
         counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users)).astype(np.float64)
         top_b[b] = _side_bootstrap(*top_arrays, counts[user_top], **params)
         bottom_b[b] = _side_bootstrap(*bottom_arrays, counts[user_bottom], **params)
-    rho01_b, rho10_b = 1.0 - top_b, bottom_b
+    out = _rates(top.p_label1, bottom.p_label1, top_b, bottom_b, confidence=confidence, where=where)
+    for name, side in (("top", top), ("bottom", bottom)):
+        if side.short:
+            out["warnings"].append(
+                f"{name} anchors: only {side.n_observed} observed rows at the widest quantile {side.quantile:.3f} "
+                f"(min_anchors {min_anchors}); the rate is imprecise"
+            )
+        elif side.quantile < quantile - 1e-9:
+            out["warnings"].append(
+                f"{name} anchors: quantile widened from {quantile} to {side.quantile:.4f} to reach {min_anchors} observed rows; "
+                "wider anchor sets are less pure and bias the rate upward"
+            )
+    out.update(
+        n_anchor={"top": top.n_observed, "bottom": bottom.n_observed},
+        n_anchor_exposures={"top": top.k, "bottom": bottom.k},
+        quantile=float(min(top.quantile, bottom.quantile)),
+        quantile_by_side={"top": float(top.quantile), "bottom": float(bottom.quantile)},
+    )
+    return out
+
+
+def anchor_sets(score: np.ndarray, n_top: int, n_bottom: int) -> tuple[np.ndarray, np.ndarray]:
+    """Membership (bool arrays of shape (n_exposures,)) of the top n_top and bottom n_bottom
+    exposures by score, with the same tie-breaking as :func:`anchor_rates`."""
+    score = np.asarray(score, dtype=np.float64)
+    top, bottom = np.zeros(score.size, bool), np.zeros(score.size, bool)
+    top[np.argsort(-score, kind="stable")[:n_top]] = True
+    bottom[np.argsort(score, kind="stable")[:n_bottom]] = True
+    return top, bottom
+
+
+def _user_index(user: np.ndarray) -> tuple[np.ndarray, int]:
+    _, index = np.unique(np.asarray(user).astype(str), return_inverse=True)
+    return index, int(index.max()) + 1 if index.size else 0
+
+
+def _rates(p_top: float, p_bottom: float, p_top_b: np.ndarray, p_bottom_b: np.ndarray, *, confidence: float, where: str) -> dict:
+    """rho01 = 1 - P(r=1 | top), rho10 = P(r=1 | bottom), their bootstrap intervals and the guard."""
+    rho01, rho10 = 1.0 - p_top, p_bottom
+    rho01_b, rho10_b = 1.0 - p_top_b, p_bottom_b
     sum_b = rho01_b + rho10_b
+    n_bootstrap = sum_b.size
     warnings: list[str] = []
     failed = int(np.isnan(sum_b).sum())
     if failed == n_bootstrap:
@@ -271,34 +308,69 @@ def anchor_rates(
         raise IdentifiabilityError(
             f"flip rates not identified: rho01 + rho10 = {rho01 + rho10:.3f} ({confidence:.0%} interval "
             f"{sum_ci[0]:.3f}..{sum_ci[1]:.3f}) reaches 1, i.e. top anchors are not more often up-voted than bottom "
-            f"anchors (P(r=1|top) = {top.p_label1:.3f}, P(r=1|bottom) = {bottom.p_label1:.3f})",
+            f"anchors (P(r=1|top) = {p_top:.3f}, P(r=1|bottom) = {p_bottom:.3f})",
             where=where,
             fix="the proxy model cannot rank answers: add text features or embeddings (`causalrm embed`), or use --method audit",
         )
-    for name, side in (("top", top), ("bottom", bottom)):
-        if side.short:
-            warnings.append(
-                f"{name} anchors: only {side.n_observed} observed rows at the widest quantile {side.quantile:.3f} "
-                f"(min_anchors {min_anchors}); the rate is imprecise"
-            )
-        elif side.quantile < quantile - 1e-9:
-            warnings.append(
-                f"{name} anchors: quantile widened from {quantile} to {side.quantile:.4f} to reach {min_anchors} observed rows; "
-                "wider anchor sets are less pure and bias the rate upward"
-            )
     return {
         "rho01": float(rho01),
         "rho10": float(rho10),
         "rho01_ci": _percentile_ci(rho01_b, confidence),
         "rho10_ci": _percentile_ci(rho10_b, confidence),
         "rho_sum_ci": sum_ci,
-        "n_anchor": {"top": top.n_observed, "bottom": bottom.n_observed},
-        "n_anchor_exposures": {"top": top.k, "bottom": bottom.k},
-        "p_label1": {"top": top.p_label1, "bottom": bottom.p_label1},
-        "quantile": float(min(top.quantile, bottom.quantile)),
-        "quantile_by_side": {"top": float(top.quantile), "bottom": float(bottom.quantile)},
+        "p_label1": {"top": float(p_top), "bottom": float(p_bottom)},
         "warnings": warnings,
     }
+
+
+def segment_anchor_rates(
+    top_anchor: np.ndarray,
+    bottom_anchor: np.ndarray,
+    observed: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    user: np.ndarray,
+    *,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+    where: str = "noise estimate segment",
+) -> dict:
+    """Flip rates of one segment from its share of the GLOBAL anchor sets.
+
+    Anchors are exposures with r* near 0 or 1, a property of the answer, not of the segment: the
+    segment's rows inside the global top and bottom sets keep the global anchors' purity, so segment
+    rates are comparable with each other and with the overall rate (re-selecting anchors within a
+    small segment would widen its quantile and bias it upward). Arrays have shape (n_segment_rows,).
+
+    Raises
+    ------
+    IdentifiabilityError : the segment has no observed row in an anchor set, or rho01 + rho10 >= 1.
+    """
+    observed = np.asarray(observed, dtype=bool)
+    w = np.where(observed, np.asarray(weight, dtype=np.float64), 0.0)
+    wy = w * np.where(observed, np.asarray(label, dtype=np.float64), 0.0)
+    sides = {}
+    for name, member in (("top", np.asarray(top_anchor, bool)), ("bottom", np.asarray(bottom_anchor, bool))):
+        n_obs = int((member & observed).sum())
+        if n_obs == 0:
+            raise IdentifiabilityError(
+                f"empty anchor set: no observed row of this segment is among the {name} anchors", where=where,
+                fix="drop --segment-by for this column or collect more feedback",
+            )
+        sides[name] = (member, n_obs, float(wy[member].sum() / w[member].sum()))
+    rng = np.random.default_rng(seed)
+    user_index, n_users = _user_index(user)
+    boot = {"top": np.empty(n_bootstrap), "bottom": np.empty(n_bootstrap)}
+    for b in range(n_bootstrap):
+        m = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users)).astype(np.float64)[user_index]
+        for name, (member, _, _) in sides.items():
+            den = float(np.dot(m[member], w[member]))
+            boot[name][b] = float(np.dot(m[member], wy[member]) / den) if den > 0 else np.nan
+    out = _rates(sides["top"][2], sides["bottom"][2], boot["top"], boot["bottom"], confidence=confidence, where=where)
+    out["n_anchor"] = {"top": sides["top"][1], "bottom": sides["bottom"][1]}
+    out["n_anchor_exposures"] = {"top": int(sides["top"][0].sum()), "bottom": int(sides["bottom"][0].sum())}
+    return out
 
 
 # ------------------------------------------------------------------------------------ audit set
@@ -603,6 +675,7 @@ def estimate_noise_frame(
             "n_bootstrap": config.bootstrap, "confidence": config.confidence, "seed": config.seed,
         }
         main = anchor_rates(score, observed, label, weight, users, where=where, **anchor_kw)
+        top_anchor, bottom_anchor = anchor_sets(score, main["n_anchor_exposures"]["top"], main["n_anchor_exposures"]["bottom"])
         result.update({k: v for k, v in main.items() if k != "warnings"})
         result["quantile_requested"] = config.quantile
         result["min_anchors"] = config.min_anchors
@@ -613,7 +686,11 @@ def estimate_noise_frame(
                 mask = values == value
                 row = {"segment_by": config.segment_by, "segment": value, "n_exposures": int(mask.sum()), "n_observed": int(observed[mask].sum())}
                 try:
-                    seg = anchor_rates(score[mask], observed[mask], label[mask], weight[mask], users[mask], where=f"{where} segment {config.segment_by}={value}", **anchor_kw)
+                    seg = segment_anchor_rates(
+                        top_anchor[mask], bottom_anchor[mask], observed[mask], label[mask], weight[mask], users[mask],
+                        n_bootstrap=config.bootstrap, confidence=config.confidence, seed=config.seed,
+                        where=f"{where} segment {config.segment_by}={value}",
+                    )
                     row.update(seg)
                     row["warnings"] = seg["warnings"] + _width_warnings(seg, config.max_ci_width)
                     row["error"] = None

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from feedback_etl.simulator import SimulationConfig, exposure_frame  # noqa: E402
 from feedback_etl.texts import find_shared_data  # noqa: E402
-from propensity.noise import NoiseConfig, anchor_rates, audit_rates, proxy_scores  # noqa: E402
+from propensity.noise import NoiseConfig, anchor_rates, anchor_sets, audit_rates, proxy_scores  # noqa: E402
 
 log = logging.getLogger("benchmarks.noise")
 HERE = Path(__file__).resolve().parent
@@ -60,8 +60,7 @@ def _anchor_run(frame: pl.DataFrame, cfg: NoiseConfig, score: np.ndarray | None 
     )
     true01, true10 = _truth(frame)
     y_true = frame["y_true"].to_numpy()
-    top = np.argsort(-score, kind="stable")[: out["n_anchor_exposures"]["top"]]
-    bottom = np.argsort(score, kind="stable")[: out["n_anchor_exposures"]["bottom"]]
+    top, bottom = anchor_sets(score, out["n_anchor_exposures"]["top"], out["n_anchor_exposures"]["bottom"])
     purity_top, impurity_bottom = float(y_true[top].mean()), float(y_true[bottom].mean())
     informative = 1 - true01 - true10
     # The proxy's own scores as probabilities (what the winner's curse warns against).

@@ -115,6 +115,21 @@ history AS (
     FROM history_points
 ),
 
+user_splits AS (
+    -- md5 once per user, not once per exposure.
+    SELECT
+        "user_id",
+        CASE
+            WHEN "bucket" < 8 THEN 'train'
+            WHEN "bucket" = 8 THEN 'val'
+            ELSE 'test'
+        END AS "split"
+    FROM (
+        SELECT "user_id", CAST(('0x' || SUBSTRING(MD5("user_id"), 1, 8)) AS BIGINT) % 10 AS "bucket"
+        FROM (SELECT DISTINCT "user_id" FROM impressions) AS users
+    ) AS buckets
+),
+
 user_history AS (
     SELECT
         "exposure_id",
@@ -159,13 +174,11 @@ SELECT
         WHEN h."user_prior_exposures" > 0
         THEN CAST(h."user_prior_votes" AS DOUBLE) / h."user_prior_exposures"
     END AS "user_prior_feedback_rate",
-    CASE
-        WHEN CAST(('0x' || SUBSTRING(MD5(r."user_id"), 1, 8)) AS BIGINT) % 10 < 8 THEN 'train'
-        WHEN CAST(('0x' || SUBSTRING(MD5(r."user_id"), 1, 8)) AS BIGINT) % 10 = 8 THEN 'val'
-        ELSE 'test'
-    END AS "split"
+    u."split"
 FROM resolved AS r
 JOIN user_history AS h
     ON h."exposure_id" = r."exposure_id"
+JOIN user_splits AS u
+    ON u."user_id" = r."user_id"
 JOIN "all_events" AS i
     ON i."exposure_id" = r."exposure_id" AND i."event_type" = 'impression'

@@ -23,12 +23,14 @@ from propensity.io import write_scores
 from propensity.noise import (
     NoiseConfig,
     anchor_rates,
+    anchor_sets,
     audit_rates,
     estimate_noise,
     estimate_noise_frame,
     proportion_ci,
     read_audit,
     read_noise,
+    segment_anchor_rates,
 )
 from schemas.errors import ConfigError, IdentifiabilityError, InputFileError, WarehouseError
 
@@ -83,6 +85,18 @@ def test_widening_stops_at_min_quantile_with_a_warning():
     out = anchor_rates(score, observed, label, weight, user, quantile=0.97, min_anchors=500, min_quantile=0.8, n_bootstrap=50)
     assert out["n_anchor"] == {"top": 200, "bottom": 200}
     assert sum("only 200 observed rows" in w for w in out["warnings"]) == 2
+
+
+def test_segment_rates_split_the_global_anchor_sets():
+    score, observed, label, weight, user = _ranked()
+    out = anchor_rates(score, observed, label, weight, user, quantile=0.9, min_anchors=1, n_bootstrap=50)
+    top, bottom = anchor_sets(score, out["n_anchor_exposures"]["top"], out["n_anchor_exposures"]["bottom"])
+    assert top.sum() == bottom.sum() == 100 and top[-100:].all() and bottom[:100].all()
+    even = np.arange(score.size) % 2 == 0  # a segment: the even rows
+    seg = segment_anchor_rates(top[even], bottom[even], observed[even], label[even], weight[even], user[even], n_bootstrap=50)
+    assert seg["n_anchor"] == {"top": 50, "bottom": 50}
+    assert seg["rho01"] == pytest.approx(10 / 50)  # the even half of the 20 top down-votes
+    assert seg["rho10"] == pytest.approx(5 / 50)
 
 
 def test_bootstrap_is_seeded():
@@ -282,6 +296,9 @@ def test_estimate_writes_json_in_the_contract_shape(noisy_warehouse, estimated):
         lo, hi = on_disk[f"{name}_ci"]
         assert 0 <= lo <= on_disk[name] <= hi <= 1
     assert sorted(row["segment"] for row in on_disk["segments"]) == ["android", "ios", "web"]
+    # segments split the global anchor sets (same purity), they do not re-select their own
+    for side in ("top", "bottom"):
+        assert sum(row["n_anchor"][side] for row in on_disk["segments"]) == on_disk["n_anchor"][side]
     assert on_disk["propensity_source"].endswith("scores.parquet")
 
 

@@ -4,6 +4,7 @@ oracle labels, ID-only matrix factorisation, pairwise training, prediction and e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -241,29 +242,33 @@ def test_no_observed_rows_is_an_estimation_error(weighted_dataset: Path, tmp_pat
 
 
 def _ddp_rank(rank: int, port: int, dataset: str, out: str, results) -> None:
-    import os
-
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     metrics = train(dataset, _cfg(loss="causalrm-ips", epochs=2), out)
     results.put((rank, metrics["world_size"], metrics["n_train_rows"], [e["val_loss"] for e in metrics["epochs"]]))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("CAUSALRM_TEST_DDP"), reason="spawns 2 processes (~15-35 s); set CAUSALRM_TEST_DDP=1")
 def test_distributed_data_parallel_on_cpu(weighted_dataset: Path, tmp_path: Path) -> None:
-    """Two gloo ranks (as under torchrun): both see world size 2 and agree on every validation loss."""
+    """Two gloo ranks (as under torchrun): both see world size 2 and agree on every validation loss.
+    Spawned, not forked: a forked child inherits the parent's OpenMP state and can deadlock."""
     import multiprocessing
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     results = context.Queue()
     ranks = [context.Process(target=_ddp_rank, args=(r, port, str(weighted_dataset), str(tmp_path / "ddp"), results)) for r in (0, 1)]
     for process in ranks:
         process.start()
     for process in ranks:
-        process.join(timeout=120)
+        process.join(timeout=180)
+    for process in ranks:
+        if process.is_alive():
+            process.kill()
     assert [p.exitcode for p in ranks] == [0, 0]
     reports = sorted(results.get(timeout=5) for _ in ranks)
     assert [r[1] for r in reports] == [2, 2]
