@@ -179,12 +179,55 @@ def propensity_fit(
         _fail(exc)
 
 
+# ---------------------------------------------------------------- propensity fit-label-aware (slice, issue 11)
+@propensity_app.command("fit-label-aware")
+def propensity_fit_label_aware(
+    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder with a randomized slice (solicited rows) and `propensity fit` scores.")],
+    slice_file: Annotated[Optional[Path], typer.Option("--slice", help="Slice file (parquet, csv, jsonl): exposure_id, label (solicited label), optional true_label (gold); joins the solicited rows.")] = None,
+    label_model: Annotated[str, typer.Option(help="Outcome model m(x) = P(r | x, o=1): lightgbm (cross-fitted) or none (naive Bayes per stratum).")] = "lightgbm",
+    strata: Annotated[Optional[str], typer.Option(help="Feedback column whose values get their own label effect (e.g. platform).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the intervals.")] = 200,
+    clip: Annotated[Optional[float], typer.Option(help="Floor of the label-aware propensities (default: the context fit's).")] = None,
+    min_slice: Annotated[int, typer.Option(help="Fewest labelled slice rows per stratum.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the outcome model and the bootstrap.")] = 0,
+    n_jobs: Annotated[int, typer.Option(help="LightGBM threads (0 = all cores).")] = 0,
+) -> None:
+    """Label-aware propensities P(feedback | exposure, label) from a randomized slice; writes
+    WH/propensity/scores_label_aware.parquet, label_aware.json and slice.parquet."""
+    from propensity.label_aware import LabelAwareConfig, fit_label_aware
+
+    try:
+        cfg = LabelAwareConfig(slice=str(slice_file) if slice_file else None, label_model=label_model, strata=strata,
+                               bootstrap=bootstrap, clip=clip, min_slice=min_slice, seed=seed, n_jobs=n_jobs)
+        result = fit_label_aware(warehouse, cfg)
+    except CausalRMError as exc:
+        _fail(exc)
+    r = result.report
+    e = r["estimates"]
+
+    def fmt(key: str) -> str:
+        return f"{e[key]['estimate']:.3f} [{e[key]['ci'][0]:.3f}, {e[key]['ci'][1]:.3f}]"
+
+    factors = ", ".join(f"{f['stratum']} {f['relative_propensity_up_vs_down']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]" for f in r["label_factors"])
+    out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; up-votes are given {factors} times as often as down-votes "
+              "in the same context", highlight=False, soft_wrap=True)
+    out.print(f"mean label: naive {fmt('naive')}, context SNIPS {fmt('context_snips')}, label-aware SNIPS {fmt('label_aware_snips')}, "
+              f"slice {fmt('slice')}", highlight=False, soft_wrap=True)
+    noise = r.get("noise_from_slice")
+    if noise and noise.get("rho01") is not None:
+        out.print(f"slice gold labels vs votes ({noise['n']:,}): rho01 {noise['rho01']:.3f}, rho10 {noise['rho10']:.3f} "
+                  f"(write them with `causalrm noise estimate {warehouse} --method audit --audit slice`)", highlight=False, soft_wrap=True)
+    for warning in r["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {result.scores_path}, {result.report_path}, {result.slice_path}", highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------- noise estimate (noise)
 @noise_app.command("estimate")
 def noise_estimate(
     warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (holding feedback/ and propensity/scores.parquet).")],
     method: Annotated[str, typer.Option(help="anchor (proxy model + anchor points, the paper's method) or audit (gold-labelled sample).")] = "anchor",
-    audit: Annotated[Optional[Path], typer.Option(help="Audit file (parquet, csv or jsonl) with exposure_id, true_label; with --method anchor both estimates are reported and compared.")] = None,
+    audit: Annotated[Optional[Path], typer.Option(help="Audit file (parquet, csv or jsonl) with exposure_id, true_label, or `slice` (the randomized slice's gold labels); with --method anchor both estimates are reported and compared.")] = None,
     quantile: Annotated[float, typer.Option(help="Anchor quantile q: anchors are the top and bottom 1-q of exposures by proxy score.")] = 0.97,
     min_anchors: Annotated[int, typer.Option(help="Widen each side's quantile until it holds this many observed rows.")] = 300,
     min_quantile: Annotated[float, typer.Option(help="Never widen the anchor quantile below this (a side then keeps fewer anchors, with a warning).")] = 0.75,
@@ -251,6 +294,7 @@ def weights_export(
     segment_noise: Annotated[bool, typer.Option("--segment-noise/--no-segment-noise", help="Give each row its segment's flip rates when the noise estimate has segments.")] = True,
     max_pairs_per_prompt: Annotated[int, typer.Option(help="Cap on pairs per prompt and split (larger prompts are subsampled, weights rescaled).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the pair subsampling.")] = 0,
+    propensity: Annotated[str, typer.Option(help="context (P(o=1 | x), propensity fit) or label-aware (P(o=1 | x, r), propensity fit-label-aware).")] = "context",
 ) -> None:
     """Write the weighted dataset a reward-model trainer reads (one row per exposure, weight 0 when unobserved)."""
     from propensity.export import ExportConfig, export_weighted_dataset
@@ -259,6 +303,7 @@ def weights_export(
         cfg = ExportConfig(
             warehouse=str(warehouse), out=str(out_dir), channel=channel, scheme=scheme, clip=clip, format=fmt, pairs=pairs,
             max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, segment_noise=segment_noise, seed=seed,
+            propensity=propensity,
         )
         manifest = export_weighted_dataset(cfg)
     except CausalRMError as exc:
@@ -286,13 +331,15 @@ def audit(
     thresholds: Annotated[Optional[Path], typer.Option(help="TOML file of guardrail thresholds (keys as in README 'Guardrails'; missing keys keep defaults).")] = None,
     channel: Annotated[str, typer.Option(help="Channel whose propensities and weights are audited (noise rates: every channel).")] = "vote",
     clip: Annotated[Optional[float], typer.Option(help="Propensity floor of the audited weights 1/max(p, clip); match the export's --clip.")] = None,
+    propensity: Annotated[str, typer.Option(help="Propensities of the audited weights: context or label-aware (match the export's --propensity).")] = "context",
 ) -> None:
     """Selection-bias audit: a self-contained HTML report (+ report.json) and guardrails that can fail a pipeline."""
     from propensity.audit import AuditConfig, Thresholds, run_audit
 
     try:
         limits = Thresholds.from_toml(thresholds) if thresholds else Thresholds()
-        result = run_audit(AuditConfig(warehouse=str(warehouse), out=str(out_html), channel=channel, clip=clip, thresholds=limits))
+        result = run_audit(AuditConfig(warehouse=str(warehouse), out=str(out_html), channel=channel, clip=clip, thresholds=limits,
+                                       propensity=propensity))
     except CausalRMError as exc:
         _fail(exc)
     counts = {s: sum(g.status == s for g in result.guardrails) for s in ("pass", "breach", "skipped")}

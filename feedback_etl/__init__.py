@@ -1,0 +1,7 @@
+"""Raw interaction logs -> validated warehouse tables (issue 3), plus the log simulator.
+
+Public surface of the ETL: ``feedback_etl.ingest.IngestConfig`` and ``feedback_etl.ingest.ingest``
+(``causalrm ingest``); the table readers live in :mod:`feedback_etl.io` (``read_feedback``,
+``read_events``, ``read_rejects``). Nothing is re-exported here: the function ``ingest`` would
+shadow its own module.
+"""

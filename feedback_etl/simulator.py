@@ -26,6 +26,16 @@ malformed rows              0.01 m x n_events extra rows: missing ids, bad times
 
 Malformed and orphan rows are *extra* rows, so they never change an exposure's true outcome. The
 exact counts injected are in ``DIR/simulation.json`` and per exposure in ``DIR/truth.parquet``.
+
+Randomized slice (issue 11, ``randomized_slice`` = F > 0): a fraction F of exposures is marked
+``solicited`` on its impression (feedback was asked for at random). A solicited exposure is always
+observed, and its vote (the *solicited label*) is noisy like an organic vote (same rho01 / rho10):
+it is the user's own thumbs, only asked for. ``DIR/slice.parquet`` lists the slice, one row per
+solicited exposure: ``exposure_id``, ``label`` (the solicited vote, as in the events) and
+``true_label``, a careful rating of the same answer (here the clean label y_true: an expert
+review or a follow-up survey), which makes the slice a gold audit set for the flip rates
+(``causalrm noise estimate --method audit --audit DIR/slice.parquet``). It draws no random numbers,
+so the events and truth of a seed are the same with or without it.
 Work is streamed in chunks of exposures, so memory stays bounded for any ``n_exposures``.
 """
 
@@ -356,6 +366,7 @@ def simulate(cfg: SimulationConfig, *, progress: bool = False) -> dict:
     truth_writer: pq.ParquetWriter | None = None
     starts = list(range(0, cfg.n_exposures, cfg.chunk_size))
     realised = {"observed": 0, "flipped": 0, "y1_observed": 0, "y0_observed": 0, "flip01": 0, "flip10": 0}
+    slice_parts: list[pl.DataFrame] = []
     bar = _progress(progress, len(starts))
     try:
         for chunk_index, start in enumerate(starts):
@@ -373,6 +384,8 @@ def simulate(cfg: SimulationConfig, *, progress: bool = False) -> dict:
             realised["y0_observed"] += int((obs["y_true"] == 0).sum())
             realised["flip01"] += int((obs["flipped"] & (obs["y_true"] == 1)).sum())
             realised["flip10"] += int((obs["flipped"] & (obs["y_true"] == 0)).sum())
+            if cfg.randomized_slice > 0:
+                slice_parts.append(_slice_rows(truth))
             if bar:
                 bar[0].advance(bar[1])
     finally:
@@ -380,6 +393,10 @@ def simulate(cfg: SimulationConfig, *, progress: bool = False) -> dict:
             truth_writer.close()
         if bar:
             bar[0].stop()
+    if cfg.randomized_slice > 0:
+        pl.concat(slice_parts).write_parquet(out / "slice.parquet")
+    elif (out / "slice.parquet").exists():
+        (out / "slice.parquet").unlink()  # a slice of an earlier run in the same folder would mislead
     summary = {
         "config": asdict(cfg),
         "propensity_scale": world.scale,
@@ -393,6 +410,7 @@ def simulate(cfg: SimulationConfig, *, progress: bool = False) -> dict:
             "toggled_exposures": counts.toggled_exposures,
             "cleared_exposures": counts.cleared_exposures,
             "malformed": counts.malformed,
+            "solicited": sum(part.height for part in slice_parts),
         },
         "realised": {
             "obs_rate": realised["observed"] / cfg.n_exposures,
@@ -402,6 +420,14 @@ def simulate(cfg: SimulationConfig, *, progress: bool = False) -> dict:
     }
     (out / "simulation.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def _slice_rows(truth: pl.DataFrame) -> pl.DataFrame:
+    """``slice.parquet`` rows of a truth chunk: each solicited exposure's solicited vote (``label``) and
+    careful rating (``true_label`` = y_true)."""
+    return truth.filter(pl.col("solicited")).select(
+        "exposure_id", pl.col("label").cast(pl.Int8), true_label=pl.col("y_true").cast(pl.Int8)
+    )
 
 
 def _progress(enabled: bool, total: int):

@@ -382,7 +382,8 @@ def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
     untouched (LF or CRLF endings); a line it cannot hand back (a NUL byte inside, invalid UTF-8,
     longer than 64 MiB) lands in its rejects table and comes back here with ``readable`` false, at
     its line number. Blank lines are kept (the caller drops them) so that numbering stays exact.
-    A bare CR inside a line makes the whole file unreadable (one clear InputFileError).
+    A file DuckDB cannot split that way (a bare CR inside a line, or any NUL byte, found by a quick
+    scan first) is read by a slower Python fallback with the same result.
     """
     table, rejects, scan = f"lines_{f.index}", f"lines_{f.index}_rejects", f"lines_{f.index}_scan"
     reader = (
@@ -392,7 +393,16 @@ def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
         f"rejects_scan = {_literal(scan)}, max_line_size = {_MAX_LINE_BYTES}, "
         f"compression = {_literal('gzip' if f.compressed else 'none')})"
     )
-    _create_table(conn, table + "_read", f'SELECT ROW_NUMBER() OVER () AS "ordinal", "line" FROM {reader}', [f])
+    if _has_nul_byte(f):
+        # DuckDB reads a line made only of NUL bytes as a blank line; such files go the slow way.
+        _lines_table_python(conn, f, table)
+        return table
+    try:
+        _create_table(conn, table + "_read", f'SELECT ROW_NUMBER() OVER () AS "ordinal", "line" FROM {reader}', [f])
+    except InputFileError:
+        # DuckDB's strict reader gives up on a bare CR inside a line; read such a file in Python.
+        _lines_table_python(conn, f, table)
+        return table
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE {_identifier(table)} AS
         {_renumber(table + "_read", rejects, "line")}
@@ -401,6 +411,62 @@ def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
         SELECT CAST("line" AS BIGINT), LTRIM("csv_line", chr(10)), FALSE FROM {_identifier(rejects)}"""
     )
     return table
+
+
+_FALLBACK_MAX_BYTES = 1 << 30
+
+
+def _has_nul_byte(f: InputFile) -> bool:
+    """Whether the (decompressed) file holds a NUL byte; a C-speed scan in 16 MiB blocks."""
+    try:
+        with (gzip.open(f.path, "rb") if f.compressed else open(f.path, "rb")) as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                if b"\x00" in block:
+                    return True
+    except (OSError, EOFError) as exc:
+        raise InputFileError(f"cannot read file: {exc}", where=str(f.path), fix="check the file is complete") from exc
+    return False
+
+
+def _lines_table_python(conn: duckdb.DuckDBPyConnection, f: InputFile, table: str) -> None:
+    """The same table as :func:`_lines_table`, split in Python (fallback; the file must fit in
+    memory, at most 1 GiB once decompressed)."""
+    import pyarrow as pa
+
+    try:
+        with (gzip.open(f.path, "rb") if f.compressed else open(f.path, "rb")) as handle:
+            raw = handle.read(_FALLBACK_MAX_BYTES + 1)
+    except (OSError, EOFError) as exc:
+        raise InputFileError(f"cannot read file: {exc}", where=str(f.path), fix="check the file is complete") from exc
+    if len(raw) > _FALLBACK_MAX_BYTES:
+        raise InputFileError(
+            "file has lines DuckDB cannot split (a bare CR) and is larger than 1 GiB",
+            where=str(f.path),
+            fix="normalise line endings to LF or CRLF",
+        )
+    pieces = raw.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()
+    lines, readable = [], []
+    for piece in pieces:
+        piece = piece[:-1] if piece.endswith(b"\r") else piece
+        try:
+            text = piece.decode("utf-8")
+            ok = "\x00" not in text
+        except UnicodeDecodeError:
+            text, ok = piece.decode("utf-8", "replace"), False
+        lines.append(text if text or not ok else None)
+        readable.append(ok)
+    arrow = pa.table({
+        "row_number": pa.array(range(1, len(lines) + 1), pa.int64()),
+        "line": pa.array(lines, pa.string()),
+        "readable": pa.array(readable, pa.bool_()),
+    })
+    conn.register("lines_fallback", arrow)
+    try:
+        conn.execute(f'CREATE OR REPLACE TEMP TABLE {_identifier(table)} AS SELECT * FROM "lines_fallback"')
+    finally:
+        conn.unregister("lines_fallback")
 
 
 def _renumber(parsed: str, rejects: str, line_column: str, offset: int = 0) -> str:

@@ -311,6 +311,76 @@ def _fig_estimates(estimates: dict[str, Any]) -> Figure:
     return fig
 
 
+def _fig_slice_comparison(comparison: dict[str, Any]) -> Figure:
+    """Naive and SNIPS mean label under each propensity kind, against the randomized slice (issue 11)."""
+    kinds = comparison["kinds"]
+    rows = [("naive (mean of organic votes)", next(iter(kinds.values()))["naive"], GREY)]
+    names = {"context": "SNIPS, context p(x)", "label-aware": "SNIPS, label-aware p(x, r)"}
+    rows += [(names[k], kinds[k]["snips"], BLUE if k == "context" else ORANGE) for k in ("context", "label-aware") if k in kinds]
+    fig = _figure(7.6, 0.7 * len(rows) + 1.9, left=_label_margin([r[0] for r in rows], 9), top=0.7)
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, est, color) in zip(y, rows):
+        lo, hi = (est["ci"] if est.get("ci") and None not in est["ci"] else [est["estimate"], est["estimate"]])
+        ax.errorbar([est["estimate"]], [yi], xerr=[[est["estimate"] - lo], [hi - est["estimate"]]], fmt="o", color=color, capsize=4)
+    slice_ = comparison.get("randomized_slice")
+    if slice_:
+        ax.axvspan(slice_["ci"][0], slice_["ci"][1], color=GREEN, alpha=0.15)
+        ax.axvline(slice_["estimate"], color=GREEN, linewidth=1.5, label=f"randomized slice {slice_['estimate']:.3f} (n = {slice_['n']:,}, 95% CI shaded)")
+        ax.legend(fontsize=9, loc="best")
+    ax.set_yticks(y)
+    ax.set_yticklabels([r[0] for r in rows], fontsize=9)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("estimated mean label (share of up-votes among all exposures)")
+    ax.set_title("Mean label: context vs label-aware weights\nagainst the randomized slice (95% intervals)", fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _slice_section(comparison: dict[str, Any]) -> str:
+    """The issue-11 section: both propensity kinds side by side, the label factors, the slice's noise audit."""
+    esc = html.escape
+    parts = ["<h2>Randomized slice: context vs label-aware propensities</h2>"]
+    parts.append(_figure_html(
+        _fig_slice_comparison(comparison), "context vs label-aware estimates",
+        "Mean label of the organic exposures estimated with weights 1/p(x) (context) and 1/p(x, r) (label-aware), against the "
+        "randomized slice, where feedback was solicited at random. A context-only estimate far from the slice means people react "
+        "because of how they felt about the answer: selection on the label, which only the label-aware propensities correct."))
+    headers = ["propensities", "IPS", "SNIPS", "95% CI", "interval", "error vs slice", "z", "ESS / n", "max weight", "clipped share"]
+    rows, classes = [], []
+    for kind, entry in comparison["kinds"].items():
+        rows.append([
+            esc(kind) + (" (audited)" if kind == comparison.get("audited") else ""), _num(entry["ips"]["estimate"]),
+            _num(entry["snips"]["estimate"]), _ci(entry["snips"]["ci"]), esc(entry.get("snips_interval", "")),
+            _num(entry.get("error_vs_slice"), "+.3f"), _num(entry.get("z_vs_slice"), "+.1f"), _pct(entry["ess_over_n"], 0),
+            _num(entry["max_weight"], ".1f"), _pct(entry.get("clipped_share")),
+        ])
+        classes.append("")
+    parts.append(_table(headers, rows, classes))
+    factors = comparison.get("label_factors")
+    if factors:
+        frows = [[esc(str(f["stratum"])), f"{f['n_slice']:,}", _num(f["slice_up_share"]), _num(f["relative_propensity_up_vs_down"], ".2f"),
+                  _ci(f["ci"], ".2f")] for f in factors]
+        parts.append('<p class="note">Label factor: how much more often an up-vote is given than a down-vote in the same context, '
+                     "P(o=1 | x, r=1) / P(o=1 | x, r=0), identified by the slice.</p>")
+        parts.append(_table(["stratum", "slice rows", "slice up-share", "relative propensity up / down", "95% CI"], frows))
+    fit = comparison.get("label_aware_fit")
+    if fit:
+        noise = fit.get("noise_from_slice")
+        if noise and noise.get("rho01") is not None:
+            parts.append(f'<p class="note">Flip rates from the slice\'s gold labels against the users\' votes ({noise["n"]:,} exposures): '
+                         f"rho01 = {_num(noise['rho01'])} {_ci(noise.get('rho01_ci'))}, rho10 = {_num(noise['rho10'])} {_ci(noise.get('rho10_ci'))}.</p>")
+        if fit.get("assumptions"):
+            parts.append("<details><summary>Label-aware estimator and its assumptions</summary><p class=\"note\">" + esc(str(fit.get("estimator")))
+                         + "</p><ul>" + "".join(f"<li>{esc(a)}</li>" for a in fit["assumptions"]) + "</ul></details>")
+        if fit.get("warnings"):
+            parts.append('<p class="note">Label-aware fit warnings: ' + "; ".join(esc(str(w)) for w in fit["warnings"]) + "</p>")
+    elif "label-aware" not in comparison["kinds"]:
+        parts.append('<p class="note">No label-aware propensities yet: <code>causalrm propensity fit-label-aware WH</code> estimates '
+                     "P(o=1 | x, r) from this slice.</p>")
+    return "".join(parts)
+
+
 # --------------------------------------------------------------------------- page
 
 
@@ -479,6 +549,9 @@ def render_html(report: dict[str, Any]) -> str:
                 row += [_num(e.get("noise_corrected")), _ci(e.get("noise_corrected_ci"))]
             rows.append(row)
         sections.append(_table(headers, rows))
+
+    if report.get("slice_comparison"):
+        sections.append(_slice_section(report["slice_comparison"]))
 
     sections.append("<h2>Guardrails</h2>")
     sections.append(_guardrail_table(report))

@@ -60,6 +60,9 @@ class Thresholds:
     noise_margin : rho01 + rho10 must stay <= 1 - noise_margin (the noise-corrected loss divides
         by 1 - rho01 - rho10), and the sum of the intervals' upper ends must stay < 1.
     max_noise_ci_width : width of each rate's confidence interval, at most.
+    max_slice_z : where a randomized slice exists (issue 11): |SNIPS mean label - slice mean label| in
+        standard errors of the difference, at most. A breach says the weights leave selection on the
+        label itself: fit label-aware propensities.
     """
 
     min_ess_fraction: float = 0.10
@@ -69,6 +72,7 @@ class Thresholds:
     max_abs_smd_after: float = 0.10
     noise_margin: float = 0.20
     max_noise_ci_width: float = 0.20
+    max_slice_z: float = 3.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -115,6 +119,9 @@ class AuditConfig:
     channel : the channel whose propensities and weights are audited (noise rates: every channel).
     clip : optional propensity floor for the audited weights 1/max(p, clip) (match the export's).
     thresholds : guardrail thresholds.
+    propensity : the propensities of the audited weights (match the export's ``--propensity``):
+        ``context`` or ``label-aware`` (weights, balance, estimates and guardrails use P(o=1 | x, r);
+        the calibration checks stay on the context model, the only one predicting o from x alone).
     """
 
     warehouse: str
@@ -122,8 +129,13 @@ class AuditConfig:
     channel: str = "vote"
     clip: float | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    propensity: str = "context"
 
     def __post_init__(self) -> None:
+        if self.propensity not in ("context", "label-aware"):
+            raise ConfigError(f"unknown propensity kind {self.propensity!r}", where="audit config", fix="use context or label-aware")
+        if self.propensity == "label-aware" and self.channel != "vote":
+            raise ConfigError("label-aware propensities exist for the vote channel only", where="audit config", fix="use --propensity context")
         if self.channel not in CHANNELS:
             raise ConfigError(f"unknown channel {self.channel!r}", where="audit config", fix=f"use one of {', '.join(CHANNELS)}")
         if self.clip is not None and not 0 < self.clip < 1:
@@ -261,6 +273,92 @@ def mean_label_estimates(
     return estimates
 
 
+def _label_aware_propensity(warehouse: Path, feedback: pl.DataFrame, frame: pl.DataFrame) -> np.ndarray | None:
+    """Label-aware propensities aligned with ``frame``'s rows (issue 11), or None when not fitted."""
+    from propensity.label_aware import label_aware_scores_path, propensity_for_labels, read_label_aware_scores
+
+    if not label_aware_scores_path(warehouse).is_file():
+        return None
+    chosen = propensity_for_labels(read_label_aware_scores(warehouse), feedback)
+    aligned = frame.select("exposure_id").join(chosen, on="exposure_id", how="left", maintain_order="left")
+    return aligned["propensity"].to_numpy()
+
+
+def _read_label_aware_report(warehouse: Path) -> dict[str, Any] | None:
+    from propensity.label_aware import read_label_aware_report
+
+    return read_label_aware_report(warehouse)
+
+
+def slice_comparison(
+    label: np.ndarray, observed: np.ndarray, solicited: np.ndarray | None, propensities: dict[str, np.ndarray | None], *,
+    audited: str, floor: float | None, label_aware_report: dict[str, Any] | None = None,
+    rho01: float | None = None, rho10: float | None = None,
+) -> dict[str, Any] | None:
+    """Context vs label-aware propensities against the randomized slice (issue 11), side by side.
+
+    For each kind present: naive / IPS / SNIPS mean label of the organic rows (as
+    :func:`mean_label_estimates`), the weights' ESS / n, max and clipped share, the SNIPS error vs the
+    slice's mean label and its z = error / sqrt(se_snips^2 + se_slice^2). For the label-aware kind the
+    SNIPS interval is the fit's bootstrap one when ``label_aware_report`` has it (it includes the
+    slice's uncertainty about the label factor, which the delta method conditional on p ignores).
+    Returns None when there is neither a slice nor label-aware propensities.
+    """
+    sol = np.zeros(len(observed), dtype=bool) if solicited is None else np.asarray(solicited, dtype=bool)
+    has_slice = bool((sol & observed).any())
+    if not has_slice and propensities.get("label-aware") is None:
+        return None
+    o = np.asarray(observed, dtype=bool)
+    organic_obs = o & ~sol
+    kinds: dict[str, Any] = {}
+    for kind, p in propensities.items():
+        if p is None:
+            continue
+        est = mean_label_estimates(label, o, p, sol, rho01=rho01, rho10=rho10)
+        w = 1.0 / p[organic_obs]
+        ess = kish_ess(w)
+        entry = {
+            "naive": est["naive"], "ips": est["ips"], "snips": est["snips"],
+            "snips_interval": "delta method, conditional on p",
+            "ess_over_n": ess / max(1, int(organic_obs.sum())), "max_weight": float(w.max()) if len(w) else None,
+            "clipped_share": float((p[organic_obs] <= floor * (1 + 1e-9)).mean()) if floor else None,
+        }
+        boot = ((label_aware_report or {}).get("estimates") or {}).get("label_aware_snips") if kind == "label-aware" else None
+        if boot and boot.get("ci") and None not in boot["ci"]:
+            # Same organic rows and (clip aside) the same propensities: the bootstrap interval is the honest one.
+            entry["snips"] = {**entry["snips"], "ci": list(boot["ci"])}
+            entry["snips_interval"] = "bootstrap over the slice and the organic rows (label_aware.json)"
+        if est["randomized_slice"]:
+            truth = est["randomized_slice"]
+            se_snips = (entry["snips"]["ci"][1] - entry["snips"]["ci"][0]) / (2 * Z95)
+            se_slice = math.sqrt(max(truth["estimate"] * (1 - truth["estimate"]), 1e-12) / truth["n"])
+            entry["error_vs_slice"] = entry["snips"]["estimate"] - truth["estimate"]
+            entry["z_vs_slice"] = entry["error_vs_slice"] / math.sqrt(se_snips**2 + se_slice**2)
+        kinds[kind] = entry
+    slice_est = mean_label_estimates(label, o, np.ones(len(o)), sol, rho01=rho01, rho10=rho10)["randomized_slice"]
+    registered = ((label_aware_report or {}).get("estimates") or {}).get("slice")
+    if slice_est is None and registered and registered.get("estimate") is not None:
+        # A slice given as a file (no solicited flags): its mean label from the label-aware fit.
+        n_slice = int((label_aware_report or {}).get("estimates", {}).get("n_slice") or 0)
+        slice_est = {"estimate": registered["estimate"], "ci": registered["ci"], "n": n_slice, "n_solicited": n_slice}
+        for entry in kinds.values():
+            if n_slice:
+                se_snips = (entry["snips"]["ci"][1] - entry["snips"]["ci"][0]) / (2 * Z95)
+                se_slice = (registered["ci"][1] - registered["ci"][0]) / (2 * Z95)
+                entry["error_vs_slice"] = entry["snips"]["estimate"] - registered["estimate"]
+                entry["z_vs_slice"] = entry["error_vs_slice"] / math.sqrt(se_snips**2 + se_slice**2)
+    factors = (label_aware_report or {}).get("label_factors")
+    return {
+        "audited": audited if audited in kinds else None,
+        "kinds": kinds,
+        "randomized_slice": slice_est,
+        "label_factors": factors,
+        "label_aware_fit": None if label_aware_report is None else {
+            k: label_aware_report.get(k) for k in ("estimator", "assumptions", "context", "outcome_model", "slice", "noise_from_slice", "warnings")
+        },
+    }
+
+
 def _length_buckets(chars: pl.Series) -> pl.Series:
     """Response length in 5 equal-count buckets with readable edges ("90-163 chars")."""
     values = chars.cast(pl.Float64).drop_nulls().to_numpy()
@@ -364,6 +462,17 @@ def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[
               f"{ch}: noise-rate interval width = {width if width is None else f'{width:.3f}'} > {t.max_noise_ci_width} (max_noise_ci_width): "
               "rates are too uncertain; fix: more anchor rows or a larger audit set",
               f"noise_ci_width[{ch}]: the estimate has no intervals")
+    comparison = report.get("slice_comparison")
+    if comparison and comparison.get("audited"):
+        kind = comparison["audited"]
+        z = comparison["kinds"][kind].get("z_vs_slice")
+        err = comparison["kinds"][kind].get("error_vs_slice")
+        fix = ("fit label-aware propensities (`causalrm propensity fit-label-aware WH`) and audit/export with --propensity label-aware"
+               if kind == "context" else "check the label-aware fit's assumptions (strata, slice size) in label_aware.json")
+        check("slice_agreement", None if z is None else abs(z), t.max_slice_z, z is not None and abs(z) <= t.max_slice_z,
+              f"{kind} SNIPS mean label differs from the randomized slice's by {err if err is None else f'{err:+.3f}'} "
+              f"({z if z is None else f'{abs(z):.1f}'} standard errors > {t.max_slice_z:g}, max_slice_z): the weights leave "
+              f"selection on the label itself; fix: {fix}", "slice_agreement: no answered solicited exposure")
     # Only the vote channel has flip rates: implicit channels are one-class (propensity.noise refuses them).
     if report["channel"] == "vote" and not any(n["channel"] == "vote" for n in report["noise"]):
         results.append(GuardrailResult(f"noise_identifiable[{report['channel']}]", "skipped", None, 1 - t.noise_margin,
@@ -419,12 +528,17 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
         raise WarehouseError(f"channel {cfg.channel!r} has no observed rows", where=str(warehouse), fix="check the channel and the ingest")
     p = frame["propensity"].to_numpy()
     fit_clip = _fit_clip(metrics)
-    p_weights = np.maximum(p, cfg.clip) if cfg.clip else p
+    label_aware = _label_aware_propensity(warehouse, feedback, frame) if is_vote else None
+    if cfg.propensity == "label-aware" and label_aware is None:
+        raise WarehouseError("warehouse has no label-aware propensities", where=str(warehouse / "propensity"),
+                             fix=f"run `causalrm propensity fit-label-aware {warehouse}` first, or audit --propensity context")
+    p_audited = label_aware if cfg.propensity == "label-aware" else p
+    p_weights = np.maximum(p_audited, cfg.clip) if cfg.clip else p_audited
     weights = np.where(observed, 1.0 / p_weights, 0.0)
     floor = max([c for c in (fit_clip, cfg.clip) if c is not None], default=None)
     w_obs = weights[observed]
     ess = kish_ess(w_obs)
-    clipped_share = float((p[observed] <= floor * (1 + 1e-9)).mean()) if floor else None
+    clipped_share = float((p_audited[observed] <= floor * (1 + 1e-9)).mean()) if floor else None
 
     reliability, ece = reliability_with_intervals(p, observed)
     smd = covariate_balance(frame, observed, p_weights)
@@ -433,9 +547,16 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
     own_noise = next((n for n in noise if n["channel"] == cfg.channel), None)
     solicited = frame["solicited"].to_numpy().astype(bool) if "solicited" in frame.columns else None
     estimates = None
+    comparison = None
     if is_vote:
         estimates = mean_label_estimates(
             frame["label"].to_numpy(), observed, p_weights, solicited,
+            rho01=own_noise["rho01"] if own_noise else None, rho10=own_noise["rho10"] if own_noise else None,
+        )
+        comparison = slice_comparison(
+            frame["label"].to_numpy(), observed, solicited, {"context": np.maximum(p, cfg.clip) if cfg.clip else p,
+                                                             "label-aware": None if label_aware is None else (np.maximum(label_aware, cfg.clip) if cfg.clip else label_aware)},
+            audited=cfg.propensity, floor=floor, label_aware_report=_read_label_aware_report(warehouse) if label_aware is not None else None,
             rho01=own_noise["rho01"] if own_noise else None, rho10=own_noise["rho10"] if own_noise else None,
         )
 
@@ -444,6 +565,7 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
     n_obs = int(observed.sum())
     headline = {
         "exposures": frame.height,
+        "propensity_kind": cfg.propensity,
         "observed": n_obs,
         "feedback_rate": n_obs / frame.height,
         "up_share": float(np.nanmean(frame["label"].to_numpy()[observed].astype(float))) if is_vote else None,
@@ -479,7 +601,7 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
         },
         "reliability": {"ece": ece, "bins": reliability, "binning": f"{N_RELIABILITY_BINS} equal-mass bins"},
         "weights": {
-            "formula": "1 / max(p, clip)" if cfg.clip else "1 / p",
+            "formula": ("1 / max(p, clip)" if cfg.clip else "1 / p") + (", p = P(o=1 | x, r)" if cfg.propensity == "label-aware" else ""),
             "n_observed": n_obs, "ess": ess, "ess_over_n": ess / n_obs, "max": float(w_obs.max()), "mean": float(w_obs.mean()),
             "quantiles": {q: float(np.quantile(w_obs, float(q))) for q in ("0.5", "0.9", "0.99")},
             "clipped_share": clipped_share,
@@ -489,6 +611,7 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
         "balance": smd,
         "noise": noise,
         "estimates": estimates,
+        "slice_comparison": comparison,
     }
 
 

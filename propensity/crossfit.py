@@ -144,18 +144,26 @@ def cross_fit(
     """
     y = np.asarray(y).astype(np.int8)
     folds = np.asarray(folds)
-    oof = np.full(len(y), np.nan, dtype=np.float64)
-    models = []
-    for k in np.unique(folds):
-        test_rows = np.flatnonzero(folds == k)
-        train_rows = np.flatnonzero(folds != k)
-        n_pos = int(y[train_rows].sum())
-        if n_pos == 0 or n_pos == len(train_rows):
+    fold_ids = np.unique(folds)
+    for k in fold_ids:
+        train_y = y[folds != k]
+        n_pos = int(train_y.sum())
+        if n_pos == 0 or n_pos == len(train_y):
             raise EstimationError(
-                f"training folds for fold {k} hold one class only ({n_pos:,} positives of {len(train_rows):,})",
+                f"training folds for fold {k} hold one class only ({n_pos:,} positives of {len(train_y):,})",
                 where="cross-fitting",
                 fix="use fewer --folds or more data",
             )
+    shared_bins = getattr(estimator, "_cross_fit_shared_bins", None)
+    if augment is None and callable(shared_bins):
+        # LightGBM: bin the features once for all folds (label-free, see the estimator's docstring).
+        oof, models = shared_bins(X, y, folds, on_fold_done)
+        return CrossFitResult(oof=oof, models=models, folds=folds)
+    oof = np.full(len(y), np.nan, dtype=np.float64)
+    models = []
+    for k in fold_ids:
+        test_rows = np.flatnonzero(folds == k)
+        train_rows = np.flatnonzero(folds != k)
         X_train, X_test = _take(X, train_rows), _take(X, test_rows)
         if augment is not None:
             extra_train, extra_test = augment(int(k), train_rows, test_rows)

@@ -91,6 +91,9 @@ class ExportConfig:
     segment_noise : when the estimate has per-segment rates (``noise estimate --segment-by``), give
         each row its segment's rates (the overall ones where a segment is not identified).
     seed : seed of the pair subsampling.
+    propensity : ``context`` (``scores.parquet``, P(o=1 | x)) or ``label-aware``
+        (``scores_label_aware.parquet``, P(o=1 | x, r) from ``causalrm propensity fit-label-aware``:
+        an organic vote's propensity at its own label, a solicited one's the slice response rate).
     """
 
     warehouse: str
@@ -104,9 +107,15 @@ class ExportConfig:
     no_noise: bool = False
     segment_noise: bool = True
     seed: int = 0
+    propensity: str = "context"
 
     def __post_init__(self) -> None:
         where = "weights export config"
+        if self.propensity not in ("context", "label-aware"):
+            raise ConfigError(f"unknown propensity kind {self.propensity!r}", where=where, fix="use context or label-aware")
+        if self.propensity == "label-aware" and self.channel != "vote":
+            raise ConfigError("label-aware propensities exist for the vote channel only", where=where,
+                              fix="use --propensity context for implicit channels")
         if self.channel not in CHANNELS:
             raise ConfigError(f"unknown channel {self.channel!r}", where=where, fix=f"use one of {', '.join(CHANNELS)}")
         if self.scheme not in SCHEMES:
@@ -516,6 +525,7 @@ def _fit_clip(metrics: dict[str, Any] | None) -> float | None:
 def _input_files(warehouse: Path, channel: str) -> list[Path]:
     files = sorted((warehouse / "feedback").glob("impression_date=*/*.parquet"))
     files += [warehouse / "propensity" / "scores.parquet", warehouse / "propensity" / "metrics.json"]
+    files += [warehouse / "propensity" / name for name in ("scores_label_aware.parquet", "label_aware.json", "slice.parquet")]
     noise = _noise_path(warehouse, channel)
     if noise:
         files.append(noise)
@@ -570,6 +580,13 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     feedback = read_feedback(warehouse)
     scores = _read_scores(warehouse, cfg.channel)
     metrics = _read_metrics(warehouse, cfg.channel)
+    label_aware = None
+    if cfg.propensity == "label-aware":
+        # Issue 11: P(o=1 | x, r) at each row's own vote (propensity.label_aware).
+        from propensity.label_aware import propensity_for_labels, read_label_aware_report, read_label_aware_scores
+
+        scores = propensity_for_labels(read_label_aware_scores(warehouse, cfg.channel), feedback)
+        label_aware = read_label_aware_report(warehouse)
     # Implicit channels are one-class (propensity.noise refuses them): no flip rates are defined.
     implicit = cfg.channel != "vote"
     noise = None if implicit else _read_noise(warehouse, cfg.channel)
@@ -629,9 +646,13 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
             "files": {str(p.relative_to(warehouse)): _sha256(p) for p in _input_files(warehouse, cfg.channel)},
         },
         "propensity": {
-            "source": "propensity/scores.parquet",
+            "kind": cfg.propensity,
+            "source": "propensity/scores.parquet" if label_aware is None else "propensity/scores_label_aware.parquet",
             "fit_clip": fit_clip,
             "metrics": metrics,
+            "label_aware": None if label_aware is None else {
+                k: label_aware.get(k) for k in ("estimator", "assumptions", "strata", "label_factors", "slice", "context", "clipping", "estimates", "warnings")
+            },
         },
         "noise": (
             {**noise, "assumed_zero": False, "source": str(_noise_path(warehouse, cfg.channel).relative_to(warehouse)),

@@ -76,8 +76,9 @@ class NoiseConfig:
     ----------
     channel : feedback channel; only ``vote`` has an up/down label (see module docstring).
     method : ``anchor`` (proxy model + anchor points) or ``audit`` (gold-labelled sample).
-    audit : path of an audit file (parquet, csv or jsonl with exposure_id, true_label). Required by
-        ``method="audit"``; with ``method="anchor"`` both estimates are reported and compared.
+    audit : path of an audit file (parquet, csv or jsonl with exposure_id, true_label), or ``"slice"``:
+        the gold labels of the warehouse's randomized slice (``propensity.label_aware.read_slice_audit``).
+        Required by ``method="audit"``; with ``method="anchor"`` both estimates are reported and compared.
     quantile : requested anchor quantile q: anchors are the top and bottom 1 - q of exposures.
     min_anchors : each side is widened until it holds this many observed rows.
     min_quantile : the widening stops here (a side then keeps fewer anchors, with a warning).
@@ -788,7 +789,13 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
     warehouse = Path(warehouse)
     _require_labelled_channel(config.channel)
     feedback = read_feedback(warehouse)
-    audit = read_audit(config.audit) if config.audit else None
+    if config.audit == "slice":
+        # Issue 11: the randomized slice's gold labels (``propensity.label_aware.read_slice_audit``).
+        from propensity.label_aware import read_slice_audit
+
+        audit = read_slice_audit(warehouse)
+    else:
+        audit = read_audit(config.audit) if config.audit else None
     propensity = fold = None
     source = None
     if config.method == "anchor" and config.use_weights:

@@ -44,7 +44,9 @@ class RewardHead(nn.Module):
             layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
             width = size
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1)) if width else None
-        self.bias = nn.Parameter(torch.zeros(1))
+        # The MLP's last layer has its own bias; a separate global bias only when there is no MLP (pure
+        # MF), so no parameter is ever unused (DDP requires every parameter to receive a gradient).
+        self.bias = nn.Parameter(torch.zeros(1)) if self.mlp is None else None
         self.id_factors = nn.ModuleList(nn.Embedding(n, id_dim) for n in id_cardinalities)
         self.id_bias = nn.ModuleList(nn.Embedding(n, 1) for n in id_cardinalities)
         for factors in self.id_factors:
@@ -68,10 +70,10 @@ class RewardHead(nn.Module):
             parts.append(batch["numeric"])
         if "categorical" in batch:
             parts += [table(batch["categorical"][:, j]) for j, table in enumerate(self.categorical)]
-        first = next(iter(batch.values()))
-        logit = self.bias.expand(first.shape[0])
         if self.mlp is not None:
-            logit = logit + self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+            logit = self.mlp(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).squeeze(-1)
+        else:
+            logit = self.bias.expand(next(iter(batch.values())).shape[0])
         if self.id_factors:
             ids = batch["ids"]
             factors = torch.stack([table(ids[:, j]) for j, table in enumerate(self.id_factors)], dim=1)

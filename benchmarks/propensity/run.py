@@ -51,11 +51,14 @@ def synthesize(n: int, seed: int = 0):
             x[rng.random(n) < 0.05] = np.nan
         columns[f"x{j:02d}"] = x
     X = pd.DataFrame(columns)
-    observed = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
-    return X, observed, users
+    true_p = 1.0 / (1.0 + np.exp(-logit))
+    observed = rng.random(n) < true_p
+    return X, observed, users, true_p
 
 
-def run_one(n: int, threads: int, folds: int) -> dict:
+def run_one(n: int, threads: int, folds: int, max_bagged_rows: int | None = None) -> dict:
+    from scipy.stats import spearmanr
+
     from propensity.calibration import clip_propensity, cross_calibrate
     from propensity.crossfit import cross_fit, group_folds
     from propensity.diagnostics import propensity_diagnostics
@@ -63,14 +66,17 @@ def run_one(n: int, threads: int, folds: int) -> dict:
     from propensity.features import design_matrix
 
     t0 = time.perf_counter()
-    X, observed, users = synthesize(n)
+    X, observed, users, true_p = synthesize(n)
     t_data = time.perf_counter() - t0
     stages = {}
     t = time.perf_counter()
     fold = group_folds(users, folds, 0)
     stages["folds_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    fitted = cross_fit(LightGBMPropensity(n_jobs=threads), X, observed, fold)
+    estimator = LightGBMPropensity(n_jobs=threads)
+    if max_bagged_rows is not None:
+        estimator.set_params(max_bagged_rows=max_bagged_rows or None)
+    fitted = cross_fit(estimator, X, observed, fold)
     stages["cross_fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     calibrated, _ = cross_calibrate(fitted.oof, observed, fold, "isotonic")
@@ -86,11 +92,14 @@ def run_one(n: int, threads: int, folds: int) -> dict:
         "n_features": X.shape[1],
         "folds": folds,
         "threads": threads,
+        "max_bagged_rows": estimator.max_bagged_rows,
         **{k: round(v, 2) for k, v in stages.items()},
         "total_s": round(total, 2),
         "synthesize_s": round(t_data, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "auc": round(diag["auc"], 4),
+        "spearman_true_p": round(float(spearmanr(propensity, true_p).statistic), 4),
+        "mae_true_p": round(float(np.abs(propensity - true_p).mean()), 4),
         "ece": round(diag["ece"], 4),
         "share_clipped": round(report.share_clipped, 4),
     }
@@ -101,15 +110,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--max-bagged-rows", type=int, default=None, help="override LightGBMPropensity.max_bagged_rows (0 = no cap)")
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
     if args.single:
-        print(json.dumps(run_one(args.single, args.threads, args.folds)))
+        print(json.dumps(run_one(args.single, args.threads, args.folds, args.max_bagged_rows)))
         return
     rows = []
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--single", str(n), "--threads", str(args.threads), "--folds", str(args.folds)]
+        if args.max_bagged_rows is not None:
+            cmd += ["--max-bagged-rows", str(args.max_bagged_rows)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"n={n:,}: {rows[-1]}", file=sys.stderr)
@@ -118,10 +130,13 @@ def main() -> None:
     meta = {"python": platform.python_version(), "lightgbm": lightgbm.__version__, "machine": platform.machine(),
             "cpus": len(__import__("os").sched_getaffinity(0))}
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    print("| exposures | cross-fit (s) | calibrate+clip (s) | diagnostics (s) | total (s) | peak RSS (MB) | AUC |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| exposures | threads | cross-fit (s) | calibrate+clip (s) | diagnostics (s) | total (s) | peak RSS (MB) | AUC | Spearman with true p |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['n_exposures']:,} | {r['cross_fit_s']} | {r['calibrate_clip_s']} | {r['diagnostics_s']} | {r['total_s']} | {r['peak_rss_mb']:,} | {r['auc']} |")
+        print(
+            f"| {r['n_exposures']:,} | {r['threads']} | {r['cross_fit_s']} | {r['calibrate_clip_s']} | {r['diagnostics_s']} | "
+            f"{r['total_s']} | {r['peak_rss_mb']:,} | {r['auc']} | {r['spearman_true_p']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,892 @@
+"""Label-aware (missing-not-at-random) propensities P(o = 1 | x, r) from a randomized feedback slice (issue 11).
+
+Why: people react *because of* how they felt about an answer, so the chance of feedback depends on
+the label itself, not only on the logged context x. A context model P(o = 1 | x) cannot see that
+(missing not at random), and no amount of observational data identifies it. A small randomized
+slice can: exposures where feedback was solicited at random show the label distribution of *all*
+exposures, which the organic votes distort.
+
+Model (log-linear selection on the label, "exponential tilt")::
+
+    P(o = 1 | x, r) = c(x) * exp(beta_{s,r})                                           (A1)
+
+the label r shifts the log-propensity by the same amount whatever the context, within a stratum s
+(one stratum by default; ``strata`` splits by a column such as ``platform``). By Bayes, organic
+voters then see a tilted label distribution, P(r | x, o=1) proportional to P(r | x) exp(beta_r). With
+m_r(x) = P(r | x, o = 1) (an outcome model fitted on organic votes), p(x) = P(o = 1 | x) (the
+context model) and gamma_r = exp(-beta_r)::
+
+    q_r(x)  = P(r | x)        = m_r(x) gamma_r / sum_u m_u(x) gamma_u
+    p(x, r) = P(o = 1 | x, r) = p(x) m_r(x) / q_r(x) = p(x) * sum_u m_u(x) gamma_u / gamma_r
+
+Organic data fit any gamma equally well (that is what MNAR means); the slice pins it down. Its
+labels are draws from P(r | x) at random x, so gamma solves the moment equations::
+
+    mean over the slice rows of stratum s of q_r(x_i) = share of label r in that stratum's slice
+
+(iterative proportional fitting; for two labels a monotone equation in one unknown). With
+``label_model="none"``, m_r(x) = P(r | o = 1, s) is constant in a stratum and the estimator is the
+naive-Bayes one used on Coat by Schnabel et al. (2016), after Marlin and Zemel (2009)::
+
+    p(x, r) = p(x) * P(r | o = 1, s) / P(r | s)
+
+Assumptions, besides (A1): (A2) the slice is a random sample of the same exposure population and
+its solicited label is the same kind of label as an organic vote (same scale, same noise process);
+solicited exposures left unanswered are missing completely at random; (A3) p(x) is calibrated on
+*organic* exposures; (A4) positivity: every (x, r) can be voted on. The label here is the observed
+vote r, noise included: weights 1/p(x, r) debias any average of a function of (x, r), the
+noise-corrected loss of CausalRM among them.
+
+Cross-fitting: p(x) and m(x) are out-of-fold over the context model's user-grouped folds; gamma
+comes from the slice, which trains neither. Intervals: bootstrap of the slice rows (within strata)
+with Poisson(1) weights on the organic rows, conditional on the fitted p(x) and m(x).
+
+Solicited votes are not organic: a context model fitted with them as feedback estimates
+F + (1 - F) p_organic(x) for a slice of share F. When the warehouse has solicited rows,
+:func:`fit_label_aware` therefore refits the context model on the organic rows (same model,
+features, folds, calibration and floor as ``causalrm propensity fit``) unless the fit's metrics say
+it already excluded them (``"solicited_excluded": true``).
+
+Files (``WH/propensity/``):
+
+* ``scores_label_aware.parquet``: one row per exposure: ``exposure_id``, ``channel``,
+  ``propensity`` (the weight's propensity: p(x, r) at the row's own vote on organic votes; the
+  slice's response rate on solicited rows, observed by design; the context p(x) on unobserved rows,
+  which carry no weight), ``propensity_raw`` (unclipped), ``fold``, ``propensity_context`` (organic
+  p(x)), ``propensity_label0`` / ``propensity_label1`` (p(x, r) for each vote), ``propensity_lo`` /
+  ``propensity_hi`` (bootstrap interval of ``propensity`` on organic votes, null elsewhere),
+  ``solicited``.
+* ``label_aware.json``: estimator, assumptions, per-stratum label factors with intervals, the mean
+  label by naive / context SNIPS / label-aware SNIPS / slice with intervals, clipping, warnings, and
+  the flip rates the slice implies when it carries gold labels.
+* ``slice.parquet``: the registered slice: ``exposure_id``, ``label`` (solicited label), ``true_label``
+  (gold, nullable), ``source`` (``flag`` or ``file``). :func:`read_slice` reads it (or builds it from
+  the ``solicited`` flags); ``causalrm noise estimate --audit slice`` and ``causalrm evaluate --slice``
+  use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from propensity.io import propensity_dir, read_metrics, read_scores
+from schemas.errors import ConfigError, EstimationError, IdentifiabilityError, InputFileError, WarehouseError
+
+log = logging.getLogger(__name__)
+
+LABEL_MODELS: tuple[str, ...] = ("lightgbm", "none")
+PROPENSITY_KINDS: tuple[str, ...] = ("context", "label-aware")
+SLICE_AUDIT = "slice"  # `causalrm noise estimate --audit slice`: the registered slice's gold labels
+_M_EPS = 1e-4  # outcome probabilities are kept in [eps, 1 - eps]: a 0 would make a label impossible
+_IPF_TOL = 1e-10
+_IPF_MAX_ITER = 5000
+
+ASSUMPTIONS: tuple[str, ...] = (
+    "A1 log-linear selection on the label: P(o=1 | x, r) = c(x) exp(beta_{s,r}), no context x label interaction within a stratum",
+    "A2 the slice is a random sample of the exposures; its solicited label is the same kind of label as an organic vote "
+    "(same scale, same noise); unanswered solicitations are missing completely at random",
+    "A3 the context propensity p(x) is calibrated on organic exposures",
+    "A4 positivity: every (x, r) can receive organic feedback",
+)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelAwareConfig:
+    """Options of ``causalrm propensity fit-label-aware``, one to one.
+
+    Parameters
+    ----------
+    slice : optional slice file (parquet, csv or jsonl) with ``exposure_id``, ``label`` (the solicited
+        label, 0/1) and optionally ``true_label`` (a gold label). Its exposures join the rows flagged
+        ``solicited`` in the feedback table; an unflagged one keeps its organic vote in the warehouse.
+    label_model : ``lightgbm`` (m_r(x) = P(r | x, o=1) cross-fitted on the context features) or
+        ``none`` (constant per stratum: the naive-Bayes estimator).
+    strata : optional feedback column; the label effect is estimated per value (each needs
+        ``min_slice`` labelled slice rows with both labels).
+    bootstrap : replicates for the intervals (>= 20).
+    confidence : two-sided level of every interval.
+    clip : floor of the label-aware propensities (default: the context fit's floor, else 0.05).
+    min_slice : fewest labelled slice rows per stratum.
+    refit_context : ``auto`` (refit on organic rows when solicited rows exist), ``always`` or ``never``.
+    n_jobs : LightGBM threads (0 = all cores).
+    seed : seed of the outcome model and the bootstrap.
+    """
+
+    channel: str = "vote"
+    slice: str | None = None
+    label_model: str = "lightgbm"
+    strata: str | None = None
+    bootstrap: int = 200
+    confidence: float = 0.95
+    clip: float | None = None
+    min_slice: int = 50
+    refit_context: str = "auto"
+    n_jobs: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = "label-aware propensity config"
+        checks = [
+            (self.channel == "vote", f"label-aware propensities need the vote channel (got {self.channel!r})",
+             "implicit channels are one-class: there is no label to condition on; use --channel vote"),
+            (self.label_model in LABEL_MODELS, f"unknown label model {self.label_model!r}", f"use one of {', '.join(LABEL_MODELS)}"),
+            (self.bootstrap >= 20, f"bootstrap must be >= 20 replicates, got {self.bootstrap}", "e.g. --bootstrap 200"),
+            (0 < self.confidence < 1, f"confidence must be in (0, 1), got {self.confidence}", "e.g. 0.95"),
+            (self.clip is None or 0 < self.clip < 1, f"clip must be in (0, 1), got {self.clip}", "e.g. --clip 0.05"),
+            (self.min_slice >= 10, f"min_slice must be >= 10, got {self.min_slice}", "e.g. --min-slice 50"),
+            (self.refit_context in ("auto", "always", "never"), f"unknown refit_context {self.refit_context!r}", "use auto, always or never"),
+        ]
+        for ok, what, fix in checks:
+            if not ok:
+                raise ConfigError(what, where=where, fix=fix)
+
+
+# --------------------------------------------------------------------------- the estimator (pure)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelTilt:
+    """Fitted label factors gamma (see the module docstring), one row per stratum.
+
+    Attributes
+    ----------
+    gamma : array of shape (n_strata, n_labels), gamma_{s,r} = exp(-beta_{s,r}), gamma_{s,0} = 1.
+    converged : whether every stratum's moment equations were solved to tolerance.
+    """
+
+    gamma: np.ndarray
+    converged: bool
+
+    @property
+    def relative_propensity(self) -> np.ndarray:
+        """P(o=1 | x, r) / P(o=1 | x, r=labels[0]) = gamma_0 / gamma_r, array (n_strata, n_labels)."""
+        return self.gamma[:, :1] / self.gamma
+
+
+def _solve_stratum(m: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, bool]:
+    """gamma (n_labels,) with mean_i q_r(x_i) = target_r, q = m gamma / (m @ gamma), by IPF."""
+    gamma = np.ones(m.shape[1])
+    for _ in range(_IPF_MAX_ITER):
+        q = m * gamma
+        q /= q.sum(axis=1, keepdims=True)
+        mean_q = q.mean(axis=0)
+        if np.max(np.abs(mean_q - target)) < _IPF_TOL:
+            return gamma / gamma[0], True
+        gamma *= target / mean_q
+        gamma /= gamma[0]
+    return gamma, False
+
+
+def fit_tilt(outcome: np.ndarray, label: np.ndarray, strata: np.ndarray, n_strata: int, *, weights: np.ndarray | None = None) -> LabelTilt:
+    """Solve the slice's moment equations for gamma, per stratum.
+
+    Parameters
+    ----------
+    outcome : array (n_slice, n_labels), m_r(x_i) = P(r | x_i, o=1) at the slice rows (rows sum to 1).
+    label : int array (n_slice,), the slice's label codes in [0, n_labels).
+    strata : int array (n_slice,), stratum codes in [0, n_strata).
+    weights : optional array (n_slice,) of replicate weights (bootstrap counts).
+
+    Raises
+    ------
+    IdentifiabilityError : a stratum without slice rows, or without some label value (its gamma
+        would be 0 or infinite: that label's propensity is not identified).
+    """
+    m = np.clip(np.asarray(outcome, dtype=np.float64), _M_EPS, 1.0)
+    m /= m.sum(axis=1, keepdims=True)
+    n_labels = m.shape[1]
+    w = np.ones(len(label)) if weights is None else np.asarray(weights, dtype=np.float64)
+    gamma = np.ones((n_strata, n_labels))
+    converged = True
+    for s in range(n_strata):
+        rows = (strata == s) & (w > 0)
+        counts = np.bincount(label[rows], weights=w[rows], minlength=n_labels)
+        if counts.sum() == 0 or (counts == 0).any():
+            raise IdentifiabilityError(
+                f"stratum {s}: the slice has {counts.astype(int).tolist()} rows per label value; every label needs slice rows",
+                where="randomized slice", fix="collect a larger slice, or use fewer strata",
+            )
+        target = counts / counts.sum()
+        # Replicate weights enter as repeated rows: the weighted mean of q.
+        reps = np.repeat(np.flatnonzero(rows), w[rows].astype(np.int64)) if weights is not None else np.flatnonzero(rows)
+        gamma[s], ok = _solve_stratum(m[reps], target)
+        converged &= ok
+    return LabelTilt(gamma=gamma, converged=bool(converged))
+
+
+def tilted_propensity(context: np.ndarray, outcome: np.ndarray, tilt: LabelTilt, strata: np.ndarray) -> np.ndarray:
+    """p(x, r) = p(x) * sum_u m_u(x) gamma_u / gamma_r for every row and label value (unclipped).
+
+    Parameters
+    ----------
+    context : array (n,), p(x) = P(o=1 | x) on organic exposures.
+    outcome : array (n, n_labels), m_r(x).
+    strata : int array (n,).
+
+    Returns
+    -------
+    array (n, n_labels).
+    """
+    m = np.clip(np.asarray(outcome, dtype=np.float64), _M_EPS, 1.0)
+    m /= m.sum(axis=1, keepdims=True)
+    gamma = tilt.gamma[strata]
+    z = (m * gamma).sum(axis=1, keepdims=True)
+    return np.asarray(context, dtype=np.float64)[:, None] * z / gamma
+
+
+def snips(label_value: np.ndarray, observed: np.ndarray, propensity: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Self-normalised IPS mean: sum o w r / p / sum o w / p (w: optional replicate weights)."""
+    o = np.asarray(observed, dtype=bool)
+    inv = np.where(o, 1.0 / np.where(o, propensity, 1.0), 0.0)
+    if weights is not None:
+        inv = inv * weights
+    total = inv.sum()
+    return float((inv * np.where(o, label_value, 0.0)).sum() / total) if total > 0 else math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelAwareEstimate:
+    """Everything :func:`estimate_label_aware` computes (arrays over all n exposures).
+
+    Attributes
+    ----------
+    propensity_by_label : array (n, n_labels), clipped p(x, r).
+    propensity_by_label_raw : array (n, n_labels), unclipped.
+    interval_by_label : array (n, n_labels, 2) bootstrap interval of p(x, r) on organic observed rows
+        (NaN elsewhere).
+    tilt : the point estimate; ``tilt_replicates``: gamma per bootstrap replicate (B, n_strata, n_labels).
+    estimates : mean label by naive / context / label-aware SNIPS / slice, each {estimate, ci}.
+    clipped : counts of organic observed rows whose own-label propensity hit the floor or 1.
+    """
+
+    propensity_by_label: np.ndarray
+    propensity_by_label_raw: np.ndarray
+    interval_by_label: np.ndarray
+    tilt: LabelTilt
+    tilt_replicates: np.ndarray
+    estimates: dict[str, Any]
+    clipped: dict[str, Any]
+
+
+def _percentile(values: np.ndarray, confidence: float, axis: int = 0) -> np.ndarray:
+    alpha = (1 - confidence) / 2
+    return np.nanquantile(values, [alpha, 1 - alpha], axis=axis)
+
+
+def estimate_label_aware(
+    *,
+    context: np.ndarray,
+    outcome: np.ndarray,
+    organic: np.ndarray,
+    observed: np.ndarray,
+    label: np.ndarray,
+    slice_rows: np.ndarray,
+    slice_label: np.ndarray,
+    strata: np.ndarray,
+    n_strata: int,
+    label_values: np.ndarray | None = None,
+    floor: float = 0.05,
+    bootstrap: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> LabelAwareEstimate:
+    """The label-aware estimator on arrays (no file I/O): fit, clip, bootstrap, mean-label estimates.
+
+    Parameters
+    ----------
+    context : array (n,), organic context propensity p(x) (NaN allowed off the organic rows).
+    outcome : array (n, n_labels), m_r(x) = P(r | x, o=1), out-of-fold.
+    organic : bool array (n,), exposures whose feedback was not solicited.
+    observed : bool array (n,), organic feedback present (meaningful on organic rows).
+    label : int array (n,), label codes of observed rows (anything elsewhere).
+    slice_rows : int array (n_slice,), row indices of labelled slice exposures.
+    slice_label : int array (n_slice,), their solicited label codes.
+    strata : int array (n,), stratum codes in [0, n_strata).
+    label_values : array (n_labels,), the value of each code (the mean label uses them; default 0..L-1).
+    floor : clipping floor of p(x, r) (ceiling 1).
+
+    Returns
+    -------
+    :class:`LabelAwareEstimate`.
+    """
+    n, n_labels = outcome.shape
+    values = np.arange(n_labels, dtype=np.float64) if label_values is None else np.asarray(label_values, dtype=np.float64)
+    organic = np.asarray(organic, dtype=bool)
+    obs = organic & np.asarray(observed, dtype=bool)
+    code = np.where(obs, label, 0).astype(np.int64)
+    strata = np.asarray(strata, dtype=np.int64)
+    slice_rows = np.asarray(slice_rows, dtype=np.int64)
+    slice_label = np.asarray(slice_label, dtype=np.int64)
+    context = np.where(organic, context, np.nan)
+
+    tilt = fit_tilt(outcome[slice_rows], slice_label, strata[slice_rows], n_strata)
+    raw = tilted_propensity(np.nan_to_num(context, nan=1.0), outcome, tilt, strata)  # NaN context: non-organic rows
+    clipped = np.clip(raw, floor, 1.0)
+    own_raw = raw[np.arange(n), code]
+    value = values[code]
+    context_raw = np.nan_to_num(context, nan=1.0)
+    p_context = np.clip(context_raw, floor, 1.0)
+
+    rng = np.random.default_rng([seed, 11])
+    obs_rows = np.flatnonzero(obs)
+    slice_strata = strata[slice_rows]
+    replicates = np.empty((bootstrap, n_strata, n_labels))
+    est_b = {"naive": np.empty(bootstrap), "context_snips": np.empty(bootstrap), "label_aware_snips": np.empty(bootstrap), "slice": np.empty(bootstrap)}
+    own_b = np.empty((bootstrap, len(obs_rows)), dtype=np.float32)
+    for b in range(bootstrap):
+        counts = np.zeros(len(slice_rows))
+        for s in range(n_strata):
+            members = np.flatnonzero(slice_strata == s)
+            if len(members):
+                counts += np.bincount(rng.choice(members, len(members)), minlength=len(slice_rows))
+        try:
+            tilt_b = fit_tilt(outcome[slice_rows], slice_label, slice_strata, n_strata, weights=counts)
+        except IdentifiabilityError:
+            replicates[b] = np.nan  # a replicate that drew one label value only in some stratum
+            own_b[b] = np.nan
+            for key in est_b:
+                est_b[key][b] = np.nan
+            continue
+        replicates[b] = tilt_b.gamma
+        p_b = np.clip(tilted_propensity(context_raw[obs_rows], outcome[obs_rows], tilt_b, strata[obs_rows])[np.arange(len(obs_rows)), code[obs_rows]], floor, 1.0)
+        own_b[b] = p_b
+        w = rng.poisson(1.0, len(obs_rows)).astype(np.float64)
+        est_b["naive"][b] = float((w * value[obs_rows]).sum() / w.sum()) if w.sum() else math.nan
+        est_b["context_snips"][b] = snips(value[obs_rows], np.ones(len(obs_rows), bool), p_context[obs_rows], w)
+        est_b["label_aware_snips"][b] = snips(value[obs_rows], np.ones(len(obs_rows), bool), p_b, w)
+        est_b["slice"][b] = float((counts * values[slice_label]).sum() / counts.sum())
+    failed = int(np.isnan(replicates[:, 0, 0]).sum())
+
+    interval = np.full((n, n_labels, 2), np.nan)
+    if len(obs_rows):
+        lo, hi = _percentile(own_b.astype(np.float64), confidence)
+        # Only the own-label propensity of an observed row enters a weight; that is the one we bound.
+        interval[obs_rows, code[obs_rows], 0] = lo
+        interval[obs_rows, code[obs_rows], 1] = hi
+
+    point = {
+        "naive": float(value[obs_rows].mean()) if len(obs_rows) else math.nan,
+        "context_snips": snips(value, obs, p_context),
+        "label_aware_snips": snips(value, obs, clipped[np.arange(n), code]),
+        "slice": float(values[slice_label].mean()),
+    }
+    estimates: dict[str, Any] = {}
+    for key, est in point.items():
+        lo, hi = _percentile(est_b[key], confidence)
+        estimates[key] = {"estimate": est, "ci": [float(lo), float(hi)]}
+    estimates["n_organic"] = int(organic.sum())
+    estimates["n_organic_observed"] = int(obs.sum())
+    estimates["n_slice"] = int(len(slice_rows))
+    estimates["bootstrap"] = {"replicates": bootstrap, "failed": failed}
+    at_floor = int((own_raw[obs_rows] <= floor).sum())
+    at_one = int((own_raw[obs_rows] > 1.0).sum())
+    clip_report = {
+        "floor": floor, "ceiling": 1.0, "n_observed": int(len(obs_rows)),
+        "n_clipped_low": at_floor, "n_clipped_high": at_one,
+        "share_clipped": (at_floor + at_one) / len(obs_rows) if len(obs_rows) else 0.0,
+    }
+    return LabelAwareEstimate(
+        propensity_by_label=clipped, propensity_by_label_raw=raw, interval_by_label=interval, tilt=tilt,
+        tilt_replicates=replicates, estimates=estimates, clipped=clip_report,
+    )
+
+
+# --------------------------------------------------------------------------- outcome model m(x)
+
+
+def outcome_probabilities(
+    X: Any, observed_label: np.ndarray, train_rows: np.ndarray, folds: np.ndarray, *, model: str, strata: np.ndarray,
+    n_strata: int, seed: int = 0, n_jobs: int = 0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cross-fitted m_1(x) = P(r = 1 | x, o = 1) for every row (binary vote), as an (n, 2) array.
+
+    Fold k's rows are scored by a model trained on the organic votes of the other folds
+    (``train_rows``: indices of organic observed rows). ``model="none"``: the organic up-vote share
+    of the row's stratum (from all organic votes; it is a stratum constant, not a fitted score).
+    """
+    n = len(folds)
+    label = np.asarray(observed_label, dtype=np.int64)
+    m1 = np.empty(n)
+    info: dict[str, Any] = {"model": model}
+    if model == "none":
+        for s in range(n_strata):
+            rows = train_rows[strata[train_rows] == s]
+            m1[strata == s] = label[rows].mean() if len(rows) else label[train_rows].mean()
+        return np.column_stack([1 - m1, m1]), info
+    from sklearn.metrics import roc_auc_score
+
+    from propensity.crossfit import _take
+    from propensity.estimators import LightGBMPropensity
+
+    train_folds = folds[train_rows]
+    for k in np.unique(folds):
+        fit_rows = train_rows[train_folds != k]
+        y = label[fit_rows]
+        score_rows = np.flatnonzero(folds == k)
+        if y.min() == y.max():
+            m1[score_rows] = y.mean()
+            continue
+        estimator = LightGBMPropensity(n_estimators=100, num_leaves=7, min_child_samples=50, learning_rate=0.05,
+                                       random_state=seed, n_jobs=n_jobs)
+        estimator.fit(_take(X, fit_rows), y)
+        m1[score_rows] = estimator.predict_proba(_take(X, score_rows))[:, 1]
+    y_obs = label[train_rows]
+    info["auc_organic_votes"] = float(roc_auc_score(y_obs, m1[train_rows])) if 0 < y_obs.sum() < len(y_obs) else None
+    info["mean"] = float(m1[train_rows].mean())
+    return np.column_stack([1 - m1, m1]), info
+
+
+# --------------------------------------------------------------------------- slice I/O
+
+
+def slice_path(warehouse: str | Path) -> Path:
+    return propensity_dir(warehouse) / "slice.parquet"
+
+
+def label_aware_scores_path(warehouse: str | Path) -> Path:
+    return propensity_dir(warehouse) / "scores_label_aware.parquet"
+
+
+def label_aware_report_path(warehouse: str | Path) -> Path:
+    return propensity_dir(warehouse) / "label_aware.json"
+
+
+def read_slice_file(path: str | Path) -> pl.DataFrame:
+    """A slice file (parquet, csv or jsonl) as (exposure_id str, label int8, true_label int8 nullable).
+
+    Raises
+    ------
+    InputFileError : missing or unreadable file, missing columns, labels other than 0/1, an exposure twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError("slice file not found", where=str(path), fix="pass a parquet, csv or jsonl file with exposure_id, label")
+    readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+    if path.suffix not in readers:
+        raise InputFileError(f"unknown slice file format {path.suffix!r}", where=str(path), fix="use .parquet, .csv or .jsonl")
+    try:
+        frame = readers[path.suffix](path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InputFileError(f"cannot read slice file: {str(exc).splitlines()[0]}", where=str(path), fix="check the file's format") from exc
+    missing = [c for c in ("exposure_id", "label") if c not in frame.columns]
+    if missing:
+        raise InputFileError(
+            f"slice file lacks column(s) {missing} (has {frame.columns})", where=str(path),
+            fix="the slice needs exposure_id and label (the solicited label, 1 = good); true_label (gold) is optional",
+        )
+    columns = [pl.col("exposure_id").cast(pl.Utf8), pl.col("label")]
+    columns.append(pl.col("true_label") if "true_label" in frame.columns else pl.lit(None).alias("true_label"))
+    frame = frame.select(columns)
+    for name in ("label", "true_label"):
+        values = frame[name].cast(pl.Float64, strict=False)
+        bad = frame.filter((~values.is_in([0.0, 1.0]) & frame[name].is_not_null()) | (values.is_null() & frame[name].is_not_null()))
+        if name == "label":
+            bad = pl.concat([bad, frame.filter(pl.col("label").is_null())])
+        if bad.height:
+            raise InputFileError(
+                f"{bad.height} slice rows have a {name} other than 0/1, e.g. {bad.head(3).to_dicts()}", where=str(path),
+                fix=f"{name} must be 0 or 1" + (" (or empty)" if name == "true_label" else ""),
+            )
+    frame = frame.with_columns(pl.col("label").cast(pl.Float64).cast(pl.Int8), pl.col("true_label").cast(pl.Float64).cast(pl.Int8))
+    dup = frame.group_by("exposure_id").len().filter(pl.col("len") > 1)
+    if dup.height:
+        raise InputFileError(f"{dup.height} exposure(s) appear more than once, e.g. {dup['exposure_id'].head(3).to_list()}",
+                             where=str(path), fix="keep one solicited label per exposure")
+    if frame.filter(pl.col("exposure_id").is_null()).height:
+        raise InputFileError("slice rows with a null exposure_id", where=str(path), fix="every row needs its exposure_id")
+    return frame
+
+
+def build_slice(feedback: pl.DataFrame, slice_file: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The slice: flagged rows of the feedback table (their vote is the solicited label) plus a file's rows.
+
+    Returns
+    -------
+    (slice, counts): slice with exposure_id, label (null for an unanswered solicitation), true_label,
+    source (``flag`` / ``file``); counts of flagged, answered, file rows, file rows not in the warehouse.
+    """
+    flagged = feedback.filter(pl.col("solicited")).select(
+        "exposure_id", pl.col("label").cast(pl.Int8), pl.lit(None, dtype=pl.Int8).alias("true_label"), pl.lit("flag").alias("source")
+    )
+    counts: dict[str, Any] = {"flagged": flagged.height, "flagged_answered": int(flagged["label"].is_not_null().sum())}
+    if slice_file is None or slice_file.is_empty():
+        counts.update({"file_rows": 0, "file_not_in_warehouse": 0, "file_disagreeing_with_vote": 0})
+        return flagged, counts
+    known = slice_file.join(feedback.select("exposure_id", "solicited", pl.col("label").alias("_vote")), on="exposure_id", how="inner")
+    counts["file_rows"] = slice_file.height
+    counts["file_not_in_warehouse"] = slice_file.height - known.height
+    # A flagged exposure's vote is its solicited label; the file may add its gold label.
+    counts["file_disagreeing_with_vote"] = int(known.filter(pl.col("solicited") & (pl.col("label") != pl.col("_vote"))).height)
+    from_file = known.select("exposure_id", pl.col("label").cast(pl.Int8), pl.col("true_label").cast(pl.Int8), pl.lit("file").alias("source"))
+    flagged = flagged.join(from_file.select("exposure_id", pl.col("true_label").alias("_gold")), on="exposure_id", how="left").with_columns(
+        true_label=pl.col("_gold")).drop("_gold")
+    merged = pl.concat([flagged, from_file.join(flagged.select("exposure_id"), on="exposure_id", how="anti")])
+    return merged.sort("exposure_id"), counts
+
+
+def read_slice(warehouse: str | Path) -> pl.DataFrame:
+    """The warehouse's slice: the registered ``WH/propensity/slice.parquet`` when
+    ``fit-label-aware`` wrote one, else the feedback table's ``solicited`` rows.
+
+    Returns
+    -------
+    frame (exposure_id, label (int8, null when unanswered), true_label (int8, nullable), source).
+
+    Raises
+    ------
+    WarehouseError : the warehouse has no slice at all.
+    """
+    path = slice_path(warehouse)
+    if path.is_file():
+        return pl.read_parquet(path)
+    from feedback_etl.io import read_feedback
+
+    frame, _ = build_slice(read_feedback(warehouse))
+    if frame.is_empty():
+        raise WarehouseError(
+            "warehouse has no randomized slice (no solicited exposure, no registered slice file)", where=str(warehouse),
+            fix="log `solicited: true` on impressions where feedback was asked for at random, or register a slice file with "
+                "`causalrm propensity fit-label-aware WH --slice FILE`",
+        )
+    return frame
+
+
+def read_slice_audit(warehouse: str | Path) -> pl.DataFrame:
+    """The slice's gold labels as a noise audit set (exposure_id, true_label): ``--audit slice``.
+
+    Raises
+    ------
+    WarehouseError : no slice, or a slice without gold labels.
+    """
+    frame = read_slice(warehouse)
+    gold = frame.filter(pl.col("true_label").is_not_null()).select("exposure_id", "true_label")
+    if gold.is_empty():
+        raise WarehouseError(
+            f"the warehouse's slice ({frame.height:,} exposures) has no gold labels (true_label)", where=str(slice_path(warehouse)),
+            fix="register a slice file with a true_label column: `causalrm propensity fit-label-aware WH --slice FILE`",
+        )
+    return gold
+
+
+def read_label_aware_scores(warehouse: str | Path, channel: str = "vote") -> pl.DataFrame:
+    """``WH/propensity/scores_label_aware.parquet`` (see the module docstring), sorted by exposure_id.
+
+    Raises
+    ------
+    WarehouseError : not fitted yet, or fitted for another channel.
+    """
+    path = label_aware_scores_path(warehouse)
+    if not path.is_file():
+        raise WarehouseError("warehouse has no label-aware propensities", where=str(path),
+                             fix=f"run `causalrm propensity fit-label-aware {warehouse}` first")
+    scores = pl.read_parquet(path).filter(pl.col("channel") == channel)
+    if scores.is_empty():
+        raise WarehouseError(f"no label-aware propensities for channel {channel!r}", where=str(path),
+                             fix=f"run `causalrm propensity fit-label-aware {warehouse}`")
+    return scores.sort("exposure_id")
+
+
+def read_label_aware_report(warehouse: str | Path) -> dict[str, Any] | None:
+    """``WH/propensity/label_aware.json`` as a dict, or None when not fitted."""
+    path = label_aware_report_path(warehouse)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def propensity_for_labels(scores: pl.DataFrame, feedback: pl.DataFrame) -> pl.DataFrame:
+    """(exposure_id, propensity) for the weights, recomputed from the per-label columns against the
+    feedback table's current votes (so a vote changed by a later ingest cannot get the other label's p).
+
+    Raises
+    ------
+    WarehouseError : exposures without a label-aware propensity (ingest after the fit).
+    """
+    joined = feedback.select("exposure_id", "observed", "label", "solicited").join(scores, on="exposure_id", how="left", suffix="_s")
+    missing = int(joined["propensity"].null_count())
+    if missing:
+        raise WarehouseError(
+            f"{missing:,} of {joined.height:,} exposures have no label-aware propensity", where="propensity/scores_label_aware.parquet",
+            fix="rerun `causalrm propensity fit-label-aware WH` after the latest ingest",
+        )
+    p = (
+        pl.when(pl.col("solicited")).then(pl.col("propensity"))
+        .when(pl.col("observed") & (pl.col("label") == 1)).then(pl.col("propensity_label1"))
+        .when(pl.col("observed") & (pl.col("label") == 0)).then(pl.col("propensity_label0"))
+        .otherwise(pl.col("propensity_context"))
+    )
+    return joined.select("exposure_id", p.alias("propensity"))
+
+
+# --------------------------------------------------------------------------- warehouse orchestration
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelAwareResult:
+    """What :func:`fit_label_aware` wrote: the scores frame, the report dict and the paths."""
+
+    scores: pl.DataFrame
+    report: dict[str, Any]
+    scores_path: Path
+    report_path: Path
+    slice_path: Path
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _context_config(metrics: dict[str, Any] | None):
+    from propensity.fit import PropensityConfig
+
+    config = dict((metrics or {}).get("config") or {})
+    config.pop("target", None)
+    known = set(PropensityConfig.__dataclass_fields__)
+    return PropensityConfig(**{k: v for k, v in config.items() if k in known})
+
+
+def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict[str, Any] | None, organic: np.ndarray,
+                     cfg: LabelAwareConfig, warehouse: Path, X: Any, X_design: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Calibrated (unclipped) P(o=1 | x) of organic feedback, for every organic row."""
+    from propensity.calibration import cross_calibrate
+    from propensity.crossfit import cross_fit
+
+    has_solicited = not organic.all()
+    excluded = bool((metrics or {}).get("solicited_excluded"))
+    refit = cfg.refit_context == "always" or (cfg.refit_context == "auto" and has_solicited and not excluded)
+    if not refit:
+        # Calibrated, clipped scores of the fit; the label factor is applied on top and clipped again.
+        return scores["propensity"].to_numpy().astype(np.float64), {"source": "propensity/scores.parquet", "refit": False}
+    context_cfg = _context_config(metrics)
+    rows = np.flatnonzero(organic)
+    observed = feedback["observed"].to_numpy().astype(bool)
+    folds = scores["fold"].to_numpy()
+    model_input = X if context_cfg.model == "lightgbm" else X_design
+    from propensity.crossfit import _take
+
+    fitted = cross_fit(context_cfg.estimator(), _take(model_input, rows), observed[rows], folds[rows])
+    calibrated, _ = cross_calibrate(fitted.oof, observed[rows], folds[rows], context_cfg.calibration)
+    context = np.full(len(organic), np.nan)
+    context[rows] = calibrated
+    log.info("label-aware: refitted the context model (%s) on %d organic exposures", context_cfg.model, len(rows))
+    return context, {
+        "source": "refit on organic exposures (solicited votes are not organic feedback)", "refit": True,
+        "model": context_cfg.model, "calibration": context_cfg.calibration, "n_organic": int(len(rows)),
+    }
+
+
+def _strata_codes(feedback: pl.DataFrame, column: str | None) -> tuple[np.ndarray, list[str]]:
+    if column is None:
+        return np.zeros(feedback.height, dtype=np.int64), ["all"]
+    if column not in feedback.columns:
+        raise ConfigError(f"unknown strata column {column!r}", where="--strata", fix=f"use a feedback column, e.g. platform or model_id")
+    values = feedback[column].cast(pl.Utf8).fill_null("<null>").to_numpy()
+    levels, codes = np.unique(values, return_inverse=True)
+    return codes.astype(np.int64), [str(v) for v in levels]
+
+
+def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) -> LabelAwareResult:
+    """Fit label-aware propensities for a warehouse and write them (see the module docstring).
+
+    Reads ``WH/feedback``, ``WH/propensity/scores.parquet`` + ``metrics.json`` (the context fit:
+    its folds, and its config when the context model is refitted on organic rows),
+    ``WH/embeddings`` (when the context fit used them) and ``cfg.slice``.
+
+    Raises
+    ------
+    WarehouseError : no feedback table, no context propensities, no slice.
+    IdentifiabilityError : too few slice rows per stratum, or a stratum's slice lacks a label value.
+    EstimationError : no organic votes of both labels.
+    """
+    from feedback_etl.io import read_embeddings, read_feedback
+    from propensity.features import build_features, design_matrix
+
+    cfg = cfg or LabelAwareConfig()
+    warehouse = Path(warehouse)
+    started = time.perf_counter()
+    feedback = read_feedback(warehouse)
+    if feedback.is_empty():
+        raise WarehouseError("feedback table is empty", where=str(warehouse / "feedback"), fix="ingest logs first")
+    scores = read_scores(warehouse, cfg.channel)
+    joined = feedback.select("exposure_id").join(scores, on="exposure_id", how="left", maintain_order="left")
+    if joined["propensity"].null_count():
+        raise WarehouseError(
+            f"{joined['propensity'].null_count():,} exposures have no context propensity", where="propensity/scores.parquet",
+            fix=f"rerun `causalrm propensity fit {warehouse}` after the latest ingest",
+        )
+    try:
+        metrics = read_metrics(warehouse, cfg.channel)
+    except WarehouseError:
+        metrics = None
+    slice_file = read_slice_file(cfg.slice) if cfg.slice else None
+    slice_frame, slice_counts = build_slice(feedback, slice_file)
+    warnings: list[str] = []
+    if slice_counts.get("file_not_in_warehouse"):
+        warnings.append(f"{slice_counts['file_not_in_warehouse']:,} slice-file rows name exposures absent from the warehouse; ignored")
+    if slice_counts.get("file_disagreeing_with_vote"):
+        warnings.append(f"{slice_counts['file_disagreeing_with_vote']:,} slice-file labels disagree with the solicited vote logged "
+                        "for the same exposure; the file's label is used")
+    labelled = slice_frame.filter(pl.col("label").is_not_null())
+    if labelled.is_empty():
+        raise WarehouseError(
+            "no randomized slice: no answered solicited exposure in the feedback table and no slice file", where=str(warehouse),
+            fix="log `solicited: true` on impressions where feedback was asked for at random, or pass --slice FILE (exposure_id, label)",
+        )
+    unanswered = slice_counts["flagged"] - slice_counts["flagged_answered"]
+    response_rate = slice_counts["flagged_answered"] / slice_counts["flagged"] if slice_counts["flagged"] else 1.0
+    if unanswered:
+        warnings.append(f"{unanswered:,} of {slice_counts['flagged']:,} solicited exposures went unanswered (response rate "
+                        f"{response_rate:.1%}); assumed missing completely at random")
+
+    organic = ~feedback["solicited"].to_numpy().astype(bool)
+    observed = feedback["observed"].to_numpy().astype(bool) & organic
+    label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
+    if observed.sum() == 0 or label[observed].min() == label[observed].max():
+        raise EstimationError(
+            f"organic votes hold one class only ({int(observed.sum()):,} votes)", where=str(warehouse / "feedback"),
+            fix="the label term needs organic up- and down-votes",
+        )
+    strata, levels = _strata_codes(feedback, cfg.strata)
+    index = {eid: i for i, eid in enumerate(feedback["exposure_id"].to_list())}
+    slice_rows = np.array([index[e] for e in labelled["exposure_id"].to_list()], dtype=np.int64)
+    slice_label = labelled["label"].to_numpy().astype(np.int64)
+    per_stratum = np.bincount(strata[slice_rows], minlength=len(levels))
+    short = [f"{levels[s]} ({per_stratum[s]})" for s in range(len(levels)) if per_stratum[s] < cfg.min_slice]
+    if short:
+        raise IdentifiabilityError(
+            f"too few labelled slice rows per stratum (need {cfg.min_slice}): {', '.join(short)}", where="randomized slice",
+            fix="collect a larger slice, use fewer or no --strata, or lower --min-slice",
+        )
+
+    context_cfg = _context_config(metrics)
+    embeddings = read_embeddings(warehouse) if context_cfg.use_embeddings else None
+    X, _, categorical = build_features(feedback, embeddings)
+    X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
+    folds = joined["fold"].to_numpy()
+    context, context_info = _organic_context(feedback, joined, metrics, organic, cfg, warehouse, X, X_design)
+    floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
+    outcome, outcome_info = outcome_probabilities(
+        X, label, np.flatnonzero(observed), folds, model=cfg.label_model, strata=strata, n_strata=len(levels),
+        seed=cfg.seed, n_jobs=cfg.n_jobs,
+    )
+    result = estimate_label_aware(
+        context=context, outcome=outcome, organic=organic, observed=observed, label=label, slice_rows=slice_rows,
+        slice_label=slice_label, strata=strata, n_strata=len(levels), floor=floor, bootstrap=cfg.bootstrap,
+        confidence=cfg.confidence, seed=cfg.seed,
+    )
+    if not result.tilt.converged:
+        warnings.append("the slice's moment equations did not converge to tolerance; the label factors are approximate")
+    failed = result.estimates["bootstrap"]["failed"]
+    if failed:
+        warnings.append(f"{failed} of {cfg.bootstrap} bootstrap replicates drew a one-label slice stratum and were dropped")
+    if result.clipped["share_clipped"] > 0.05:
+        warnings.append(f"{result.clipped['share_clipped']:.1%} of organic votes have a label-aware propensity clipped to "
+                        f"[{floor:g}, 1]: the label effect is strong or the floor high")
+
+    n = feedback.height
+    rows = np.arange(n)
+    own = np.where(observed, label, 0)
+    p_context = np.clip(np.nan_to_num(context, nan=1.0), floor, 1.0)
+    p_own = result.propensity_by_label[rows, own]
+    propensity = np.where(~organic, response_rate, np.where(observed, p_own, p_context))
+    raw = np.where(~organic, response_rate, np.where(observed, result.propensity_by_label_raw[rows, own], np.nan_to_num(context, nan=1.0)))
+    lo = np.where(observed, result.interval_by_label[rows, own, 0], np.nan)
+    hi = np.where(observed, result.interval_by_label[rows, own, 1], np.nan)
+    out = pl.DataFrame({
+        "exposure_id": feedback["exposure_id"],
+        "channel": pl.Series([cfg.channel] * n, dtype=pl.Utf8),
+        "propensity": propensity,
+        "propensity_raw": raw,
+        "fold": folds.astype(np.int32),
+        "propensity_context": np.where(organic, p_context, response_rate),
+        "propensity_label0": np.where(organic, result.propensity_by_label[:, 0], response_rate),
+        "propensity_label1": np.where(organic, result.propensity_by_label[:, 1], response_rate),
+        "propensity_lo": pl.Series(lo).fill_nan(None),
+        "propensity_hi": pl.Series(hi).fill_nan(None),
+        "solicited": ~organic,
+    }).sort("exposure_id")
+
+    factor = result.tilt.relative_propensity[:, 1]
+    rep = result.tilt_replicates
+    factor_b = rep[:, :, 0] / rep[:, :, 1]
+    factor_ci = _percentile(factor_b, cfg.confidence)
+    label_factors = [
+        {"stratum": levels[s], "n_slice": int(per_stratum[s]), "slice_up_share": float(slice_label[strata[slice_rows] == s].mean()),
+         "relative_propensity_up_vs_down": float(factor[s]), "ci": [float(factor_ci[0, s]), float(factor_ci[1, s])],
+         "gamma": result.tilt.gamma[s].tolist()}
+        for s in range(len(levels))
+    ]
+    noise_from_slice = _slice_noise(slice_frame, feedback, cfg.confidence)
+    w_obs = 1.0 / p_own[observed]
+    from propensity.diagnostics import kish_ess
+
+    ess = kish_ess(w_obs)
+    report = {
+        "schema": "causalrm.label_aware/1",
+        "channel": cfg.channel,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "estimator": "exponential tilt: p(x, r) = p(x) * sum_u m_u(x) gamma_u / gamma_r, gamma from the slice's moment equations"
+        + (" (label model none: naive Bayes p(x) P(r | o=1, s) / P(r | s))" if cfg.label_model == "none" else ""),
+        "assumptions": list(ASSUMPTIONS),
+        "strata": cfg.strata,
+        "label_factors": label_factors,
+        "slice": {**slice_counts, "labelled": labelled.height, "response_rate": response_rate,
+                  "with_gold_label": int(slice_frame["true_label"].is_not_null().sum())},
+        "context": context_info,
+        "outcome_model": outcome_info,
+        "estimates": result.estimates,
+        "weights": {"n_observed": int(observed.sum()), "ess": ess, "ess_over_n": ess / max(1, int(observed.sum())),
+                    "max": float(w_obs.max()), "mean": float(w_obs.mean())},
+        "clipping": result.clipped,
+        "noise_from_slice": noise_from_slice,
+        "warnings": warnings,
+        "config": asdict(cfg),
+        "duration_s": round(time.perf_counter() - started, 3),
+    }
+    from propensity.export import json_safe
+
+    report = json_safe(report)
+    for message in warnings:
+        log.warning("label-aware %s: %s", cfg.channel, message)
+    spath, rpath, lpath = label_aware_scores_path(warehouse), label_aware_report_path(warehouse), slice_path(warehouse)
+    _write_atomic(spath, out.write_parquet)
+    _write_atomic(lpath, slice_frame.write_parquet)
+    _write_atomic(rpath, lambda p: p.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8"))
+    e = result.estimates
+    log.info("label-aware: factor up/down %s; mean label naive %.3f, context SNIPS %.3f, label-aware SNIPS %.3f, slice %.3f",
+             ", ".join(f"{f['stratum']} {f['relative_propensity_up_vs_down']:.2f}" for f in label_factors),
+             e["naive"]["estimate"], e["context_snips"]["estimate"], e["label_aware_snips"]["estimate"], e["slice"]["estimate"])
+    return LabelAwareResult(scores=out, report=report, scores_path=spath, report_path=rpath, slice_path=lpath)
+
+
+def _slice_noise(slice_frame: pl.DataFrame, feedback: pl.DataFrame, confidence: float) -> dict[str, Any] | None:
+    """Flip rates implied by the slice's gold labels against the users' votes (None without gold labels)."""
+    from propensity.noise import audit_rates
+
+    gold = slice_frame.filter(pl.col("true_label").is_not_null()).select("exposure_id", "true_label")
+    if gold.is_empty():
+        return None
+    pairs = gold.join(feedback.filter(pl.col("observed")).select("exposure_id", "label"), on="exposure_id", how="inner")
+    if pairs.is_empty():
+        return {"error": "no slice exposure with a gold label also has a vote"}
+    try:
+        rates = audit_rates(pairs["true_label"].to_numpy(), pairs["label"].to_numpy(), confidence=confidence, where="randomized slice")
+    except IdentifiabilityError as exc:
+        return {"error": exc.one_line(), "n": pairs.height}
+    return {**rates, "n": pairs.height}
