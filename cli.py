@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from schemas.errors import CausalRMError
 
@@ -29,7 +30,7 @@ out = Console()
 
 
 def _fail(exc: CausalRMError) -> None:
-    err.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -82,17 +83,28 @@ def ingest(
     force: Annotated[bool, typer.Option("--force", help="Re-read files already ingested (same sha256); by default they are skipped.")] = False,
     memory_limit: Annotated[str, typer.Option(help="DuckDB memory limit; beyond it DuckDB spills to a temp folder in the warehouse.")] = "2GB",
     threads: Annotated[Optional[int], typer.Option(help="DuckDB threads (default: all cores).")] = None,
+    pseudonymize_key_env: Annotated[Optional[str], typer.Option(help="NAME of an environment variable holding a secret: user_id and session_id become HMAC-SHA256(secret, id) before anything is written.")] = None,
+    text: Annotated[str, typer.Option(help="Text retention for prompt_text/response_text: keep, hash (keyed digest; dedup and joins still work) or drop.")] = "keep",
+    redact: Annotated[bool, typer.Option("--redact", help="Best-effort scrub of e-mails, phone numbers, card numbers and access tokens in kept texts (counts in the manifest).")] = False,
 ) -> None:
     """Ingest raw interaction logs into a warehouse: staged events, rejects and the feedback table."""
     from feedback_etl.ingest import IngestConfig, ingest as run_ingest
+    from feedback_etl.privacy import PrivacyConfig, ingest_hook
 
     try:
+        privacy = PrivacyConfig.from_env(pseudonymize_key_env, text=text, redact=redact)
         cfg = IngestConfig(
             inputs=tuple(str(p) for p in inputs), warehouse=str(warehouse), source=source,
             mapping=str(mapping) if mapping else None, window=window, rating_threshold=rating_threshold,
             force=force, memory_limit=memory_limit, threads=threads,
         )
-        run = run_ingest(cfg, progress=sys.stderr.isatty())
+        if not privacy.pseudonymized:
+            err.print(
+                "[bold yellow]notice:[/] user_id and session_id are stored as given (no --pseudonymize-key-env); "
+                "the warehouse holds personal identifiers",
+                highlight=False, soft_wrap=True,
+            )
+        run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=ingest_hook(privacy))
     except CausalRMError as exc:
         _fail(exc)
     skipped = sum(1 for f in run["files"] if f["status"] == "skipped")
@@ -208,9 +220,10 @@ def propensity_fit_label_aware(
     def fmt(key: str) -> str:
         return f"{e[key]['estimate']:.3f} [{e[key]['ci'][0]:.3f}, {e[key]['ci'][1]:.3f}]"
 
-    factors = ", ".join(f"{f['stratum']} {f['relative_propensity_up_vs_down']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]" for f in r["label_factors"])
-    out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; up-votes are given {factors} times as often as down-votes "
-              "in the same context", highlight=False, soft_wrap=True)
+    factors = ", ".join((f"{f['stratum']} " if r["strata"] else "") + f"{f['relative_propensity_up_vs_down']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
+                        for f in r["label_factors"])
+    out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; label factor P(vote | x, up) / P(vote | x, down) = {factors}",
+              highlight=False, soft_wrap=True)
     out.print(f"mean label: naive {fmt('naive')}, context SNIPS {fmt('context_snips')}, label-aware SNIPS {fmt('label_aware_snips')}, "
               f"slice {fmt('slice')}", highlight=False, soft_wrap=True)
     noise = r.get("noise_from_slice")
@@ -462,26 +475,51 @@ def predict_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     preds: Annotated[Path, typer.Argument(help="Predictions from `causalrm predict`.")],
-    truth: Annotated[Path, typer.Option(help="Truth table with exposure_id, y_true, r_star (the simulator's truth.parquet).")],
+    truth: Annotated[Optional[Path], typer.Option(help="Truth table with exposure_id, y_true, r_star (the simulator's truth.parquet); or use --slice.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Score only this split (train, val or test).")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="JSON to write the metrics to (default: PREDS with .metrics.json).")] = None,
+    slice_wh: Annotated[Optional[Path], typer.Option("--slice", help="Warehouse whose randomized slice scores the predictions: solicited labels, not selection-biased (issue 11).")] = None,
 ) -> None:
-    """MSE, MAE, R2 of the predicted probability against y_true and r_star; AUC against y_true."""
+    """MSE, MAE, R2 of the predicted probability against y_true and r_star; AUC against y_true.
+    With --slice: metrics against the randomized slice's solicited labels (real logs have no truth table)."""
     from rm_train.evaluate import evaluate, write_metrics
+    from schemas.errors import ConfigError
 
     try:
-        metrics = evaluate(preds, truth, split=split)
+        if truth is None and slice_wh is None:
+            raise ConfigError("nothing to evaluate against", where="causalrm evaluate",
+                              fix="pass --truth TRUTH.parquet (simulated logs) and/or --slice WH (a warehouse with a randomized slice)")
+        metrics = evaluate(preds, truth, split=split) if truth is not None else {}
+        if slice_wh is not None:
+            from rm_train.slice_eval import evaluate_slice
+
+            metrics["slice"] = evaluate_slice(preds, slice_wh, split=split)
     except CausalRMError as exc:
         _fail(exc)
     target = out_path or preds.with_suffix(".metrics.json")
     write_metrics(metrics, target)
-    out.print(
-        f"{preds.name} ({metrics['n']:,} exposures{', split ' + split if split else ''}): "
-        f"vs y_true R2 {metrics['r2_y_true']:.4f} MSE {metrics['mse_y_true']:.4f} MAE {metrics['mae_y_true']:.4f} "
-        f"AUC {metrics['auc_y_true']:.4f} | vs r* R2 {metrics['r2_r_star']:.4f} MSE {metrics['mse_r_star']:.4f} "
-        f"MAE {metrics['mae_r_star']:.4f}; wrote {target}",
-        highlight=False, soft_wrap=True,
-    )
+    if truth is not None:
+        out.print(
+            f"{preds.name} ({metrics['n']:,} exposures{', split ' + split if split else ''}): "
+            f"vs y_true R2 {metrics['r2_y_true']:.4f} MSE {metrics['mse_y_true']:.4f} MAE {metrics['mae_y_true']:.4f} "
+            f"AUC {metrics['auc_y_true']:.4f} | vs r* R2 {metrics['r2_r_star']:.4f} MSE {metrics['mse_r_star']:.4f} "
+            f"MAE {metrics['mae_r_star']:.4f}; wrote {target}",
+            highlight=False, soft_wrap=True,
+        )
+    if slice_wh is not None:
+        m = metrics["slice"]
+        corrected = m.get("mse_true_label_noise_corrected")
+        auc = "n/a" if m["auc_label"] is None else f"{m['auc_label']:.4f}"
+        out.print(
+            f"{preds.name} on the randomized slice ({m['n']:,} solicited labels{', split ' + split if split else ''}): "
+            f"MSE {m['mse_label']:.4f}, log loss {m['log_loss_label']:.4f}, AUC {auc}, mean reward {m['mean_reward']:.3f} "
+            f"vs mean label {m['mean_label']:.3f}"
+            + (f"; noise-corrected MSE vs r* {corrected:.4f}" if corrected is not None else "")
+            + (f"; vs gold labels MSE {m['mse_true_label']:.4f}" if "mse_true_label" in m else "") + f"; wrote {target}",
+            highlight=False, soft_wrap=True,
+        )
+        for warning in m["warnings"]:
+            err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 # ---------------------------------------------------------------- run (pipeline from TOML)
 

@@ -157,7 +157,10 @@ class _Encoder:
                  batch_size: int, device: str) -> None:
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        # transformers' own per-file loading bar would interleave with ours (and clutter CLI output).
+        hf_logging.disable_progress_bar()
         try:
             config = AutoConfig.from_pretrained(model_path)
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -381,7 +381,7 @@ def _pipeline(
     }
     counts["feedback"] = {"rebuilt": True, **summary}
     if hook_report is not None:
-        counts["typed_hook"] = hook_report
+        counts["privacy"] = hook_report
     return counts, new_tables
 
 

@@ -38,7 +38,10 @@ REDACTION_PATTERNS: dict[str, str] = {
     ),
     "card_number": r"\b(?:\d[ -]?){12,18}\d\b",
     # Not part of a longer digit run (a card-like number that failed Luhn is not a phone).
-    "phone": r"(?<!\d)(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{3,4}[ .-]\d{3,4}(?:[ .-]\d{2,4})?(?![ .-]?\d)",
+    "phone": (
+        r"(?<!\d)(?<!\d[ .-])(?:\+\d{1,3}[ .-]?(?:\(?\d{1,4}\)?[ .-]?){1,3}\d{3,4}"
+        r"|(?:\(\d{2,4}\)[ .-]?)?\d{3,4}[ .-]\d{3,4}(?:[ .-]\d{2,4})?)(?![ .-]?\d)"
+    ),
 }
 
 
@@ -114,12 +117,15 @@ def apply_text_mode(frame: pl.DataFrame, mode: str, key: bytes | None = None, co
     if mode == "drop":
         return frame.with_columns([pl.lit(None, dtype=pl.Utf8).alias(c) for c in present])
     if mode == "hash":
-        if key is None:
-            digest = lambda v: "sha256:" + hashlib.sha256(v.encode("utf-8")).hexdigest()  # noqa: E731
-        else:
-            digest = lambda v: "hmac-sha256:" + _hmac_hex(key, v)  # noqa: E731
-        return frame.with_columns([_map_unique(frame[c], digest).alias(c) for c in present])
+        return frame.with_columns([_map_unique(frame[c], text_digest_fn(key)).alias(c) for c in present])
     raise ConfigError(f"unknown text mode {mode!r}", where="--text", fix=f"use one of {', '.join(TEXT_MODES)}")
+
+
+def text_digest_fn(key: bytes | None):
+    """The ``--text hash`` digest: ``hmac-sha256:<hex>`` when keyed, else ``sha256:<hex>``."""
+    if key is None:
+        return lambda v: "sha256:" + hashlib.sha256(v.encode("utf-8")).hexdigest()
+    return lambda v: "hmac-sha256:" + _hmac_hex(key, v)
 
 
 def _luhn_ok(candidate: str) -> bool:
@@ -184,3 +190,77 @@ def apply_privacy(frame: pl.DataFrame, cfg: PrivacyConfig) -> tuple[pl.DataFrame
     if cfg.key is not None:
         frame = pseudonymize(frame, cfg.key)
     return frame, record
+
+
+def _rewrite_column(conn, column: str, fn, *, weight_counts: bool = False) -> dict[str, int] | None:
+    """Replace each distinct value v of typed_events.column by fn(v) (None keeps it unchanged).
+
+    fn sees each distinct value once; with ``weight_counts`` it also receives the value's row count
+    and the returned counts are per row.
+    """
+    distinct = conn.sql(
+        f'SELECT "{column}" AS v, COUNT(*) AS n FROM "typed_events" WHERE "{column}" IS NOT NULL GROUP BY 1'
+    ).pl()
+    if distinct.is_empty():
+        return None
+    old, new, counts = [], [], {}
+    for value, n in zip(distinct["v"].to_list(), distinct["n"].to_list()):
+        local: dict[str, int] = {}
+        replaced = fn(value, local)
+        if replaced is not None and replaced != value:
+            old.append(value)
+            new.append(replaced)
+        for kind, k in local.items():
+            counts[kind] = counts.get(kind, 0) + k * (n if weight_counts else 1)
+    if old:
+        mapping = pl.DataFrame({"old": old, "new": new}, schema={"old": pl.Utf8, "new": pl.Utf8})
+        conn.register("privacy_mapping", mapping)
+        conn.execute(
+            f'UPDATE "typed_events" SET "{column}" = m."new" FROM "privacy_mapping" AS m WHERE "typed_events"."{column}" = m."old"'
+        )
+        conn.unregister("privacy_mapping")
+    return counts
+
+
+def ingest_hook(cfg: PrivacyConfig):
+    """The ingest pipeline's ``typed_hook``: rewrites the DuckDB temp table ``typed_events`` in
+    place before anything is written (see ``feedback_etl.ingest``).
+
+    Order: redact texts (when asked and kept), hash or drop texts, pseudonymise ids, then withhold
+    the raw payload of rejected rows (it would carry the raw ids and texts): a reject keeps its
+    source file, row number, reason and a keyed digest of the payload, so the row can be found in
+    the user's own copy of the input. Returns the manifest record (never the key).
+    """
+
+    def hook(conn) -> dict:
+        record = cfg.describe()
+        if cfg.redact and cfg.text == "keep":
+            redacted: dict[str, int] = {kind: 0 for kind in REDACTION_PATTERNS}
+            prefilter = re.compile(_PREFILTER_PY)
+            for column in TEXT_COLUMNS:
+                counts = _rewrite_column(
+                    conn, column, lambda v, c: redact_text(v, c) if prefilter.search(v) else None, weight_counts=True
+                ) or {}
+                for kind, k in counts.items():
+                    redacted[kind] += k
+            record["redacted"] = redacted
+        if cfg.text == "drop":
+            conn.execute('UPDATE "typed_events" SET "prompt_text" = NULL, "response_text" = NULL')
+        elif cfg.text == "hash":
+            digest = text_digest_fn(cfg.key)
+            for column in TEXT_COLUMNS:
+                _rewrite_column(conn, column, lambda v, _c: digest(v))
+        if cfg.key is not None:
+            for column in ID_COLUMNS:
+                _rewrite_column(conn, column, lambda v, _c: _hmac_hex(cfg.key, v))
+        if cfg.key is not None or cfg.text != "keep" or cfg.redact:
+            digest = (lambda v, _c: "withheld hmac-sha256:" + _hmac_hex(cfg.key, v)) if cfg.key is not None else (
+                lambda v, _c: "withheld sha256:" + hashlib.sha256(v.encode("utf-8")).hexdigest())
+            _rewrite_column(conn, "payload", digest)
+            record["reject_payloads"] = "withheld (digest only)"
+        return record
+
+    return hook
+
+
+_PREFILTER_PY = r"@|sk-|ghp_|xox[abpr]-|AKIA|eyJ|[Bb][Ee][Aa][Rr][Ee][Rr]|\d{3}"

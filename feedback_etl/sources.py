@@ -495,7 +495,7 @@ def _json_lines_select(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
                "row_number", "line" AS "record",
                CASE WHEN "readable" AND json_valid("line") THEN json_type("line") = 'OBJECT' ELSE FALSE END AS "parse_ok"
         FROM {_identifier(table)}
-        WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line") <> '')"""
+        WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line", ' ' || chr(9)) <> '')"""
 
 
 def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -> None:
@@ -519,7 +519,7 @@ def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
             parts.append(
                 f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
                        "row_number", "line" AS "record", "readable" AS "parse_ok"
-                FROM {_identifier(table)} WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line") <> '')"""
+                FROM {_identifier(table)} WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line", ' ' || chr(9)) <> '')"""
             )
         else:
             parts.append(_json_lines_select(conn, f))

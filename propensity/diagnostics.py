@@ -131,14 +131,24 @@ def weight_summary(observed: np.ndarray, propensity: np.ndarray) -> dict[str, An
 
 
 def _masked_moments(X: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column weighted mean and variance over the finite entries of X (n, d)."""
-    finite = np.isfinite(X)
-    W = np.where(finite, weights[:, None], 0.0)
-    Xz = np.where(finite, X, 0.0)
-    wsum = W.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (W * Xz).sum(axis=0) / wsum
-        var = (W * (Xz - mean) ** 2).sum(axis=0) / wsum
+    """Per-column weighted mean and variance over the finite entries of X (n, d).
+
+    Column by column: a whole-matrix version needs several (n, d) temporaries, which at a million
+    exposures and a few hundred embedding dimensions is gigabytes.
+    """
+    d = X.shape[1]
+    mean = np.full(d, np.nan)
+    var = np.full(d, np.nan)
+    for j in range(d):
+        column = X[:, j]
+        finite = np.isfinite(column)
+        w = weights[finite]
+        wsum = w.sum()
+        if wsum <= 0:
+            continue
+        values = column[finite]
+        mean[j] = np.dot(w, values) / wsum
+        var[j] = np.dot(w, (values - mean[j]) ** 2) / wsum
     return mean, var
 
 

@@ -202,8 +202,8 @@ class LightGBMPropensity(_BinaryPropensity):
         """Fit on X of shape (n_samples, n_features) (array, or DataFrame with category columns) and y (n_samples,)."""
         import lightgbm as lgb
 
-        dataset = self._prepare_fit(X, y)
-        self.booster_ = lgb.train(self._lgb_params(len(y)), dataset, num_boost_round=self.n_estimators)
+        dataset = self._prepare_fit(X, y).construct()
+        self.booster_ = lgb.train(self._lgb_params(dataset.num_data()), dataset, num_boost_round=self.n_estimators)
         return self
 
     def _prepare_fit(self, X: Any, y: Any):

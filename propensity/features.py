@@ -102,11 +102,14 @@ def _embedding_matrix(feedback: pl.DataFrame, embeddings: pl.DataFrame) -> np.nd
     return flat.reshape(len(joined), dim)
 
 
-def design_matrix(X: pd.DataFrame, categorical_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def design_matrix(
+    X: pd.DataFrame, categorical_names: list[str] | None = None, *, dtype: type = np.float64
+) -> tuple[np.ndarray, list[str]]:
     """Numeric float64 matrix for models without native categoricals (MLP, logistic, balance).
 
     Categorical columns become one indicator column per level (``platform=ios``; a missing value
-    is all zeros); numeric columns are copied (NaN kept: the estimators impute).
+    is all zeros); numeric columns are copied (NaN kept: the estimators impute). ``dtype=np.float32``
+    halves the memory of a matrix that only feeds diagnostics (e.g. with 384 embedding dimensions).
 
     Returns
     -------
@@ -114,20 +117,25 @@ def design_matrix(X: pd.DataFrame, categorical_names: list[str] | None = None) -
     names : list of the n_columns column names
     """
     categorical_names = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)] if categorical_names is None else categorical_names
-    blocks: list[np.ndarray] = []
     names: list[str] = []
+    for name in X.columns:
+        if name in categorical_names:
+            names.extend(f"{name}={level}" for level in X[name].cat.categories)
+        else:
+            names.append(name)
+    matrix = np.empty((len(X), len(names)), dtype=dtype)
+    j = 0
     for name in X.columns:
         column = X[name]
         if name in categorical_names:
             codes = column.cat.codes.to_numpy()
-            levels = list(column.cat.categories)
-            onehot = np.zeros((len(X), len(levels)), dtype=np.float64)
+            width = len(column.cat.categories)
+            block = matrix[:, j : j + width]
+            block[:] = 0
             rows = np.flatnonzero(codes >= 0)
-            onehot[rows, codes[rows]] = 1.0
-            blocks.append(onehot)
-            names.extend(f"{name}={level}" for level in levels)
+            block[rows, codes[rows]] = 1
+            j += width
         else:
-            blocks.append(column.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1))
-            names.append(name)
-    matrix = np.hstack(blocks) if blocks else np.empty((len(X), 0))
+            matrix[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            j += 1
     return matrix, names

@@ -187,7 +187,8 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
     X, feature_names, categorical_names = build_features(feedback, embeddings)
     folds = group_folds(feedback["user_id"].to_numpy(), cfg.folds, cfg.seed)
-    X_design, design_names = design_matrix(X, categorical_names)
+    # LightGBM takes X itself; the design matrix then only feeds the balance diagnostics (float32 is plenty).
+    X_design, design_names = design_matrix(X, categorical_names, dtype=np.float32 if cfg.model == "lightgbm" else np.float64)
     model_input = X if cfg.model == "lightgbm" else X_design
     log.info(
         "propensity %s: %d exposures, %d with feedback, %d features (%s), %d folds, model %s",

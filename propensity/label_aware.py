@@ -347,7 +347,9 @@ def estimate_label_aware(
     slice_strata = strata[slice_rows]
     replicates = np.empty((bootstrap, n_strata, n_labels))
     est_b = {"naive": np.empty(bootstrap), "context_snips": np.empty(bootstrap), "label_aware_snips": np.empty(bootstrap), "slice": np.empty(bootstrap)}
-    own_b = np.empty((bootstrap, len(obs_rows)), dtype=np.float32)
+    # Per-row intervals: with two labels p(x, r) is monotone in gamma_1 (gamma_0 = 1), so the bounds
+    # are p at gamma_1's percentiles, no (replicates x rows) matrix; more labels keep the matrix.
+    own_b = np.empty((bootstrap, len(obs_rows))) if n_labels > 2 else None
     for b in range(bootstrap):
         counts = np.zeros(len(slice_rows))
         for s in range(n_strata):
@@ -358,13 +360,15 @@ def estimate_label_aware(
             tilt_b = fit_tilt(outcome[slice_rows], slice_label, slice_strata, n_strata, weights=counts)
         except IdentifiabilityError:
             replicates[b] = np.nan  # a replicate that drew one label value only in some stratum
-            own_b[b] = np.nan
+            if own_b is not None:
+                own_b[b] = np.nan
             for key in est_b:
                 est_b[key][b] = np.nan
             continue
         replicates[b] = tilt_b.gamma
         p_b = np.clip(tilted_propensity(context_raw[obs_rows], outcome[obs_rows], tilt_b, strata[obs_rows])[np.arange(len(obs_rows)), code[obs_rows]], floor, 1.0)
-        own_b[b] = p_b
+        if own_b is not None:
+            own_b[b] = p_b
         w = rng.poisson(1.0, len(obs_rows)).astype(np.float64)
         est_b["naive"][b] = float((w * value[obs_rows]).sum() / w.sum()) if w.sum() else math.nan
         est_b["context_snips"][b] = snips(value[obs_rows], np.ones(len(obs_rows), bool), p_context[obs_rows], w)
@@ -373,9 +377,19 @@ def estimate_label_aware(
     failed = int(np.isnan(replicates[:, 0, 0]).sum())
 
     interval = np.full((n, n_labels, 2), np.nan)
-    if len(obs_rows):
-        lo, hi = _percentile(own_b.astype(np.float64), confidence)
+    if len(obs_rows) and failed < bootstrap:
         # Only the own-label propensity of an observed row enters a weight; that is the one we bound.
+        if own_b is not None:
+            lo, hi = _percentile(own_b, confidence)
+        else:
+            g_lo, g_hi = _percentile(replicates[:, :, 1], confidence)  # (n_strata,) each
+            bounds = []
+            for g in (g_lo, g_hi):
+                gamma = tilt.gamma.copy()
+                gamma[:, 1] = g
+                bound = tilted_propensity(context_raw[obs_rows], outcome[obs_rows], LabelTilt(gamma=gamma, converged=True), strata[obs_rows])
+                bounds.append(np.clip(bound[np.arange(len(obs_rows)), code[obs_rows]], floor, 1.0))
+            lo, hi = np.minimum(*bounds), np.maximum(*bounds)
         interval[obs_rows, code[obs_rows], 0] = lo
         interval[obs_rows, code[obs_rows], 1] = hi
 

@@ -33,7 +33,7 @@ record = st.fixed_dictionaries(
 line = st.one_of(record.map(json.dumps), st.text(max_size=20), st.just("[1, 2]"), st.just('{"event_id": '))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(line, min_size=1, max_size=25))
 def test_reconciliation_holds_for_any_garbage(tmp_path_factory, lines):
     folder = tmp_path_factory.mktemp("garbage")
@@ -41,8 +41,8 @@ def test_reconciliation_holds_for_any_garbage(tmp_path_factory, lines):
     # Guarantee the file looks like JSON Lines (preflight rejects a file with no object at all).
     path.write_text("\n".join([json.dumps({"event_id": "seed"}), *lines]) + "\n", encoding="utf-8")
     # Lines end at "\n" (a CR right before it belongs to the line end); a line that is empty or
-    # spaces is blank, not a row.
-    non_blank = 1 + sum(1 for text in lines for part in text.split("\n") if part.removesuffix("\r").strip(" "))
+    # only spaces and tabs is blank, not a row.
+    non_blank = 1 + sum(1 for text in lines for part in text.split("\n") if part.removesuffix("\r").strip(" \t"))
     conn = duckdb.connect(config={"threads": 1})
     conn.execute("SET TimeZone = 'UTC'")
     files = discover_inputs([str(path)], "canonical")

@@ -147,3 +147,17 @@ def test_randomized_slice_is_always_observed(tmp_path):
     sliced = truth.filter(pl.col("solicited"))
     assert abs(sliced.height / truth.height - 0.1) < 4 * math.sqrt(0.09 / truth.height)
     assert sliced["observed"].all()
+
+
+def test_randomized_slice_file_lists_each_solicited_vote_with_a_careful_rating(tmp_path):
+    """DIR/slice.parquet (issue 11): one row per solicited exposure, its vote (label) and gold true_label = y_true."""
+    summary = simulate(SimulationConfig(out=str(tmp_path), n_exposures=3_000, randomized_slice=0.1, seed=6, chunk_size=1_000))
+    truth = pl.read_parquet(tmp_path / "truth.parquet").filter(pl.col("solicited")).sort("exposure_id")
+    sliced = pl.read_parquet(tmp_path / "slice.parquet").sort("exposure_id")
+    assert sliced.columns == ["exposure_id", "label", "true_label"]
+    assert sliced["exposure_id"].to_list() == truth["exposure_id"].to_list()
+    assert (sliced["label"] == truth["label"]).all() and (sliced["true_label"] == truth["y_true"]).all()
+    assert summary["counts"]["solicited"] == sliced.height > 0
+    assert 0 < (sliced["label"] != sliced["true_label"]).sum() < sliced.height / 2  # votes are noisy, ratings are not
+    simulate(SimulationConfig(out=str(tmp_path), n_exposures=1_000, seed=6))
+    assert not (tmp_path / "slice.parquet").exists()  # a stale slice of an earlier run is removed
