@@ -223,19 +223,29 @@ def _open_text(f: InputFile):
     return gzip.open(f.path, "rt", encoding="utf-8") if f.compressed else open(f.path, encoding="utf-8")
 
 
+MAX_LINE_CHARS = 64 * 2**20
+
+
 def _check_json_lines(f: InputFile) -> list[str] | None:
     """Union of keys over the first JSON-object lines; None when the file has no lines at all."""
     keys: set[str] = set()
     objects = lines = 0
     try:
         with _open_text(f) as handle:
-            for line in handle:
+            # readline with a limit: a decompression bomb or a runaway line cannot fill memory.
+            for line in iter(lambda: handle.readline(MAX_LINE_CHARS + 1), ""):
+                if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                    raise InputFileError(
+                        f"line {lines + 1} is longer than {MAX_LINE_CHARS:,} characters (a runaway line or a decompression bomb)",
+                        where=str(f.path),
+                        fix="split the file into one JSON object per line; events are far smaller than this",
+                    )
                 if not line.strip():
                     continue
                 lines += 1
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
                     record = None
                 if isinstance(record, dict):
                     objects += 1

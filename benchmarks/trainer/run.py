@@ -111,8 +111,8 @@ def embed_speed(n_texts: int) -> dict:
                       "prompt_text": [f"{pool.prompt_text[k]} (variant {i})" for i, k in enumerate(take)],
                       "response_text": pool.response_text[take].tolist()}).write_parquet(root / "data.parquet")
         summary = embed(root, EmbedConfig(device="cpu"))
-    return {"texts": n_texts, "seconds": summary["seconds"], "tokens_per_s": summary["tokens_per_s"],
-            "texts_per_s": round(n_texts / summary["seconds"], 1), "tokens": summary["tokens_encoded"]}
+    return {"texts": n_texts, "seconds": summary["seconds"], "encode_seconds": summary["encode_seconds"],
+            "tokens_per_s": summary["tokens_per_s"], "texts_per_s": summary["texts_per_s"], "tokens": summary["tokens_encoded"]}
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def test_slice_metrics_on_a_hand_built_batch() -> None:
 
 @pytest.fixture(scope="module")
 def sliced(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """3,000 simulated exposures with a 20% slice, ingested, its gold labels registered as the noise audit."""
+    """3,000 simulated exposures with a 20% slice, ingested, the slice (with gold labels) registered."""
     from feedback_etl.ingest import IngestConfig, ingest
     from feedback_etl.simulator import SimulationConfig, simulate
 
@@ -44,6 +44,11 @@ def sliced(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # The oracle's predictions (r*) and the true flip rates, so the numbers have known targets.
     truth.select("exposure_id", reward="r_star").write_parquet(root / "preds.parquet")
     (wh / "noise.json").write_text(json.dumps({"channel": "vote", "method": "audit", "rho01": 0.2, "rho10": 0.1}))
+    # Register the slice with its gold labels as `propensity fit-label-aware --slice` does (WH/propensity/slice.parquet).
+    from propensity.label_aware import slice_path
+
+    slice_path(wh).parent.mkdir(parents=True, exist_ok=True)
+    pl.read_parquet(root / "logs" / "slice.parquet").with_columns(source=pl.lit("flag")).write_parquet(slice_path(wh))
     return {"root": root, "wh": wh, "truth": truth}
 
 
