@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from schemas.errors import CausalRMError
+from schemas.errors import CausalRMError, ConfigError, InputFileError
 
 app = typer.Typer(help="Observational reward modeling from user feedback logs (CausalRM).", no_args_is_help=True, add_completion=False)
 propensity_app = typer.Typer(help="Estimate feedback propensities P(feedback | exposure).", no_args_is_help=True)
@@ -469,7 +469,8 @@ def predict_cmd(
         summary = predict(model_dir, data, out_path, device=device)
     except CausalRMError as exc:
         _fail(exc)
-    out.print(f"scored {summary['rows']:,} exposures (mean reward {summary['mean_reward']:.3f}) -> {out_path}", highlight=False)
+    out.print(f"scored {summary['rows']:,} exposures (mean reward {summary['mean_reward']:.3f}) -> {out_path}", highlight=False,
+              soft_wrap=True)
 
 
 @app.command("evaluate")
@@ -522,6 +523,115 @@ def evaluate_cmd(
             err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 # ---------------------------------------------------------------- run (pipeline from TOML)
+# Pipeline order; each TOML table configures the command of the same name. Keys are the command's
+# option names (dashes or underscores); `args` lists positional arguments where a command takes
+# more than the warehouse. [train.NAME] / [predict.NAME] tables may repeat.
+_PIPELINE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("simulate", ("simulate",)),
+    ("ingest", ("ingest",)),
+    ("embed", ("embed",)),
+    ("propensity", ("propensity", "fit")),
+    ("noise", ("noise", "estimate")),
+    ("weights", ("weights", "export")),
+    ("audit", ("audit",)),
+    ("train", ("train",)),
+    ("predict", ("predict",)),
+    ("evaluate", ("evaluate",)),
+)
+_WAREHOUSE_FIRST = {"embed", "propensity", "noise", "weights", "audit"}
+
+
+def _command_params(path: tuple[str, ...]) -> dict[str, object]:
+    from typer.main import get_command
+
+    command = get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return {p.name: p for p in command.params if p.opts and p.opts[0].startswith("--")}
+
+
+def _argv(section: str, path: tuple[str, ...], table: dict, warehouse: str | None) -> list[str]:
+    """Turn one TOML table into the command's argv, refusing unknown keys with a clear error."""
+    params = _command_params(path)
+    table = dict(table)
+    argv = list(path)
+    positional = table.pop("args", None)
+    if section == "ingest":
+        argv += [str(a) for a in table.pop("inputs", positional or [])]
+        table.setdefault("warehouse", warehouse)
+    elif section in _WAREHOUSE_FIRST:
+        argv.append(str(table.pop("warehouse", warehouse)))
+    elif positional is not None:
+        argv += [str(a) for a in (positional if isinstance(positional, list) else [positional])]
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        option = params.get(name) or next((p for p in params.values() if f"--{key.replace('_', '-')}" in p.opts), None)
+        if option is None:
+            known = ", ".join(sorted(k.replace("_", "-") for k in params))
+            raise ConfigError(f"unknown key {key!r} in [{section}]", where="pipeline TOML", fix=f"use one of: {known}")
+        flag = option.opts[0]
+        if isinstance(value, bool):
+            if value:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def pipeline_steps(config: dict) -> list[list[str]]:
+    """The argv of every step a pipeline TOML asks for, in pipeline order (no step is run)."""
+    config = dict(config)
+    warehouse = config.pop("warehouse", None)
+    known = {name for name, _ in _PIPELINE}
+    for key in config:
+        if key not in known:
+            raise ConfigError(f"unknown table [{key}]", where="pipeline TOML", fix=f"use: warehouse, {', '.join(n for n, _ in _PIPELINE)}")
+    if warehouse is None and known & _WAREHOUSE_FIRST & set(config):
+        raise ConfigError("missing top-level `warehouse = \"PATH\"`", where="pipeline TOML")
+    steps = []
+    for section, path in _PIPELINE:
+        if section not in config:
+            continue
+        table = config[section]
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table", where="pipeline TOML")
+        if section in ("train", "predict") and table and all(isinstance(v, dict) for v in table.values()):
+            steps += [_argv(section, path, sub, warehouse) for sub in table.values()]
+        else:
+            steps.append(_argv(section, path, table, warehouse))
+    return steps
+
+
+@app.command("run")
+def run_pipeline(
+    config_path: Annotated[Path, typer.Argument(help="Pipeline TOML: a top-level `warehouse` and one table per step (see README).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands without running them.")] = False,
+) -> None:
+    """Run the whole pipeline (simulate/ingest ... train, predict, evaluate) from one TOML file."""
+    import shlex
+    import tomllib
+
+    from typer.main import get_command
+
+    try:
+        try:
+            config = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputFileError(f"cannot read pipeline config: {exc.strerror}", where=str(config_path)) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", where=str(config_path)) from exc
+        steps = pipeline_steps(config)
+    except CausalRMError as exc:
+        _fail(exc)
+    command = get_command(app)
+    for argv in steps:
+        out.print(f"[bold]$ causalrm {escape(' '.join(shlex.quote(a) for a in argv))}[/]", highlight=False, soft_wrap=True)
+        if dry_run:
+            continue
+        code = command.main(args=argv, prog_name="causalrm", standalone_mode=False)
+        if code not in (None, 0):
+            raise typer.Exit(code=code)
+
 
 
 def main() -> None:
