@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -347,8 +347,3 @@ class _Bar:
 
 def _progress(enabled: bool, total: int) -> _Bar | None:
     return _Bar(total) if enabled else None
-
-
-def config_dict(cfg: EmbedConfig) -> dict[str, Any]:
-    """The config as plain JSON-able values (for manifests)."""
-    return asdict(cfg)

@@ -8,7 +8,7 @@ batch, forward, weighted MSE on sigmoid, backward, step. The trainer's figure is
 validating the parquet, tensors, per-epoch validation, checkpoints). Goal (issue 6): >= 90 %.
 
     .venv/bin/python benchmarks/trainer/run.py --n 300000 --epochs 2 --threads 1
-    .venv/bin/python benchmarks/trainer/run.py --embed-texts 2000   # + MiniLM embedding tokens/s on CPU
+    .venv/bin/python benchmarks/trainer/run.py --n 0 --embed-texts 1000   # MiniLM embedding tokens/s only
 
 Writes benchmarks/trainer/results.json.
 """
@@ -117,7 +117,7 @@ def embed_speed(n_texts: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=300_000, help="exposures (rows of N x 384 embeddings)")
+    parser.add_argument("--n", type=int, default=300_000, help="exposures (rows of N x 384 embeddings); 0: embedding timing only")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every run")
@@ -126,6 +126,13 @@ def main() -> None:
     parser.add_argument("--embed-texts", type=int, default=0, help="also time MiniLM embedding on this many texts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    out = Path(__file__).with_name("results.json")
+    if args.n == 0:  # embedding timing only, merged into the existing results
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        results["embed_minilm_cpu"] = {**embed_speed(args.embed_texts), "threads": args.threads}
+        print(f"embed: {results['embed_minilm_cpu']}", flush=True)
+        out.write_text(json.dumps(results, indent=2))
+        return
     results: dict = {"n": args.n, "epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
                      "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,9 +160,8 @@ def main() -> None:
             results[loss]["vs_hand_loop"] = round(results[loss][key] / results["hand_loop"][key], 3)
             print(f"{loss}: {results[loss]}", flush=True)
     if args.embed_texts:
-        results["embed_minilm_cpu"] = embed_speed(args.embed_texts)
+        results["embed_minilm_cpu"] = {**embed_speed(args.embed_texts), "threads": args.threads}
         print(f"embed: {results['embed_minilm_cpu']}", flush=True)
-    out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
 

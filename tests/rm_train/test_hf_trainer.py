@@ -95,3 +95,18 @@ def test_finetune_errors(small_dataset: Path, tiny_backbone: Path, tmp_path: Pat
     if not has_accelerate():
         with pytest.raises(ConfigError, match="needs the accelerate package"):
             finetune(small_dataset, _cfg(tiny_backbone), tmp_path / "x", engine="trainer")
+
+
+def test_transformers_trainer_engine_trains_and_exports(small_dataset: Path, tiny_backbone: Path, tmp_path: Path) -> None:
+    """The real transformers.Trainer subclass (accelerate is a dependency) runs the CausalRM loss."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    assert has_accelerate()
+    metrics = finetune(small_dataset, _cfg(tiny_backbone), tmp_path / "rm", engine="trainer")
+    assert np.isfinite(metrics["train_loss"])
+    initial = AutoModel.from_pretrained(tiny_backbone).state_dict()
+    tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    changed = [n for n, t in tuned.base_model.state_dict().items() if n in initial and not torch.equal(t, initial[n])]
+    assert changed
+    predict(tmp_path / "rm", small_dataset, tmp_path / "preds.parquet", device="cpu")
+    assert pl.read_parquet(tmp_path / "preds.parquet")["reward"].is_between(0, 1).all()

@@ -249,7 +249,6 @@ def _ddp_rank(rank: int, port: int, dataset: str, out: str, results) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CAUSALRM_TEST_DDP"), reason="spawns 2 processes (~15-35 s); set CAUSALRM_TEST_DDP=1")
 def test_distributed_data_parallel_on_cpu(weighted_dataset: Path, tmp_path: Path) -> None:
     """Two gloo ranks (as under torchrun): both see world size 2 and agree on every validation loss.
     Spawned, not forked: a forked child inherits the parent's OpenMP state and can deadlock."""
