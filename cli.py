@@ -136,17 +136,21 @@ def embed_cmd(
     device: Annotated[str, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = "auto",
     shard_size: Annotated[int, typer.Option(help="Distinct texts per output shard; a crash restarts from the last finished shard.")] = 50_000,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: SOURCE/embeddings).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Folder of embeddings shared across warehouses: texts already encoded with the same settings are not encoded again.")] = None,
 ) -> None:
     """Embed each exposure's (prompt, response) with a frozen backbone; writes SOURCE/embeddings/part-*.parquet + meta.json."""
     from feedback_etl.embed import EmbedConfig, embed
 
     try:
         cfg = EmbedConfig(model=model, pooling=pooling, batch_size=batch_size, max_length=max_length, device=device,
-                          shard_size=shard_size, out=str(out_dir) if out_dir else None)
+                          shard_size=shard_size, out=str(out_dir) if out_dir else None,
+                          cache=str(cache) if cache else None)
         summary = embed(source, cfg, progress=sys.stderr.isatty())
     except CausalRMError as exc:
         _fail(exc)
     speed = f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else ""
+    if summary.get("cache_hits"):
+        speed += f", {summary['cache_hits']:,} texts from the cache"
     out.print(
         f"embedded {summary['n_exposures']:,} exposures ({summary['n_unique_texts']:,} distinct texts; "
         f"{summary['shards_done']} shard(s) encoded, {summary['shards_skipped']} reused) with {summary['model']} "

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class EmbedConfig:
     shard_size: int = 50_000
     template: str = TEXT_TEMPLATE
     out: str | None = None
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.pooling is not None and self.pooling not in POOLINGS:
@@ -292,19 +294,26 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
     }
     _write_meta(meta_path, meta)
 
-    n_tokens, encoded, encode_seconds = 0, 0, 0.0
+    n_tokens, encoded, encode_seconds, cache_hits = 0, 0, 0.0, 0
     if todo:
         encoder = _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
                            max_length=settings["max_length"], batch_size=batch_size, device=device)
         meta.update(pooling=encoder.pooling, max_length=encoder.max_length, dim=encoder.dim)
         texts = unique_texts["text"].to_list()
+        cache = _TextCache(Path(cfg.cache), {"model": model_path, **settings, "template": cfg.template,
+                                              "precision": meta["precision"], "version": _META_VERSION}) if cfg.cache else None
         encode_start = time.perf_counter()
         bar = _progress(progress, sum(min(cfg.shard_size, n_texts - k * cfg.shard_size) for k in todo))
         try:
             for shard in todo:
                 lo, hi = shard * cfg.shard_size, min(n_texts, (shard + 1) * cfg.shard_size)
-                vectors = encoder.encode(texts[lo:hi], advance=bar.advance if bar else None)
-                encoded += hi - lo
+                if cache is None:
+                    vectors = encoder.encode(texts[lo:hi], advance=bar.advance if bar else None)
+                    encoded += hi - lo
+                else:
+                    vectors, misses = cache.encode(texts[lo:hi], encoder, advance=bar.advance if bar else None)
+                    encoded += misses
+                    cache_hits += hi - lo - misses
                 members = exposures.filter(pl.col("text_index").is_between(lo, hi - 1, closed="both"))
                 rows = members["text_index"].to_numpy() - lo
                 part = pl.DataFrame({
@@ -321,13 +330,48 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
     seconds = time.perf_counter() - started
     # Throughput of the encoding itself (model loading and file I/O excluded); seconds is end to end.
     meta.update(complete=True, seconds=round(seconds, 3), encode_seconds=round(encode_seconds, 3),
-                tokens_encoded=n_tokens, texts_encoded=encoded,
+                tokens_encoded=n_tokens, texts_encoded=encoded, cache_hits=cache_hits,
                 tokens_per_s=round(n_tokens / encode_seconds, 1) if n_tokens else None,
                 texts_per_s=round(encoded / encode_seconds, 1) if encoded else None)
     if meta["dim"] is None:
         meta["dim"] = len(pl.read_parquet(out / "part-00000.parquet", n_rows=1)["embedding"][0])
     _write_meta(meta_path, meta)
     return {**meta, "out": str(out), "shards_done": len(todo), "shards_skipped": n_shards - len(todo)}
+
+
+class _TextCache:
+    """Embeddings of texts already encoded under the same settings, shared across warehouses
+    (``--cache DIR``): re-ingested logs and repeated benchmark runs encode each text once.
+
+    Layout: ``DIR/<settings digest>/<uuid>.parquet`` with columns ``key`` (sha256 of the text) and
+    ``embedding``; files are written atomically and only ever added.
+    """
+
+    def __init__(self, root: Path, settings: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.dir = root / digest
+        self.dir.mkdir(parents=True, exist_ok=True)
+        files = sorted(self.dir.glob("*.parquet"))
+        stored = pl.read_parquet(files).unique("key") if files else pl.DataFrame(schema={"key": pl.Utf8, "embedding": pl.List(pl.Float32)})
+        self.index = dict(zip(stored["key"].to_list(), range(stored.height)))
+        self.vectors = np.asarray(stored["embedding"].to_list(), dtype=np.float32) if stored.height else None
+
+    def encode(self, texts: list[str], encoder: "_Encoder", advance=None) -> tuple[np.ndarray, int]:
+        keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        missing = [i for i, k in enumerate(keys) if k not in self.index]
+        fresh = encoder.encode([texts[i] for i in missing], advance=advance) if missing else None
+        if advance is not None:
+            advance(len(texts) - len(missing))
+        vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
+        hits = [i for i, k in enumerate(keys) if k in self.index]
+        if hits:
+            vectors[hits] = self.vectors[[self.index[keys[i]] for i in hits]]
+        if missing:
+            vectors[missing] = fresh
+            entries = pl.DataFrame({"key": [keys[i] for i in missing],
+                                    "embedding": pl.Series(fresh).cast(pl.List(pl.Float32))})
+            _write_atomic_parquet(entries, self.dir / f"{uuid.uuid4().hex}.parquet")
+        return vectors, len(missing)
 
 
 class _Bar:

@@ -139,14 +139,17 @@ def _masked_moments(X: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.
     d = X.shape[1]
     mean = np.full(d, np.nan)
     var = np.full(d, np.nan)
+    total = weights.sum()
     for j in range(d):
-        column = X[:, j]
-        finite = np.isfinite(column)
-        w = weights[finite]
-        wsum = w.sum()
+        values = np.asarray(X[:, j], dtype=np.float64)
+        finite = np.isfinite(values)
+        if finite.all():  # the common case: no masking copies
+            w, wsum = weights, total
+        else:
+            w, values = weights[finite], values[finite]
+            wsum = w.sum()
         if wsum <= 0:
             continue
-        values = column[finite]
         mean[j] = np.dot(w, values) / wsum
         var[j] = np.dot(w, (values - mean[j]) ** 2) / wsum
     return mean, var

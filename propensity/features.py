@@ -123,7 +123,8 @@ def design_matrix(
             names.extend(f"{name}={level}" for level in X[name].cat.categories)
         else:
             names.append(name)
-    matrix = np.empty((len(X), len(names)), dtype=dtype)
+    # Column-major: the matrix is filled and read (diagnostics, standardisation) column by column.
+    matrix = np.empty((len(X), len(names)), dtype=dtype, order="F")
     j = 0
     for name in X.columns:
         column = X[name]

@@ -153,3 +153,19 @@ def test_bad_inputs(tmp_path: Path, tiny_encoder: Path) -> None:
         shutil.copytree(tiny_encoder, tmp_path / "broken")
         (tmp_path / "broken" / "config.json").write_text("{}")
         embed_module._Encoder(str(tmp_path / "broken"), pooling=None, normalize=False, max_length=None, batch_size=1, device="cpu")
+
+
+def test_cache_shares_texts_across_warehouses(small_warehouse: Path, tiny_encoder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cfg = EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=64, batch_size=16, cache=str(cache))
+    first = embed(small_warehouse, cfg)
+    assert first["cache_hits"] == 0 and first["texts_encoded"] == first["n_unique_texts"]
+    # A second warehouse with half of the same exposures: their texts come from the cache.
+    other = tmp_path / "other"
+    from feedback_etl.io import write_feedback
+
+    write_feedback(read_feedback(small_warehouse).tail(150), other / "feedback")
+    second = embed(other, cfg)
+    assert second["texts_encoded"] == 0 and second["cache_hits"] == second["n_unique_texts"]
+    joined = read_embeddings(other).join(read_embeddings(small_warehouse), on="exposure_id", suffix="_first")
+    np.testing.assert_allclose(np.stack(joined["embedding"].to_list()), np.stack(joined["embedding_first"].to_list()), atol=1e-6)
