@@ -676,10 +676,10 @@ def _context_config(metrics: dict[str, Any] | None):
 
 
 def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict[str, Any] | None, organic: np.ndarray,
-                     cfg: LabelAwareConfig, warehouse: Path, X: Any, X_design: Any) -> tuple[np.ndarray, dict[str, Any]]:
+                     cfg: LabelAwareConfig, X: Any, X_design: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """Calibrated (unclipped) P(o=1 | x) of organic feedback, for every organic row."""
     from propensity.calibration import cross_calibrate
-    from propensity.crossfit import cross_fit
+    from propensity.crossfit import _take, cross_fit
 
     has_solicited = not organic.all()
     excluded = bool((metrics or {}).get("solicited_excluded"))
@@ -692,8 +692,6 @@ def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict
     observed = feedback["observed"].to_numpy().astype(bool)
     folds = scores["fold"].to_numpy()
     model_input = X if context_cfg.model == "lightgbm" else X_design
-    from propensity.crossfit import _take
-
     fitted = cross_fit(context_cfg.estimator(), _take(model_input, rows), observed[rows], folds[rows])
     calibrated, _ = cross_calibrate(fitted.oof, observed[rows], folds[rows], context_cfg.calibration)
     context = np.full(len(organic), np.nan)
@@ -709,7 +707,7 @@ def _strata_codes(feedback: pl.DataFrame, column: str | None) -> tuple[np.ndarra
     if column is None:
         return np.zeros(feedback.height, dtype=np.int64), ["all"]
     if column not in feedback.columns:
-        raise ConfigError(f"unknown strata column {column!r}", where="--strata", fix=f"use a feedback column, e.g. platform or model_id")
+        raise ConfigError(f"unknown strata column {column!r}", where="--strata", fix="use a feedback column, e.g. platform or model_id")
     values = feedback[column].cast(pl.Utf8).fill_null("<null>").to_numpy()
     levels, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int64), [str(v) for v in levels]
@@ -793,7 +791,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     X, _, categorical = build_features(feedback, embeddings)
     X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
     folds = joined["fold"].to_numpy()
-    context, context_info = _organic_context(feedback, joined, metrics, organic, cfg, warehouse, X, X_design)
+    context, context_info = _organic_context(feedback, joined, metrics, organic, cfg, X, X_design)
     floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
     outcome, outcome_info = outcome_probabilities(
         X, label, np.flatnonzero(observed), folds, model=cfg.label_model, strata=strata, n_strata=len(levels),
