@@ -73,3 +73,8 @@ from propensity.audit import AuditConfig, AuditResult, Thresholds, run_audit  # 
 
 __all__ += ["ExportConfig", "export_weighted_dataset", "read_manifest", "read_pairs", "read_weighted_dataset",
             "AuditConfig", "AuditResult", "Thresholds", "run_audit"]
+
+# Randomized feedback slice: label-aware (MNAR) propensities (issue 11).
+from propensity.label_aware import LabelAwareConfig, fit_label_aware, read_label_aware_scores, read_slice  # noqa: E402
+
+__all__ += ["LabelAwareConfig", "fit_label_aware", "read_label_aware_scores", "read_slice"]
