@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandera.errors
 import polars as pl
 
-from schemas.errors import TableValidationError, WarehouseError
+from schemas.errors import WarehouseError
 from schemas.feedback import FeedbackTable
+from schemas.validation import validate_table
 
 
 # Snappy, DuckDB's default: about a third faster to write than zstd for ~25% larger files.
@@ -21,14 +21,7 @@ def feedback_dir(warehouse: str | Path) -> Path:
 
 def validate_feedback(frame: pl.DataFrame) -> pl.DataFrame:
     """Validate a collected feedback frame on its full data (lazy=True reports every failure)."""
-    try:
-        return FeedbackTable.validate(frame, lazy=True)
-    except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        sample = str(cases.head(5).to_dicts()) if hasattr(cases, "head") else str(cases)[:500]
-        raise TableValidationError("feedback", len(cases), sample) from exc
-    except pandera.errors.SchemaError as exc:
-        raise TableValidationError("feedback", 1, str(exc)[:500]) from exc
+    return validate_table(frame, FeedbackTable, "feedback")
 
 
 def read_feedback(warehouse: str | Path, *, validate: bool = True) -> pl.DataFrame:
@@ -140,13 +133,3 @@ def write_validated_parts(
     return rows
 
 
-def validate_table(frame: pl.DataFrame, model, table: str) -> pl.DataFrame:
-    """Validate a collected frame against a pandera model on its full data."""
-    try:
-        return model.validate(frame, lazy=True)
-    except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        sample = str(cases.head(5).to_dicts()) if hasattr(cases, "head") else str(cases)[:500]
-        raise TableValidationError(table, len(cases), sample) from exc
-    except pandera.errors.SchemaError as exc:
-        raise TableValidationError(table, 1, str(exc)[:500]) from exc

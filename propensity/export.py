@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandera.errors
 import polars as pl
 
 from propensity.diagnostics import kish_ess
 from propensity.io import metrics_path, read_metrics, read_scores, replace_dir, scores_path
 from propensity.noise import noise_path, read_noise
-from schemas.errors import ConfigError, IdentifiabilityError, InputFileError, TableValidationError, WarehouseError
+from schemas.errors import ConfigError, IdentifiabilityError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC, SPLITS
 from schemas.pairs import PairsTable
+from schemas.validation import validate_table
 from schemas.weighted_dataset import SCHEMA_VERSION, WeightedDataset
 
 log = logging.getLogger(__name__)
@@ -403,25 +403,16 @@ def json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(model: type, frame: pl.DataFrame, table: str) -> pl.DataFrame:
-    try:
-        return model.validate(frame, lazy=True)
-    except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        sample = str(cases.head(5).to_dicts()) if hasattr(cases, "head") else str(cases)[:500]
-        raise TableValidationError(table, len(cases), sample) from exc
-    except pandera.errors.SchemaError as exc:
-        raise TableValidationError(table, 1, str(exc)[:500]) from exc
 
 
 def validate_weighted_dataset(frame: pl.DataFrame) -> pl.DataFrame:
     """Validate (and coerce) dataset rows against :class:`WeightedDataset`."""
-    return _validate(WeightedDataset, frame, "weighted_dataset")
+    return validate_table(frame, WeightedDataset, "weighted_dataset")
 
 
 def validate_pairs(frame: pl.DataFrame) -> pl.DataFrame:
     """Validate (and coerce) pairs against :class:`PairsTable`."""
-    return _validate(PairsTable, frame, "pairs")
+    return validate_table(frame, PairsTable, "pairs")
 
 
 # --------------------------------------------------------------------------- warehouse inputs

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandera.errors
 import polars as pl
 import torch
 
-from schemas.errors import ConfigError, InputFileError, TableValidationError
+from schemas.errors import ConfigError, InputFileError
+from schemas.validation import validate_table
 from schemas.weighted_dataset import WeightedDataset
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,7 @@ _UNKNOWN = 0  # index of unseen / null categories in every vocabulary
 
 
 def _validate(frame: pl.DataFrame, model: Any, table: str) -> pl.DataFrame:
-    try:
-        return model.validate(frame, lazy=True)
-    except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        sample = str(cases.head(5).to_dicts()) if hasattr(cases, "head") else str(cases)[:500]
-        raise TableValidationError(table, len(cases), sample, fix="re-export with `causalrm weights export`") from exc
-    except pandera.errors.SchemaError as exc:
-        raise TableValidationError(table, 1, str(exc).splitlines()[0][:500], fix="re-export with `causalrm weights export`") from exc
+    return validate_table(frame, model, table, fix="re-export with `causalrm weights export`")
 
 
 def _read_parquet(path: Path, what: str) -> pl.DataFrame:
