@@ -48,3 +48,21 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest(IngestConfig(inputs=(str(root / "logs" / "events"),), warehouse=str(wh)))
     shutil.copy(root / "logs" / "truth.parquet", root / "truth.parquet")
     return wh
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM tokenizer: no downloaded weights."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from feedback_etl.embed import default_model_path
+
+    out = tmp_path_factory.mktemp("tiny_backbone")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -17,19 +17,9 @@ from schemas.errors import ConfigError, InputFileError
 
 
 @pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_encoder(tiny_backbone: Path) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM tokenizer: fast, offline."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny_encoder")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return tiny_backbone
 
 
 @pytest.fixture()

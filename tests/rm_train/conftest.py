@@ -25,24 +25,6 @@ def truth_path(warehouse: Path) -> Path:
     return warehouse.parent / "truth.parquet"
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer BERT (hidden 32) with the MiniLM tokenizer: no downloaded weights."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from feedback_etl.embed import default_model_path
-
-    out = tmp_path_factory.mktemp("tiny_backbone")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """The CI box has 2 cores shared by 2 pytest workers: one intra-op thread each avoids oversubscription."""
