@@ -66,7 +66,7 @@ def causalrm(*argv: str) -> None:
         raise SystemExit(f"causalrm {argv[0]} failed with exit code {code}")
 
 
-def run_one(run: Run, work: Path, n_exposures: int, epochs: int) -> list[dict]:
+def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int) -> list[dict]:
     rho01, rho10 = SCENARIOS[run.scenario]
     d = work / run.tag
     logs, wh, ds = d / "logs", d / "wh", d / "dataset"
@@ -75,7 +75,7 @@ def run_one(run: Run, work: Path, n_exposures: int, epochs: int) -> list[dict]:
              "--alpha", str(run.alpha), "--obs-rate", "0.2", "--rho01", str(rho01), "--rho10", str(rho10),
              "--messiness", "0.1", "--seed", str(run.seed))
     causalrm("ingest", str(logs / "events"), "--warehouse", str(wh))
-    causalrm("embed", str(wh), "--cache", str(work / "embedding_cache"))
+    causalrm("embed", str(wh), "--cache", str(work / "embedding_cache"), "--max-length", str(max_length))
     causalrm("propensity", "fit", str(wh), "--seed", str(run.seed))
     causalrm("noise", "estimate", str(wh), "--seed", str(run.seed))
     causalrm("weights", "export", str(wh), "--out", str(ds))
@@ -172,9 +172,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", nargs="+", default=["synthetic", "hh_rlhf", "finegrained"])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--n-exposures", type=int, default=10_000)
+    parser.add_argument("--n-exposures", type=int, default=8_000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--sweep-source", default="hh_rlhf")
+    parser.add_argument("--max-length", type=int, default=128, help="embedding token limit (left truncation keeps the response)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
     parser.add_argument("--quick", action="store_true", help="one source, one seed, 4,000 exposures, no sweep")
     parser.add_argument("--out", type=Path, default=HERE)
@@ -190,7 +191,7 @@ def main() -> None:
     rows: list[dict] = []
     for i, run in enumerate(runs, 1):
         print(f"\n=== run {i}/{len(runs)}: {run.tag}", flush=True)
-        rows += run_one(run, work, args.n_exposures, args.epochs)
+        rows += run_one(run, work, args.n_exposures, args.epochs, args.max_length)
         with open(args.out / "results.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
