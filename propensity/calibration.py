@@ -136,8 +136,7 @@ def cross_calibrate(
     ------
     EstimationError : the other folds hold one class only (nothing to calibrate against).
     """
-    calibrator = make_calibrator(method)  # validates the name before any work
-    del calibrator
+    make_calibrator(method)  # validates the name before any work
     scores = np.asarray(scores, dtype=np.float64)
     y = np.asarray(y).astype(np.int8)
     calibrated = np.empty_like(scores)

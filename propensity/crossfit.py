@@ -4,6 +4,10 @@ A propensity scored in-sample is overfitted toward its own label (observed rows 
 scores, weights 1/p too small); cross-fitting (Chernozhukov et al., double ML) removes that. Folds
 are grouped by ``user_id`` because one user's exposures share habits: a model that saw a user's
 other exposures would still partly "see" the row it scores.
+
+An estimator may offer a ``_cross_fit_shared_bins(X, y, folds, on_fold_done)`` fast path
+(LightGBM does: it bins the features once for all folds); :func:`cross_fit` uses it when no
+``augment`` hook is given. It must keep the same contract: fold k's model never sees fold k.
 """
 
 from __future__ import annotations

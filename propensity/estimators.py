@@ -132,9 +132,10 @@ class LightGBMPropensity(_BinaryPropensity):
     max_train_rows : fit on a uniform random sample (seeded by ``random_state``) of at most this
         many rows (None: all rows). Besides the trees themselves, every boosting round costs time
         in proportion to *all* training rows (gradients, score updates), and a model of this size
-        saturates far earlier: on the 1M-exposure benchmark a 250k cap left AUC and the rank
-        correlation with the true propensity unchanged (see benchmarks/propensity/README.md).
-        Uniform sampling keeps the feedback rate, hence the calibration, unbiased.
+        saturates far earlier: on the 1M-exposure benchmark a 250k cap cut the time by 40% and
+        moved AUC from 0.7044 to 0.7041 and the rank correlation with the true propensity from
+        0.979 to 0.977 (benchmarks/propensity/README.md). Uniform sampling keeps the feedback
+        rate, hence the calibration, unbiased.
     n_jobs : threads; 0 lets LightGBM choose (all cores).
     random_state : seed of bagging and feature sampling.
 

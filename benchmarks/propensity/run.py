@@ -95,6 +95,7 @@ def run_one(n: int, threads: int, folds: int, max_bagged_rows: int | None = None
         "n_features": X.shape[1],
         "folds": folds,
         "threads": threads,
+        "omp_wait_policy": __import__("os").environ.get("OMP_WAIT_POLICY", "default"),
         "max_bagged_rows": estimator.max_bagged_rows,
         "max_train_rows": estimator.max_train_rows,
         **{k: round(v, 2) for k, v in stages.items()},
