@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -86,6 +87,8 @@ def ingest(
     pseudonymize_key_env: Annotated[Optional[str], typer.Option(help="NAME of an environment variable holding a secret: user_id and session_id become HMAC-SHA256(secret, id) before anything is written.")] = None,
     text: Annotated[str, typer.Option(help="Text retention for prompt_text/response_text: keep, hash (keyed digest; dedup and joins still work) or drop.")] = "keep",
     redact: Annotated[bool, typer.Option("--redact", help="Best-effort scrub of e-mails, phone numbers, card numbers and access tokens in kept texts (counts in the manifest).")] = False,
+    embed_texts: Annotated[bool, typer.Option("--embed", help="Embed (prompt, response) during ingest, before --text hash|drop removes them: vectors kept in WH/embeddings, text need not be.")] = False,
+    embed_model: Annotated[Optional[str], typer.Option(help="With --embed: model folder or hub id (default: the offline MiniLM).")] = None,
 ) -> None:
     """Ingest raw interaction logs into a warehouse: staged events, rejects and the feedback table."""
     from feedback_etl.ingest import IngestConfig, ingest as run_ingest
@@ -104,7 +107,14 @@ def ingest(
                 "the warehouse holds personal identifiers",
                 highlight=False, soft_wrap=True,
             )
-        run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=ingest_hook(privacy))
+        with tempfile.TemporaryDirectory(prefix="causalrm-ingest-") as scratch:
+            captured = str(Path(scratch) / "texts.parquet") if embed_texts else None
+            run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=ingest_hook(privacy, capture_texts=captured))
+            if captured and Path(captured).is_file():
+                from feedback_etl.embed import EmbedConfig, embed_captured
+
+                vectors = embed_captured(captured, warehouse, EmbedConfig(model=embed_model), tag=run["run_id"])
+                out.print(f"embedded {vectors['n_exposures']:,} exposures at ingest -> {vectors['out']}", soft_wrap=True)
     except CausalRMError as exc:
         _fail(exc)
     skipped = sum(1 for f in run["files"] if f["status"] == "skipped")

@@ -126,6 +126,14 @@ def read_texts(source: str | Path) -> tuple[pl.DataFrame, Path]:
         )
     if frame.height == 0:
         raise InputFileError("no exposures to embed", where=str(source), fix="ingest some logs first")
+    kept = frame.filter(pl.col("response_text").is_not_null() & ~pl.col("response_text").str.starts_with("sha256:")
+                        & ~pl.col("response_text").str.starts_with("hmac-sha256:"))
+    if kept.height == 0:
+        raise InputFileError(
+            "the source keeps no response text (ingested with --text hash or drop)",
+            where=str(source),
+            fix="embed at ingest time: `causalrm ingest ... --text drop --embed`",
+        )
     return frame.sort("exposure_id"), source / "embeddings"
 
 
@@ -337,6 +345,40 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
         meta["dim"] = len(pl.read_parquet(out / "part-00000.parquet", n_rows=1)["embedding"][0])
     _write_meta(meta_path, meta)
     return {**meta, "out": str(out), "shards_done": len(todo), "shards_skipped": n_shards - len(todo)}
+
+
+def embed_captured(texts_path: str | Path, warehouse: str | Path, cfg: EmbedConfig, *, tag: str) -> dict[str, Any]:
+    """Embed texts captured during ingest (``causalrm ingest --embed``) into ``WH/embeddings/``.
+
+    ``texts_path`` holds (exposure_id, prompt_text, response_text) of one ingest run's accepted
+    impressions, taken before ``--text hash|drop`` removed the text. Its shards are added to
+    ``WH/embeddings`` as ``part-ingest-<tag>-<k>.parquet`` beside earlier runs' (an exposure seen
+    again keeps its newest vector), so vectors are kept when the warehouse keeps no text.
+    """
+    import shutil
+    import tempfile
+
+    warehouse = Path(warehouse)
+    texts = pl.read_parquet(texts_path).unique("exposure_id", keep="first").sort("exposure_id")
+    target = warehouse / "embeddings"
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="causalrm-embed-") as scratch:
+        scratch = Path(scratch)
+        (scratch / "dataset").mkdir()
+        texts.write_parquet(scratch / "dataset" / "data.parquet")
+        settings = {**cfg.__dict__, "out": str(scratch / "vectors")}
+        summary = embed(scratch / "dataset", EmbedConfig(**settings))
+        for k, part in enumerate(sorted((scratch / "vectors").glob("part-*.parquet"))):
+            shutil.move(str(part), target / f"part-ingest-{tag}-{k:05d}.parquet")
+        meta = json.loads((scratch / "vectors" / "meta.json").read_text())
+    meta.update(source="ingest", complete=True, n_exposures=read_embeddings_count(target))
+    _write_meta(target / "meta.json", meta)
+    return {**summary, "out": str(target)}
+
+
+def read_embeddings_count(directory: Path) -> int:
+    files = sorted(directory.glob("*.parquet"))
+    return pl.scan_parquet(files).select(pl.col("exposure_id").n_unique()).collect().item() if files else 0
 
 
 class _TextCache:

@@ -41,7 +41,15 @@ def read_feedback(warehouse: str | Path, *, validate: bool = True) -> pl.DataFra
         )
     frame = pl.read_parquet(root / "**" / "*.parquet", hive_partitioning=True)
     frame = frame.with_columns(pl.col("impression_date").cast(pl.Date)).sort("exposure_id")
-    frame = frame.select(list(FeedbackTable.to_schema().columns))
+    contract = list(FeedbackTable.to_schema().columns)
+    missing = [c for c in contract if c not in frame.columns]
+    if missing:
+        raise WarehouseError(
+            f"feedback table lacks contract column(s) {', '.join(missing)}",
+            where=str(root),
+            fix="rebuild the warehouse with this version's `causalrm ingest` (the table was written by another version or by hand)",
+        )
+    frame = frame.select(contract)
     return validate_feedback(frame) if validate else frame
 
 

@@ -184,7 +184,7 @@ def apply_privacy(frame: pl.DataFrame, cfg: PrivacyConfig) -> tuple[pl.DataFrame
     Returns the frame and the manifest entry (``cfg.describe()`` plus redaction counts).
     """
     record = cfg.describe()
-    if cfg.redact and cfg.text == "keep":
+    if cfg.redact:
         frame, record["redacted"] = redact(frame)
     frame = apply_text_mode(frame, cfg.text, cfg.key)
     if cfg.key is not None:
@@ -222,7 +222,7 @@ def _rewrite_column(conn, column: str, fn, *, weight_counts: bool = False) -> di
     return counts
 
 
-def ingest_hook(cfg: PrivacyConfig):
+def ingest_hook(cfg: PrivacyConfig, *, capture_texts: str | None = None):
     """The ingest pipeline's ``typed_hook``: rewrites the DuckDB temp table ``typed_events`` in
     place before anything is written (see ``feedback_etl.ingest``).
 
@@ -234,7 +234,7 @@ def ingest_hook(cfg: PrivacyConfig):
 
     def hook(conn) -> dict:
         record = cfg.describe()
-        if cfg.redact and cfg.text == "keep":
+        if cfg.redact:
             redacted: dict[str, int] = {kind: 0 for kind in REDACTION_PATTERNS}
             prefilter = re.compile(_PREFILTER_PY)
             for column in TEXT_COLUMNS:
@@ -244,6 +244,14 @@ def ingest_hook(cfg: PrivacyConfig):
                 for kind, k in counts.items():
                     redacted[kind] += k
             record["redacted"] = redacted
+        if capture_texts is not None:
+            # Texts (redacted when asked) of accepted impressions, kept outside the warehouse only until `embed` has run
+            # (ingest-time embedding: vectors are kept, raw text need not be).
+            conn.execute(
+                "COPY (SELECT \"exposure_id\", \"prompt_text\", \"response_text\" FROM \"typed_events\" "
+                "WHERE \"event_type\" = 'impression' AND \"reject_reason\" IS NULL) "
+                "TO '" + str(capture_texts).replace("'", "''") + "' (FORMAT parquet)"
+            )
         if cfg.text == "drop":
             conn.execute('UPDATE "typed_events" SET "prompt_text" = NULL, "response_text" = NULL')
         elif cfg.text == "hash":

@@ -142,3 +142,14 @@ def test_second_source_reusing_exposure_ids_conflicts(warehouse, messy_logs, tmp
     run = ingest(IngestConfig(inputs=(str(messy_logs / "events"),), warehouse=str(wh)))
     assert run["rejected"]["conflicting_impression"] == 5_000
     assert read_feedback(wh).height == 8_000
+
+
+def test_read_feedback_names_a_missing_contract_column(warehouse, tmp_path):
+    from schemas.errors import WarehouseError
+
+    wh = tmp_path / "wh"
+    shutil.copytree(warehouse / "feedback", wh / "feedback")
+    for part in (wh / "feedback").rglob("*.parquet"):
+        pl.read_parquet(part).drop("split").write_parquet(part)
+    with pytest.raises(WarehouseError, match="lacks contract column"):
+        read_feedback(wh)

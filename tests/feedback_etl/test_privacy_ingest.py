@@ -108,3 +108,19 @@ def test_cli_notice_without_key_and_error_with_missing_key(messy_logs, tmp_path,
     assert good.exit_code == 0, good.output
     assert "stored as given" not in good.output
     assert SECRET.encode() not in _all_bytes(tmp_path / "c")
+
+
+def test_embed_at_ingest_keeps_vectors_not_text(messy_logs, tmp_path, tiny_backbone, raw):
+    from feedback_etl.io import read_embeddings
+
+    wh = tmp_path / "wh"
+    result = CliRunner().invoke(app, ["ingest", str(messy_logs / "events"), "--warehouse", str(wh), "--text", "drop",
+                                      "--embed", "--embed-model", str(tiny_backbone)])
+    assert result.exit_code == 0, result.output
+    vectors, feedback = read_embeddings(wh), read_feedback(wh)
+    assert sorted(vectors["exposure_id"].to_list()) == sorted(feedback["exposure_id"].to_list())
+    assert feedback["response_text"].null_count() == feedback.height
+    assert not any(t.encode() in _all_bytes(wh) for t in list(raw["responses"])[:200])
+    # `causalrm embed` on such a warehouse refuses instead of embedding empty strings
+    again = CliRunner().invoke(app, ["embed", str(wh), "--model", str(tiny_backbone)])
+    assert again.exit_code == 1 and "keeps no response text" in again.output
