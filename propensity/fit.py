@@ -173,16 +173,7 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     if not warehouse.is_dir():
         raise WarehouseError("warehouse folder does not exist", where=str(warehouse), fix="pass the folder given to `causalrm ingest --warehouse`")
     started = time.perf_counter()
-    try:
-        feedback = read_feedback(warehouse)
-    except pl.exceptions.ColumnNotFoundError as exc:
-        # read_feedback selects the contract's columns; a table missing one fails there.
-        missing = str(exc).strip().splitlines()[0][:200]
-        raise InputFileError(
-            f"feedback table lacks a contract column ({missing})",
-            where=str(warehouse / "feedback"),
-            fix="re-run `causalrm ingest` so the table follows the schemas.feedback contract",
-        ) from exc
+    feedback = read_feedback(warehouse)  # names a missing contract column itself (WarehouseError)
     observed = _check_target(feedback, cfg, warehouse)
     embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
     X, feature_names, categorical_names = build_features(feedback, embeddings)

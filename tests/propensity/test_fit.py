@@ -182,7 +182,7 @@ BAD_INPUT = [
     ("no_observed_rows", lambda src, dst: _write_variant(src, dst, _no_feedback), [], "no exposure has 'vote' feedback"),
     ("one_class_only", lambda src, dst: _write_variant(src, dst, _all_feedback), [], "one class only"),
     ("no_share_events", lambda src, dst: _write_variant(src, dst, lambda f: f.with_columns(shared=pl.lit(False))), ["--channel", "share"], "no exposure has 'share' feedback"),
-    ("missing_feature_column", lambda src, dst: _write_variant(src, dst, lambda f: f.drop("platform")), [], "lacks a contract column"),
+    ("missing_feature_column", lambda src, dst: _write_variant(src, dst, lambda f: f.drop("platform")), [], "lacks contract column(s) platform"),
     ("bad_clip", lambda src, dst: src, ["--clip", "0"], "clip must be in (0, 1)"),
     ("bad_channel", lambda src, dst: src, ["--channel", "thumbs"], "unknown channel 'thumbs'"),
     ("bad_model", lambda src, dst: src, ["--model", "forest"], "unknown propensity model 'forest'"),
