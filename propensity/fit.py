@@ -26,7 +26,7 @@ from propensity.diagnostics import propensity_diagnostics
 from propensity.estimators import ESTIMATORS, make_estimator
 from propensity.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import models_dir, replace_dir, write_metrics, write_scores
-from schemas.errors import ConfigError, EstimationError, InputFileError, WarehouseError
+from schemas.errors import ConfigError, EstimationError, WarehouseError
 from schemas.feedback import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     ------
     WarehouseError : no or empty feedback table, stale embeddings.
     EstimationError : no observed rows, every row observed, a fold with one class.
-    TableValidationError / InputFileError : the feedback table breaks its contract.
+    TableValidationError / WarehouseError : the feedback table breaks its contract.
     """
     from feedback_etl.io import read_embeddings, read_feedback
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from feedback_etl import embed as embed_module
-from feedback_etl.embed import EmbedConfig, default_model_path, embed
+from feedback_etl.embed import EmbedConfig, embed
 from feedback_etl.io import read_embeddings, read_feedback
 from schemas.errors import ConfigError, InputFileError
 
