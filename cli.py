@@ -7,6 +7,7 @@ Each command section is owned by one area (marked below); keep sections self-con
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -649,6 +650,10 @@ def run_pipeline(
 
 
 def main() -> None:
+    # Passive OpenMP waiting unless the user chose otherwise: torch and LightGBM share one process
+    # in `causalrm run`, and on shared or busy machines spin-waiting threads were 3-5x slower
+    # (benchmarks/propensity/README.md). Set before any OpenMP runtime loads (imports are lazy).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 
