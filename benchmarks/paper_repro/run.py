@@ -72,10 +72,26 @@ def causalrm(*argv: str) -> None:
         raise SystemExit(f"causalrm {argv[0]} failed with exit code {code}")
 
 
+def causalrm_ok(*argv: str) -> bool:
+    """Like :func:`causalrm`, but report failure instead of stopping the benchmark."""
+    try:
+        causalrm(*argv)
+    except SystemExit as exc:
+        print(f"   -> {exc}", flush=True)
+        return False
+    return True
+
+
 def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int) -> list[dict]:
     rho01, rho10 = SCENARIOS[run.scenario]
     d = work / run.tag
     logs, wh, ds = d / "logs", d / "wh", d / "dataset"
+    methods = dict(METHODS)
+    truth = str(logs / "truth.parquet")
+    methods["oracle"] = ["--loss", "naive", "--label-column", "y_true", "--truth", truth, "--all-observed"]
+    done = d / "run.json"
+    if done.is_file():  # resume: a finished run is read back, not redone
+        return json.loads(done.read_text())
     started = time.perf_counter()
     causalrm("simulate", "--out", str(logs), "--n-exposures", str(n_exposures), "--texts", run.source,
              "--alpha", str(run.alpha), "--obs-rate", "0.2", "--rho01", str(rho01), "--rho10", str(rho10),
@@ -83,12 +99,11 @@ def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int
     causalrm("ingest", str(logs / "events"), "--warehouse", str(wh))
     causalrm("embed", str(wh), "--cache", str(work / "embedding_cache"), "--max-length", str(max_length))
     causalrm("propensity", "fit", str(wh), "--seed", str(run.seed))
-    causalrm("noise", "estimate", str(wh), "--seed", str(run.seed))
-    causalrm("weights", "export", str(wh), "--out", str(ds))
-    truth = str(logs / "truth.parquet")
+    # The identifiability guard may refuse (rho01 + rho10 reaching 1): a user then exports without
+    # noise correction, so the noise-aware losses fall back to rho = 0 and the run records it.
+    identified = causalrm_ok("noise", "estimate", str(wh), "--seed", str(run.seed))
+    causalrm("weights", "export", str(wh), "--out", str(ds), *([] if identified else ["--no-noise"]))
     rows = []
-    methods = dict(METHODS)
-    methods["oracle"] = ["--loss", "naive", "--label-column", "y_true", "--truth", truth, "--all-observed"]
     for method, args in methods.items():
         model, preds = d / "models" / method, d / "preds" / f"{method}.parquet"
         causalrm("train", str(ds), *args, "--epochs", str(epochs), "--seed", str(run.seed), "--out", str(model))
@@ -98,9 +113,11 @@ def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int
         metrics = json.loads(metrics_path.read_text())
         rows.append({"source": run.source, "scenario": run.scenario, "alpha": run.alpha, "seed": run.seed,
                      "method": method, **{k: metrics[k] for k in METRICS}})
-    noise = json.loads((wh / "noise.json").read_text())
+    noise = json.loads((wh / "noise.json").read_text()) if identified else {"rho01": float("nan"), "rho10": float("nan")}
     for row in rows:
-        row.update(rho01_hat=noise["rho01"], rho10_hat=noise["rho10"], seconds=time.perf_counter() - started)
+        row.update(noise_identified=identified, rho01_hat=noise["rho01"], rho10_hat=noise["rho10"],
+                   seconds=time.perf_counter() - started)
+    done.write_text(json.dumps(rows))
     return rows
 
 
