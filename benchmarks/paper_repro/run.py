@@ -182,6 +182,7 @@ def alpha_plot(summary: dict, source: str, scenario: str, path: Path) -> None:
                         capsize=3, label=method, linestyle="--" if method == "oracle" else "-")
     ax.set_xscale("log")
     ax.set_xticks(alphas, [str(a) for a in alphas])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("alpha (selection strength; smaller = stronger selection)")
     ax.set_ylabel("R2 against clean label y_true")
     ax.set_title(f"R2 vs selection strength: {source}, {scenario}")
