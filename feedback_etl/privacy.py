@@ -151,8 +151,8 @@ def redact_text(text: str, counts: dict[str, int]) -> str:
     return text
 
 
-# Cheap superset of the patterns above in Rust regex syntax (no look-around there): rows without
-# any of these cannot hold a match.
+# Cheap superset of the patterns above, valid both in Rust regex syntax (polars; no look-around
+# there) and in Python's re (the ingest hook): text without any of these cannot hold a match.
 _PREFILTER = r"@|sk-|ghp_|xox[abpr]-|AKIA|eyJ|(?i:bearer)|\d{3}"
 
 
@@ -236,7 +236,7 @@ def ingest_hook(cfg: PrivacyConfig, *, capture_texts: str | None = None):
         record = cfg.describe()
         if cfg.redact:
             redacted: dict[str, int] = {kind: 0 for kind in REDACTION_PATTERNS}
-            prefilter = re.compile(_PREFILTER_PY)
+            prefilter = re.compile(_PREFILTER)
             for column in TEXT_COLUMNS:
                 counts = _rewrite_column(
                     conn, column, lambda v, c: redact_text(v, c) if prefilter.search(v) else None, weight_counts=True
@@ -262,13 +262,10 @@ def ingest_hook(cfg: PrivacyConfig, *, capture_texts: str | None = None):
             for column in ID_COLUMNS:
                 _rewrite_column(conn, column, lambda v, _c: _hmac_hex(cfg.key, v))
         if cfg.key is not None or cfg.text != "keep" or cfg.redact:
-            digest = (lambda v, _c: "withheld hmac-sha256:" + _hmac_hex(cfg.key, v)) if cfg.key is not None else (
-                lambda v, _c: "withheld sha256:" + hashlib.sha256(v.encode("utf-8")).hexdigest())
-            _rewrite_column(conn, "payload", digest)
+            payload_digest = text_digest_fn(cfg.key)
+            _rewrite_column(conn, "payload", lambda v, _c: "withheld " + payload_digest(v))
             record["reject_payloads"] = "withheld (digest only)"
         return record
 
     return hook
 
-
-_PREFILTER_PY = r"@|sk-|ghp_|xox[abpr]-|AKIA|eyJ|[Bb][Ee][Aa][Rr][Ee][Rr]|\d{3}"
