@@ -1,0 +1,92 @@
+"""One local or cluster SparkSession configured the way every causalrm Spark job expects.
+
+Settings that matter for identical results with the DuckDB engine:
+
+* ``spark.sql.session.timeZone = UTC``: casts of timestamps to dates and hours happen in UTC, as in
+  DuckDB (ingest sets ``TimeZone = 'UTC'``).
+* ``spark.sql.parquet.outputTimestampType = TIMESTAMP_MICROS``: Spark's default INT96 is a legacy
+  encoding; microsecond timestamps adjusted to UTC read back in polars / pyarrow as
+  ``Datetime(us, UTC)``, the same type DuckDB writes.
+* ``spark.sql.ansi.enabled = false`` keeps ``TRY_CAST`` and arithmetic NULL-on-failure like DuckDB's.
+* no ``_SUCCESS`` markers (``marksuccessfuljobs=false``): our readers glob ``*.parquet`` anyway,
+  and the warehouse commit is our own atomic swap.
+
+PySpark needs Java 17 or newer on PATH (``java -version``); without it the first call fails with
+one clear error instead of a JVM stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+
+from schemas.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.ansi.enabled": "false",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.driver.extraJavaOptions": "-Dlog4j.rootLogger=ERROR,console",
+}
+
+
+def check_java() -> str:
+    """The ``java -version`` banner, or ConfigError when Java is missing or older than 17."""
+    java = shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin") if os.environ.get("JAVA_HOME") else None)
+    java = java or shutil.which("java")
+    if java is None:
+        raise ConfigError(
+            "the Spark engine needs Java 17 or newer and no `java` was found",
+            where="--engine spark",
+            fix="install a JDK 17+ (e.g. `apt install openjdk-17-jre-headless`) or use --engine duckdb",
+        )
+    banner = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr.strip()
+    first = banner.splitlines()[0] if banner else ""
+    try:
+        version = first.split('"')[1]
+        major = int(version.split(".")[0] if not version.startswith("1.") else version.split(".")[1])
+    except (IndexError, ValueError):
+        return first
+    if major < 17:
+        raise ConfigError(
+            f"the Spark engine needs Java 17 or newer, found {version}",
+            where=java,
+            fix="install a JDK 17+ and point JAVA_HOME at it, or use --engine duckdb",
+        )
+    return first
+
+
+def get_spark(master: str | None = None, *, threads: int | None = None, conf: dict[str, str] | None = None):
+    """The active SparkSession, or a new one (``local[threads]`` by default, ``master`` when given).
+
+    An existing session is reused (a JVM takes seconds to start); our settings are applied to it
+    at runtime where Spark allows that. ``CAUSALRM_SPARK_MASTER`` overrides the default master,
+    which is how ``spark-submit`` users keep the cluster's own master: under spark-submit a
+    session already exists and is simply returned.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        for key, value in {**_DEFAULT_CONF, **(conf or {})}.items():
+            if key.startswith("spark.sql."):
+                active.conf.set(key, value)
+        return active
+    check_java()
+    master = master or os.environ.get("CAUSALRM_SPARK_MASTER") or f"local[{threads or os.cpu_count() or 2}]"
+    builder = SparkSession.builder.appName("causalrm").master(master)
+    settings = {**_DEFAULT_CONF, "spark.sql.shuffle.partitions": str(max(2, 2 * (threads or os.cpu_count() or 2)))}
+    for key, value in {**settings, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    log.info("spark session %s (Spark %s)", master, spark.version)
+    return spark
