@@ -347,6 +347,34 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
     return {**meta, "out": str(out), "shards_done": len(todo), "shards_skipped": n_shards - len(todo)}
 
 
+def encode_texts(texts: list[str], cfg: EmbedConfig | None = None, *, progress: bool = False) -> np.ndarray:
+    """Vectors (len(texts), dim) of raw texts with the settings ``causalrm embed`` would use.
+
+    With ``cfg.cache`` the texts go through the same on-disk cache as ``causalrm embed --cache``
+    (same settings digest), so whatever is encoded here is free for a later ``embed`` run and
+    vice versa. The simulator's embedding teacher uses this.
+    """
+    cfg = cfg or EmbedConfig()
+    model_path = cfg.model or default_model_path()
+    device = resolve_device(cfg.device)
+    settings = _resolve_model_settings(model_path, cfg)
+    encoder = _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
+                       max_length=settings["max_length"], batch_size=cfg.batch_size or (512 if device == "cuda" else 64),
+                       device=device)
+    bar = _progress(progress, len(texts))
+    try:
+        if not cfg.cache:
+            return encoder.encode(list(texts), advance=bar.advance if bar else None)
+        precision = "bf16-autocast" if device == "cuda" else "fp32"
+        cache = _TextCache(Path(cfg.cache), {"model": model_path, **settings, "template": cfg.template,
+                                              "precision": precision, "version": _META_VERSION})
+        vectors, _ = cache.encode(list(texts), encoder, advance=bar.advance if bar else None)
+        return vectors
+    finally:
+        if bar:
+            bar.stop()
+
+
 def embed_captured(texts_path: str | Path, warehouse: str | Path, cfg: EmbedConfig, *, tag: str) -> dict[str, Any]:
     """Embed texts captured during ingest (``causalrm ingest --embed``) into ``WH/embeddings/``.
 

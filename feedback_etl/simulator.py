@@ -51,7 +51,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from feedback_etl.texts import TEXT_SOURCES, TextPool, load_text_pool
+from feedback_etl.texts import TEACHERS, TEXT_SOURCES, TextPool, load_text_pool
 from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class SimulationConfig:
     format: str = "parquet"
     chunk_size: int = 100_000
     data_dir: str | None = None
+    teacher: str = "ngram"
+    teacher_cache: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -98,6 +100,7 @@ class SimulationConfig:
             (0 <= self.randomized_slice < 1, "randomized_slice must be in [0, 1)"),
             (self.label_effect > 0, "label_effect must be > 0"),
             (self.texts in TEXT_SOURCES, f"texts must be one of {', '.join(TEXT_SOURCES)}"),
+            (self.teacher in TEACHERS, f"teacher must be one of {', '.join(TEACHERS)}"),
             (self.format in ("parquet", "jsonl"), "format must be parquet or jsonl"),
             (self.chunk_size >= 1000, "chunk_size must be >= 1000"),
         ]
@@ -143,7 +146,7 @@ class _World:
 
     def __init__(self, cfg: SimulationConfig) -> None:
         self.cfg = cfg
-        self.pool: TextPool = load_text_pool(cfg.texts, cfg.data_dir)
+        self.pool: TextPool = load_text_pool(cfg.texts, cfg.data_dir, teacher=cfg.teacher, teacher_cache=cfg.teacher_cache)
         rng = np.random.default_rng([cfg.seed, 7])
         n_users = cfg.users
         self.user_platform = rng.integers(0, len(PLATFORMS), n_users)
@@ -400,6 +403,7 @@ def simulate(cfg: SimulationConfig, *, progress: bool = False) -> dict:
     summary = {
         "config": asdict(cfg),
         "propensity_scale": world.scale,
+        "teacher": {"kind": world.pool.teacher, "cv_auc_vs_human_labels": world.pool.teacher_auc},
         "counts": {
             "n_exposures": cfg.n_exposures,
             "rows_written": counts.events_written,

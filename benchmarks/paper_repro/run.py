@@ -44,6 +44,7 @@ METHODS: dict[str, list[str]] = {
     "causalrm-dr": ["--loss", "causalrm-dr"],
 }
 SCENARIOS: dict[str, tuple[float, float]] = {"rho01=0.2,rho10=0.1": (0.2, 0.1), "rho01=0.1,rho10=0.2": (0.1, 0.2)}
+STEP_SECONDS: dict[str, float] = {}  # wall time per CLI command, summed over the benchmark
 METRICS = ("r2_y_true", "mse_y_true", "mae_y_true", "auc_y_true", "r2_r_star", "mse_r_star", "mae_r_star")
 
 
@@ -67,7 +68,9 @@ def causalrm(*argv: str) -> None:
     from cli import app
 
     print("$ causalrm " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    started = time.perf_counter()
     code = get_command(app).main(args=list(argv), prog_name="causalrm", standalone_mode=False)
+    STEP_SECONDS[argv[0]] = STEP_SECONDS.get(argv[0], 0.0) + time.perf_counter() - started
     if code not in (None, 0):
         raise SystemExit(f"causalrm {argv[0]} failed with exit code {code}")
 
@@ -82,7 +85,7 @@ def causalrm_ok(*argv: str) -> bool:
     return True
 
 
-def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int) -> list[dict]:
+def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int, teacher: str) -> list[dict]:
     rho01, rho10 = SCENARIOS[run.scenario]
     d = work / run.tag
     logs, wh, ds = d / "logs", d / "wh", d / "dataset"
@@ -95,7 +98,8 @@ def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int
     started = time.perf_counter()
     causalrm("simulate", "--out", str(logs), "--n-exposures", str(n_exposures), "--texts", run.source,
              "--alpha", str(run.alpha), "--obs-rate", "0.2", "--rho01", str(rho01), "--rho10", str(rho10),
-             "--messiness", "0.1", "--seed", str(run.seed))
+             "--messiness", "0.1", "--seed", str(run.seed), "--teacher", teacher,
+             "--teacher-cache", str(work / "embedding_cache"))
     causalrm("ingest", str(logs / "events"), "--warehouse", str(wh))
     causalrm("embed", str(wh), "--cache", str(work / "embedding_cache"), "--max-length", str(max_length))
     causalrm("propensity", "fit", str(wh), "--seed", str(run.seed))
@@ -114,8 +118,10 @@ def run_one(run: Run, work: Path, n_exposures: int, epochs: int, max_length: int
         rows.append({"source": run.source, "scenario": run.scenario, "alpha": run.alpha, "seed": run.seed,
                      "method": method, **{k: metrics[k] for k in METRICS}})
     noise = json.loads((wh / "noise.json").read_text()) if identified else {"rho01": float("nan"), "rho10": float("nan")}
+    simulation = json.loads((logs / "simulation.json").read_text())
+    teacher_auc = (simulation.get("teacher") or {}).get("cv_auc_vs_human_labels")
     for row in rows:
-        row.update(noise_identified=identified, rho01_hat=noise["rho01"], rho10_hat=noise["rho10"],
+        row.update(teacher=teacher, teacher_cv_auc=teacher_auc, noise_identified=identified, rho01_hat=noise["rho01"], rho10_hat=noise["rho10"],
                    seconds=time.perf_counter() - started)
     done.write_text(json.dumps(rows))
     return rows
@@ -195,7 +201,9 @@ def alpha_plot(summary: dict, source: str, scenario: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", nargs="+", default=["synthetic", "hh_rlhf"])
+    parser.add_argument("--sources", nargs="+", default=["synthetic", "hh_rlhf", "finegrained"])
+    parser.add_argument("--teacher", default="embedding", choices=["embedding", "ngram"],
+                        help="how r* follows the text (feedback_etl/texts.py): embedding = learnable from the MiniLM vectors")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--n-exposures", type=int, default=8_000)
     parser.add_argument("--epochs", type=int, default=20)
@@ -216,7 +224,8 @@ def main() -> None:
     rows: list[dict] = []
     for i, run in enumerate(runs, 1):
         print(f"\n=== run {i}/{len(runs)}: {run.tag}", flush=True)
-        rows += run_one(run, work, args.n_exposures, args.epochs, args.max_length)
+        rows += run_one(run, work, args.n_exposures, args.epochs, args.max_length, args.teacher)
+        print("   step seconds so far: " + ", ".join(f"{k} {v:.0f}" for k, v in STEP_SECONDS.items()), flush=True)
         with open(args.out / "results.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()

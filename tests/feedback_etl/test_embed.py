@@ -159,3 +159,20 @@ def test_cache_shares_texts_across_warehouses(small_warehouse: Path, tiny_encode
     assert second["texts_encoded"] == 0 and second["cache_hits"] == second["n_unique_texts"]
     joined = read_embeddings(other).join(read_embeddings(small_warehouse), on="exposure_id", suffix="_first")
     np.testing.assert_allclose(np.stack(joined["embedding"].to_list()), np.stack(joined["embedding_first"].to_list()), atol=1e-6)
+
+
+def test_encode_texts_shares_the_embed_cache(small_warehouse: Path, tiny_encoder: Path, tmp_path: Path) -> None:
+    """Texts encoded by `encode_texts` (the simulator's embedding teacher) are cache hits for `embed`."""
+    from feedback_etl.embed import TEXT_TEMPLATE, encode_texts
+
+    cfg = EmbedConfig(model=str(tiny_encoder), device="cpu", batch_size=16, max_length=64, cache=str(tmp_path / "cache"))
+    frame = read_feedback(small_warehouse)
+    texts = [TEXT_TEMPLATE.format(prompt=p, response=r) for p, r in zip(frame["prompt_text"], frame["response_text"])]
+    vectors = encode_texts(texts, cfg)
+    assert vectors.shape == (len(texts), 32) and np.isfinite(vectors).all()
+    summary = embed(small_warehouse, cfg)
+    assert summary["texts_encoded"] == 0 and summary["cache_hits"] == summary["n_unique_texts"]
+    stored = read_embeddings(small_warehouse).sort("exposure_id")
+    np.testing.assert_allclose(np.stack(stored["embedding"].to_list()), vectors, atol=1e-6)
+    np.testing.assert_allclose(encode_texts(texts[:5], EmbedConfig(model=str(tiny_encoder), device="cpu", max_length=64)),
+                               vectors[:5], atol=1e-5)

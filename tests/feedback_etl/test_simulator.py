@@ -161,3 +161,33 @@ def test_randomized_slice_file_lists_each_solicited_vote_with_a_careful_rating(t
     assert 0 < (sliced["label"] != sliced["true_label"]).sum() < sliced.height / 2  # votes are noisy, ratings are not
     simulate(SimulationConfig(out=str(tmp_path), n_exposures=1_000, seed=6))
     assert not (tmp_path / "slice.parquet").exists()  # a stale slice of an earlier run is removed
+
+
+def test_embedding_teacher_is_learnable_and_cached(tmp_path, monkeypatch) -> None:
+    """The embedding teacher: r* in (0, 1), standardised spread, follows the human target where the
+    embedding can see it (synthetic texts), reports a held-out AUC, and a second call with the same
+    cache encodes nothing."""
+    from scipy.stats import spearmanr
+
+    from feedback_etl import embed as embed_module
+    from feedback_etl.texts import _embedding_teacher, _synthetic
+
+    prompts, responses, target = _synthetic(n_responses=120, seed=3)
+    target = np.asarray(target)
+    r_star, auc = _embedding_teacher(prompts, responses, target, cache=str(tmp_path / "cache"), max_length=64)
+    assert r_star.shape == (120,) and ((r_star > 0) & (r_star < 1)).all()
+    assert 0.25 < r_star.std() < 0.45  # sigmoid(2.5 z): a wide, fixed spread
+    assert spearmanr(r_star, target).statistic > 0.6
+    assert auc is not None and auc > 0.7
+
+    def refuse(self, texts, advance=None):
+        raise AssertionError(f"encoded {len(texts)} texts despite the cache")
+
+    monkeypatch.setattr(embed_module._Encoder, "encode", refuse)
+    again, _ = _embedding_teacher(prompts, responses, target, cache=str(tmp_path / "cache"), max_length=64)
+    np.testing.assert_allclose(again, r_star, atol=1e-6)
+
+
+def test_unknown_teacher_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="teacher"):
+        SimulationConfig(out=str(tmp_path), teacher="oracle")
