@@ -72,7 +72,14 @@ def get_spark(master: str | None = None, *, threads: int | None = None, conf: di
     which is how ``spark-submit`` users keep the cluster's own master: under spark-submit a
     session already exists and is simply returned.
     """
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ConfigError(
+            "the Spark engine needs PySpark, which is not installed",
+            where="--engine spark",
+            fix="pip install 'causalrm[spark]' (PySpark + sqlglot; Java 17+ on PATH), or use --engine duckdb",
+        ) from exc
 
     active = SparkSession.getActiveSession()
     if active is not None:
