@@ -358,17 +358,25 @@ def encode_texts(texts: list[str], cfg: EmbedConfig | None = None, *, progress: 
     model_path = cfg.model or default_model_path()
     device = resolve_device(cfg.device)
     settings = _resolve_model_settings(model_path, cfg)
-    encoder = _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
-                       max_length=settings["max_length"], batch_size=cfg.batch_size or (512 if device == "cuda" else 64),
-                       device=device)
+
+    def encoder() -> _Encoder:
+        return _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
+                        max_length=settings["max_length"], batch_size=cfg.batch_size or (512 if device == "cuda" else 64),
+                        device=device)
+
     bar = _progress(progress, len(texts))
     try:
         if not cfg.cache:
-            return encoder.encode(list(texts), advance=bar.advance if bar else None)
+            return encoder().encode(list(texts), advance=bar.advance if bar else None)
         precision = "bf16-autocast" if device == "cuda" else "fp32"
         cache = _TextCache(Path(cfg.cache), {"model": model_path, **settings, "template": cfg.template,
                                               "precision": precision, "version": _META_VERSION})
-        vectors, _ = cache.encode(list(texts), encoder, advance=bar.advance if bar else None)
+        hit = cache.lookup(list(texts))
+        if hit is not None:  # every text cached: the model is not even loaded
+            if bar:
+                bar.advance(len(texts))
+            return hit
+        vectors, _ = cache.encode(list(texts), encoder(), advance=bar.advance if bar else None)
         return vectors
     finally:
         if bar:
@@ -425,6 +433,13 @@ class _TextCache:
         stored = pl.read_parquet(files).unique("key") if files else pl.DataFrame(schema={"key": pl.Utf8, "embedding": pl.List(pl.Float32)})
         self.index = dict(zip(stored["key"].to_list(), range(stored.height)))
         self.vectors = np.asarray(stored["embedding"].to_list(), dtype=np.float32) if stored.height else None
+
+    def lookup(self, texts: list[str]) -> np.ndarray | None:
+        """Vectors of ``texts`` when every one is cached, else None."""
+        keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        if self.vectors is None or any(k not in self.index for k in keys):
+            return None
+        return self.vectors[[self.index[k] for k in keys]]
 
     def encode(self, texts: list[str], encoder: "_Encoder", advance=None) -> tuple[np.ndarray, int]:
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
