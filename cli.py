@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -52,6 +53,8 @@ def simulate(
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the shared datasets (default: ../shared/data).")] = None,
+    teacher: Annotated[str, typer.Option(help="How r* follows the text: ngram (ridge on word n-grams) or embedding (ridge on MiniLM vectors: learnable from them).")] = "ngram",
+    teacher_cache: Annotated[Optional[Path], typer.Option(help="embedding teacher: the `causalrm embed --cache` folder to share encodings with.")] = None,
 ) -> None:
     """Simulate production feedback logs with known truth (the CausalRM paper's protocol)."""
     from feedback_etl.simulator import SimulationConfig, simulate as run_simulation
@@ -60,7 +63,8 @@ def simulate(
         cfg = SimulationConfig(
             out=str(out_dir), n_exposures=n_exposures, alpha=alpha, obs_rate=obs_rate, rho01=rho01, rho10=rho10,
             texts=texts, messiness=messiness, randomized_slice=randomized_slice, label_effect=label_effect, format=fmt, seed=seed,
-            data_dir=str(data_dir) if data_dir else None,
+            data_dir=str(data_dir) if data_dir else None, teacher=teacher,
+            teacher_cache=str(teacher_cache) if teacher_cache else None,
         )
         summary = run_simulation(cfg, progress=sys.stderr.isatty())
     except CausalRMError as exc:
@@ -204,6 +208,36 @@ def propensity_fit(
         out.print(f"wrote {result.scores_path}, {result.metrics_path}, {result.models_path.parent}/", highlight=False, soft_wrap=True)
     except CausalRMError as exc:
         _fail(exc)
+
+
+# ---------------------------------------------------------------- propensity score (propensity, issue 8)
+@propensity_app.command("score")
+def propensity_score(
+    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder whose feedback/ to score, every exposure.")],
+    channel: Annotated[str, typer.Option(help="Feedback channel whose saved models score: vote, copy, regenerate, share.")] = "vote",
+    engine: Annotated[str, typer.Option(help="local (in-process, chunked) or spark (mapInArrow; CAUSALRM_SPARK_MASTER or spark-submit picks the master).")] = "local",
+    threads: Annotated[Optional[int], typer.Option(help="local: LightGBM threads (default all cores); spark: local[N] when no session runs yet.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="Form of scores.parquet: file (one file, every reader) or partitioned (Hive by channel). Default: keep the current one.")] = None,
+    models_from: Annotated[Optional[Path], typer.Option(help="Warehouse where `propensity fit` ran (e.g. a sample); default: WAREHOUSE itself.")] = None,
+) -> None:
+    """Score every exposure with the saved fold models: fitted exposures keep their out-of-fold
+    score, new ones get the fold average (fold -1); writes the channel's rows of scores.parquet."""
+    from propensity.score import score_propensity
+
+    try:
+        result = score_propensity(
+            warehouse, channel, engine=engine, threads=threads, layout=layout, models_from=models_from, progress=sys.stderr.isatty()
+        )
+    except CausalRMError as exc:
+        _fail(exc)
+    unseen = sum(result.unseen_levels.values())
+    out.print(
+        f"{channel}: scored {result.n_exposures:,} exposures with {result.engine} in {result.duration_s:.1f} s "
+        f"({result.n_fit:,} keep their out-of-fold fit score, {result.n_new:,} fold-averaged)"
+        + (f"; {unseen:,} unseen categorical level(s) scored as missing" if unseen else "")
+        + f"; wrote {result.scores_path} ({result.layout})",
+        highlight=False, soft_wrap=True,
+    )
 
 
 # ---------------------------------------------------------------- propensity fit-label-aware (slice, issue 11)
@@ -518,7 +552,7 @@ def evaluate_cmd(
         out.print(
             f"{preds.name} ({metrics['n']:,} exposures{', split ' + split if split else ''}): "
             f"vs y_true R2 {metrics['r2_y_true']:.4f} MSE {metrics['mse_y_true']:.4f} MAE {metrics['mae_y_true']:.4f} "
-            f"AUC {metrics['auc_y_true']:.4f} | vs r* R2 {metrics['r2_r_star']:.4f} MSE {metrics['mse_r_star']:.4f} "
+            f"AUC {metrics['auc_y_true']:.4f} (expected over the label draw: R2 {metrics['r2_y_expected']:.4f}) | vs r* R2 {metrics['r2_r_star']:.4f} MSE {metrics['mse_r_star']:.4f} "
             f"MAE {metrics['mae_r_star']:.4f}; wrote {target}",
             highlight=False, soft_wrap=True,
         )
@@ -654,6 +688,9 @@ def main() -> None:
     # in `causalrm run`, and on shared or busy machines spin-waiting threads were 3-5x slower
     # (benchmarks/propensity/README.md). Set before any OpenMP runtime loads (imports are lazy).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # With the [spark] extra installed, pandera imports pyspark.pandas, which warns about pandas 3
+    # on every command; nothing here uses pyspark.pandas.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 

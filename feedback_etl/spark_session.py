@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 
 from schemas.errors import ConfigError
 
@@ -88,6 +89,9 @@ def get_spark(master: str | None = None, *, threads: int | None = None, conf: di
                 active.conf.set(key, value)
         return active
     check_java()
+    # Python workers must run this interpreter (the venv with causalrm), not whatever `python3`
+    # is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     master = master or os.environ.get("CAUSALRM_SPARK_MASTER") or f"local[{threads or os.cpu_count() or 2}]"
     builder = SparkSession.builder.appName("causalrm").master(master)
     settings = {**_DEFAULT_CONF, "spark.sql.shuffle.partitions": str(max(2, 2 * (threads or os.cpu_count() or 2)))}

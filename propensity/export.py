@@ -521,6 +521,8 @@ def _input_files(warehouse: Path, channel: str) -> list[Path]:
     if noise:
         files.append(noise)
     files += sorted((warehouse / "embeddings").glob("*.parquet"))
+    # `propensity score --layout partitioned` leaves scores.parquet as a folder of parts.
+    files = [part for f in files for part in (sorted(f.rglob("*.parquet")) if f.is_dir() else [f])]
     return [f for f in files if f.exists()]
 
 

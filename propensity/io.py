@@ -1,7 +1,13 @@
 """Reading and writing the propensity artifacts in ``WH/propensity/`` (the one place that touches them).
 
 - ``scores.parquet``: exposure_id, channel, propensity (calibrated, clipped), propensity_raw, fold;
-  every channel in one file, fitting a channel replaces only that channel's rows.
+  every channel in one file, fitting a channel replaces only that channel's rows. It has two
+  forms, both read by :func:`read_scores` and kept by :func:`write_scores`:
+
+  * ``file`` (default): one Parquet file, rows grouped by channel;
+  * ``partitioned``: a directory of that name, Hive-partitioned by channel
+    (``scores.parquet/channel=vote/part-*.parquet``, no ``channel`` column inside the parts), the
+    layout a Spark job writes for a cluster (``causalrm propensity score --layout partitioned``).
 - ``metrics.json``: ``{channel: diagnostics}`` (see ``propensity.diagnostics``).
 - ``models/<channel>/``: the fold models and calibrators (LightGBM text, safetensors, JSON).
 
@@ -19,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from schemas.errors import WarehouseError
+from schemas.errors import ConfigError, WarehouseError
 
 SCORES_SCHEMA: dict[str, pl.DataType] = {
     "exposure_id": pl.String(),
@@ -51,52 +60,213 @@ def _fit_hint(warehouse: str | Path, channel: str) -> str:
     return f"run `causalrm propensity fit {warehouse} --channel {channel}` first"
 
 
+SCORES_LAYOUTS: tuple[str, ...] = ("file", "partitioned")
+
+# The Arrow twin of SCORES_SCHEMA; large strings are what polars writes, so a merged file reads
+# back exactly like one written by polars.
+_ARROW_SCORES = pa.schema(
+    [("exposure_id", pa.large_string()), ("channel", pa.large_string()), ("propensity", pa.float64()),
+     ("propensity_raw", pa.float64()), ("fold", pa.int32())]
+)
+
+
+def scores_layout(warehouse: str | Path) -> str | None:
+    """``"file"``, ``"partitioned"`` (a directory at ``scores.parquet``) or None when there are no scores."""
+    path = scores_path(warehouse)
+    if path.is_file():
+        return "file"
+    if path.is_dir():
+        return "partitioned"
+    return None
+
+
+def _channel_parts(path: Path, channel: str) -> list[Path]:
+    return sorted((path / f"channel={channel}").glob("part-*.parquet"))
+
+
+def _partitioned_channels(path: Path) -> list[str]:
+    return sorted(d.name.removeprefix("channel=") for d in path.glob("channel=*") if d.is_dir() and _channel_parts(path, d.name.removeprefix("channel=")))
+
+
 def read_scores(warehouse: str | Path, channel: str = "vote") -> pl.DataFrame:
-    """Out-of-fold propensities of one channel.
+    """Propensities of one channel, from either form of ``scores.parquet`` (see the module docstring).
 
     Returns
     -------
     polars frame with one row per exposure: ``exposure_id`` (str), ``propensity`` (float64,
     calibrated and clipped to [floor, 1]), ``propensity_raw`` (float64, the uncalibrated fold-model
-    score), ``fold`` (int32), sorted by exposure_id.
+    score, or the fold average for an exposure scored after the fit), ``fold`` (int32; -1 for an
+    exposure that ``causalrm propensity score`` scored with the fold average), sorted by exposure_id.
 
     Raises
     ------
-    WarehouseError : no scores file, or no rows for ``channel``; the message says which command to run.
+    WarehouseError : no scores, or no rows for ``channel``; the message says which command to run.
     """
     path = scores_path(warehouse)
-    if not path.is_file():
+    layout = scores_layout(warehouse)
+    if layout is None:
         raise WarehouseError("warehouse has no propensity scores", where=str(path), fix=_fit_hint(warehouse, channel))
-    scores = pl.read_parquet(path)
-    missing = [c for c in SCORES_SCHEMA if c not in scores.columns]
-    if missing:
+    if layout == "file":
+        lazy = pl.scan_parquet(path)
+        columns = lazy.collect_schema().names()
+        wanted = list(SCORES_SCHEMA)
+        fitted = lambda: sorted(lazy.select(pl.col("channel").unique()).collect()["channel"].to_list())  # noqa: E731
+    else:
+        parts = _channel_parts(path, channel)
+        lazy = pl.scan_parquet(parts) if parts else None
+        columns = lazy.collect_schema().names() if lazy is not None else []
+        wanted = [c for c in SCORES_SCHEMA if c != "channel"]
+        fitted = lambda: _partitioned_channels(path)  # noqa: E731
+    missing = [c for c in wanted if c not in columns]
+    if lazy is not None and missing:
         raise WarehouseError(
             f"propensity scores lack column(s) {missing}", where=str(path), fix=_fit_hint(warehouse, channel)
         )
-    rows = scores.filter(pl.col("channel") == channel)
-    if rows.is_empty():
-        fitted = sorted(scores["channel"].unique().to_list())
+    rows = None
+    if lazy is not None:
+        rows = (lazy.filter(pl.col("channel") == channel) if layout == "file" else lazy).collect()
+    if rows is None or rows.is_empty():
         raise WarehouseError(
-            f"no propensity scores for channel {channel!r} (fitted: {fitted})", where=str(path), fix=_fit_hint(warehouse, channel)
+            f"no propensity scores for channel {channel!r} (fitted: {fitted()})", where=str(path), fix=_fit_hint(warehouse, channel)
         )
-    return rows.select("exposure_id", "propensity", "propensity_raw", "fold").sort("exposure_id")
+    return rows.select([pl.col(c).cast(SCORES_SCHEMA[c]) for c in ("exposure_id", "propensity", "propensity_raw", "fold")]).sort("exposure_id")
 
 
 def write_scores(warehouse: str | Path, channel: str, scores: pl.DataFrame) -> Path:
-    """Replace ``channel``'s rows in ``scores.parquet`` with ``scores`` (other channels are kept)."""
+    """Replace ``channel``'s rows in ``scores.parquet`` with ``scores`` (other channels are kept),
+    in the form the warehouse already has (a single file when it has none yet)."""
     path = scores_path(warehouse)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = scores.with_columns(channel=pl.lit(channel)).select(
-        [pl.col(name).cast(dtype) for name, dtype in SCORES_SCHEMA.items()]
-    )
-    if path.is_file():
-        old = pl.read_parquet(path).filter(pl.col("channel") != channel)
-        old = old.select([pl.col(name).cast(dtype) for name, dtype in SCORES_SCHEMA.items()])
-        new = pl.concat([old, new])
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    new.sort("channel", "exposure_id").write_parquet(tmp)
-    os.replace(tmp, path)
+    new = scores.select([pl.col(name).cast(dtype) for name, dtype in SCORES_SCHEMA.items() if name != "channel"])
+    staging = path.parent / f".scores-{channel}.{uuid.uuid4().hex}.tmp"
+    staging.mkdir()
+    try:
+        part = staging / "part-00000.parquet"
+        new.sort("exposure_id").write_parquet(part)
+        return commit_score_parts(warehouse, channel, [part])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit_score_parts(warehouse: str | Path, channel: str, parts: list[Path], *, layout: str | None = None) -> Path:
+    """Make the Parquet ``parts`` (exposure_id, propensity, propensity_raw, fold) ``channel``'s rows
+    of ``scores.parquet``, replacing its old rows and keeping the other channels.
+
+    Memory stays bounded by one part (or one row group of the old file): rows are streamed, never
+    collected whole. ``parts`` must lie on the warehouse's file system (they are moved, not copied,
+    into the partitioned form).
+
+    Parameters
+    ----------
+    layout : ``file`` (one file: the old file's other channels and the parts are streamed into a new
+        file, one row group per part, swapped in with ``os.replace``), ``partitioned`` (the parts
+        are moved into ``scores.parquet/channel=<channel>/``; a single file is split by channel
+        first), or None: keep the warehouse's current form (``file`` when there is none).
+
+    Returns
+    -------
+    the path of ``scores.parquet`` (file or directory).
+    """
+    if layout is not None and layout not in SCORES_LAYOUTS:
+        raise ConfigError(f"unknown scores layout {layout!r}", where="--layout", fix=f"use one of {list(SCORES_LAYOUTS)}")
+    path = scores_path(warehouse)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = scores_layout(warehouse)
+    target = layout or current or "file"
+    if target == "file":
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with pq.ParquetWriter(tmp, _ARROW_SCORES, compression="zstd") as writer:
+                others = _old_channels(path, current, exclude=channel)
+                for name in (c for c in others if c < channel):
+                    for table in _old_channel_tables(path, current, name):
+                        writer.write_table(table)
+                for part in parts:
+                    writer.write_table(_with_channel(pq.read_table(part), channel))
+                for name in (c for c in others if c > channel):
+                    for table in _old_channel_tables(path, current, name):
+                        writer.write_table(table)
+            _swap_in(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+    if current == "partitioned":
+        staging = path / f".channel={channel}.{uuid.uuid4().hex}.tmp"
+        staging.mkdir()
+        try:
+            _move_parts(parts, staging)
+            replace_dir(staging, path / f"channel={channel}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return path
+    # A single file (or nothing) becomes the partitioned form: split the other channels out first.
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    staging.mkdir()
+    try:
+        for name in _old_channels(path, current, exclude=channel):
+            (staging / f"channel={name}").mkdir()
+            with pq.ParquetWriter(staging / f"channel={name}" / "part-00000.parquet", _ARROW_SCORES.remove(1), compression="zstd") as writer:
+                for table in _old_channel_tables(path, current, name):
+                    writer.write_table(table.drop_columns(["channel"]))
+        (staging / f"channel={channel}").mkdir()
+        _move_parts(parts, staging / f"channel={channel}")
+        _swap_in(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _old_channels(path: Path, layout: str | None, *, exclude: str) -> list[str]:
+    if layout == "file":
+        channels = pq.read_table(path, columns=["channel"]).column("channel").unique().to_pylist()
+    elif layout == "partitioned":
+        channels = _partitioned_channels(path)
+    else:
+        channels = []
+    return sorted(c for c in channels if c != exclude)
+
+
+def _old_channel_tables(path: Path, layout: str | None, channel: str):
+    """One channel's old rows as Arrow tables in ``_ARROW_SCORES``, one row group (or part) at a time."""
+    if layout == "file":
+        source = pq.ParquetFile(path)
+        for k in range(source.num_row_groups):
+            group = source.read_row_group(k)
+            rows = group.filter(pc.equal(group.column("channel").cast(pa.large_string()), channel))
+            if rows.num_rows:
+                yield rows.select(list(_ARROW_SCORES.names)).cast(_ARROW_SCORES)
+    elif layout == "partitioned":
+        for part in _channel_parts(path, channel):
+            yield _with_channel(pq.read_table(part), channel)
+
+
+def _with_channel(table: pa.Table, channel: str) -> pa.Table:
+    """A part's rows (no channel column) in ``_ARROW_SCORES``."""
+    table = table.select([n for n in _ARROW_SCORES.names if n != "channel"])
+    table = table.add_column(1, "channel", pa.array([channel] * table.num_rows, type=pa.large_string()))
+    return table.cast(_ARROW_SCORES)
+
+
+def _move_parts(parts: list[Path], directory: Path) -> None:
+    for k, part in enumerate(parts):
+        name = part.name if part.name.startswith("part-") else f"part-{k:05d}.parquet"
+        os.replace(part, directory / name)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Replace ``path`` (file, directory or nothing) by ``new`` (file or directory)."""
+    if path.is_dir():
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    elif path.is_file() and new.is_dir():
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        os.replace(path, old)
+        os.replace(new, path)
+        old.unlink(missing_ok=True)
+    else:
+        os.replace(new, path)
 
 
 def read_metrics(warehouse: str | Path, channel: str | None = None) -> dict[str, Any]:

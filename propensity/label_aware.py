@@ -746,6 +746,14 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
         metrics = read_metrics(warehouse, cfg.channel)
     except WarehouseError:
         metrics = None
+    if joined["fold"].min() < 0:
+        # Some exposures were scored after the fit (`propensity score`, fold -1): no cross-fitting
+        # fold to reuse, so every exposure is regrouped by user with the fit's number of folds.
+        from propensity.crossfit import group_folds
+
+        n_folds = int((metrics or {}).get("config", {}).get("folds") or max(2, joined["fold"].max() + 1))
+        folds = group_folds(feedback["user_id"].to_numpy(), n_folds, cfg.seed)
+        joined = joined.with_columns(fold=pl.Series(folds.astype(np.int32)))
     slice_file = read_slice_file(cfg.slice) if cfg.slice else None
     slice_frame, slice_counts = build_slice(feedback, slice_file)
     warnings: list[str] = []

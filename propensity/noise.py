@@ -812,7 +812,10 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
         propensity = joined["propensity"].to_numpy()
         if (propensity <= 0).any():
             raise EstimationError("propensities must be > 0", where=str(scores_path(warehouse)), fix="refit the propensity model (it clips)")
-        fold = joined["fold"].to_numpy() if "fold" in joined.columns and joined["fold"].null_count() == 0 else None
+        # Exposures scored after the fit (`propensity score`) carry fold -1: no cross-fitting fold,
+        # so the proxy model regroups every exposure by user instead.
+        usable = "fold" in joined.columns and joined["fold"].null_count() == 0 and joined["fold"].min() >= 0
+        fold = joined["fold"].to_numpy() if usable else None
         source = str(scores_path(warehouse))
     embeddings = read_embeddings(warehouse) if (config.method == "anchor" and config.use_embeddings) else None
     result = estimate_noise_frame(feedback, config, propensity=propensity, fold=fold, embeddings=embeddings, audit=audit)

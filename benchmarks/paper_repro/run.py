@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="embedding", choices=["embedding", "ngram"],
                         help="how r* follows the text (feedback_etl/texts.py): embedding = learnable from the MiniLM vectors")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--n-exposures", type=int, default=8_000)
+    parser.add_argument("--n-exposures", type=int, default=16_000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--sweep-source", default="synthetic")
     parser.add_argument("--max-length", type=int, default=128, help="embedding token limit (left truncation keeps the response)")
