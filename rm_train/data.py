@@ -263,10 +263,23 @@ class TensorRows(torch.utils.data.Dataset):
 
 
 class ShuffledBatches(torch.utils.data.Sampler):
-    """Index batches of one seeded permutation per epoch (single process; DDP uses DistributedSampler)."""
+    """Index batches of one seeded permutation per epoch; under DDP, this rank's share of each batch.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    ``batch_size`` is the GLOBAL batch (rows per optimiser step summed over ranks). Every rank draws the
+    same permutation as a single process would and takes the interleaved share ``batch[rank::world_size]``
+    of each global batch, so the union of the ranks' step-t batches is exactly the single process's
+    step-t batch, every rank takes the same number of steps (one per global batch, the last one
+    possibly short), and a rank's rows sit at known positions of the global batch (see
+    :meth:`global_rows`; the trainer's dropout uses them). The default (rank 0 of 1) is the
+    single-process sampler, unchanged.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ConfigError(f"batch size {batch_size} is not divisible by the world size {world_size}",
+                              fix=f"pass a --batch-size that is a multiple of {world_size} (it is the global batch)")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -274,7 +287,14 @@ class ShuffledBatches(torch.utils.data.Sampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator)
-        return iter(order.split(self.batch_size))
+        batches = order.split(self.batch_size)
+        if self.world_size == 1:
+            return iter(batches)
+        return (batch[self.rank :: self.world_size] for batch in batches)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
+
+    def global_rows(self, step: int) -> int:
+        """Rows of the global batch ``step`` (all ranks together): ``batch_size`` except for the last."""
+        return min(self.batch_size, self.n - step * self.batch_size)

@@ -20,10 +20,35 @@ the labels, and the error-imputation term would stop carrying information from u
 imputation head is saved next to the model (``imputation.safetensors``).
 
 GPU: ``device="auto"`` picks CUDA when visible; the forward runs under bf16 autocast (losses in
-fp32); batches come from pinned memory. Under ``torchrun`` (WORLD_SIZE > 1) the heads are wrapped in
-DistributedDataParallel and batches drawn with DistributedSampler (NCCL on GPUs, gloo on CPUs); every
-rank computes the full validation loss, so early stopping agrees across ranks without communication;
-rank 0 writes the files.
+fp32); batches come from pinned memory.
+
+Several processes (``torchrun``, WORLD_SIZE = W > 1; NCCL on GPUs, gloo on CPUs) train the SAME model
+as one process would, up to floating-point summation order (issue 8; the 2-rank gloo test checks
+validation losses and saved weights against a single process):
+
+* ``batch_size`` B is the global batch: each rank takes B / W rows per step (B must be a multiple of
+  W). Every rank draws the single process's per-epoch permutation and takes the interleaved share
+  ``batch[rank::W]`` of each global batch (:class:`rm_train.data.ShuffledBatches`), so the ranks'
+  step-t batches together are exactly the single process's step-t batch.
+* Normalisation: DistributedDataParallel averages gradients over ranks, so a rank's loss is
+  ``sum(its terms) * W / G_t`` with G_t the global normaliser of the step: the all-reduced sum of the
+  loss's row counts (the batch's rows; the pair weights for self-normalised pairwise IPS). The
+  average of the ranks' gradients is then the gradient of ``sum(all terms) / G_t``, the single
+  process's loss. The imputation head's objective is a plain mean, so its normaliser is the global
+  batch's row count, known without communication.
+* Dropout: a rank drawing its own (B / W, h) masks would see different noise and leave the generator
+  in a different state than one process drawing (B, h). Every rank seeds identically, draws the mask
+  of the whole global batch exactly as ``nn.Dropout`` would (``_GlobalBatchDropout``) and keeps its
+  rows, so masks and generator stay in lockstep with the single process.
+* Validation: each rank scores a contiguous share of the validation split; the loss's term and row
+  sums are all-reduced, so every rank gets the single process's validation loss and early stopping
+  agrees across ranks. Training-loss metrics are all-reduced the same way. Rank 0 writes the files.
+
+Limits: with bf16 autocast on GPUs the forward rounds differently at another batch shape, so
+agreement there is to bf16 precision. With ``pairs`` the head's output bias gets a zero gradient in
+exact arithmetic (Bradley-Terry ignores a constant shift); AdamW normalises its rounding noise into
+steps, so that bias drifts differently in W and 1 processes and scores agree up to a constant.
+Without WORLD_SIZE the single-process path is unchanged (same ops, same results bit for bit).
 """
 
 from __future__ import annotations
@@ -76,12 +101,27 @@ class _Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum of ``tensor`` over ranks (a new tensor on every rank; the tensor itself with one process)."""
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as torch_distributed
 
-def _setup_distributed(device_kind: str) -> _Distributed:
+        total = tensor.detach().clone()
+        torch_distributed.all_reduce(total, op=torch_distributed.ReduceOp.SUM)
+        return total
+
+
+def _setup_distributed(device_kind: str, batch_size: int = 1) -> _Distributed:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return _Distributed()
+    if batch_size % world_size:
+        # Refused before joining the group: every rank fails the same way, none waits on the others.
+        raise ConfigError(f"--batch-size {batch_size} is not divisible by the world size {world_size}",
+                          where="WORLD_SIZE (torchrun)",
+                          fix=f"pass a multiple of {world_size}: --batch-size is the global batch, split evenly over ranks")
     import torch.distributed as dist
 
     initialised_here = False
@@ -117,22 +157,17 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def _loader(rows: TensorRows, cfg: TrainConfig, device: torch.device, dist: _Distributed):
-    if dist.world_size > 1:
-        from torch.utils.data import BatchSampler, DistributedSampler
-
-        inner = DistributedSampler(rows, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed)
-        sampler = BatchSampler(inner, cfg.batch_size, drop_last=False)
-        set_epoch = inner.set_epoch
-    else:
-        sampler = ShuffledBatches(len(rows), cfg.batch_size, cfg.seed)
-        set_epoch = sampler.set_epoch
-    if device.type == "cpu" and cfg.num_workers == 0 and dist.world_size == 1:
+    """Batches of this rank's share of each global batch, and the sampler (``set_epoch``, ``global_rows``)."""
+    sampler = ShuffledBatches(len(rows), cfg.batch_size, cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    # The choice must not depend on the world size: a DataLoader iterator draws its base seed from the
+    # global generator each epoch, and the ranks' generator must follow the single process's (dropout).
+    if device.type == "cpu" and cfg.num_workers == 0:
         # Nothing to pin or prefetch: gathering each index batch directly saves the loader's per-step work.
-        return _DirectBatches(rows, sampler), set_epoch
+        return _DirectBatches(rows, sampler), sampler
     # batch_size=None: the sampler yields whole index batches and TensorRows gathers them in one go.
     loader = torch.utils.data.DataLoader(rows, sampler=sampler, batch_size=None, num_workers=cfg.num_workers,
                                          pin_memory=device.type == "cuda")
-    return loader, set_epoch
+    return loader, sampler
 
 
 class _DirectBatches:
@@ -144,6 +179,56 @@ class _DirectBatches:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class _BatchShard:
+    """Where this rank's forward rows sit in the single process's forward batch of the current step."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.forward_rows = 0
+        self.positions = torch.zeros(0, dtype=torch.int64)
+
+    def set_batch(self, global_rows: int, device: torch.device, copies: int = 1) -> None:
+        """``global_rows`` rows in the global batch; ``copies`` = 2 when the forward stacks [chosen; rejected]."""
+        own = torch.arange(self.rank, global_rows, self.world_size, device=device)
+        self.positions = torch.cat([own + copy * global_rows for copy in range(copies)])
+        self.forward_rows = global_rows * copies
+
+
+class _GlobalBatchDropout(torch.nn.Module):
+    """Dropout whose mask is this rank's rows of the single process's mask for the whole global batch.
+
+    On CPU ``nn.Dropout`` computes ``x * bernoulli_(1 - p) / (1 - p)`` over x's shape; drawing that over
+    the global shape and keeping this rank's rows gives the same noise per row and advances the
+    generator exactly as the single process does (tested). On CUDA ``nn.Dropout`` runs the fused kernel;
+    calling it (``torch.native_dropout``) on the global shape and dtype should draw the same mask, but
+    no GPU check of that is in the suite: on GPUs the masks are valid dropout either way.
+    """
+
+    def __init__(self, p: float, shard: _BatchShard) -> None:
+        super().__init__()
+        self.p, self.shard = p, shard
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x  # nn.Dropout draws nothing here either
+        shape = (self.shard.forward_rows, *x.shape[1:])
+        if x.shape[0] != len(self.shard.positions):
+            raise RuntimeError(f"dropout input has {x.shape[0]} rows, the batch shard {len(self.shard.positions)}")
+        if x.is_cuda:
+            _, keep = torch.native_dropout(x.new_ones(shape), self.p, True)
+            return ((x * keep[self.shard.positions]).float() * (1.0 / (1.0 - self.p))).to(x.dtype)
+        noise = x.new_empty(shape).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise[self.shard.positions]
+
+
+def _shard_dropout(head: torch.nn.Module, shard: _BatchShard) -> None:
+    """Swap every ``nn.Dropout`` of ``head`` for :class:`_GlobalBatchDropout` (no parameters: the state dict is unchanged)."""
+    replace = [(parent, name, child) for parent in head.modules() for name, child in parent.named_children()
+               if type(child) is torch.nn.Dropout]
+    for parent, name, child in replace:
+        setattr(parent, name, _GlobalBatchDropout(child.p, shard))
 
 
 def _ess(weight: np.ndarray) -> float:
@@ -172,26 +257,44 @@ class _Objective:
             logit = model(batch).float()
         return pointwise_terms(cfg.loss, logit, batch, base=cfg.base_loss, y_hat=y_hat)
 
-    def imputation_step(self, imputer, optimizer, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of g on its own objective; returns (its loss, y_hat detached) for the batch."""
+    def imputation_step(self, imputer, optimizer, batch: dict[str, torch.Tensor], device: torch.device,
+                        global_rows: int | None = None, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of g on its own objective; returns (its loss, y_hat detached) for the batch.
+
+        Under DDP (``world_size`` > 1) the batch is this rank's share of a global batch of
+        ``global_rows`` rows and the loss is ``sum(terms) * world_size / global_rows``, so the
+        rank-averaged gradient is the single process's gradient of the batch mean.
+        """
         with _autocast(device):
             logit = imputer(batch).float()
-        loss = imputation_loss(logit, batch["label"], batch["weight"], batch["rho01"], batch["rho10"],
-                               denoise=self.cfg.loss == "causalrm-dr")
+        if world_size == 1:
+            loss = imputation_loss(logit, batch["label"], batch["weight"], batch["rho01"], batch["rho10"],
+                                   denoise=self.cfg.loss == "causalrm-dr")
+        else:
+            # imputation_loss as per-row terms: causalrm-ips (ips for dr-debias-only) with the MSE base.
+            terms, _ = pointwise_terms("causalrm-ips" if self.cfg.loss == "causalrm-dr" else "ips", logit, batch, base="mse")
+            loss = terms.sum() * (world_size / global_rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach(), torch.sigmoid(logit.detach())
 
     @torch.no_grad()
-    def split_loss(self, model, imputer, rows: TensorRows, device: torch.device, batch_size: int = 8192) -> float:
-        """The same estimator over a whole split: sum of terms / sum of rows over all batches."""
+    def split_loss(self, model, imputer, rows: TensorRows, device: torch.device, batch_size: int = 8192,
+                   dist: _Distributed | None = None) -> float:
+        """The same estimator over a whole split: sum of terms / sum of rows over all batches.
+
+        Under DDP each rank scores a contiguous share of the rows and the two sums are all-reduced:
+        every rank returns the loss over the whole split.
+        """
+        dist = dist or _Distributed()
         model.eval()
         if imputer is not None:
             imputer.eval()
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-        for start in range(0, len(rows), batch_size):
-            batch = _to_device(rows[slice(start, start + batch_size)], device)
+        first, last = len(rows) * dist.rank // dist.world_size, len(rows) * (dist.rank + 1) // dist.world_size
+        for start in range(first, last, batch_size):
+            batch = _to_device(rows[slice(start, min(start + batch_size, last))], device)
             y_hat = None
             if imputer is not None:
                 with _autocast(device):
@@ -202,6 +305,8 @@ class _Objective:
         model.train()
         if imputer is not None:
             imputer.train()
+        if dist.world_size > 1:
+            total, count = dist.all_sum(torch.stack([total, count]))
         return float(total / count.clamp(min=1e-12))
 
 
@@ -286,7 +391,7 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
     """
     started = time.perf_counter()
     probe = resolve_device(cfg.device)
-    dist = _setup_distributed(probe.type)
+    dist = _setup_distributed(probe.type, cfg.batch_size)
     device = resolve_device(cfg.device, dist.local_rank)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -307,13 +412,17 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     imputer_optimizer = torch.optim.AdamW(imputer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if imputer else None
     train_model, train_imputer = model, imputer
+    shard = _BatchShard(dist.rank, dist.world_size)
     if dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        for head in (model, imputer):
+            if head is not None:
+                _shard_dropout(head, shard)
         ids = [device.index] if device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=ids)
         train_imputer = DistributedDataParallel(imputer, device_ids=ids) if imputer else None
-    loader, set_epoch = _loader(train_rows, cfg, device, dist)
+    loader, sampler = _loader(train_rows, cfg, device, dist)
 
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -323,17 +432,25 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
     bar = _Progress(cfg.epochs * len(loader)) if progress and dist.main else None
     try:
         for epoch in range(cfg.epochs):
-            set_epoch(epoch)
+            sampler.set_epoch(epoch)
             epoch_start, epoch_cpu_start = time.perf_counter(), time.process_time()
             total, count, imputer_total = torch.zeros((), device=device), torch.zeros((), device=device), torch.zeros((), device=device)
-            for batch in loader:
+            for step, batch in enumerate(loader):
                 batch = _to_device(batch, device)
+                global_rows = sampler.global_rows(step)
+                if dist.world_size > 1:
+                    shard.set_batch(global_rows, device, copies=2 if cfg.pairs else 1)
                 y_hat = None
                 if train_imputer is not None:
-                    imputer_loss, y_hat = objective.imputation_step(train_imputer, imputer_optimizer, batch, device)
+                    imputer_loss, y_hat = objective.imputation_step(train_imputer, imputer_optimizer, batch, device,
+                                                                    global_rows, dist.world_size)
                     imputer_total += imputer_loss
                 terms, rows = objective.terms(train_model, batch, device, y_hat)
-                loss = terms.sum() / rows.sum().clamp(min=1e-12)
+                if dist.world_size == 1:
+                    loss = terms.sum() / rows.sum().clamp(min=1e-12)
+                else:
+                    # DDP averages gradients over ranks: scale by W / (global normaliser), see the module docstring.
+                    loss = terms.sum() * (dist.world_size / dist.all_sum(rows.sum()).clamp(min=1e-12))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -342,10 +459,12 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
                 samples += next(iter(batch.values())).shape[0]
                 if bar:
                     bar.advance()
+            if dist.world_size > 1:
+                total, count, imputer_total = dist.all_sum(torch.stack([total, count, imputer_total / dist.world_size]))
             train_loss = float(total / count.clamp(min=1e-12))
             train_seconds += time.perf_counter() - epoch_start
             train_cpu_seconds += time.process_time() - epoch_cpu_start
-            val_loss = objective.split_loss(model, imputer, val_rows, device) if val_rows is not None else train_loss
+            val_loss = objective.split_loss(model, imputer, val_rows, device, dist=dist) if val_rows is not None else train_loss
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                       "seconds": round(time.perf_counter() - epoch_start, 4)}
             if imputer is not None:

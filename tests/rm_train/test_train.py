@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from rm_train import train as train_module
 from rm_train.config import TrainConfig
-from rm_train.data import load_weighted_dataset
+from rm_train.data import ShuffledBatches, load_weighted_dataset
 from rm_train.evaluate import METRIC_NAMES, evaluate
 from rm_train.heads import RewardHead
 from rm_train.predict import RewardModel, predict
@@ -241,35 +241,114 @@ def test_no_observed_rows_is_an_estimation_error(weighted_dataset: Path, tmp_pat
         train_module._prepare_rows(frame, _cfg(), dataset=weighted_dataset)
 
 
-def _ddp_rank(rank: int, port: int, dataset: str, out: str, results) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def test_sampler_shares_partition_the_single_process_batches() -> None:
+    """Under DDP the ranks' step-t batches are the single process's step-t batch, interleaved."""
+    single = ShuffledBatches(1_003, 100, seed=7)
+    ranks = [ShuffledBatches(1_003, 100, seed=7, rank=r, world_size=4) for r in range(4)]
+    for sampler in (single, *ranks):
+        sampler.set_epoch(3)
+    shares = [list(sampler) for sampler in ranks]
+    assert all(len(share) == len(single) == 11 for share in shares)
+    for step, batch in enumerate(single):  # the last global batch has 3 rows: rank 3 gets none
+        assert ranks[0].global_rows(step) == len(batch)
+        interleaved = torch.empty_like(batch)
+        for rank, share in enumerate(shares):
+            interleaved[rank::4] = share[step]
+        assert torch.equal(interleaved, batch), step
+    with pytest.raises(ConfigError, match="not divisible by the world size 4"):
+        ShuffledBatches(1_003, 102, seed=7, rank=0, world_size=4)
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_global_batch_dropout_reproduces_the_single_process_mask(copies: int) -> None:
+    """Each rank's dropout noise is its rows of nn.Dropout's noise on the global batch, and the
+    generator ends where the single process's does (so later masks agree too)."""
+    global_rows, width, world_size = 13, 5, 3  # an uneven last batch: ranks get 5, 4 and 4 rows
+    x = torch.randn(global_rows * copies, width)
+    torch.manual_seed(11)
+    expected = torch.nn.Dropout(0.3).train()(x)
+    after = torch.rand(1)
+    for rank in range(world_size):
+        shard = train_module._BatchShard(rank, world_size)
+        shard.set_batch(global_rows, torch.device("cpu"), copies=copies)
+        torch.manual_seed(11)
+        got = train_module._GlobalBatchDropout(0.3, shard).train()(x[shard.positions])
+        assert torch.equal(got, expected[shard.positions])
+        assert torch.equal(torch.rand(1), after)
+
+
+def test_batch_size_must_divide_over_ranks(weighted_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before joining any process group
+    with pytest.raises(ConfigError, match="--batch-size 255 is not divisible by the world size 2"):
+        train(weighted_dataset, _cfg(batch_size=255), tmp_path / "m")
+
+
+_DDP_LOSSES = ("causalrm-ips", "causalrm-dr")
+
+
+def _ddp_rank(rank: int, ports: list[int], dataset: str, out: str, results) -> None:
     torch.set_num_threads(1)
-    metrics = train(dataset, _cfg(loss="causalrm-ips", epochs=2), out)
-    results.put((rank, metrics["world_size"], metrics["n_train_rows"], [e["val_loss"] for e in metrics["epochs"]]))
+    for loss, port in zip(_DDP_LOSSES, ports):
+        # train() joins the group from these variables (as under torchrun) and leaves it at the end;
+        # a fresh port per run avoids rebinding the previous run's store.
+        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        metrics = train(dataset, _cfg(loss=loss, epochs=2), Path(out) / loss)
+        results.put((loss, rank, metrics))
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 @pytest.mark.slow
-def test_distributed_data_parallel_on_cpu(weighted_dataset: Path, tmp_path: Path) -> None:
-    """Two gloo ranks (as under torchrun): both see world size 2 and agree on every validation loss.
+def test_two_gloo_ranks_train_the_single_process_model(weighted_dataset: Path, tmp_path: Path) -> None:
+    """Two gloo ranks (as under torchrun, global batch 256 = 2 x 128, dropout 0.1) reproduce one process:
+    same per-epoch train / validation / imputation losses and the same saved weights, for causalrm-ips
+    and causalrm-dr (imputation head included), up to floating-point summation order.
     Spawned, not forked: a forked child inherits the parent's OpenMP state and can deadlock."""
     import multiprocessing
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    ranks = [context.Process(target=_ddp_rank, args=(r, port, str(weighted_dataset), str(tmp_path / "ddp"), results)) for r in (0, 1)]
+    ports = _free_ports(len(_DDP_LOSSES))
+    ranks = [context.Process(target=_ddp_rank, args=(r, ports, str(weighted_dataset), str(tmp_path / "ddp"), results))
+             for r in (0, 1)]
     for process in ranks:
         process.start()
+    # The single-process references train meanwhile.
+    single = {loss: train(weighted_dataset, _cfg(loss=loss, epochs=2), tmp_path / "single" / loss) for loss in _DDP_LOSSES}
+    reports = {}
+    for _ in range(len(ranks) * len(_DDP_LOSSES)):
+        loss, rank, metrics = results.get(timeout=240)
+        reports[loss, rank] = metrics
     for process in ranks:
-        process.join(timeout=180)
-    for process in ranks:
+        process.join(timeout=30)
         if process.is_alive():
             process.kill()
     assert [p.exitcode for p in ranks] == [0, 0]
-    reports = sorted(results.get(timeout=5) for _ in ranks)
-    assert [r[1] for r in reports] == [2, 2]
-    assert reports[0][3] == reports[1][3]
-    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+    for loss in _DDP_LOSSES:
+        reference, rank0, rank1 = single[loss], reports[loss, 0], reports[loss, 1]
+        assert rank0["world_size"] == rank1["world_size"] == 2 and reference["world_size"] == 1
+        # All-reduced: bit-identical on the ranks, so early stopping cannot diverge between them.
+        assert rank0["epochs"] == [{**e, "seconds": r["seconds"]} for e, r in zip(rank1["epochs"], rank0["epochs"])]
+        for key in ("train_loss", "val_loss") + (("imputation_loss",) if loss == "causalrm-dr" else ()):
+            np.testing.assert_allclose([e[key] for e in rank0["epochs"]], [e[key] for e in reference["epochs"]],
+                                       rtol=1e-5, err_msg=f"{loss} {key}")
+        assert rank0["best_epoch"] == reference["best_epoch"]
+        files = ("model.safetensors", "imputation.safetensors") if loss == "causalrm-dr" else ("model.safetensors",)
+        for name in files:
+            expected = load_file(str(tmp_path / "single" / loss / name))
+            got = load_file(str(tmp_path / "ddp" / loss / name))
+            assert got.keys() == expected.keys()
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=f"{loss} {name} {key}")
