@@ -87,8 +87,9 @@ def ingest(
     window: Annotated[str, typer.Option(help="Attribution window W: feedback later than impression + W is late (e.g. 24h, 90m, 2d).")] = "24h",
     rating_threshold: Annotated[float, typer.Option(help="ratings source: label = 1 when rating >= this.")] = 4.0,
     force: Annotated[bool, typer.Option("--force", help="Re-read files already ingested (same sha256); by default they are skipped.")] = False,
-    memory_limit: Annotated[str, typer.Option(help="DuckDB memory limit; beyond it DuckDB spills to a temp folder in the warehouse.")] = "2GB",
-    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads (default: all cores).")] = None,
+    memory_limit: Annotated[str, typer.Option(help="DuckDB memory limit; beyond it DuckDB spills to a temp folder in the warehouse. --engine spark: the JVM heap when causalrm starts Spark itself.")] = "2GB",
+    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads, or Spark's local[N] (default: all cores).")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (one machine) or spark (PySpark; local[N], or the cluster of spark-submit / CAUSALRM_SPARK_MASTER): the same warehouse either way. spark reads canonical Parquet and JSON Lines only, without the privacy options.")] = "duckdb",
     pseudonymize_key_env: Annotated[Optional[str], typer.Option(help="NAME of an environment variable holding a secret: user_id and session_id become HMAC-SHA256(secret, id) before anything is written.")] = None,
     text: Annotated[str, typer.Option(help="Text retention for prompt_text/response_text: keep, hash (keyed digest; dedup and joins still work) or drop.")] = "keep",
     redact: Annotated[bool, typer.Option("--redact", help="Best-effort scrub of e-mails, phone numbers, card numbers and access tokens in kept texts (counts in the manifest).")] = False,
@@ -104,7 +105,7 @@ def ingest(
         cfg = IngestConfig(
             inputs=tuple(str(p) for p in inputs), warehouse=str(warehouse), source=source,
             mapping=str(mapping) if mapping else None, window=window, rating_threshold=rating_threshold,
-            force=force, memory_limit=memory_limit, threads=threads,
+            force=force, memory_limit=memory_limit, threads=threads, engine=engine,
         )
         if not privacy.pseudonymized:
             err.print(
@@ -114,7 +115,10 @@ def ingest(
             )
         with tempfile.TemporaryDirectory(prefix="causalrm-ingest-") as scratch:
             captured = str(Path(scratch) / "texts.parquet") if embed_texts else None
-            run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=ingest_hook(privacy, capture_texts=captured))
+            # The Spark engine has no privacy hook: pass one only when an option asks for it (it is then refused).
+            wants_hook = engine != "spark" or privacy.pseudonymized or text != "keep" or redact or embed_texts
+            hook = ingest_hook(privacy, capture_texts=captured) if wants_hook else None
+            run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=hook)
             if captured and Path(captured).is_file():
                 from feedback_etl.embed import EmbedConfig, embed_captured
 
@@ -431,7 +435,7 @@ def train_cmd(
     pairs: Annotated[bool, typer.Option("--pairs", help="Train a Bradley-Terry head on pairs.parquet (losses naive, ips, noise, causalrm-ips).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default 20; 1 with --finetune).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (default 1e-3; 2e-5 with --finetune).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Rows per step (default 512; 16 with --finetune).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per step, global across torchrun ranks (default 512; 16 with --finetune).")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = "auto",

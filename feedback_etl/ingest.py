@@ -1,6 +1,8 @@
 """`causalrm ingest`: raw interaction logs -> staged events, rejects and the feedback table.
 
-The run, step by step (each transform is a file in ``sql/``, run by DuckDB):
+The run, step by step (each transform is a file in ``sql/``, run by DuckDB; with ``engine="spark"``
+the same files, translated, run by Spark in ``feedback_etl.spark_ingest``, and everything else here
+-- preflight, sha256 skipping, lock, staging, commit, manifest -- is shared):
 
 ==========================  ====================================================================
 read                        ``feedback_etl.sources``: files (or a source adapter) -> ``raw_events``
@@ -62,6 +64,7 @@ _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # Rewrites the temp table "typed_events" in place; returns what to record in the manifest.
 TypedHook = Callable[[duckdb.DuckDBPyConnection], "dict | None"]
+ENGINES: tuple[str, ...] = ("duckdb", "spark")
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
 
 # DuckDB types of the staged events (the empty warehouse reads as a typed, empty relation).
@@ -106,8 +109,10 @@ class IngestConfig:
     rating_threshold : ratings source: label = 1 when rating >= this.
     force : re-read files already ingested (same sha256); by default they are skipped.
     memory_limit : DuckDB memory limit (it spills to a temp folder inside the warehouse beyond it).
-    threads : DuckDB threads (None: all cores).
+    threads : DuckDB threads, or Spark's local[threads] (None: all cores).
     batch_rows : rows per validated, written Parquet part (bounds Python-side memory).
+    engine : duckdb (default) or spark (``feedback_etl.spark_ingest``: canonical Parquet / JSON
+        Lines, no privacy hook; memory_limit becomes the JVM heap when causalrm starts Spark).
     """
 
     inputs: tuple[str, ...]
@@ -120,6 +125,7 @@ class IngestConfig:
     memory_limit: str = "2GB"
     threads: int | None = None
     batch_rows: int = 1_000_000
+    engine: str = "duckdb"
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, (str, Path)) or not self.inputs:
@@ -131,11 +137,18 @@ class IngestConfig:
             (self.threads is None or self.threads >= 1, "threads must be >= 1", "--threads"),
             (self.batch_rows >= 1000, "batch_rows must be >= 1000", "ingest config"),
             (0 < self.rating_threshold < float("inf"), "rating_threshold must be a positive number", "--rating-threshold"),
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}", "--engine"),
         ]
         for ok, message, where in checks:
             if not ok:
                 raise ConfigError(message, where=where)
         parse_window(self.window)
+        if self.engine == "spark" and self.source != "canonical":
+            raise ConfigError(
+                f"the Spark engine reads canonical logs only, not --source {self.source}",
+                where="--engine spark",
+                fix="ingest this source with --engine duckdb (its adapters are DuckDB SQL)",
+            )
 
     @property
     def window_seconds(self) -> float:
@@ -196,6 +209,10 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     warehouse = Path(cfg.warehouse)
     mapping = load_mapping(cfg.mapping)
     files = discover_inputs(cfg.inputs, cfg.source)
+    if cfg.engine == "spark":
+        from feedback_etl.spark_ingest import check_supported
+
+        check_supported(cfg, files, typed_hook)
     with duckdb.connect() as probe:
         unknown_columns = preflight(probe, files, cfg.source, mapping)
     digests = {f.path: _sha256(f.path) for f in files}
@@ -249,6 +266,7 @@ def _run(
         "run_id": run_id,
         "started_at": started.isoformat(timespec="seconds"),
         "source": cfg.source,
+        "engine": cfg.engine,
         "window": cfg.window,
         "window_seconds": window_s,
         "rating_threshold": cfg.rating_threshold if cfg.source == "ratings" else None,
@@ -263,10 +281,16 @@ def _run(
             record.update(_zero_counts(), feedback={"rebuilt": False, **tables.get("feedback_summary", {})})
             new_tables = dict(tables)
         else:
-            with _connect(cfg, staging / ".duckdb-tmp") as conn, _Steps(progress) as steps:
-                counts, new_tables = _pipeline(
-                    conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook
-                )
+            with _Steps(progress) as steps:
+                if cfg.engine == "spark":
+                    from feedback_etl.spark_ingest import spark_pipeline
+
+                    counts, new_tables = spark_pipeline(cfg, warehouse, staging, to_read, mapping, run_id, tables, steps)
+                else:
+                    with _connect(cfg, staging / ".duckdb-tmp") as conn:
+                        counts, new_tables = _pipeline(
+                            conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook
+                        )
             rows = counts.pop("_rows_per_file")
             sources = counts.pop("_source_rows_per_file")
             record.update(counts, timings_s=steps.timings)

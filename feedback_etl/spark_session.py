@@ -69,9 +69,9 @@ def get_spark(master: str | None = None, *, threads: int | None = None, conf: di
     """The active SparkSession, or a new one (``local[threads]`` by default, ``master`` when given).
 
     An existing session is reused (a JVM takes seconds to start); our settings are applied to it
-    at runtime where Spark allows that. ``CAUSALRM_SPARK_MASTER`` overrides the default master,
-    which is how ``spark-submit`` users keep the cluster's own master: under spark-submit a
-    session already exists and is simply returned.
+    at runtime where Spark allows that. ``CAUSALRM_SPARK_MASTER`` overrides the default master.
+    Under ``spark-submit`` the session keeps the submitted master and settings
+    (:func:`_submitted_session`).
     """
     try:
         from pyspark.sql import SparkSession
@@ -92,6 +92,8 @@ def get_spark(master: str | None = None, *, threads: int | None = None, conf: di
     # Python workers must run this interpreter (the venv with causalrm), not whatever `python3`
     # is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master is None and not os.environ.get("CAUSALRM_SPARK_MASTER") and os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return _submitted_session(conf)
     master = master or os.environ.get("CAUSALRM_SPARK_MASTER") or f"local[{threads or os.cpu_count() or 2}]"
     builder = SparkSession.builder.appName("causalrm").master(master)
     settings = {**_DEFAULT_CONF, "spark.sql.shuffle.partitions": str(max(2, 2 * (threads or os.cpu_count() or 2)))}
@@ -100,4 +102,20 @@ def get_spark(master: str | None = None, *, threads: int | None = None, conf: di
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     log.info("spark session %s (Spark %s)", master, spark.version)
+    return spark
+
+
+def _submitted_session(conf: dict[str, str] | None):
+    """Under ``spark-submit`` (its JVM is up before Python starts: PYSPARK_GATEWAY_PORT is set) the
+    session keeps the master, ``--conf`` values and spark-defaults.conf the job was submitted with;
+    our SQL settings fill in only the keys left unset (a local master, or a shuffle partition count
+    derived from the driver's cores, would be wrong on a cluster)."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName("causalrm").getOrCreate()
+    given = spark.sparkContext.getConf()
+    for key, value in {**_DEFAULT_CONF, **(conf or {})}.items():
+        if key.startswith("spark.sql.") and not given.contains(key):
+            spark.conf.set(key, value)
+    log.info("spark session from spark-submit: %s (Spark %s)", spark.sparkContext.master, spark.version)
     return spark

@@ -4,11 +4,15 @@ For each size it measures, each in a fresh process (so peak RSS is that step's o
 
 * floor: DuckDB reading the same input and writing it back as Parquet in one pass, with the same
   memory limit and threads (``COPY (SELECT * FROM read_parquet(...)) TO ... (FORMAT parquet)``);
-* ingest: ``feedback_etl.ingest.ingest`` into an empty warehouse (what ``causalrm ingest`` runs).
+* ingest: ``feedback_etl.ingest.ingest`` into an empty warehouse (what ``causalrm ingest`` runs),
+  once per ``--engines`` entry (``duckdb``, ``spark``: PySpark ``local[threads]``, JVM start included).
 
-and reports events/s, peak RSS and the ratio ingest / floor. Not a test: run it by hand::
+and reports events/s, peak RSS and the ratio ingest / floor. Peak RSS is that of the measured
+process *tree* (the Spark engine's JVM is a child process), sampled every 50 ms from ``/proc``,
+besides the process's own ``ru_maxrss``. Not a test: run it by hand::
 
     .venv/bin/python benchmarks/ingest/run.py --sizes 1M 3M 10M --work /tmp/ingest-bench
+    .venv/bin/python benchmarks/ingest/run.py --sizes 1M --engines duckdb spark --results /tmp/engines.json
 
 Results go to ``benchmarks/ingest/results.json`` (and a Markdown table on stdout for the README).
 """
@@ -59,6 +63,7 @@ def _child(kind: str, args: argparse.Namespace) -> None:
 
         run = ingest(IngestConfig(
             inputs=(args.input,), warehouse=str(Path(args.out) / "wh"), memory_limit=args.memory_limit, threads=args.threads,
+            engine=args.engine,
         ))
         extra = {"rows_read": run["rows_read"], "exposures": run["feedback"]["exposures"], "timings_s": run["timings_s"]}
     seconds = time.perf_counter() - start
@@ -66,14 +71,41 @@ def _child(kind: str, args: argparse.Namespace) -> None:
     print(json.dumps({"kind": kind, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, **extra}))
 
 
-def _measure(kind: str, input_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (MB), from /proc; 0 where unreadable."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 2**20
+
+
+def _measure(kind: str, input_dir: Path, out_dir: Path, args: argparse.Namespace, engine: str = "duckdb") -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--child", kind, "--input", str(input_dir), "--out", str(out_dir),
-           "--memory-limit", args.memory_limit]
+           "--memory-limit", args.memory_limit, "--engine", engine]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    peak = 0.0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss_mb(proc.pid))
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{kind} ({engine}) failed:\n{stderr[-3000:]}")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "tree_peak_rss_mb": peak}
 
 
 def _simulate(events: int, target: Path) -> dict:
@@ -90,11 +122,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1M", "3M", "10M"], help="event counts, e.g. 1M 3M 10M")
     parser.add_argument("--work", default="/tmp/causalrm-ingest-bench", help="scratch folder (inputs are kept for reruns)")
     parser.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit for floor and ingest")
-    parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="DuckDB threads / Spark local[N] (default: all cores)")
+    parser.add_argument("--engines", nargs="+", default=["duckdb"], choices=["duckdb", "spark"], help="ingest engines to run")
     parser.add_argument("--results", default=str(Path(__file__).with_name("results.json")))
     parser.add_argument("--child", choices=["floor", "ingest"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="duckdb", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args.child, args)
@@ -109,7 +143,8 @@ def main() -> None:
         run_dir = work / f"run-{label}"
         shutil.rmtree(run_dir, ignore_errors=True)
         floor = _measure("floor", logs / "events", run_dir / "floor", args)
-        result = _measure("ingest", logs / "events", run_dir / "ingest", args)
+        results = {engine: _measure("ingest", logs / "events", run_dir / f"ingest-{engine}", args, engine) for engine in args.engines}
+        result = results[args.engines[0]]
         row = {
             "size": label,
             "events": summary["counts"]["rows_written"],
@@ -122,17 +157,34 @@ def main() -> None:
             "ratio_to_floor": round(result["seconds"] / floor["seconds"], 2),
             "events_per_s": round(summary["counts"]["rows_written"] / result["seconds"]),
             "timings_s": result["timings_s"],
+            "engines": {
+                engine: {
+                    "ingest_s": round(r["seconds"], 2),
+                    "events_per_s": round(summary["counts"]["rows_written"] / r["seconds"]),
+                    "peak_rss_mb": round(r["tree_peak_rss_mb"]),  # process tree: Spark's JVM included
+                    "ratio_to_floor": round(r["seconds"] / floor["seconds"], 2),
+                    "timings_s": r["timings_s"],
+                }
+                for engine, r in results.items()
+            },
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
-    meta = {"cpu_count": os.cpu_count(), "memory_limit": args.memory_limit, "threads": args.threads or os.cpu_count()}
+    meta = {"cpu_count": os.cpu_count(), "memory_limit": args.memory_limit, "threads": args.threads or os.cpu_count(),
+            "engines": args.engines}
     Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print("\n| events | exposures | input MB | floor s | ingest s | ingest / floor | events/s | peak RSS MB (ingest / floor) |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['events']:,} | {r['exposures']:,} | {r['input_mb']} | {r['floor_s']} | {r['ingest_s']} | "
               f"{r['ratio_to_floor']} | {r['events_per_s']:,} | {r['ingest_peak_rss_mb']:,} / {r['floor_peak_rss_mb']:,} |")
+    if len(args.engines) > 1 or args.engines != ["duckdb"]:
+        print("\n| events | engine | ingest s | events/s | ingest / floor | peak RSS MB (process tree) |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            for engine, e in r["engines"].items():
+                print(f"| {r['events']:,} | {engine} | {e['ingest_s']} | {e['events_per_s']:,} | {e['ratio_to_floor']} | {e['peak_rss_mb']:,} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,611 @@
+"""``causalrm ingest --engine spark``: the same ETL, run by Apache Spark (issue 8).
+
+The transforms are the DuckDB files in ``sql/``, translated once by
+:mod:`feedback_etl.sql_translate`; this module only reads the inputs into ``raw_events``, runs the
+translated steps over Spark temp views of the same names, validates and writes. Everything around
+the run -- preflight, sha256 skipping, the lock, staging, the atomic commit and the manifest -- is
+``feedback_etl.ingest._run``'s, shared with the DuckDB engine. The warehouse it writes is the one
+the DuckDB engine writes: same rows, same Parquet column names, order and types.
+
+What it reads: canonical Parquet and JSON Lines (``.jsonl``, ``.ndjson``, ``.json``, optionally
+``.gz``), with ``--mapping`` field and event-type renames. ``row_number`` is numbered as DuckDB
+numbers it: Parquet by the file's own row index, JSON Lines by line (blank lines skipped but
+counted; LF or CRLF; a bare CR stays inside its line; a leading UTF-8 BOM is dropped; a line with
+invalid UTF-8 or a NUL byte is an ``unparseable_row``). What it refuses, with one ConfigError
+before the warehouse is touched: other sources (oasst, langfuse, ratings), CSV inputs, and the
+privacy hook (``--pseudonymize-key-env``, ``--text hash|drop``, ``--redact``, ``--embed``).
+
+Validation (``io.validate_table`` with the pandera models on the DuckDB side, every row):
+
+* on **every row**, in Spark SQL, one aggregate pass per table derived from its pandera model:
+  the exact column set (strict), non-null columns, unique keys (``exposure_id``, ``event_id``),
+  each column's value checks (ranges such as ``impression_hour`` in [0, 23], ``n_events >= 1``,
+  ``user_prior_feedback_rate`` in [0, 1]; sets such as ``split`` in train/val/test, ``label`` in
+  {0, 1}, ``reason`` a reject code, ``event_type`` a canonical type) and the model's cross-column
+  checks (``label`` null exactly when not ``observed``; impressions carry their five ids), written
+  out in SQL in :data:`DATAFRAME_CHECKS`;
+* on a **sample** of at most :data:`SAMPLE_ROWS` rows per table (all rows when the table is
+  smaller), collected through Arrow into polars: the full pandera model, as the DuckDB engine runs
+  it (dtypes after coercion included).
+
+Types are not left to chance: every written table is cast to its model's types first.
+
+Execution: each step's output is written as Parquet into ``<staging>/.spark-scratch/<view>`` and
+read back under its view name (:class:`_Cache` says why not ``persist``). A CTE read twice in one
+file is left to Spark (inlined, shuffles reused): materialising such CTEs first, as DuckDB does,
+made the 1M-event run a third slower.
+
+Reject payloads: JSON Lines rows keep the raw line, and rows rejected after typing (orphans,
+conflicts) the same JSON text as DuckDB's. A Parquet row rejected at typing is the same JSON object
+in Spark's spelling: ``to_json`` writes a TIMESTAMP column as ``2026-01-05T10:00:00.000Z`` (DuckDB
+``2026-01-05 10:00:00+00``) and floats in Java's shortest form.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from contextlib import contextmanager
+from datetime import timedelta
+from functools import reduce
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import polars as pl
+
+from feedback_etl.ingest import _EVENT_COLUMNS, IngestConfig, _Steps, reconcile
+from feedback_etl.io import validate_feedback
+from feedback_etl.mapping import FieldMapping
+from feedback_etl.sources import CANONICAL_COLUMNS, InputFile
+from feedback_etl.warehouse import link_tree
+from schemas.errors import ConfigError, InputFileError, TableValidationError
+from schemas.feedback import FeedbackTable
+from schemas.rejects import RejectsTable
+from schemas.staged_event import StagedEvent
+from schemas.validation import validate_table
+
+if TYPE_CHECKING:  # pyspark is imported lazily: the DuckDB engine never needs it
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+SPARK_FORMATS: tuple[str, ...] = ("parquet", "jsonl")
+SAMPLE_ROWS = 200_000
+# Runtime settings for the run, restored afterwards (the session may be the user's own).
+RUN_CONF: dict[str, str] = {
+    # DuckDB's TO_JSON writes null fields; Spark's drops them unless told otherwise.
+    "spark.sql.jsonGenerator.ignoreNullFields": "false",
+    # Column names from files and --mapping match exactly, as in the DuckDB reader.
+    "spark.sql.caseSensitive": "true",
+    "spark.sql.session.timeZone": "UTC",
+}
+# Cross-column checks of the pandera models as Spark SQL: true on a row that breaks the check.
+DATAFRAME_CHECKS: dict[str, str] = {
+    "label_iff_observed": "`observed` <> (`label` IS NOT NULL)",
+    "impressions_carry_ids": (
+        "`event_type` = 'impression' AND (`user_id` IS NULL OR `session_id` IS NULL OR `prompt_id` IS NULL"
+        " OR `response_id` IS NULL OR `model_id` IS NULL)"
+    ),
+}
+_CORRUPT = "__causalrm_corrupt_record"
+_JSON_OPTIONS = {
+    "mode": "PERMISSIVE",
+    "columnNameOfCorruptRecord": _CORRUPT,
+    # DuckDB's JSON reader takes neither single quotes nor bare NaN / Infinity in strict mode...
+    "allowSingleQuotes": "false",
+    # ...but it does take NaN (it reads as a number); keep Spark's default here.
+    "allowNonNumericNumbers": "true",
+}
+_SPARK_TYPES: dict[type, str] = {
+    pl.String: "STRING", pl.Int64: "BIGINT", pl.Int32: "INT", pl.Int8: "TINYINT", pl.Float64: "DOUBLE",
+    pl.Boolean: "BOOLEAN", pl.Datetime: "TIMESTAMP_LTZ", pl.Date: "DATE",
+}
+
+
+def check_supported(cfg: IngestConfig, files: list[InputFile], typed_hook: Any) -> None:
+    """Refuse what the Spark engine does not do, before the warehouse is touched.
+
+    Raises
+    ------
+    ConfigError : a privacy hook, a CSV input, or no Java 17+ to start Spark with.
+    """
+    if typed_hook is not None:
+        raise ConfigError(
+            "privacy options (--pseudonymize-key-env, --text hash|drop, --redact, --embed) are not supported by the Spark engine",
+            where="--engine spark",
+            fix="ingest with --engine duckdb, or pseudonymise and scrub the logs before they reach causalrm",
+        )
+    import importlib.util
+
+    missing = [name for name in ("pyspark", "sqlglot") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the Spark engine needs {' and '.join(missing)}, not installed",
+            where="--engine spark",
+            fix="pip install 'causalrm[spark]' (PySpark + sqlglot; Java 17+ on PATH), or use --engine duckdb",
+        )
+    other = [f for f in files if f.format not in SPARK_FORMATS]
+    if other:
+        raise ConfigError(
+            f"the Spark engine reads Parquet and JSON Lines, not {other[0].format.upper()} ({len(other)} file(s))",
+            where=f"--engine spark, {other[0].path}",
+            fix="convert the files to Parquet or JSON Lines, or ingest with --engine duckdb",
+        )
+    from pyspark.sql import SparkSession
+
+    if SparkSession.getActiveSession() is None:
+        from feedback_etl.spark_session import check_java
+
+        check_java()
+
+
+def spark_pipeline(
+    cfg: IngestConfig,
+    warehouse: Path,
+    staging: Path,
+    files: list[InputFile],
+    mapping: FieldMapping,
+    run_id: str,
+    tables: dict,
+    steps: _Steps,
+) -> tuple[dict, dict]:
+    """Run the SQL steps on Spark, reconcile, validate and write the next state into ``staging``.
+
+    Same contract as ``feedback_etl.ingest._pipeline``: returns (counts for the run's manifest
+    record, the manifest's new ``tables``).
+    """
+    from feedback_etl.spark_session import get_spark
+
+    spark = get_spark(threads=cfg.threads, conf=_memory_conf(cfg.memory_limit))
+    with _run_settings(spark), _Cache(spark, staging / ".spark-scratch") as cache:
+        return _pipeline(spark, cache, cfg, warehouse, staging, files, mapping, run_id, tables, steps)
+
+
+def _pipeline(
+    spark: "SparkSession",
+    cache: "_Cache",
+    cfg: IngestConfig,
+    warehouse: Path,
+    staging: Path,
+    files: list[InputFile],
+    mapping: FieldMapping,
+    run_id: str,
+    tables: dict,
+    steps: _Steps,
+) -> tuple[dict, dict]:
+    from feedback_etl.sql_translate import spark_sql
+
+    window = timedelta(seconds=cfg.window_seconds)
+
+    def run(name: str, params: dict | None = None, *, view: str | None = None, conform=None) -> "DataFrame | list":
+        """One translated step, kept under ``view`` (later steps read it), else collected."""
+        frame = spark.sql(spark_sql(name, params))
+        if conform is not None:
+            frame = _conform(frame, conform)
+        return cache.keep(frame, view) if view else frame.collect()
+
+    steps.run("register", lambda: _register_warehouse_events(spark, warehouse))
+    parts = steps.run("read", lambda: _read_inputs(spark, files, mapping))
+
+    def type_events() -> None:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
+
+        typed = []
+        for part in parts:
+            part.createOrReplaceTempView("raw_events")
+            typed.append(spark.sql(spark_sql("staging/stg_events_typed")))
+        try:  # the inputs are read here
+            cache.keep(reduce(lambda a, b: a.unionByName(b), typed), "typed_events")
+        except (PySparkException, Py4JJavaError) as exc:
+            raise InputFileError(
+                f"cannot read input: {str(exc).strip().splitlines()[0][:300]}",
+                where=", ".join(str(f.path) for f in files[:3]) + (" ..." if len(files) > 3 else ""),
+                fix="check the files are complete and in the format their suffix says",
+            ) from exc
+
+    steps.run("stg_events_typed", type_events)
+    steps.run("stg_duplicates", lambda: run("staging/stg_duplicates", view="duplicates"))
+    steps.run("stg_impression_losers", lambda: run("staging/stg_impression_losers", view="impression_losers"))
+    steps.run("stg_orphans", lambda: run("staging/stg_orphans", view="orphans"))
+    new_events = steps.run("stg_new_events", lambda: run("staging/stg_new_events", view="new_events"))
+    rejects = steps.run("stg_rejects", lambda: run("staging/stg_rejects", {"run_id": run_id}, view="rejects"))
+
+    counts = steps.run("reconcile", lambda: reconcile(_SparkConnection(spark), []))
+    cache.drop("typed_events")
+    spark.sql("SELECT * FROM warehouse_events UNION ALL SELECT * FROM new_events").createOrReplaceTempView("all_events")
+    counts["late_events"] = steps.run(
+        "stg_late_events", lambda: int(run("staging/stg_late_events", {"window": window})[0][0])
+    )
+
+    def write_events() -> None:
+        link_tree(warehouse / "events", staging / "events")
+        (staging / "events").mkdir(exist_ok=True)
+        if counts["accepted"]:
+            frame = _conform(new_events, StagedEvent)
+            _validate(frame, StagedEvent, "events")
+            _write(frame, staging / "events" / f"run_id={run_id}")
+
+    def write_rejects() -> None:
+        link_tree(warehouse / "rejects", staging / "rejects")
+        (staging / "rejects").mkdir(exist_ok=True)
+        if counts["rejected_total"]:
+            frame = _conform(rejects, RejectsTable)
+            _validate(frame, RejectsTable, "rejects")
+            _write(frame.orderBy("source_file", "row_number"), staging / "rejects" / f"run_id={run_id}")
+
+    steps.run("write_events", write_events)
+    steps.run("write_rejects", write_rejects)
+    mart = steps.run("marts/feedback", lambda: run("marts/feedback", {"window": window}, view="feedback_mart", conform=FeedbackTable))
+    summary = steps.run("write_feedback", lambda: _write_feedback(mart, staging / "feedback"))
+
+    totals = spark.sql("SELECT COUNT(*) FROM all_events").collect()[0][0]
+    new_tables = {
+        "events": int(totals),
+        "rejects": int(tables.get("rejects", 0)) + counts["rejected_total"],
+        "feedback": summary["exposures"],
+        "feedback_window_seconds": cfg.window_seconds,
+        "feedback_summary": summary,
+    }
+    counts["feedback"] = {"rebuilt": True, **summary}
+    counts["spark"] = {"version": spark.version, "master": spark.sparkContext.master}
+    return counts, new_tables
+
+
+# ---------------------------------------------------------------- session, cache
+
+
+@contextmanager
+def _run_settings(spark: "SparkSession") -> Iterator[None]:
+    """Apply :data:`RUN_CONF` for the run and put the session's own values back afterwards."""
+    before = {key: spark.conf.get(key, None) for key in RUN_CONF}
+    for key, value in RUN_CONF.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+        for view in ("raw_events", "event_type_map", "warehouse_events", "typed_events", "duplicates",
+                     "impression_losers", "orphans", "new_events", "rejects", "all_events", "feedback_mart"):
+            spark.catalog.dropTempView(view)
+
+
+class _Cache:
+    """Frames read several times, materialised as Parquet in a scratch folder of the staging area
+    and read back under the temp view name the SQL reads them by.
+
+    Not ``persist``: each step's plan would carry every earlier step's plan (new_events holds
+    typed_events four times over) and Spark's analyser, which walks the whole plan, took minutes by
+    the rejects step on 8,000 events. Not ``localCheckpoint`` either: it cuts the lineage, but the
+    checkpointed relation carries the optimiser's size estimate of its old plan (a join's estimate
+    is the product of its inputs'), so even a table of ten rows was never broadcast. Read back from
+    Parquet, a relation's size is its files' size, the key tables (duplicates, losers, orphans)
+    are broadcast while small, and the rows spill to disk (on a cluster: the shared staging area).
+    """
+
+    def __init__(self, spark: "SparkSession", scratch: Path) -> None:
+        self.spark, self.scratch = spark, scratch
+        self.views: dict[str, Path] = {}
+
+    def __enter__(self) -> "_Cache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def keep(self, frame: "DataFrame", view: str) -> "DataFrame":
+        folder = self.scratch / view
+        shutil.rmtree(folder, ignore_errors=True)
+        frame.write.mode("overwrite").parquet(_uri(folder))
+        kept = self.spark.read.parquet(_uri(folder))
+        kept.createOrReplaceTempView(view)
+        self.views[view] = folder
+        return kept
+
+    def drop(self, view: str) -> None:
+        """Delete a view's rows now (DuckDB drops its typed copy of the input early, too)."""
+        self.spark.catalog.dropTempView(view)
+        folder = self.views.pop(view, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _memory_conf(memory_limit: str) -> dict[str, str]:
+    """``--memory-limit`` as the JVM heap (``spark.driver.memory``), used when causalrm starts Spark
+    itself in local mode; a running session (spark-submit, a notebook) keeps its own."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(K|M|G|T)i?B\s*", memory_limit, re.IGNORECASE)
+    if not match:
+        return {}
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[match.group(2).upper()]
+    return {"spark.driver.memory": f"{max(512, int(float(match.group(1)) * scale))}m"}
+
+
+class _SparkConnection:
+    """Just enough of a DuckDB connection for ``ingest.reconcile``: its queries run translated on
+    Spark, so both engines count with the same SQL."""
+
+    def __init__(self, spark: "SparkSession") -> None:
+        self.spark = spark
+
+    def execute(self, sql: str) -> "_Result":
+        from feedback_etl.sql_translate import translate
+
+        return _Result([tuple(row) for row in self.spark.sql(translate(sql)).collect()])
+
+
+class _Result:
+    def __init__(self, rows: list[tuple]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return self.rows
+
+
+# ---------------------------------------------------------------- reading: raw_events, warehouse_events
+
+
+def _quoted(name: str) -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _uri(path: Path) -> str:
+    """A local path as Hadoop reads it: the local file system even on a cluster whose default is
+    HDFS, glob characters escaped (a file name is not a pattern)."""
+    return "file://" + re.sub(r"([\\*?\[\]{}])", r"\\\1", str(path))
+
+
+def _register_warehouse_events(spark: "SparkSession", warehouse: Path) -> None:
+    """``warehouse_events``: the events earlier runs accepted, typed as the DuckDB engine types them."""
+    from pyspark.sql import functions as F
+
+    types = {name: _spark_sql_type(kind) for name, kind in _EVENT_COLUMNS.items()}
+    if any((warehouse / "events").glob("run_id=*/*.parquet")):
+        frame = spark.read.parquet(_uri(warehouse / "events") + "/run_id=*/*.parquet")
+        frame = frame.select([F.col(name).cast(kind).alias(name) for name, kind in types.items()])
+    else:
+        frame = _rows(spark, [], types)
+    frame.createOrReplaceTempView("warehouse_events")
+
+
+def _rows(spark: "SparkSession", rows: list[tuple], types: dict[str, str]) -> "DataFrame":
+    """A small literal table, built inside the JVM. Not ``createDataFrame(list)``: that makes a
+    Python RDD, whose jobs start Python workers and whose unknown size rules out broadcast joins
+    (every join with it became a sort-merge join of the whole input)."""
+    from pyspark.sql import functions as F
+
+    if not rows:
+        return spark.range(0).select([F.lit(None).cast(kind).alias(name) for name, kind in types.items()])
+    structs = [F.struct(*[F.lit(v).cast(kind).alias(name) for v, (name, kind) in zip(row, types.items())]) for row in rows]
+    return spark.range(1).select(F.inline(F.array(*structs)))
+
+
+def _spark_sql_type(duckdb_type: str) -> str:
+    return {"VARCHAR": "STRING", "TIMESTAMP WITH TIME ZONE": "TIMESTAMP_LTZ", "INTEGER": "INT"}.get(duckdb_type, duckdb_type)
+
+
+def _read_inputs(spark: "SparkSession", files: list[InputFile], mapping: FieldMapping) -> list["DataFrame"]:
+    """One slice of ``raw_events`` per file (as DuckDB: a file's columns are its own), plus the
+    ``event_type_map`` view."""
+    _rows(spark, mapping.event_type_rows(), {"source_value": "STRING", "event_type": "STRING"}).createOrReplaceTempView(
+        "event_type_map"
+    )
+    if not files:
+        return [_empty_raw_events(spark)]
+    return [_parquet_part(spark, f, mapping) if f.format == "parquet" else _jsonl_part(spark, f, mapping) for f in files]
+
+
+def _head(f: InputFile) -> list["Column"]:
+    from pyspark.sql import functions as F
+
+    return [F.lit(f.index).alias("file_index"), F.lit(str(f.path)).alias("source_file")]
+
+
+def _empty_raw_events(spark: "SparkSession") -> "DataFrame":
+    head = {"file_index": "INT", "source_file": "STRING", "row_number": "BIGINT", "parse_ok": "BOOLEAN",
+            "payload_text": "STRING", "payload": "STRUCT<none: STRING>"}
+    return _rows(spark, [], {**head, **{c: "STRING" for c in CANONICAL_COLUMNS}})
+
+
+def _parquet_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "DataFrame":
+    """A Parquet file: ``row_number`` from the file's own row index; ``payload`` the row as a struct
+    (serialised only on rejected rows, by the typing step)."""
+    from pyspark.sql import functions as F
+
+    frame = spark.read.parquet(_uri(f.path))
+    columns = list(frame.columns)
+    frame = frame.select("*", F.col("_metadata.row_index").alias("__row_index"))
+    selected = [
+        (_quoted(mapping.column(c)) if mapping.column(c) in columns else F.lit(None).cast("string")).alias(c)
+        for c in CANONICAL_COLUMNS
+    ]
+    return frame.select(
+        *_head(f),
+        (F.col("__row_index") + 1).cast("bigint").alias("row_number"),
+        F.lit(True).alias("parse_ok"),
+        F.lit(None).cast("string").alias("payload_text"),
+        F.struct(*[_quoted(c).alias(c) for c in columns]).alias("payload"),
+        *selected,
+    )
+
+
+def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "DataFrame":
+    """A JSON Lines file, one row per non-blank line, numbered by line.
+
+    Lines are split on LF only (CRLF loses its CR; a bare CR stays inside its line, as DuckDB
+    reads it). Line numbers come from the order of the file's splits: a per-partition count gives
+    each partition's first line number (partitions of one file are in file order). A line is
+    ``parse_ok`` when it is valid UTF-8 without NUL bytes and one JSON object with nothing after it.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    lines = spark.read.option("lineSep", "\n").text(_uri(f.path))
+    lines = lines.select(F.col("value").alias("line"), F.monotonically_increasing_id().alias("__id"))
+    # monotonically_increasing_id = partition index << 33 | row within the partition.
+    lines = lines.select("line", F.shiftright("__id", 33).alias("__part"), (F.col("__id").bitwiseAND((1 << 33) - 1)).alias("__pos"))
+    sizes = {row[0]: row[1] for row in lines.groupBy("__part").count().collect()}
+    starts, total = [], 0
+    for part in range(max(sizes, default=-1) + 1):
+        starts.append(total)
+        total += sizes.get(part, 0)
+    first = F.element_at(F.array(*[F.lit(s) for s in starts]), F.col("__part").cast("int") + 1) if starts else F.lit(0)
+    numbered = lines.select((first + F.col("__pos") + 1).cast("bigint").alias("row_number"), "line")
+
+    text = F.regexp_replace(F.col("line"), "\r$", "")
+    text = F.when(F.col("row_number") == 1, F.regexp_replace(text, "^\ufeff", "")).otherwise(text)
+    readable = F.expr("is_valid_utf8(line)") & (F.instr(F.col("line"), "\u0000") == 0)
+    numbered = numbered.select("row_number", text.alias("line"), readable.alias("readable"))
+    numbered = numbered.where(~F.col("readable") | (F.regexp_replace(F.col("line"), "[ \t]", "") != ""))
+
+    sources = {c: mapping.column(c) for c in CANONICAL_COLUMNS}
+    schema = T.StructType(
+        [T.StructField(name, T.StringType()) for name in dict.fromkeys(sources.values())] + [T.StructField(_CORRUPT, T.StringType())]
+    )
+    parsed = F.when(F.col("readable"), F.from_json(F.col("line"), schema, _JSON_OPTIONS))
+    numbered = numbered.select("*", parsed.alias("record"))
+    parse_ok = (
+        F.col("readable")
+        & F.col("record").isNotNull()
+        & F.col(f"record.{_CORRUPT}").isNull()
+        & F.col("line").rlike(r"\}\s*$")
+    )
+    fields = [F.when(parse_ok, F.col("record").getField(sources[c])).alias(c) for c in CANONICAL_COLUMNS]
+    payload_type = "STRUCT<none: STRING>"  # never serialised: payload_text holds the raw line
+    return numbered.select(
+        *_head(f),
+        "row_number",
+        parse_ok.alias("parse_ok"),
+        F.expr("make_valid_utf8(line)").alias("payload_text"),
+        F.lit(None).cast(payload_type).alias("payload"),
+        *fields,
+    )
+
+
+# ---------------------------------------------------------------- conform, validate, write
+
+
+def _conform(frame: "DataFrame", model) -> "DataFrame":
+    """Cast every column to its model's type, in the frame's own column order.
+
+    Raises
+    ------
+    TableValidationError : the frame's columns are not exactly the model's (strict).
+    """
+    from pyspark.sql import functions as F
+
+    schema = model.to_schema()
+    wanted = list(schema.columns)
+    if sorted(frame.columns) != sorted(wanted):
+        raise TableValidationError(
+            model.__name__, 1, f"columns {sorted(set(frame.columns) ^ set(wanted))} differ from the contract"
+        )
+    casts = []
+    for name in frame.columns:
+        dtype = schema.columns[name].dtype.type
+        spark_type = next(kind for base, kind in _SPARK_TYPES.items() if isinstance(dtype, base) or dtype == base)
+        casts.append(F.col(name).cast(spark_type).alias(name))
+    return frame.select(casts)
+
+
+def aggregate_checks(model) -> list[tuple[str, str]]:
+    """(name, Spark SQL counting the rows that break it) for every check of a pandera model that can
+    be counted in one aggregate pass: nulls, uniqueness, value checks, cross-column checks."""
+    schema = model.to_schema()
+    checks: list[tuple[str, str]] = []
+    for name, column in schema.columns.items():
+        ref = f"`{name}`"
+        if not column.nullable:
+            checks.append((f"{name} not null", f"COUNT_IF({ref} IS NULL)"))
+        if column.unique:
+            checks.append((f"{name} unique", f"COUNT({ref}) - COUNT(DISTINCT {ref})"))
+        for check in column.checks:
+            stats = check.statistics
+            if check.name == "greater_than_or_equal_to":
+                broken = f"{ref} < {stats['min_value']!r}"
+            elif check.name == "less_than_or_equal_to":
+                broken = f"{ref} > {stats['max_value']!r}"
+            elif check.name == "isin":
+                values = ", ".join(_sql_value(v) for v in stats["allowed_values"])
+                broken = f"{ref} NOT IN ({values})"
+            else:
+                log.warning("no Spark SQL for check %s on %s.%s: checked on the sample only", check.name, model.__name__, name)
+                continue
+            checks.append((f"{name} {check.name} {stats}", f"COUNT_IF({broken})"))
+    for check in schema.checks:
+        condition = DATAFRAME_CHECKS.get(check.name)
+        if condition is None:
+            log.warning("no Spark SQL for dataframe check %s of %s: checked on the sample only", check.name, model.__name__)
+            continue
+        checks.append((check.name, f"COUNT_IF({condition})"))
+    return checks
+
+
+def _sql_value(value: object) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return repr(value)
+
+
+def _validate(frame: "DataFrame", model, table: str) -> None:
+    """Aggregate checks on every row, then the pandera model on a sample (module docstring).
+
+    Raises
+    ------
+    TableValidationError : naming the table, the failing checks and their row counts.
+    """
+    from pyspark.sql import functions as F
+
+    checks = aggregate_checks(model)
+    row = frame.agg(F.count(F.lit(1)).alias("__rows"), *[F.expr(sql).alias(f"c{k}") for k, (_, sql) in enumerate(checks)]).collect()[0]
+    failing = {name: int(row[f"c{k}"]) for k, (name, _) in enumerate(checks) if row[f"c{k}"]}
+    if failing:
+        raise TableValidationError(table, len(failing), f"on all rows: {failing}")
+    rows = int(row["__rows"])
+    sample = frame if rows <= SAMPLE_ROWS else frame.sample(fraction=min(1.0, 1.2 * SAMPLE_ROWS / rows), seed=0).limit(SAMPLE_ROWS)
+    collected = pl.from_arrow(sample.toArrow())
+    if table == "feedback":
+        validate_feedback(collected)
+    else:
+        validate_table(collected, model, table)
+
+
+def _write(frame: "DataFrame", directory: Path, partition_by: str | None = None) -> None:
+    """Write Parquet (snappy) into ``directory`` and leave only ``part-*.parquet`` files there."""
+    writer = frame.write.mode("errorifexists").option("compression", "snappy")
+    if partition_by:
+        writer = writer.partitionBy(partition_by)
+    writer.parquet(_uri(directory))
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and (path.name.startswith((".", "_")) or path.suffix == ".crc"):
+            path.unlink()
+
+
+def _write_feedback(mart: "DataFrame", directory: Path) -> dict:
+    """Validate the feedback table and write it, one ``part-*.parquet`` per impression_date, rows
+    sorted by exposure_id (as the DuckDB engine writes it)."""
+    from pyspark.sql import functions as F
+
+    _validate(mart, FeedbackTable, "feedback")
+    row = mart.agg(
+        F.count(F.lit(1)), F.count_if("observed"), F.count_if("copied"), F.count_if("regenerated"), F.count_if("shared"),
+        F.count_distinct("impression_date"),
+    ).collect()[0]
+    days = int(row[5])
+    if days:
+        _write(mart.repartition("impression_date").sortWithinPartitions("exposure_id"), directory, "impression_date")
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+    return {
+        "exposures": int(row[0]), "observed": int(row[1]), "copied": int(row[2]),
+        "regenerated": int(row[3]), "shared": int(row[4]), "days": days,
+    }
