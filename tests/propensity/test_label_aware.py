@@ -258,3 +258,19 @@ def test_bad_options_are_one_clear_error(mnar: dict, kwargs: dict, error: type, 
 def test_warehouse_without_a_slice_says_how_to_get_one(warehouse: Path) -> None:
     with pytest.raises(WarehouseError, match="no randomized slice"):
         read_slice(warehouse)
+
+
+def test_scored_exposures_without_a_fold_are_regrouped_by_user(mnar: dict, tmp_path: Path) -> None:
+    """Exposures scored after the fit (`propensity score`) carry fold -1; the label-aware fit then
+    regroups every exposure by user (the fit's fold count) and gives the same kind of answer."""
+    from propensity.io import read_scores, write_scores
+
+    wh = tmp_path / "wh"
+    shutil.copytree(mnar["wh"], wh)
+    scores = read_scores(wh, "vote")
+    write_scores(wh, "vote", scores.with_columns(fold=pl.when(pl.int_range(pl.len()) % 3 == 0).then(-1).otherwise(pl.col("fold")).cast(pl.Int32)))
+    result = fit_label_aware(wh, LabelAwareConfig(slice=str(mnar["root"] / "logs" / "slice.parquet"), label_model="none", bootstrap=20, n_jobs=1))
+    folds = pl.read_parquet(wh / "propensity" / "scores_label_aware.parquet")["fold"]
+    assert folds.min() >= 0 and folds.n_unique() == 3
+    baseline = mnar["result"].report["estimates"]["label_aware_snips"]["estimate"]
+    assert abs(result.report["estimates"]["label_aware_snips"]["estimate"] - baseline) < 0.05
