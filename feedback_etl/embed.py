@@ -308,8 +308,7 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
                            max_length=settings["max_length"], batch_size=batch_size, device=device)
         meta.update(pooling=encoder.pooling, max_length=encoder.max_length, dim=encoder.dim)
         texts = unique_texts["text"].to_list()
-        cache = _TextCache(Path(cfg.cache), {"model": model_path, **settings, "template": cfg.template,
-                                              "precision": meta["precision"], "version": _META_VERSION}) if cfg.cache else None
+        cache = _TextCache.for_settings(cfg, model_path, settings, device) if cfg.cache else None
         encode_start = time.perf_counter()
         bar = _progress(progress, sum(min(cfg.shard_size, n_texts - k * cfg.shard_size) for k in todo))
         try:
@@ -368,9 +367,7 @@ def encode_texts(texts: list[str], cfg: EmbedConfig | None = None, *, progress: 
     try:
         if not cfg.cache:
             return encoder().encode(list(texts), advance=bar.advance if bar else None)
-        precision = "bf16-autocast" if device == "cuda" else "fp32"
-        cache = _TextCache(Path(cfg.cache), {"model": model_path, **settings, "template": cfg.template,
-                                              "precision": precision, "version": _META_VERSION})
+        cache = _TextCache.for_settings(cfg, model_path, settings, device)
         hit = cache.lookup(list(texts))
         if hit is not None:  # every text cached: the model is not even loaded
             if bar:
@@ -433,6 +430,14 @@ class _TextCache:
         stored = pl.read_parquet(files).unique("key") if files else pl.DataFrame(schema={"key": pl.Utf8, "embedding": pl.List(pl.Float32)})
         self.index = dict(zip(stored["key"].to_list(), range(stored.height)))
         self.vectors = np.asarray(stored["embedding"].to_list(), dtype=np.float32) if stored.height else None
+
+    @classmethod
+    def for_settings(cls, cfg: EmbedConfig, model_path: str, settings: dict[str, Any], device: str) -> "_TextCache":
+        """The cache under ``cfg.cache`` for these encoder settings (one digest for `embed` and
+        `encode_texts`, so each reuses what the other encoded)."""
+        precision = "bf16-autocast" if device == "cuda" else "fp32"
+        return cls(Path(cfg.cache), {"model": model_path, **settings, "template": cfg.template,
+                                     "precision": precision, "version": _META_VERSION})
 
     def lookup(self, texts: list[str]) -> np.ndarray | None:
         """Vectors of ``texts`` when every one is cached, else None."""
