@@ -193,7 +193,7 @@ def propensity_fit(
 ) -> None:
     """Fit cross-fitted, calibrated propensities P(feedback | exposure) and write WH/propensity/
     (scores.parquet, metrics.json, models/<channel>/)."""
-    from propensity.fit import PropensityConfig, fit_propensity
+    from propensity.models.fit import PropensityConfig, fit_propensity
 
     try:
         for name in channel:
@@ -226,7 +226,7 @@ def propensity_score(
 ) -> None:
     """Score every exposure with the saved fold models: fitted exposures keep their out-of-fold
     score, new ones get the fold average (fold -1); writes the channel's rows of scores.parquet."""
-    from propensity.score import score_propensity
+    from propensity.models.score import score_propensity
 
     try:
         result = score_propensity(
@@ -259,7 +259,7 @@ def propensity_fit_label_aware(
 ) -> None:
     """Label-aware propensities P(feedback | exposure, label) from a randomized slice; writes
     WH/propensity/scores_label_aware.parquet, label_aware.json and slice.parquet."""
-    from propensity.label_aware import LabelAwareConfig, fit_label_aware
+    from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware
 
     try:
         cfg = LabelAwareConfig(slice=str(slice_file) if slice_file else None, label_model=label_model, strata=strata,
@@ -311,7 +311,7 @@ def noise_estimate(
     seed: Annotated[int, typer.Option(help="Seed of folds, proxy model and bootstrap.")] = 0,
 ) -> None:
     """Estimate flip rates rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0) with intervals; writes WH/noise.json."""
-    from propensity.noise import NoiseConfig, estimate_noise, noise_path
+    from propensity.noise.estimate import NoiseConfig, estimate_noise, noise_path
 
     try:
         cfg = NoiseConfig(
@@ -343,7 +343,7 @@ def noise_estimate(
     for row in result["segments"]:
         rates = f"rho01 {row['rho01']:.3f}, rho10 {row['rho10']:.3f}" if row.get("error") is None else f"not identified: {row['error']}"
         out.print(f"  {row['segment_by']}={row['segment']}: {rates}", highlight=False, soft_wrap=True)
-    # Warnings are already logged by propensity.noise (stderr) and kept in the JSON's "warnings".
+    # Warnings are already logged by propensity.noise.estimate (stderr) and kept in the JSON's "warnings".
 
 
 # ---------------------------------------------------------------- weights export, audit (handoff)
@@ -363,7 +363,7 @@ def weights_export(
     propensity: Annotated[str, typer.Option(help="context (P(o=1 | x), propensity fit) or label-aware (P(o=1 | x, r), propensity fit-label-aware).")] = "context",
 ) -> None:
     """Write the weighted dataset a reward-model trainer reads (one row per exposure, weight 0 when unobserved)."""
-    from propensity.export import ExportConfig, export_weighted_dataset
+    from propensity.weights.export import ExportConfig, export_weighted_dataset
 
     try:
         cfg = ExportConfig(
@@ -400,7 +400,7 @@ def audit(
     propensity: Annotated[str, typer.Option(help="Propensities of the audited weights: context or label-aware (match the export's --propensity).")] = "context",
 ) -> None:
     """Selection-bias audit: a self-contained HTML report (+ report.json) and guardrails that can fail a pipeline."""
-    from propensity.audit import AuditConfig, Thresholds, run_audit
+    from propensity.audit.report import AuditConfig, Thresholds, run_audit
 
     try:
         limits = Thresholds.from_toml(thresholds) if thresholds else Thresholds()

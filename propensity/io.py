@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import math
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -311,3 +313,16 @@ def replace_dir(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN / inf -> None, numpy scalars -> Python, recursively, so the JSON we write is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

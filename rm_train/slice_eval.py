@@ -2,7 +2,7 @@
 
 Organic votes are a selected sample: a test set made of them rewards a model for fitting the
 people who chose to react. The slice's labels were solicited at random, so averages over the slice
-are unbiased for the whole exposure population (assumption A2 of ``propensity.label_aware``: the
+are unbiased for the whole exposure population (assumption A2 of ``propensity.slice.label_aware``: the
 solicited label is the same kind of label as a vote). Metrics of the predicted probability q =
 ``reward`` against the solicited label r:
 
@@ -94,7 +94,7 @@ def evaluate_slice(preds: str | Path, warehouse: str | Path, *, split: str | Non
     EstimationError : no slice row has a prediction.
     """
     from feedback_etl.io import read_feedback
-    from propensity.label_aware import read_slice
+    from propensity.slice.label_aware import read_slice
 
     path = Path(preds)
     if not path.is_file():
@@ -150,7 +150,7 @@ def evaluate_slice(preds: str | Path, warehouse: str | Path, *, split: str | Non
 
 
 def _noise(warehouse: str | Path) -> dict[str, Any] | None:
-    from propensity.noise import read_noise
+    from propensity.noise.estimate import read_noise
 
     try:
         noise = read_noise(warehouse, "vote")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from feedback_etl.simulator import SimulationConfig, exposure_frame  # noqa: E402
 from feedback_etl.texts import find_shared_data  # noqa: E402
-from propensity.noise import NoiseConfig, anchor_rates, anchor_sets, audit_rates, proxy_scores  # noqa: E402
+from propensity.noise.estimate import NoiseConfig, anchor_rates, anchor_sets, audit_rates, proxy_scores  # noqa: E402
 
 log = logging.getLogger("benchmarks.noise")
 HERE = Path(__file__).resolve().parent

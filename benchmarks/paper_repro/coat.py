@@ -5,7 +5,7 @@ ratings, evaluated on randomly assigned (MAR) test ratings.
 
 Steps: `causalrm ingest train.ascii --source ratings` (exposure universe: all 87,000 user-item
 cells, observed = rated, label = rating >= 4) -> propensities of being rated from the user and item
-features (`propensity.coat.fit_coat_propensities`: cross-fitted LightGBM on the one-hot features
+features (`propensity.slice.coat.fit_coat_propensities`: cross-fitted LightGBM on the one-hot features
 plus cross-fitted item popularity, isotonic calibration, floor 0.01; the warehouse's own context
 columns carry nothing for ratings data, so the features come from Coat's feature files and are
 written into the warehouse's `propensity/` contract) -> `causalrm weights export --no-noise` ->
@@ -34,7 +34,7 @@ LOSSES = ("naive", "ips", "causalrm-dr")
 
 
 def main() -> None:
-    from propensity.coat import CoatCheckConfig, fit_coat_propensities, find_coat, load_coat
+    from propensity.slice.coat import CoatCheckConfig, fit_coat_propensities, find_coat, load_coat
 
     coat_dir = find_coat()
     coat = load_coat()

@@ -59,11 +59,11 @@ def synthesize(n: int, seed: int = 0):
 def run_one(n: int, threads: int, folds: int, max_bagged_rows: int | None = None, max_train_rows: int | None = None) -> dict:
     from scipy.stats import spearmanr
 
-    from propensity.calibration import clip_propensity, cross_calibrate
-    from propensity.crossfit import cross_fit, group_folds
+    from propensity.models.calibration import clip_propensity, cross_calibrate
+    from propensity.models.crossfit import cross_fit, group_folds
     from propensity.diagnostics import propensity_diagnostics
-    from propensity.estimators import LightGBMPropensity
-    from propensity.features import design_matrix
+    from propensity.models.estimators import LightGBMPropensity
+    from propensity.models.features import design_matrix
 
     t0 = time.perf_counter()
     X, observed, users, true_p = synthesize(n)

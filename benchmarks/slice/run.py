@@ -9,9 +9,9 @@ Coat (Schnabel et al., 2016): 290 users x 300 jackets = 87,000 exposures; ``trai
 per user assigned at random. A slice of 5% of the test ratings (232; drawn at random, seeded) plays
 the randomized slice; the other 95% are the evaluation set, whose mean rating is the truth.
 
-* context propensities: ``propensity.coat.fit_coat_propensities`` (cross-fitted, isotonic-calibrated
+* context propensities: ``propensity.slice.coat.fit_coat_propensities`` (cross-fitted, isotonic-calibrated
   LightGBM on the one-hot user and item features, floor 0.01);
-* label-aware: ``propensity.label_aware.estimate_label_aware`` with the 5 rating values as labels,
+* label-aware: ``propensity.slice.label_aware.estimate_label_aware`` with the 5 rating values as labels,
   (a) with a cross-fitted multiclass LightGBM outcome model m_r(x) = P(r | x, o=1) on the same
   features and folds (the default ``label_model="lightgbm"`` of ``fit-label-aware``), and (b) with
   ``label_model="none"`` (m constant: the factor P(r | o=1) / P(r | slice) on top of p(x));
@@ -38,8 +38,8 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from propensity.coat import CoatCheckConfig, coat_design, fit_coat_propensities, load_coat  # noqa: E402
-from propensity.label_aware import estimate_label_aware, snips  # noqa: E402
+from propensity.slice.coat import CoatCheckConfig, coat_design, fit_coat_propensities, load_coat  # noqa: E402
+from propensity.slice.label_aware import estimate_label_aware, snips  # noqa: E402
 
 log = logging.getLogger("benchmarks.slice")
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,7 @@ def mean_rating_runs(seeds: list[int], fraction: float) -> dict:
 
 def _dataset(out: Path, coat, propensity: np.ndarray, seed: int) -> Path:
     """A WeightedDataset of the 87,000 Coat pairs: observed = rated in train, label = rating >= 4."""
-    from propensity.export import compute_weights, validate_weighted_dataset
+    from propensity.weights.export import compute_weights, validate_weighted_dataset
 
     n_users, n_items = coat.train.shape
     user = np.repeat(np.arange(n_users), n_items)

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from propensity.audit import AuditConfig, AuditResult, Thresholds, evaluate_guardrails, mean_label_estimates, run_audit, wilson_interval
+from propensity.audit.report import AuditConfig, AuditResult, Thresholds, evaluate_guardrails, mean_label_estimates, run_audit, wilson_interval
 from propensity.io import write_scores
 from schemas.errors import ConfigError, InputFileError
 
@@ -61,8 +61,8 @@ def assert_self_contained(page: _Page, text: str, n_images: int) -> None:
 @pytest.fixture(scope="module")
 def fitted_wh(warehouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixture warehouse after the real `propensity fit` and `noise estimate` (small settings)."""
-    from propensity.fit import PropensityConfig, fit_propensity
-    from propensity.noise import NoiseConfig, estimate_noise
+    from propensity.models.fit import PropensityConfig, fit_propensity
+    from propensity.noise.estimate import NoiseConfig, estimate_noise
 
     wh = tmp_path_factory.mktemp("audit_good") / "wh"
     shutil.copytree(warehouse, wh)
@@ -128,7 +128,7 @@ def _bad_warehouse(warehouse: Path, root: Path) -> Path:
 
 def test_guardrails_fire_on_a_bad_warehouse_and_strict_fails(warehouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cli import app
-    from propensity import _report_html
+    from propensity.audit import _html as _report_html
 
     # The images are checked on the good and the Coat reports; here only the numbers and the verdict.
     monkeypatch.setattr(_report_html, "_png", lambda fig: "data:image/png;base64,AA==")
@@ -212,7 +212,7 @@ def test_mean_label_estimates_against_a_randomized_slice() -> None:
 
 def test_report_renders_the_randomized_slice(good_result: AuditResult, monkeypatch: pytest.MonkeyPatch) -> None:
     """The slice branch of the page: feed the renderer a report whose estimates include a slice."""
-    from propensity import _report_html
+    from propensity.audit import _html as _report_html
 
     monkeypatch.setattr(_report_html, "_png", lambda fig: "data:image/png;base64,AA==")
     report = dict(good_result.report)

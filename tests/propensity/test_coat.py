@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from propensity.coat import CoatCheckConfig, coat_check, load_coat, mean_rating_estimates
+from propensity.slice.coat import CoatCheckConfig, coat_check, load_coat, mean_rating_estimates
 from schemas.errors import InputFileError
 
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from propensity.calibration import IsotonicCalibrator, PlattCalibrator, clip_propensity, cross_calibrate
-from propensity.crossfit import cross_fit, group_folds
-from propensity.estimators import LogisticPropensity
+from propensity.models.calibration import IsotonicCalibrator, PlattCalibrator, clip_propensity, cross_calibrate
+from propensity.models.crossfit import cross_fit, group_folds
+from propensity.models.estimators import LogisticPropensity
 from schemas.errors import ConfigError, EstimationError
 
 
@@ -146,7 +146,7 @@ def test_lightgbm_shared_bins_fast_path_is_out_of_fold(monkeypatch) -> None:
     near 1), so any leak would show as an out-of-fold AUC above chance (SE about 0.02 here)."""
     from sklearn.metrics import roc_auc_score
 
-    from propensity.estimators import LightGBMPropensity
+    from propensity.models.estimators import LightGBMPropensity
 
     rng = np.random.default_rng(0)
     n = 1_000

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from propensity.estimators import (
+from propensity.models.estimators import (
     LightGBMPropensity,
     LogisticPropensity,
     MLPPropensity,

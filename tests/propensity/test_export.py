@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from propensity.export import (
+from propensity.weights.export import (
     ExportConfig,
     build_pairs,
     compute_weights,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cli import app
 from feedback_etl.io import read_feedback, write_feedback
 from propensity import build_features, group_folds, load_fold_models, read_metrics, read_scores
-from propensity.fit import PropensityConfig, fit_propensity
+from propensity.models.fit import PropensityConfig, fit_propensity
 from schemas.errors import ConfigError, WarehouseError
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from propensity.label_aware import (
+from propensity.slice.label_aware import (
     LabelAwareConfig,
     build_slice,
     fit_label_aware,
@@ -110,7 +110,7 @@ def mnar(tmp_path_factory: pytest.TempPathFactory) -> dict:
     often) and an 8% randomized slice: simulate -> ingest -> propensity fit -> fit-label-aware."""
     from feedback_etl.ingest import IngestConfig, ingest
     from feedback_etl.simulator import SimulationConfig, simulate
-    from propensity.fit import PropensityConfig, fit_propensity
+    from propensity.models.fit import PropensityConfig, fit_propensity
 
     root = tmp_path_factory.mktemp("mnar")
     simulate(SimulationConfig(out=str(root / "logs"), n_exposures=12_000, seed=21, randomized_slice=0.08,
@@ -164,7 +164,7 @@ def test_scores_file_follows_its_contract(mnar: dict) -> None:
 
 def test_slice_gold_labels_give_the_flip_rates(mnar: dict) -> None:
     """The slice's careful ratings against the users' votes: an audit set for rho01 / rho10."""
-    from propensity.noise import NoiseConfig, estimate_noise
+    from propensity.noise.estimate import NoiseConfig, estimate_noise
 
     wh = mnar["root"] / "noise_wh"
     shutil.copytree(mnar["wh"], wh)

@@ -18,9 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from feedback_etl.simulator import SimulationConfig, exposure_frame
-from propensity.crossfit import group_folds
+from propensity.models.crossfit import group_folds
 from propensity.io import write_scores
-from propensity.noise import (
+from propensity.noise.estimate import (
     NoiseConfig,
     anchor_rates,
     anchor_sets,

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from cli import app
 from feedback_etl.io import read_feedback, write_feedback
 from propensity import build_features, load_fold_models, read_metrics, read_scores
-from propensity.fit import PropensityConfig, fit_propensity
+from propensity.models.fit import PropensityConfig, fit_propensity
 from propensity.io import scores_path, write_scores
-from propensity.score import score_frame, score_propensity
+from propensity.models.score import score_frame, score_propensity
 from schemas.errors import ConfigError, WarehouseError
 
 runner = CliRunner()
@@ -138,7 +138,7 @@ def test_an_unseen_level_is_scored_as_missing(split, caplog) -> None:
     rows = read_feedback(full).head(50)
     unseen = rows.with_columns(model_id=pl.lit("model-never-seen"))
     null = rows.with_columns(model_id=pl.lit(None, dtype=pl.String))
-    with caplog.at_level(logging.WARNING, logger="propensity.score"):
+    with caplog.at_level(logging.WARNING, logger="propensity.models.score"):
         a = score_frame(unseen, spec, models, calibrators)
     b = score_frame(null, spec, models, calibrators)
     assert a.equals(b)
@@ -224,8 +224,8 @@ def test_cli(split, tmp_path: Path) -> None:
 def test_downstream_steps_accept_scored_exposures(scored, tmp_path: Path) -> None:
     """After scoring, exposures outside the fit carry fold -1: noise estimation regroups them by
     user instead of failing, and export hashes a partitioned scores folder."""
-    from propensity.export import ExportConfig, export_weighted_dataset
-    from propensity.noise import NoiseConfig, estimate_noise
+    from propensity.weights.export import ExportConfig, export_weighted_dataset
+    from propensity.noise.estimate import NoiseConfig, estimate_noise
 
     wh = tmp_path / "wh"
     shutil.copytree(scored[0], wh)

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from cli import app
 from feedback_etl.io import read_feedback, write_feedback
 from propensity import read_scores, read_weighted_dataset
-from propensity.fit import PropensityConfig, fit_propensity
+from propensity.models.fit import PropensityConfig, fit_propensity
 from propensity.io import scores_path
-from propensity.score import score_propensity
+from propensity.models.score import score_propensity
 
 pytestmark = pytest.mark.spark
 runner = CliRunner()
@@ -34,7 +34,7 @@ def spark():
     """The module's one local[2] session (stopped at the end unless it was already running)."""
     from pyspark.sql import SparkSession
 
-    from propensity.spark_score import spark_session
+    from propensity.models.spark_score import spark_session
 
     existing = SparkSession.getActiveSession()
     session = spark_session(threads=2)

@@ -45,7 +45,7 @@ def sliced(tmp_path_factory: pytest.TempPathFactory) -> dict:
     truth.select("exposure_id", reward="r_star").write_parquet(root / "preds.parquet")
     (wh / "noise.json").write_text(json.dumps({"channel": "vote", "method": "audit", "rho01": 0.2, "rho10": 0.1}))
     # Register the slice with its gold labels as `propensity fit-label-aware --slice` does (WH/propensity/slice.parquet).
-    from propensity.label_aware import slice_path
+    from propensity.slice.label_aware import slice_path
 
     slice_path(wh).parent.mkdir(parents=True, exist_ok=True)
     pl.read_parquet(root / "logs" / "slice.parquet").with_columns(source=pl.lit("flag")).write_parquet(slice_path(wh))

@@ -1,6 +1,6 @@
 """`causalrm propensity score`: score every exposure of the feedback table with a channel's saved
 fold models, in-process (``engine="local"``) or inside Spark (``engine="spark"``, see
-:mod:`propensity.spark_score`), and write the scores into ``WH/propensity/scores.parquet``.
+:mod:`propensity.models.spark_score`), and write the scores into ``WH/propensity/scores.parquet``.
 
 Fit once on one machine (``causalrm propensity fit``, on the whole table or on a sample warehouse:
 ``models_from``), then score a feedback table of any size with the saved models (issue 8).
@@ -58,7 +58,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 
-from propensity.features import EMBEDDING_PREFIX, build_features, design_matrix
+from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import (
     SCORES_LAYOUTS,
     commit_score_parts,
@@ -269,7 +269,7 @@ def score_frame(
     ----------
     feedback : polars or pandas frame (or Arrow table) with ``exposure_id`` and the fit's feature
         columns (any extra columns are ignored), one row per exposure.
-    spec, models, calibrators : what :func:`propensity.fit.load_fold_models` returns.
+    spec, models, calibrators : what :func:`propensity.models.fit.load_fold_models` returns.
     embeddings : (exposure_id, embedding) covering every row when the models used embeddings
         (None: an ``embedding`` column of ``feedback``, else an error).
     folds : int array of shape (n_rows,) or None. ``folds[i] = k >= 0`` scores row i with fold k's
@@ -380,8 +380,8 @@ def models_digest(files: dict[str, bytes]) -> str:
 
 def load_models_from_files(files: dict[str, bytes], channel: str, directory: Path) -> tuple[dict[str, Any], list, list]:
     """Write ``files`` into ``directory/propensity/models/<channel>/`` and load them with
-    :func:`propensity.fit.load_fold_models` (so every engine loads models one way)."""
-    from propensity.fit import load_fold_models
+    :func:`propensity.models.fit.load_fold_models` (so every engine loads models one way)."""
+    from propensity.models.fit import load_fold_models
 
     target = models_dir(directory, channel)
     target.mkdir(parents=True, exist_ok=True)
@@ -411,6 +411,18 @@ def feedback_files(warehouse: Path) -> list[Path]:
             fix=f"run `causalrm ingest LOGS --warehouse {warehouse}` first",
         )
     return files
+
+
+# Engines other than ``local`` are plug-ins: they import this module's contract (scoring_features,
+# score_batch, ...) and are looked up by name when asked for, like an entry point, so the core never
+# imports an engine back (issue 20).
+ENGINE_PLUGINS: dict[str, str] = {"spark": "propensity.models.spark_score"}
+
+
+def _engine_plugin(engine: str):
+    import importlib
+
+    return importlib.import_module(ENGINE_PLUGINS[engine])
 
 
 def score_propensity(
@@ -443,7 +455,7 @@ def score_propensity(
         raise WarehouseError("warehouse folder does not exist", where=str(warehouse), fix="pass the folder given to `causalrm ingest --warehouse`")
     models_wh = Path(cfg.models_from) if cfg.models_from else warehouse
     started = time.perf_counter()
-    from propensity.fit import load_fold_models
+    from propensity.models.fit import load_fold_models
 
     spec, models, calibrators = load_fold_models(models_wh, channel)  # names a missing fit clearly
     feedback_files(warehouse)
@@ -453,9 +465,7 @@ def score_propensity(
         if cfg.engine == "local":
             parts, unseen = _score_local(warehouse, models_wh, cfg, spec, models, calibrators, staging, progress)
         else:
-            from propensity.spark_score import score_spark
-
-            parts, unseen = score_spark(warehouse, models_wh, cfg, spec, staging)
+            parts, unseen = _engine_plugin(cfg.engine).score_spark(warehouse, models_wh, cfg, spec, staging)
         n_fit, n_new = _count_parts(parts)
         path = commit_score_parts(warehouse, channel, parts, layout=cfg.layout)
     finally:

@@ -249,7 +249,7 @@ class LightGBMPropensity(_BinaryPropensity):
         )
 
     def _cross_fit_shared_bins(self, X: Any, y: Any, folds: np.ndarray, on_fold_done=None) -> tuple[np.ndarray, list]:
-        """Cross-fit with the feature histograms binned once for all folds (``propensity.crossfit``'s fast path).
+        """Cross-fit with the feature histograms binned once for all folds (``propensity.models.crossfit``'s fast path).
 
         Binning is LightGBM's costliest step after training and is label-free: the bin edges
         come from the feature values only, so sharing them across folds leaks no label. Each fold

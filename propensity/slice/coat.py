@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from propensity.calibration import clip_propensity, cross_calibrate
-from propensity.crossfit import cross_fit, group_folds
-from propensity.estimators import LightGBMPropensity
+from propensity.models.calibration import clip_propensity, cross_calibrate
+from propensity.models.crossfit import cross_fit, group_folds
+from propensity.models.estimators import LightGBMPropensity
 from schemas.errors import InputFileError
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def popularity_augment(
     n_items: int,
     segments: dict[str, np.ndarray] | None = None,
 ):
-    """A :func:`propensity.crossfit.cross_fit` ``augment`` hook adding cross-fitted item popularities.
+    """A :func:`propensity.models.crossfit.cross_fit` ``augment`` hook adding cross-fitted item popularities.
 
     Popularity of item i from a set S of folds = share of the exposures of item i in S that are
     observed. Fold k's held-out rows use S = all folds but k; fold k's training rows of fold j

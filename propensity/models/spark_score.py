@@ -7,10 +7,10 @@ by exposure_id when the models used embeddings] left join the fit's out-of-fold 
 channel (``fold >= 0``) -> ``mapInArrow`` -> Parquet parts in a staging folder beside the scores
 -> the driver commits them with :func:`propensity.io.commit_score_parts`.
 
-Each Arrow batch goes to :func:`propensity.score.score_batch`, the function the local engine calls
+Each Arrow batch goes to :func:`propensity.models.score.score_batch`, the function the local engine calls
 on its chunks, so both engines build the same features and run the same arithmetic: fitted
 exposures keep their out-of-fold score, the others get the fold average (``fold = -1``); see
-:mod:`propensity.score` for the rules.
+:mod:`propensity.models.score` for the rules.
 
 ``mapInArrow`` rather than ``mapInPandas``: a batch goes Arrow -> polars without a copy, exactly as
 the local engine's chunks come from ``pyarrow.parquet``; pandas would first turn nullable integers
@@ -18,7 +18,7 @@ into floats and strings into objects, one more place for the engines to differ.
 
 Models: the files of ``models/<channel>/`` (LightGBM text models, safetensors, JSON; a few hundred
 kB) are broadcast as bytes. A Python worker writes them to a temporary folder and loads them with
-:func:`propensity.fit.load_fold_models` ONCE: the loaded models are cached in this module, keyed by
+:func:`propensity.models.fit.load_fold_models` ONCE: the loaded models are cached in this module, keyed by
 the files' digest, and Spark reuses Python workers across tasks (``spark.python.worker.reuse``,
 on by default). Models predict with one thread per task: Spark's task slots are the parallelism.
 
@@ -54,7 +54,7 @@ from typing import Any
 import polars as pl
 
 from propensity.io import scores_layout, scores_path
-from propensity.score import (
+from propensity.models.score import (
     FIT_COLUMNS,
     ScoreConfig,
     load_models_from_files,
@@ -138,7 +138,7 @@ def score_spark(warehouse: Path, models_wh: Path, cfg: ScoreConfig, spec: dict[s
     except PythonException as exc:
         last = next((line for line in reversed(str(exc).strip().splitlines()) if line.strip()), str(exc))
         raise EstimationError(
-            f"a Spark task failed while scoring: {last.strip()}", where="propensity.spark_score",
+            f"a Spark task failed while scoring: {last.strip()}", where="propensity.models.spark_score",
             fix="see the executor log above; the same data scored with --engine local names the row",
         ) from exc
     finally:

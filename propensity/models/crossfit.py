@@ -139,7 +139,7 @@ def cross_fit(
     augment : optional hook for features that depend on other rows' labels (e.g. an item's
         feedback rate). Called per fold with the training and held-out row indices, it returns
         extra columns for each; it must compute the held-out rows' columns from the training
-        rows only and the training rows' columns without the held-out fold (see ``propensity.coat``).
+        rows only and the training rows' columns without the held-out fold (see ``propensity.slice.coat``).
     on_fold_done : called with k after fold k is scored (progress bars).
 
     Raises

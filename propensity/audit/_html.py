@@ -1,4 +1,4 @@
-"""Render the audit report (``propensity.audit``) as one self-contained HTML page.
+"""Render the audit report (``propensity.audit.report``) as one self-contained HTML page.
 
 Plots are matplotlib PNGs embedded as base64 data URIs, CSS is inline, and there is no script and
 no external reference, so the file opens offline and can be mailed or attached to a CI run.
@@ -450,7 +450,7 @@ def _segment_tables_html(segments: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """The full report page (str) for a report dict from :func:`propensity.audit.build_report`."""
+    """The full report page (str) for a report dict from :func:`propensity.audit.report.build_report`."""
     t = report["thresholds"]
     h = report["headline"]
     esc = html.escape

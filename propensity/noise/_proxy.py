@@ -1,4 +1,4 @@
-"""Proxy preference model for the anchor-point noise estimator (private to ``propensity.noise``).
+"""Proxy preference model for the anchor-point noise estimator (private to ``propensity.noise.estimate``).
 
 The anchor method needs a ranking of *every* exposure by how likely its true preference r* is 1.
 We fit P(r=1 | x) on the observed rows with inverse-propensity weights 1/p (so the fit targets the
@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from propensity.crossfit import group_folds
+from propensity.models.crossfit import group_folds
 from schemas.errors import EstimationError
 from schemas.feedback import CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from propensity.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate
-from propensity.crossfit import cross_fit, group_folds
+from propensity.models.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate
+from propensity.models.crossfit import cross_fit, group_folds
 from propensity.diagnostics import propensity_diagnostics
-from propensity.estimators import ESTIMATORS, make_estimator
-from propensity.features import EMBEDDING_PREFIX, build_features, design_matrix
+from propensity.models.estimators import ESTIMATORS, make_estimator
+from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import models_dir, replace_dir, write_metrics, write_scores
 from schemas.errors import ConfigError, EstimationError, WarehouseError
 from schemas.feedback import CHANNELS
@@ -294,7 +294,7 @@ def _write_models(
             "design_names": design_names if cfg.model != "lightgbm" else None,
             "config": cfg.to_dict(),
             "note": "propensity = clip(calibration[k](fold_k(x))) for exposures of fold k; score new exposures "
-                    "with propensity.fit.load_fold_models and average over folds",
+                    "with propensity.models.fit.load_fold_models and average over folds",
         }
         (staging / "config.json").write_text(json.dumps(spec, indent=2))
         replace_dir(staging, target)
@@ -315,7 +315,7 @@ def load_fold_models(warehouse: str | Path, channel: str = "vote") -> tuple[dict
     """
     import json
 
-    from propensity.calibration import calibrator_from_dict
+    from propensity.models.calibration import calibrator_from_dict
 
     directory = models_dir(warehouse, channel)
     if not (directory / "config.json").is_file():

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from propensity.diagnostics import expected_calibration_error, kish_ess, reliability_table, standardized_mean_differences
-from propensity.export import _fit_clip, _read_metrics, _read_scores, json_safe
-from propensity.features import build_features, design_matrix
+from propensity.diagnostics import wilson_interval, expected_calibration_error, kish_ess, reliability_table, standardized_mean_differences
+from propensity.io import json_safe
+from propensity.weights.export import _fit_clip, _read_metrics, _read_scores
+from propensity.models.features import build_features, design_matrix
 from schemas.errors import ConfigError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS
 
@@ -180,17 +181,6 @@ class AuditResult:
 # --------------------------------------------------------------------------- statistics (pure)
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ((nan, nan) when n = 0)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    phat = successes / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def reliability_with_intervals(propensity: np.ndarray, observed: np.ndarray, n_bins: int = N_RELIABILITY_BINS) -> tuple[list[dict[str, Any]], float]:
     """``propensity.diagnostics.reliability_table`` on equal-mass bins, each bin with a 95% Wilson
     interval of its observed rate, and the expected calibration error.
@@ -275,7 +265,7 @@ def mean_label_estimates(
 
 def _label_aware_propensity(warehouse: Path, feedback: pl.DataFrame, frame: pl.DataFrame) -> np.ndarray | None:
     """Label-aware propensities aligned with ``frame``'s rows (issue 11), or None when not fitted."""
-    from propensity.label_aware import label_aware_scores_path, propensity_for_labels, read_label_aware_scores
+    from propensity.slice.label_aware import label_aware_scores_path, propensity_for_labels, read_label_aware_scores
 
     if not label_aware_scores_path(warehouse).is_file():
         return None
@@ -285,7 +275,7 @@ def _label_aware_propensity(warehouse: Path, feedback: pl.DataFrame, frame: pl.D
 
 
 def _read_label_aware_report(warehouse: Path) -> dict[str, Any] | None:
-    from propensity.label_aware import read_label_aware_report
+    from propensity.slice.label_aware import read_label_aware_report
 
     return read_label_aware_report(warehouse)
 
@@ -473,7 +463,7 @@ def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[
               f"{kind} SNIPS mean label differs from the randomized slice's by {err if err is None else f'{err:+.3f}'} "
               f"({z if z is None else f'{abs(z):.1f}'} standard errors > {t.max_slice_z:g}, max_slice_z): the weights leave "
               f"selection on the label itself; fix: {fix}", "slice_agreement: no answered solicited exposure")
-    # Only the vote channel has flip rates: implicit channels are one-class (propensity.noise refuses them).
+    # Only the vote channel has flip rates: implicit channels are one-class (propensity.noise.estimate refuses them).
     if report["channel"] == "vote" and not any(n["channel"] == "vote" for n in report["noise"]):
         results.append(GuardrailResult(f"noise_identifiable[{report['channel']}]", "skipped", None, 1 - t.noise_margin,
                                        f"no noise estimate for channel {report['channel']!r}: run `causalrm noise estimate`"))
@@ -486,7 +476,7 @@ def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[
 def _read_all_noise(warehouse: Path) -> list[dict[str, Any]]:
     """Every noise estimate in the warehouse (``noise.json`` for vote, ``noise/<channel>.json``), vote first."""
     found: dict[str, dict[str, Any]] = {}
-    # noise/<channel>.json first: the file propensity.noise.read_noise prefers (noise.json is its vote copy).
+    # noise/<channel>.json first: the file propensity.noise.estimate.read_noise prefers (noise.json is its vote copy).
     paths = sorted((warehouse / "noise").glob("*.json")) + ([warehouse / "noise.json"] if (warehouse / "noise.json").exists() else [])
     for path in paths:
         try:
@@ -617,7 +607,7 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
 
 def run_audit(cfg: AuditConfig) -> AuditResult:
     """Build the report, evaluate the guardrails, write ``cfg.out`` (HTML) and its ``.json`` twin."""
-    from propensity._report_html import render_html
+    from propensity.audit._html import render_html
 
     report = build_report(cfg)
     guardrails = evaluate_guardrails(report, cfg.thresholds)

@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from propensity._noise_proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores
-from propensity.crossfit import group_folds
+from propensity.diagnostics import INTERVALS, audit_rates, proportion_ci  # noqa: F401  (re-exported)
+from propensity.noise._proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores
+from propensity.models.crossfit import group_folds
 from propensity.io import read_scores, scores_path
 from schemas.errors import ConfigError, EstimationError, IdentifiabilityError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS
@@ -63,7 +64,6 @@ from schemas.feedback import CHANNELS
 log = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("anchor", "audit")
-INTERVALS: tuple[str, ...] = ("clopper-pearson", "wilson")
 SEGMENT_COLUMNS: tuple[str, ...] = ("platform", "model_id", "locale")
 LABELLED_CHANNELS: tuple[str, ...] = ("vote",)
 
@@ -77,7 +77,7 @@ class NoiseConfig:
     channel : feedback channel; only ``vote`` has an up/down label (see module docstring).
     method : ``anchor`` (proxy model + anchor points) or ``audit`` (gold-labelled sample).
     audit : path of an audit file (parquet, csv or jsonl with exposure_id, true_label), or ``"slice"``:
-        the gold labels of the warehouse's randomized slice (``propensity.label_aware.read_slice_audit``).
+        the gold labels of the warehouse's randomized slice (``propensity.slice.label_aware.read_slice_audit``).
         Required by ``method="audit"``; with ``method="anchor"`` both estimates are reported and compared.
     quantile : requested anchor quantile q: anchors are the top and bottom 1 - q of exposures.
     min_anchors : each side is widened until it holds this many observed rows.
@@ -377,95 +377,6 @@ def segment_anchor_rates(
 # ------------------------------------------------------------------------------------ audit set
 
 
-def proportion_ci(successes: int, trials: int, *, confidence: float = 0.95, interval: str = "clopper-pearson") -> list[float]:
-    """Two-sided interval for a binomial proportion successes / trials.
-
-    Clopper-Pearson inverts the exact binomial test (coverage >= nominal for every true rate);
-    Wilson inverts the score test (coverage close to nominal on average, narrower).
-    """
-    from scipy import stats
-
-    if trials == 0:
-        return [0.0, 1.0]
-    alpha = 1 - confidence
-    if interval == "clopper-pearson":
-        lo = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
-        hi = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
-        return [lo, hi]
-    if interval == "wilson":
-        z = float(stats.norm.ppf(1 - alpha / 2))
-        p = successes / trials
-        center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-        half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-        return [max(0.0, center - half), min(1.0, center + half)]
-    raise ConfigError(f"unknown interval {interval!r}", where="noise config", fix=f"use one of {', '.join(INTERVALS)}")
-
-
-def _sum_ci(x1: int, n1: int, x0: int, n0: int, confidence: float) -> list[float]:
-    """Interval of rho01 + rho10 from two independent binomials (normal approximation on
-    Agresti-Caffo adjusted proportions, (x + 0.5) / (n + 1), so that 0 or n flips keep a variance)."""
-    from scipy import stats
-
-    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
-    a1, a0 = (x1 + 0.5) / (n1 + 1), (x0 + 0.5) / (n0 + 1)
-    se = math.sqrt(a1 * (1 - a1) / (n1 + 1) + a0 * (1 - a0) / (n0 + 1))
-    total = x1 / n1 + x0 / n0
-    return [max(0.0, total - z * se), total + z * se]
-
-
-def audit_rates(
-    true_label: np.ndarray, observed_label: np.ndarray, *, confidence: float = 0.95, interval: str = "clopper-pearson", where: str = "audit set"
-) -> dict:
-    """Flip rates from gold labels r* and observed labels r on the same exposures.
-
-    Parameters
-    ----------
-    true_label : int array of shape (n_audited,), r* in {0, 1}.
-    observed_label : int array of shape (n_audited,), r in {0, 1}.
-
-    Returns
-    -------
-    dict with rho01, rho10, rho01_ci, rho10_ci, confusion counts and warnings.
-
-    Raises
-    ------
-    IdentifiabilityError : the audit holds one class only, or rho01 + rho10 (upper bounds) >= 1.
-    """
-    true_label = np.asarray(true_label, dtype=np.int64)
-    observed_label = np.asarray(observed_label, dtype=np.int64)
-    n1 = int((true_label == 1).sum())
-    n0 = int((true_label == 0).sum())
-    if n1 == 0 or n0 == 0:
-        raise IdentifiabilityError(
-            f"one-class audit: the {n1 + n0} audited observed rows all have true_label={1 if n1 else 0}, so "
-            f"{'rho10' if n1 else 'rho01'} has no denominator",
-            where=where,
-            fix="audit a uniform sample of observed exposures with both good and bad answers",
-        )
-    n10 = int(((true_label == 1) & (observed_label == 0)).sum())  # r*=1 but r=0
-    n01 = int(((true_label == 0) & (observed_label == 1)).sum())  # r*=0 but r=1
-    rho01, rho10 = n10 / n1, n01 / n0
-    rho01_ci = proportion_ci(n10, n1, confidence=confidence, interval=interval)
-    rho10_ci = proportion_ci(n01, n0, confidence=confidence, interval=interval)
-    sum_ci = _sum_ci(n10, n1, n01, n0, confidence)
-    if rho01 + rho10 >= 1 or sum_ci[1] >= 1:
-        raise IdentifiabilityError(
-            f"flip rates not identified: rho01 + rho10 = {rho01 + rho10:.3f} ({confidence:.0%} interval "
-            f"{sum_ci[0]:.3f}..{sum_ci[1]:.3f}) reaches 1: observed labels carry no information about r*",
-            where=where,
-            fix="audit more rows, or check that true_label uses the same coding as the vote (1 = good)",
-        )
-    return {
-        "rho01": rho01,
-        "rho10": rho10,
-        "rho01_ci": rho01_ci,
-        "rho10_ci": rho10_ci,
-        "rho_sum_ci": sum_ci,
-        "confusion": {"true1_r1": n1 - n10, "true1_r0": n10, "true0_r1": n01, "true0_r0": n0 - n01},
-        "warnings": [],
-    }
-
-
 def read_audit(path: str | Path) -> pl.DataFrame:
     """Read an audit file (parquet, csv or jsonl/ndjson) as (exposure_id str, true_label int8).
 
@@ -600,7 +511,7 @@ def estimate_noise_frame(
     ----------
     feedback : one row per exposure with at least exposure_id, user_id, observed, label and, for
         the anchor method, feature columns (context columns, response_text); see
-        ``propensity._noise_proxy.build_proxy_features``.
+        ``propensity.noise._proxy.build_proxy_features``.
     config : what to estimate.
     propensity : array of shape (n_exposures,), p aligned with ``feedback`` rows; None = no weights.
     fold : int array of shape (n_exposures,), cross-fitting folds (e.g. the propensity model's);
@@ -790,8 +701,8 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
     _require_labelled_channel(config.channel)
     feedback = read_feedback(warehouse)
     if config.audit == "slice":
-        # Issue 11: the randomized slice's gold labels (``propensity.label_aware.read_slice_audit``).
-        from propensity.label_aware import read_slice_audit
+        # Issue 11: the randomized slice's gold labels (``propensity.slice.label_aware.read_slice_audit``).
+        from propensity.slice.label_aware import read_slice_audit
 
         audit = read_slice_audit(warehouse)
     else:

@@ -444,8 +444,8 @@ def outcome_probabilities(
         return np.column_stack([1 - m1, m1]), info
     from sklearn.metrics import roc_auc_score
 
-    from propensity.crossfit import _take
-    from propensity.estimators import LightGBMPropensity
+    from propensity.models.crossfit import _take
+    from propensity.models.estimators import LightGBMPropensity
 
     train_folds = folds[train_rows]
     for k in np.unique(folds):
@@ -667,7 +667,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def _context_config(metrics: dict[str, Any] | None):
-    from propensity.fit import PropensityConfig
+    from propensity.models.fit import PropensityConfig
 
     config = dict((metrics or {}).get("config") or {})
     config.pop("target", None)
@@ -678,8 +678,8 @@ def _context_config(metrics: dict[str, Any] | None):
 def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict[str, Any] | None, organic: np.ndarray,
                      cfg: LabelAwareConfig, X: Any, X_design: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """Calibrated (unclipped) P(o=1 | x) of organic feedback, for every organic row."""
-    from propensity.calibration import cross_calibrate
-    from propensity.crossfit import _take, cross_fit
+    from propensity.models.calibration import cross_calibrate
+    from propensity.models.crossfit import _take, cross_fit
 
     has_solicited = not organic.all()
     excluded = bool((metrics or {}).get("solicited_excluded"))
@@ -727,7 +727,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     EstimationError : no organic votes of both labels.
     """
     from feedback_etl.io import read_embeddings, read_feedback
-    from propensity.features import build_features, design_matrix
+    from propensity.models.features import build_features, design_matrix
 
     cfg = cfg or LabelAwareConfig()
     warehouse = Path(warehouse)
@@ -749,7 +749,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     if joined["fold"].min() < 0:
         # Some exposures were scored after the fit (`propensity score`, fold -1): no cross-fitting
         # fold to reuse, so every exposure is regrouped by user with the fit's number of folds.
-        from propensity.crossfit import group_folds
+        from propensity.models.crossfit import group_folds
 
         n_folds = int((metrics or {}).get("config", {}).get("folds") or max(2, joined["fold"].max() + 1))
         folds = group_folds(feedback["user_id"].to_numpy(), n_folds, cfg.seed)
@@ -879,7 +879,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
         "config": asdict(cfg),
         "duration_s": round(time.perf_counter() - started, 3),
     }
-    from propensity.export import json_safe
+    from propensity.io import json_safe
 
     report = json_safe(report)
     for message in warnings:
@@ -897,7 +897,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
 
 def _slice_noise(slice_frame: pl.DataFrame, feedback: pl.DataFrame, confidence: float) -> dict[str, Any] | None:
     """Flip rates implied by the slice's gold labels against the users' votes (None without gold labels)."""
-    from propensity.noise import audit_rates
+    from propensity.diagnostics import audit_rates
 
     gold = slice_frame.filter(pl.col("true_label").is_not_null()).select("exposure_id", "true_label")
     if gold.is_empty():

@@ -39,8 +39,8 @@ import numpy as np
 import polars as pl
 
 from propensity.diagnostics import kish_ess
-from propensity.io import metrics_path, read_metrics, read_scores, replace_dir, scores_path
-from propensity.noise import noise_path, read_noise
+from propensity.io import json_safe, metrics_path, read_metrics, read_scores, replace_dir, scores_path
+from propensity.noise.estimate import noise_path, read_noise
 from schemas.errors import ConfigError, IdentifiabilityError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC, SPLITS
 from schemas.pairs import PairsTable
@@ -387,19 +387,6 @@ def build_pairs(
     return pairs, summary
 
 
-def json_safe(value: Any) -> Any:
-    """NaN / inf -> None, numpy scalars -> Python, recursively, so the JSON we write is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -439,13 +426,13 @@ def _read_scores(warehouse: Path, channel: str) -> pl.DataFrame:
 
 
 def _noise_path(warehouse: Path, channel: str) -> Path | None:
-    """The file ``propensity.noise.read_noise`` reads for the channel, or None when there is none."""
+    """The file ``propensity.noise.estimate.read_noise`` reads for the channel, or None when there is none."""
     candidates = [noise_path(warehouse, channel)] + ([warehouse / "noise.json"] if channel == "vote" else [])
     return next((p for p in candidates if p.is_file()), None)
 
 
 def _read_noise(warehouse: Path, channel: str) -> dict[str, Any] | None:
-    """The channel's noise estimate (``propensity.noise.read_noise``), checked, or None when there is none."""
+    """The channel's noise estimate (``propensity.noise.estimate.read_noise``), checked, or None when there is none."""
     path = _noise_path(warehouse, channel)
     if path is None:
         return None
@@ -477,7 +464,7 @@ def segment_noise_rates(frame: pl.DataFrame, noise: dict[str, Any], rho01: float
     table = pl.DataFrame(
         {"_segment": [str(s["segment"]) for s in usable], "_rho01": [float(s["rho01"]) for s in usable], "_rho10": [float(s["rho10"]) for s in usable]}
     )
-    # propensity.noise names a missing segment value "<null>".
+    # propensity.noise.estimate names a missing segment value "<null>".
     key = pl.col(column).cast(pl.Utf8).fill_null("<null>").alias("_segment")
     frame = frame.with_columns(key).join(table, on="_segment", how="left", maintain_order="left")
     fallback = int(frame["_rho01"].null_count())
@@ -575,12 +562,12 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     metrics = _read_metrics(warehouse, cfg.channel)
     label_aware = None
     if cfg.propensity == "label-aware":
-        # Issue 11: P(o=1 | x, r) at each row's own vote (propensity.label_aware).
-        from propensity.label_aware import propensity_for_labels, read_label_aware_report, read_label_aware_scores
+        # Issue 11: P(o=1 | x, r) at each row's own vote (propensity.slice.label_aware).
+        from propensity.slice.label_aware import propensity_for_labels, read_label_aware_report, read_label_aware_scores
 
         scores = propensity_for_labels(read_label_aware_scores(warehouse, cfg.channel), feedback)
         label_aware = read_label_aware_report(warehouse)
-    # Implicit channels are one-class (propensity.noise refuses them): no flip rates are defined.
+    # Implicit channels are one-class (propensity.noise.estimate refuses them): no flip rates are defined.
     implicit = cfg.channel != "vote"
     noise = None if implicit else _read_noise(warehouse, cfg.channel)
     if noise is None and not (cfg.no_noise or implicit):
