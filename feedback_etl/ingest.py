@@ -41,17 +41,24 @@ import duckdb
 
 from feedback_etl import io
 from feedback_etl.mapping import FieldMapping, load_mapping
+from feedback_etl.run_checks import check_run
 from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
 from feedback_etl.sqlfiles import run_sql
 from feedback_etl.warehouse import (
     LOCK_NAME,
-    commit,
+    MANIFEST_VERSION,
+    TableWrite,
+    check_layout,
+    commit_writes,
+    committed_versions,
     discard,
     ingest_lock,
-    link_tree,
     new_staging,
+    now_precise,
     read_manifest,
     recover,
+    roll_back_uncommitted,
+    snapshot,
     write_json,
 )
 from schemas.errors import ConfigError, InputFileError, ReconciliationError, RejectReason, TableValidationError
@@ -113,6 +120,7 @@ class IngestConfig:
     batch_rows : rows per validated, written Parquet part (bounds Python-side memory).
     engine : duckdb (default) or spark (``feedback_etl.spark_ingest``: canonical Parquet / JSON
         Lines, no privacy hook; memory_limit becomes the JVM heap when causalrm starts Spark).
+    allow_empty : commit a run that accepts no event (else EmptyIngestError, nothing written).
     """
 
     inputs: tuple[str, ...]
@@ -126,6 +134,7 @@ class IngestConfig:
     threads: int | None = None
     batch_rows: int = 1_000_000
     engine: str = "duckdb"
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, (str, Path)) or not self.inputs:
@@ -187,6 +196,18 @@ class _Steps:
         return result
 
 
+# Engines other than DuckDB are plug-ins: they import this module's contract (IngestConfig, _Steps,
+# reconcile, ...) and are looked up by name when asked for, like an entry point, so the core never
+# imports an engine back (issue 20).
+ENGINE_PLUGINS: dict[str, str] = {"spark": "feedback_etl.spark_ingest"}
+
+
+def _engine_plugin(engine: str):
+    import importlib
+
+    return importlib.import_module(ENGINE_PLUGINS[engine])
+
+
 def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook | None = None) -> dict:
     """Ingest ``cfg.inputs`` into ``cfg.warehouse``; return this run's manifest record.
 
@@ -210,9 +231,7 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     mapping = load_mapping(cfg.mapping)
     files = discover_inputs(cfg.inputs, cfg.source)
     if cfg.engine == "spark":
-        from feedback_etl.spark_ingest import check_supported
-
-        check_supported(cfg, files, typed_hook)
+        _engine_plugin(cfg.engine).check_supported(cfg, files, typed_hook)
     with duckdb.connect() as probe:
         unknown_columns = preflight(probe, files, cfg.source, mapping)
     digests = {f.path: _sha256(f.path) for f in files}
@@ -238,7 +257,10 @@ def _run(
     progress: bool,
     typed_hook: "TypedHook | None" = None,
 ) -> dict:
+    check_layout(warehouse)
     manifest = read_manifest(warehouse)
+    # Versions a killed run wrote past the manifest's are undone before anything reads the tables.
+    roll_back_uncommitted(warehouse, manifest)
     run_id = started.strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
     ingested_before = {
         entry["sha256"]: run["run_id"]
@@ -275,6 +297,13 @@ def _run(
         "files": file_entries,
     }
     staging = new_staging(warehouse, run_id)
+    # Each table's new files are written aside by the pipeline and committed together below.
+    writes = {
+        "events": TableWrite(warehouse, "events", run_id, mode="append"),
+        "rejects": TableWrite(warehouse, "rejects", run_id, mode="append"),
+        "feedback": TableWrite(warehouse, "feedback", run_id, mode="overwrite"),
+    }
+    committed = False
     try:
         if not to_read and tables.get("feedback_window_seconds") == window_s and (warehouse / "feedback").exists():
             # Nothing new and the same window: the tables stay exactly as they are.
@@ -283,30 +312,57 @@ def _run(
         else:
             with _Steps(progress) as steps:
                 if cfg.engine == "spark":
-                    from feedback_etl.spark_ingest import spark_pipeline
-
-                    counts, new_tables = spark_pipeline(cfg, warehouse, staging, to_read, mapping, run_id, tables, steps)
+                    counts, new_tables = _engine_plugin(cfg.engine).spark_pipeline(
+                        cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, writes=writes
+                    )
                 else:
                     with _connect(cfg, staging / ".duckdb-tmp") as conn:
                         counts, new_tables = _pipeline(
-                            conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook
+                            conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook, writes=writes
                         )
             rows = counts.pop("_rows_per_file")
             sources = counts.pop("_source_rows_per_file")
+            rejected_by_file, reject_details = counts.pop("_rejected_by_file", {}), counts.pop("_reject_details", {})
             record.update(counts, timings_s=steps.timings)
             for f, entry in zip(files, file_entries):
                 if entry["status"] == "ingested":
                     entry["rows_read"] = rows.get(f.index, 0)
                     if sources is not None:
                         entry["source_records"] = sources.get(f.index, 0)
+            # No silent zero (issue 18): an empty run raises here, before anything is committed.
+            record["warnings"] = check_run(
+                record, source=cfg.source, allow_empty=cfg.allow_empty, rejected_by_file=rejected_by_file, reject_details=reject_details
+            )
         record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest = {**manifest, "runs": [*manifest["runs"], record], "tables": new_tables}
-        write_json(staging / "manifest.json", manifest)
-        commit(warehouse, staging)
+        # Commit: one Delta version per changed table, then the manifest naming them (the
+        # warehouse's commit point: readers follow it; see feedback_etl.warehouse).
+        rebuilt = record.get("feedback", {}).get("rebuilt", True)
+        versions = commit_writes(writes.values()) if rebuilt else {}
+        versions = {**committed_versions(warehouse), **versions}
+        record["table_versions"] = versions
+        record["committed_at"] = now_precise()
+        manifest = {
+            **manifest, "format_version": MANIFEST_VERSION, "runs": [*manifest["runs"], record],
+            "tables": {**new_tables, "versions": versions},
+        }
+        write_json(warehouse / "manifest.json", manifest)
+        committed = True
     finally:
+        if not committed:
+            _undo(warehouse, manifest, writes.values())
         discard(staging)
     log.info("ingest run %s committed into %s", run_id, warehouse)
     return record
+
+
+def _undo(warehouse: Path, manifest: dict, writes) -> None:
+    """A failed run: restore tables it committed to the manifest's versions, delete its files."""
+    try:
+        roll_back_uncommitted(warehouse, manifest)
+    except Exception:  # the next writer rolls back as well; the first error is the one to report
+        log.exception("ingest: could not roll back the failed run's table versions yet")
+    for write in writes:
+        write.discard()
 
 
 def _zero_counts() -> dict:
@@ -349,8 +405,11 @@ def _pipeline(
     tables: dict,
     steps: _Steps,
     typed_hook: "TypedHook | None" = None,
+    *,
+    writes: dict[str, TableWrite],
 ) -> tuple[dict, dict]:
-    """Run the SQL steps, reconcile, validate and write the next state into ``staging``."""
+    """Run the SQL steps, reconcile, validate and write each table's new files (``writes``,
+    committed by ``_run``); ``staging`` holds scratch files only."""
     window = timedelta(seconds=cfg.window_seconds)
     steps.run("register", lambda: register_warehouse_events(conn, warehouse))
     parts, source_relations = steps.run(
@@ -370,30 +429,29 @@ def _pipeline(
     )
 
     def write_events() -> int:
-        link_tree(warehouse / "events", staging / "events")
+        validate = lambda frame: io.validate_table(frame, StagedEvent, "events")  # noqa: E731
+        # The schema of an empty batch: the first run creates the table even when it accepts nothing.
+        empty = conn.sql('SELECT * FROM "new_events" LIMIT 0').to_arrow_table()
+        writes["events"].set_schema(next(io.validated_batches([empty], validate, run_id=run_id)).schema)
         if counts["accepted"] == 0:
-            (staging / "events").mkdir(exist_ok=True)
             return 0
         _check_unique(conn, "new_events", "event_id", "events")
         reader = conn.sql('SELECT * FROM "new_events"').to_arrow_reader(cfg.batch_rows)
-        return io.write_validated_parts(
-            reader, lambda frame: io.validate_table(frame, StagedEvent, "events"), staging / "events" / f"run_id={run_id}"
-        )
+        return sum(writes["events"].write(t) for t in io.validated_batches(reader, validate, run_id=run_id))
 
     def write_rejects() -> int:
-        link_tree(warehouse / "rejects", staging / "rejects")
-        (staging / "rejects").mkdir(exist_ok=True)
+        validate = lambda frame: io.validate_table(frame, RejectsTable, "rejects")  # noqa: E731
+        empty = conn.sql('SELECT * FROM "rejects" LIMIT 0').to_arrow_table()
+        writes["rejects"].set_schema(next(io.validated_batches([empty], validate)).schema)
         if counts["rejected_total"] == 0:
             return 0
         reader = conn.sql('SELECT * FROM "rejects" ORDER BY "source_file", "row_number"').to_arrow_reader(cfg.batch_rows)
-        return io.write_validated_parts(
-            reader, lambda frame: io.validate_table(frame, RejectsTable, "rejects"), staging / "rejects" / f"run_id={run_id}"
-        )
+        return sum(writes["rejects"].write(t) for t in io.validated_batches(reader, validate))
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
     steps.run("marts/feedback", lambda: run_sql(conn, "marts/feedback", {"window": window}, into="feedback_mart"))
-    summary = steps.run("write_feedback", lambda: _write_feedback(conn, staging / "feedback", cfg.batch_rows))
+    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows))
 
     totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
     new_tables = {
@@ -449,12 +507,15 @@ def stage(
 
 
 def register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
-    """``warehouse_events``: the events earlier runs accepted (read-only; we hold the lock)."""
+    """``warehouse_events``: the events earlier runs accepted (read-only; we hold the lock).
+
+    DuckDB scans the committed version's files as an Arrow dataset: a literal file list, so no
+    warehouse name is ever read as a pattern (issue 16)."""
     columns = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
-    if any((warehouse / "events").glob("run_id=*/*.parquet")):
-        pattern = str(warehouse / "events" / "run_id=*" / "*.parquet").replace("'", "''")
-        source = f"read_parquet('{pattern}', hive_partitioning = false)"
-        conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {columns} FROM {source}')
+    events = snapshot(warehouse, "events")
+    if events is not None and events.files:
+        conn.register("warehouse_events_files", events.dataset())
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {columns} FROM "warehouse_events_files"')
     else:
         nulls = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {nulls} WHERE FALSE')
@@ -488,6 +549,11 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
         )
     by_type = dict(conn.execute('SELECT "event_type", COUNT(*) FROM "new_events" GROUP BY 1 ORDER BY 1').fetchall())
     rows_per_file = dict(conn.execute('SELECT "file_index", COUNT(*) FROM "typed_events" GROUP BY 1').fetchall())
+    # Per file and reason, with one example detail per reason: what run_checks judges (issue 18).
+    rejected_by_file: dict[str, dict[str, int]] = {}
+    for source_file, reason, n in conn.execute('SELECT "source_file", "reason", COUNT(*) FROM "rejects" GROUP BY 1, 2').fetchall():
+        rejected_by_file.setdefault(str(source_file), {})[str(reason)] = int(n)
+    reject_details = {str(r): str(d) for r, d in conn.execute('SELECT "reason", MIN("detail") FROM "rejects" GROUP BY 1').fetchall()}
     source_rows = None
     if source_relations:
         union = " UNION ALL ".join(f'SELECT "file_index" FROM "{name}"' for name in source_relations)
@@ -502,6 +568,8 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
         "reconciliation": reconciliation,
         "_rows_per_file": {int(k): int(v) for k, v in rows_per_file.items()},
         "_source_rows_per_file": None if source_rows is None else {int(k): int(v) for k, v in source_rows.items()},
+        "_rejected_by_file": rejected_by_file,
+        "_reject_details": reject_details,
     }
 
 
@@ -514,8 +582,8 @@ def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, tabl
         raise TableValidationError(table, len(repeated), f"{key} not unique: {repeated}")
 
 
-def _write_feedback(conn: duckdb.DuckDBPyConnection, directory: Path, batch_rows: int) -> dict:
-    """Validate and write the feedback table, whole impression_date partitions at a time.
+def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int) -> dict:
+    """Validate and write the feedback table's files, whole impression_date days at a time.
 
     Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is a frame
     of its own); each frame is collected and validated on its full data with
@@ -524,7 +592,7 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, directory: Path, batch_rows
     table first. Memory stays bounded by one batch (or the largest day).
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
-    directory.mkdir(parents=True, exist_ok=True)
+    write.set_schema(io.to_arrow(io.validate_feedback(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl())).schema)
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
@@ -541,7 +609,7 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, directory: Path, batch_rows
             'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last',
             params={"first": days[0], "last": days[-1]},
         ).pl()
-        io.write_feedback(io.validate_feedback(frame), directory)
+        write.write(io.to_arrow(io.validate_feedback(frame).sort("exposure_id")))
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'

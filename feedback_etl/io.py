@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import polars as pl
 
+from feedback_etl.warehouse import Snapshot, snapshot, write_table
 from schemas.errors import WarehouseError
 from schemas.feedback import FeedbackTable
 from schemas.validation import validate_table
 
+if TYPE_CHECKING:
+    import pyarrow
+    import pyarrow.dataset
 
 # Snappy, DuckDB's default: about a third faster to write than zstd for ~25% larger files.
 PARQUET_COMPRESSION = "snappy"
@@ -24,22 +30,43 @@ def validate_feedback(frame: pl.DataFrame) -> pl.DataFrame:
     return validate_table(frame, FeedbackTable, "feedback")
 
 
-def read_feedback(warehouse: str | Path, *, validate: bool = True) -> pl.DataFrame:
-    """Read ``WH/feedback/`` (hive-partitioned by impression_date) as one frame sorted by exposure_id.
+def feedback_dataset(warehouse: str | Path, *, version: int | str | None = None) -> "pyarrow.dataset.Dataset":
+    """The feedback table as a ``pyarrow.dataset.Dataset`` over one committed version's files.
+
+    ``version`` is None (the version the manifest commits), a Delta version number of the table
+    (``causalrm history WH``) or an ISO timestamp (the warehouse as the last run committed by then
+    left it). The dataset is a literal list of that version's Parquet files, so it stays the same
+    snapshot however long it is read (``to_batches(columns=[...])`` streams it), while ingests
+    commit newer versions; only ``causalrm vacuum`` deletes its files once it is old.
 
     Raises
     ------
-    WarehouseError : the warehouse has no feedback table yet.
+    WarehouseError : no feedback table, an old-layout warehouse, or no such version.
+    """
+    snap = _snapshot(warehouse, "feedback", version)
+    return snap.dataset()
+
+
+def table_version(warehouse: str | Path, table: str) -> int:
+    """The version of ``table`` (events, rejects, feedback) that the warehouse commits now.
+
+    Raises
+    ------
+    WarehouseError : the warehouse has no such table.
+    """
+    return _snapshot(warehouse, table, None).version
+
+
+def read_feedback(warehouse: str | Path, *, validate: bool = True, version: int | str | None = None) -> pl.DataFrame:
+    """The feedback table (one committed version, see :func:`feedback_dataset`) as one frame
+    sorted by exposure_id.
+
+    Raises
+    ------
+    WarehouseError : the warehouse has no feedback table yet, or lacks a contract column.
     """
     root = feedback_dir(warehouse)
-    files = sorted(root.glob("impression_date=*/*.parquet"))
-    if not files:
-        raise WarehouseError(
-            "warehouse has no feedback table",
-            where=str(root),
-            fix=f"run `causalrm ingest LOGS --warehouse {warehouse}` first",
-        )
-    frame = pl.read_parquet(root / "**" / "*.parquet", hive_partitioning=True)
+    frame = pl.from_arrow(feedback_dataset(warehouse, version=version).to_table())
     frame = frame.with_columns(pl.col("impression_date").cast(pl.Date)).sort("exposure_id")
     contract = list(FeedbackTable.to_schema().columns)
     missing = [c for c in contract if c not in frame.columns]
@@ -53,15 +80,35 @@ def read_feedback(warehouse: str | Path, *, validate: bool = True) -> pl.DataFra
     return validate_feedback(frame) if validate else frame
 
 
-def write_feedback(frame: pl.DataFrame, directory: str | Path) -> None:
-    """Write a validated feedback frame as Parquet, hive-partitioned by impression_date, into
-    ``directory`` (the caller swaps it into place atomically)."""
+def _snapshot(warehouse: str | Path, table: str, version: int | str | None) -> Snapshot:
+    snap = snapshot(Path(warehouse), table, version)
+    if snap is None:
+        raise WarehouseError(
+            f"warehouse has no {table} table",
+            where=str(Path(warehouse) / table),
+            fix=f"run `causalrm ingest LOGS --warehouse {warehouse}` first",
+        )
+    return snap
+
+
+def write_feedback(frame: pl.DataFrame, directory: str | Path) -> int:
+    """Commit a validated feedback frame as a new version of the Delta table at ``directory``
+    (``WH/feedback``; the whole table is replaced), rows sorted by exposure_id. Returns the version.
+
+    Ingest commits through :func:`feedback_etl.warehouse.write_table` and the manifest; this is
+    for building a warehouse's feedback table directly (tests, hand-made samples).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for (day,), part in frame.sort("exposure_id").partition_by("impression_date", as_dict=True).items():
-        target = directory / f"impression_date={day.isoformat()}"
-        target.mkdir(parents=True, exist_ok=True)
-        part.drop("impression_date").write_parquet(target / "part-0.parquet", compression=PARQUET_COMPRESSION)
+    table = to_arrow(frame.sort("exposure_id"))
+    run_id = "write_feedback-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    version = write_table(directory.parent, directory.name, [table], mode="overwrite", run_id=run_id, empty_schema=table.schema)
+    return int(version)
+
+
+def to_arrow(frame: pl.DataFrame) -> "pyarrow.Table":
+    """The Arrow types every warehouse write uses (large strings and lists, as polars writes
+    them), so that files of one table written by either engine read back as one schema."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 def read_embeddings(warehouse: str | Path) -> pl.DataFrame | None:
@@ -70,7 +117,8 @@ def read_embeddings(warehouse: str | Path) -> pl.DataFrame | None:
     files = sorted(root.glob("*.parquet"))
     if not files:
         return None
-    return pl.read_parquet(files).unique("exposure_id", keep="last").sort("exposure_id")
+    # A literal file list: glob=False, or a warehouse named like ``wh[1]`` reads another folder.
+    return pl.read_parquet(files, glob=False, hive_partitioning=False).unique("exposure_id", keep="last").sort("exposure_id")
 
 
 # ---------------------------------------------------------------- staged events, rejects (ingest)
@@ -85,59 +133,36 @@ def rejects_dir(warehouse: str | Path) -> Path:
 
 
 def read_events(warehouse: str | Path) -> pl.DataFrame:
-    """``WH/events/`` (staged, typed, de-duplicated events) with their ``run_id``, sorted by event_id.
+    """``WH/events`` (staged, typed, de-duplicated events) with their ``run_id``, sorted by event_id
+    (the version the manifest commits).
 
     Raises
     ------
     WarehouseError : the warehouse has no events yet.
     """
-    return _read_run_partitioned(events_dir(warehouse), "events", warehouse).sort("event_id")
+    return pl.from_arrow(_snapshot(warehouse, "events", None).dataset().to_table()).sort("event_id")
 
 
 def read_rejects(warehouse: str | Path) -> pl.DataFrame:
-    """``WH/rejects/`` (every input row not accepted), sorted by run, file and row."""
-    root = rejects_dir(warehouse)
-    if not any(root.glob("run_id=*/*.parquet")):
+    """``WH/rejects`` (every input row not accepted), sorted by run, file and row."""
+    snap = snapshot(Path(warehouse), "rejects", None)
+    if snap is None or not snap.files:
         from schemas.rejects import RejectsTable
 
         return pl.DataFrame(schema={name: col.dtype.type for name, col in RejectsTable.to_schema().columns.items()})
-    return _read_run_partitioned(root, "rejects", warehouse).sort("run_id", "source_file", "row_number")
+    return pl.from_arrow(snap.dataset().to_table()).sort("run_id", "source_file", "row_number")
 
 
-def _read_run_partitioned(root: Path, table: str, warehouse: str | Path) -> pl.DataFrame:
-    files = sorted(root.glob("run_id=*/*.parquet"))
-    if not files:
-        raise WarehouseError(
-            f"warehouse has no {table} table",
-            where=str(root),
-            fix=f"run `causalrm ingest LOGS --warehouse {warehouse}` first",
-        )
-    frames = [
-        pl.read_parquet(path).with_columns(run_id=pl.lit(path.parent.name.removeprefix("run_id="))) for path in files
-    ]
-    return pl.concat(frames, how="vertical_relaxed")
-
-
-def write_validated_parts(
-    batches,
-    validate,
-    directory: str | Path,
-    *,
-    prefix: str = "part",
-) -> int:
-    """Validate each Arrow record batch (a collected frame, full data) and write it as one Parquet
-    part ``<prefix>-00000.parquet``, ``-00001``, ... into ``directory``. Returns the rows written.
+def validated_batches(batches, validate, *, run_id: str | None = None) -> "Iterator[pyarrow.Table]":
+    """Validate each Arrow record batch (a collected frame, full data) and yield it as Arrow,
+    with a ``run_id`` column appended when given.
 
     ``validate`` maps a polars frame to the validated frame (raising TableValidationError);
-    batches come from a DuckDB query, so memory stays bounded by one batch.
+    batches come from a DuckDB query and go on to :func:`feedback_etl.warehouse.write_table`, so
+    memory stays bounded by one batch.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = 0
-    for k, batch in enumerate(batches):
+    for batch in batches:
         frame = validate(pl.from_arrow(batch))
-        frame.write_parquet(directory / f"{prefix}-{k:05d}.parquet", compression=PARQUET_COMPRESSION)
-        rows += frame.height
-    return rows
-
-
+        if run_id is not None:
+            frame = frame.with_columns(run_id=pl.lit(run_id, dtype=pl.String))
+        yield to_arrow(frame)

@@ -4,6 +4,7 @@ The file is TOML, parsed into a frozen dataclass, never evaluated::
 
     [fields]            # canonical column = the column (JSON key) in your files
     event_id = "id"
+    user_id = "extra.metadata.user_id"   # a dotted path into nested objects
     event_time = "ts"
     exposure_id = "impression_id"
 
@@ -13,6 +14,16 @@ The file is TOML, parsed into a frozen dataclass, never evaluated::
 
     [langfuse.scores]   # Langfuse score name = channel (vote, copy, regenerate, share)
     "user-feedback" = "vote"
+    [langfuse.categories]   # text / CATEGORICAL value of a vote = up | down
+    "helpful" = "up"
+    [langfuse]
+    organic_sources = ["API"]          # score sources that are organic user feedback
+    audit_sources = ["ANNOTATION"]     # score sources whose votes are gold labels (--audit-out)
+
+    [langsmith.feedback]    # LangSmith feedback key = channel
+    user_score = "vote"
+    [langsmith]
+    audit_keys = ["expert_label"]      # feedback keys whose score is a gold label
 
 Source column names end up as quoted SQL identifiers and JSON paths, so they are also checked
 against a conservative pattern: a name such as ``x"; DROP TABLE`` is a ConfigError, not SQL.
@@ -40,18 +51,48 @@ from schemas.raw_event import EVENT_TYPES, KNOWN_COLUMNS
 SOURCE_COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-. ]{0,127}$")
 SCORE_CHANNELS: tuple[str, ...] = ("vote", "copy", "regenerate", "share")
 DEFAULT_SCORE_CHANNELS: dict[str, str] = {"user-feedback": "vote"}
-_SECTIONS = {"fields", "event_types", "langfuse"}
+# LangSmith feedback keys that are votes by default (the key LangChain's chat examples log thumbs under).
+DEFAULT_FEEDBACK_CHANNELS: dict[str, str] = {"user_score": "vote"}
+POLARITIES: tuple[str, ...] = ("up", "down")
+# Text values of a vote read as up / down (lower-cased) unless a categories table says otherwise.
+DEFAULT_CATEGORIES: dict[str, str] = {
+    **dict.fromkeys(("true", "up", "thumbs_up", "positive", "good", "1"), "up"),
+    **dict.fromkeys(("false", "down", "thumbs_down", "negative", "bad", "0"), "down"),
+}
+# Langfuse score sources (ScoreSource: API, ANNOTATION, EVAL): which are organic user feedback and
+# which are careful human ratings, i.e. gold labels for the noise-rate audit.
+LANGFUSE_SOURCES: tuple[str, ...] = ("API", "ANNOTATION", "EVAL")
+DEFAULT_ORGANIC_SOURCES: tuple[str, ...] = ("API",)
+DEFAULT_AUDIT_SOURCES: tuple[str, ...] = ("ANNOTATION",)
+_SECTIONS = {"fields", "event_types", "langfuse", "langsmith", "openai"}
 
 
 def check_source_column(name: object, *, where: str) -> str:
-    """Return ``name`` if it is a safe source column name, else raise ConfigError."""
-    if not isinstance(name, str) or not SOURCE_COLUMN_PATTERN.fullmatch(name):
+    """Return ``name`` if it is a safe source column name, else raise ConfigError.
+
+    A dotted name (``extra.metadata.user_id``) is a path into nested objects (issue 18); each of
+    its segments must itself be a safe name, so ``a..b`` or a trailing dot is refused too.
+    """
+    if not isinstance(name, str) or not SOURCE_COLUMN_PATTERN.fullmatch(name) or not all(
+        SOURCE_COLUMN_PATTERN.fullmatch(part) for part in name.split(".")
+    ):
         raise ConfigError(
             f"source column name {name!r} is not allowed",
             where=where,
-            fix="use 1-128 letters, digits, '_', '-', '.' or spaces, starting with a letter or '_'",
+            fix="use 1-128 letters, digits, '_', '-', '.' or spaces, starting with a letter or '_' "
+            "(a dot separates the keys of a path into nested objects: extra.metadata.user_id)",
         )
     return name
+
+
+def path_segments(name: str) -> tuple[str, ...]:
+    """The keys of a checked source column name: ``"extra.metadata.user_id"`` -> three keys."""
+    return tuple(name.split("."))
+
+
+def json_path(name: str) -> str:
+    """A checked source column name as a JSON path with every key quoted: ``$."extra"."user_id"``."""
+    return "$" + "".join(f'."{part}"' for part in path_segments(name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,12 +104,22 @@ class FieldMapping:
     fields : canonical column -> source column (only the renamed ones).
     event_types : source event-type value -> canonical event type (added to the identity map).
     score_channels : Langfuse score name -> channel.
+    feedback_channels : LangSmith feedback key -> channel.
+    categories : source (langfuse, langsmith, openai) -> lower-cased text value of a vote -> up | down
+        (on top of :data:`DEFAULT_CATEGORIES`).
+    organic_sources, audit_sources : Langfuse score sources counted as organic feedback / as gold labels.
+    audit_keys : LangSmith feedback keys whose score is a gold label (1 = good answer).
     path, sha256 : where the mapping came from (recorded in the manifest), None for the default.
     """
 
     fields: TypingMapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     event_types: TypingMapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     score_channels: TypingMapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_SCORE_CHANNELS)))
+    feedback_channels: TypingMapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_FEEDBACK_CHANNELS)))
+    categories: TypingMapping[str, TypingMapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    organic_sources: tuple[str, ...] = DEFAULT_ORGANIC_SOURCES
+    audit_sources: tuple[str, ...] = DEFAULT_AUDIT_SOURCES
+    audit_keys: tuple[str, ...] = ()
     path: str | None = None
     sha256: str | None = None
 
@@ -89,13 +140,42 @@ class FieldMapping:
                     where=where,
                     fix=f"use one of {', '.join(EVENT_TYPES)}",
                 )
-        for score, channel in self.score_channels.items():
-            if channel not in SCORE_CHANNELS:
+        for table, channels in (("langfuse.scores", self.score_channels), ("langsmith.feedback", self.feedback_channels)):
+            for score, channel in channels.items():
+                if channel not in SCORE_CHANNELS:
+                    raise ConfigError(
+                        f"{table} table: {score!r} maps to {channel!r}, not a channel",
+                        where=where,
+                        fix=f"use one of {', '.join(SCORE_CHANNELS)}",
+                    )
+        for source, values in self.categories.items():
+            for value, polarity in values.items():
+                if polarity not in POLARITIES:
+                    raise ConfigError(
+                        f"{source}.categories table: {value!r} maps to {polarity!r}",
+                        where=where,
+                        fix="map each value to up or down",
+                    )
+        for name, sources in (("organic_sources", self.organic_sources), ("audit_sources", self.audit_sources)):
+            unknown = [s for s in sources if s not in LANGFUSE_SOURCES]
+            if unknown:
                 raise ConfigError(
-                    f"langfuse.scores table: {score!r} maps to {channel!r}, not a channel",
+                    f"langfuse.{name}: {unknown} are not Langfuse score sources",
                     where=where,
-                    fix=f"use one of {', '.join(SCORE_CHANNELS)}",
+                    fix=f"use {', '.join(LANGFUSE_SOURCES)}",
                 )
+        if set(self.organic_sources) & set(self.audit_sources):
+            raise ConfigError(
+                "langfuse: a score source cannot be both organic feedback and a gold label",
+                where=where,
+                fix="list each source in organic_sources or audit_sources, not both",
+            )
+
+    def category_rows(self, source: str) -> list[tuple[str, str]]:
+        """(lower-cased text value, up | down) rows of ``source``: the defaults, then the mapping's."""
+        table = dict(DEFAULT_CATEGORIES)
+        table.update({k.lower(): v for k, v in self.categories.get(source, {}).items()})
+        return sorted(table.items())
 
     def column(self, canonical: str) -> str:
         """The source column holding ``canonical``."""
@@ -114,6 +194,11 @@ class FieldMapping:
             "fields": dict(self.fields),
             "event_types": dict(self.event_types),
             "score_channels": dict(self.score_channels),
+            "feedback_channels": dict(self.feedback_channels),
+            "categories": {k: dict(v) for k, v in self.categories.items()},
+            "organic_sources": list(self.organic_sources),
+            "audit_sources": list(self.audit_sources),
+            "audit_keys": list(self.audit_keys),
         }
 
 
@@ -137,6 +222,12 @@ def load_mapping(path: str | Path | None) -> FieldMapping:
         raise InputFileError(f"cannot read mapping file ({exc.strerror})", where=str(path), fix="pass an existing TOML file") from exc
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputFileError(f"mapping file is not valid TOML: {exc}", where=str(path), fix="fix the TOML syntax") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise InputFileError(
+            "mapping file nests arrays or inline tables too deeply to parse",
+            where=str(path),
+            fix="a mapping holds flat tables of strings: [fields], [event_types], [langfuse.scores]",
+        ) from exc
     unknown = set(doc) - _SECTIONS
     if unknown:
         raise ConfigError(
@@ -150,14 +241,37 @@ def load_mapping(path: str | Path | None) -> FieldMapping:
         if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
             raise ConfigError(f"the {name} table must map names to strings", where=str(path))
         sections[name] = table
-    langfuse = doc.get("langfuse", {})
-    scores = langfuse.get("scores", DEFAULT_SCORE_CHANNELS) if isinstance(langfuse, dict) else None
-    if not isinstance(scores, dict) or set(langfuse) - {"scores"} or not all(isinstance(v, str) for v in scores.values()):
-        raise ConfigError("the langfuse table must only hold a langfuse.scores table of name = channel", where=str(path))
+    langfuse = _source_table(doc, "langfuse", {"scores": dict, "categories": dict, "organic_sources": list, "audit_sources": list}, path)
+    langsmith = _source_table(doc, "langsmith", {"feedback": dict, "categories": dict, "audit_keys": list}, path)
+    openai = _source_table(doc, "openai", {"categories": dict}, path)
+    categories = {
+        source: MappingProxyType(dict(table["categories"]))
+        for source, table in (("langfuse", langfuse), ("langsmith", langsmith), ("openai", openai))
+        if "categories" in table
+    }
     return FieldMapping(
         fields=MappingProxyType(dict(sections["fields"])),
         event_types=MappingProxyType(dict(sections["event_types"])),
-        score_channels=MappingProxyType(dict(scores)),
+        score_channels=MappingProxyType(dict(langfuse.get("scores", DEFAULT_SCORE_CHANNELS))),
+        feedback_channels=MappingProxyType(dict(langsmith.get("feedback", DEFAULT_FEEDBACK_CHANNELS))),
+        categories=MappingProxyType(categories),
+        organic_sources=tuple(langfuse.get("organic_sources", DEFAULT_ORGANIC_SOURCES)),
+        audit_sources=tuple(langfuse.get("audit_sources", DEFAULT_AUDIT_SOURCES)),
+        audit_keys=tuple(langsmith.get("audit_keys", ())),
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _source_table(doc: dict, name: str, keys: dict[str, type], path: Path) -> dict:
+    """A source's table of the mapping file: only ``keys``, each a table or list of strings."""
+    table = doc.get(name, {})
+    shape = ", ".join(f"{name}.{k} ({'table of name = string' if t is dict else 'list of strings'})" for k, t in keys.items())
+    ok = isinstance(table, dict) and not set(table) - set(keys)
+    for key, kind in keys.items():
+        value = table.get(key, kind()) if ok else None
+        values = value.values() if isinstance(value, dict) else value
+        ok = ok and isinstance(value, kind) and all(isinstance(v, str) for v in values)
+    if not ok:
+        raise ConfigError(f"the {name} table may only hold {shape}", where=str(path), fix="see docs/sources.md for the mapping file")
+    return table

@@ -35,12 +35,17 @@ from pathlib import Path
 
 import duckdb
 
-from feedback_etl.mapping import FieldMapping
+from feedback_etl.mapping import FieldMapping, json_path, path_segments
+from feedback_etl.paths import engine_file
 from feedback_etl.sqlfiles import run_sql
 from schemas.errors import ConfigError, InputFileError
 from schemas.raw_event import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
 
-SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "ratings")
+SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "langsmith", "openai-chat", "ratings")
+# Adapters of tracing / chat-log exports (issue 18): records -> kinds -> feedback -> canonical events.
+# Each runs sql/adapters/<name>_records.sql, <name>_feedback.sql (into "source_feedback": one row
+# per feedback record, with its comment, correction and gold-label role) and <name>.sql.
+EXPORT_ADAPTERS: dict[str, str] = {"langfuse": "langfuse", "langsmith": "langsmith", "openai-chat": "openai_chat"}
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "event_id", "event_time", "event_type", "exposure_id", *IMPRESSION_REQUIRED, *IMPRESSION_OPTIONAL,
 )
@@ -55,11 +60,14 @@ _SUFFIX_FORMATS: dict[str, dict[str, str]] = {
     "canonical": {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"},
     "oasst": {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"},
     "langfuse": {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"},
+    "langsmith": {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"},
+    "openai-chat": {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"},
     "ratings": {".ascii": "matrix", ".txt": "matrix", ".dat": "matrix", ".csv": "triples"},
 }
 _REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "oasst": ("message_tree_id", "prompt"),
-    "langfuse": ("id", "timestamp"),
+    "langfuse": ("id",),
+    "langsmith": ("id",),
     "triples": ("user_id", "item_id", "rating"),
 }
 
@@ -85,6 +93,13 @@ class InputFile:
 def _literal(text: str) -> str:
     """A SQL string literal (single quotes doubled)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def _engine_literal(f: "InputFile") -> str:
+    """The SQL literal of a plain link to the file: DuckDB reads every path (a list too) as a glob
+    pattern, so a file named ``b[c].jsonl`` would read ``bc.jsonl`` (issue 16). The user's own path
+    is only ever pasted as data (``source_file``)."""
+    return _literal(engine_file(f.path))
 
 
 def _identifier(name: str) -> str:
@@ -155,7 +170,7 @@ def preflight(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: s
     unknown: dict[str, list[str]] = {}
     for f in files:
         if f.format == "parquet":
-            columns = _describe(conn, f, f"read_parquet({_literal(str(f.path))})", "Parquet")
+            columns = _describe(conn, f, f"read_parquet({_engine_literal(f)})", "Parquet")
         elif f.format in ("csv", "triples"):
             columns = csv_header(f)
         elif f.format == "matrix":
@@ -166,13 +181,14 @@ def preflight(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: s
             columns = _check_json_lines(f)
         if source == "canonical":
             required = [mapping.column(c) for c in REQUIRED_COLUMNS]
-            mapped = {mapping.column(c) for c in CANONICAL_COLUMNS}
+            mapped = {mapping.column(c) for c in CANONICAL_COLUMNS} | {path_segments(mapping.column(c))[0] for c in CANONICAL_COLUMNS}
         else:
             required = list(_REQUIRED_KEYS.get(f.format if f.format == "triples" else source, ()))
             mapped = set(required)
         if columns is not None:
             for column in required:
-                if column not in columns:
+                # CSV is flat: a dotted header is a column name; elsewhere it may be a nested path.
+                if not (column in columns if f.format in ("csv", "triples") else has_source_column(column, columns)):
                     raise InputFileError(
                         f"input lacks required column {column!r}",
                         where=str(f.path),
@@ -210,6 +226,12 @@ def csv_header(f: InputFile) -> list[str]:
     except (OSError, UnicodeDecodeError, EOFError, csv.Error) as exc:
         raise InputFileError(f"cannot read file as UTF-8 CSV: {exc}", where=str(f.path), fix="check the file (gzip when it ends in .gz)") from exc
     names = [h.strip() for h in header]
+    if not _is_valid_utf8("".join(names)):
+        raise InputFileError(
+            "CSV header row is not valid UTF-8",
+            where=f"{f.path}, line 1",
+            fix="save the file as UTF-8 (a bad byte in a data row only rejects that row)",
+        )
     if not names or any(not n for n in names) or len(set(names)) != len(names):
         raise InputFileError(
             f"CSV header row {header!r} is empty, has a blank or a repeated column name",
@@ -220,7 +242,20 @@ def csv_header(f: InputFile) -> list[str]:
 
 
 def _open_text(f: InputFile):
-    return gzip.open(f.path, "rt", encoding="utf-8") if f.compressed else open(f.path, encoding="utf-8")
+    """The file as text. Invalid UTF-8 becomes lone surrogates instead of an error: a bad byte is a
+    fault of its line (an ``unparseable_row`` at its line number), not of the file (issue 16)."""
+    if f.compressed:
+        return gzip.open(f.path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(f.path, encoding="utf-8", errors="surrogateescape")
+
+
+def _is_valid_utf8(text: str) -> bool:
+    """False for text read by :func:`_open_text` from bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 MAX_LINE_CHARS = 64 * 2**20
@@ -244,7 +279,7 @@ def _check_json_lines(f: InputFile) -> list[str] | None:
                     continue
                 lines += 1
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line) if _is_valid_utf8(line) else None
                 except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
                     record = None
                 if isinstance(record, dict):
@@ -342,13 +377,8 @@ def raw_event_parts(
         _register_records(conn, files)
         run_sql(conn, "adapters/oasst", params, into="adapter_events")
         relations = ["source_records"]
-    elif source == "langfuse":
-        _register_records(conn, files)
-        conn.execute('CREATE OR REPLACE TEMP TABLE "score_channels" ("score_name" VARCHAR, "channel" VARCHAR)')
-        rows = sorted(mapping.score_channels.items())
-        if rows:
-            conn.executemany('INSERT INTO "score_channels" VALUES (?, ?)', rows)
-        run_sql(conn, "adapters/langfuse", params, into="adapter_events")
+    elif source in EXPORT_ADAPTERS:
+        run_export_adapter(conn, files, source, mapping)
         relations = ["source_records"]
     elif source == "ratings":
         matrices = [f for f in files if f.format == "matrix"]
@@ -370,9 +400,43 @@ def raw_event_parts(
     canonical = ", ".join(_identifier(c) for c in CANONICAL_COLUMNS)
     packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in CANONICAL_COLUMNS)
     part = f"""SELECT "file_index", "source_file", "row_number", "parse_ok", "payload" AS "payload_text",
-               STRUCT_PACK({packed}) AS "payload", {canonical}
+               STRUCT_PACK({packed}) AS "payload", CAST(NULL AS VARCHAR) AS "nested_column", {canonical}
         FROM "adapter_events" """
     return [part], relations
+
+
+def run_export_adapter(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: str, mapping: FieldMapping) -> None:
+    """Run a trace / chat-log adapter: ``source_records`` -> ``<name>_records`` (each record's
+    kind) -> ``source_feedback`` -> ``adapter_events``. Lookup tables from the mapping are bound as
+    rows, never pasted into SQL."""
+    _register_records(conn, files)
+    run_adapter_sql(conn, source, mapping)
+
+
+def run_adapter_sql(conn: duckdb.DuckDBPyConnection, source: str, mapping: FieldMapping) -> None:
+    """The SQL half of :func:`run_export_adapter`, over an existing ``source_records`` relation."""
+    name = EXPORT_ADAPTERS[source]
+    _lookup_table(conn, "score_channels", ("score_name", "channel"),
+                  mapping.score_channels.items() if source == "langfuse" else mapping.feedback_channels.items())
+    _lookup_table(conn, "vote_categories", ("value", "polarity"), mapping.category_rows(source.split("-")[0]))
+    roles = [(s, "organic") for s in mapping.organic_sources] + [(s, "audit") for s in mapping.audit_sources]
+    _lookup_table(conn, "score_roles", ("origin", "role"), roles)
+    _lookup_table(conn, "audit_keys", ("name",), [(k,) for k in mapping.audit_keys])
+    params = {
+        "user_path": json_path(mapping.fields.get("user_id", "extra.metadata.user_id")),
+        "session_path": json_path(mapping.fields.get("session_id", "extra.metadata.session_id")),
+    }
+    run_sql(conn, f"adapters/{name}_records", into=f"{name}_records")
+    run_sql(conn, f"adapters/{name}_feedback", into="source_feedback")
+    run_sql(conn, f"adapters/{name}", params, into="adapter_events")
+
+
+def _lookup_table(conn: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows) -> None:
+    spec = ", ".join(f"{_identifier(c)} VARCHAR" for c in columns)
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {_identifier(table)} ({spec})")
+    rows = sorted(tuple(r) for r in rows)
+    if rows:
+        conn.executemany(f"INSERT INTO {_identifier(table)} VALUES ({', '.join('?' for _ in columns)})", rows)
 
 
 def _empty_raw_select() -> str:
@@ -380,7 +444,7 @@ def _empty_raw_select() -> str:
     return (
         'SELECT 0 AS "file_index", CAST(NULL AS VARCHAR) AS "source_file", CAST(0 AS BIGINT) AS "row_number", '
         'TRUE AS "parse_ok", CAST(NULL AS VARCHAR) AS "payload_text", CAST(NULL AS VARCHAR) AS "payload", '
-        f"{columns} WHERE FALSE"
+        f'CAST(NULL AS VARCHAR) AS "nested_column", {columns} WHERE FALSE'
     )
 
 
@@ -397,7 +461,7 @@ def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
     """
     table, rejects, scan = f"lines_{f.index}", f"lines_{f.index}_rejects", f"lines_{f.index}_scan"
     reader = (
-        f"read_csv({_literal(str(f.path))}, columns = {{'line': 'VARCHAR'}}, header = false, "
+        f"read_csv({_engine_literal(f)}, columns = {{'line': 'VARCHAR'}}, header = false, "
         f"delim = chr(0), quote = '', escape = '', auto_detect = false, "
         f"strict_mode = true, store_rejects = true, rejects_table = {_literal(rejects)}, "
         f"rejects_scan = {_literal(scan)}, max_line_size = {_MAX_LINE_BYTES}, "
@@ -521,7 +585,7 @@ def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
             parts.append(
                 f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
                        CAST(r."ordinal" AS BIGINT) AS "row_number", CAST(r."record" AS VARCHAR) AS "record", TRUE AS "parse_ok"
-                FROM read_text({_literal(str(f.path))}) AS t
+                FROM read_text({_engine_literal(f)}) AS t
                 CROSS JOIN UNNEST(CAST({array} AS JSON[])) WITH ORDINALITY AS r("record", "ordinal")"""
             )
         elif f.format == "matrix":
@@ -556,7 +620,7 @@ def _read_csv(conn: duckdb.DuckDBPyConnection, f: InputFile) -> tuple[str, str]:
     # with a broken line guesses wrong, and the dialect is part of the input contract anyway.
     columns = "{" + ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in csv_header(f)) + "}"
     reader = (
-        f"read_csv({_literal(str(f.path))}, columns = {columns}, header = true, auto_detect = false, "
+        f"read_csv({_engine_literal(f)}, columns = {columns}, header = true, auto_detect = false, "
         f"delim = ',', quote = '\"', escape = '\"', store_rejects = true, "
         f"rejects_table = {_literal(rejects)}, rejects_scan = {_literal(scan)}, "
         f"max_line_size = {_MAX_LINE_BYTES}, compression = {_literal('gzip' if f.compressed else 'none')})"
@@ -575,22 +639,21 @@ def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fiel
     if f.format == "jsonl":
         return _canonical_jsonl(conn, f, mapping)
     if f.format == "parquet":
-        reader = f"read_parquet({_literal(str(f.path))}, file_row_number = true)"
-        columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({_literal(str(f.path))})").fetchall()]
+        reader = f"read_parquet({_engine_literal(f)}, file_row_number = true)"
+        columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({_engine_literal(f)})").fetchall()]
         row_number = '"file_row_number" + 1'
     else:
         table, rejects = _read_csv(conn, f)
         reader = _identifier(table)
         columns = [r[0] for r in conn.execute(f"DESCRIBE {reader}").fetchall() if r[0] != "record_number"]
         row_number = '"record_number"'
-    selected = ", ".join(
-        f"{_identifier(mapping.column(c)) if mapping.column(c) in columns else 'NULL'} AS {_identifier(c)}"
-        for c in CANONICAL_COLUMNS
-    )
+    selected = ", ".join(f"{_column_reference(mapping.column(c), columns, f.format)} AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
     packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in columns)
     head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file"'
+    nested = _nested_column(conn, f, mapping, columns) if f.format == "parquet" else "CAST(NULL AS VARCHAR)"
     part = f"""SELECT {head}, CAST({row_number} AS BIGINT) AS "row_number", TRUE AS "parse_ok",
-               CAST(NULL AS VARCHAR) AS "payload_text", STRUCT_PACK({packed}) AS "payload", {selected}
+               CAST(NULL AS VARCHAR) AS "payload_text", STRUCT_PACK({packed}) AS "payload",
+               {nested} AS "nested_column", {selected}
         FROM {reader}"""
     if f.format == "csv":
         nulls = ", ".join(f"NULL AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
@@ -602,13 +665,56 @@ def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fiel
     return part
 
 
+def _nested_column(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping, columns: list[str]) -> str:
+    """SQL naming the first canonical column whose value in a Parquet row is a struct, map or list
+    (a ``bad_value``: the contract wants a scalar; issue 16), NULL when none is."""
+    types = {r[0]: r[1] for r in conn.execute(f"DESCRIBE SELECT * FROM read_parquet({_engine_literal(f)})").fetchall()}
+    branches = []
+    for c in CANONICAL_COLUMNS:
+        name = mapping.column(c)
+        head, *rest = path_segments(name)
+        if name in columns:
+            kind = str(types.get(name, ""))
+            if kind.startswith(("STRUCT", "MAP", "UNION")) or kind.endswith("]"):
+                branches.append(f"WHEN {_identifier(name)} IS NOT NULL THEN {_literal(c)}")
+        elif rest and head in columns:
+            path = _literal(json_path(".".join(rest)))
+            branches.append(f"WHEN json_type(TO_JSON({_identifier(head)}), {path}) IN ('OBJECT', 'ARRAY') THEN {_literal(c)}")
+    return f"CASE {' '.join(branches)} END" if branches else "CAST(NULL AS VARCHAR)"
+
+
+def _column_reference(name: str, columns: list[str], file_format: str) -> str:
+    """SQL for a mapped source column of a Parquet or CSV file: the column itself; for a dotted
+    name in Parquet that is no column, the path into its first key's nested value (via JSON, so a
+    path a row lacks is NULL, not an error); else NULL."""
+    if name in columns:
+        return _identifier(name)
+    head, *rest = path_segments(name)
+    if file_format == "parquet" and rest and head in columns:
+        return f"json_extract_string(TO_JSON({_identifier(head)}), {_literal(json_path('.'.join(rest)))})"
+    return "NULL"
+
+
+def has_source_column(name: str, columns: list[str] | set[str]) -> bool:
+    """Whether a mapped source column is present: the name itself, or a dotted path's first key."""
+    return name in columns or path_segments(name)[0] in columns
+
+
 def _canonical_jsonl(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping) -> str:
     """One JSON Lines file: parse each line once, pull every canonical field as text."""
-    paths = ", ".join(_literal(f'$."{mapping.column(c)}"') for c in CANONICAL_COLUMNS)
+    paths = ", ".join(_literal(json_path(mapping.column(c))) for c in CANONICAL_COLUMNS)
     fields = ", ".join(f'"values"[{k + 1}] AS {_identifier(c)}' for k, c in enumerate(CANONICAL_COLUMNS))
+    # An object or array where a canonical column wants a scalar is a bad_value (issue 16), told
+    # from a string that merely starts with { or [ by json_type, asked only on such rows.
+    names = "[" + ", ".join(_literal(c) for c in CANONICAL_COLUMNS) + "]"
+    nested = (
+        f"""CASE WHEN "parse_ok" AND list_bool_or(list_transform("values", lambda v: left(v, 1) IN ('{{', '[')))
+               THEN {names}[list_position(list_transform(json_type("record", [{paths}]), lambda t: t IN ('OBJECT', 'ARRAY')), true)]
+           END"""
+    )
     return f"""
         SELECT "file_index", "source_file", "row_number", "parse_ok", "record" AS "payload_text",
-               CAST(NULL AS VARCHAR) AS "payload", {fields}
+               CAST(NULL AS VARCHAR) AS "payload", {nested} AS "nested_column", {fields}
         FROM (
             SELECT *, CASE WHEN "parse_ok" THEN json_extract_string("record", [{paths}]) END AS "values"
             FROM ({_json_lines_select(conn, f)}) AS records

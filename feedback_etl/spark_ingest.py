@@ -56,9 +56,10 @@ import polars as pl
 
 from feedback_etl.ingest import _EVENT_COLUMNS, IngestConfig, _Steps, reconcile
 from feedback_etl.io import validate_feedback
-from feedback_etl.mapping import FieldMapping
+from feedback_etl.mapping import FieldMapping, path_segments
 from feedback_etl.sources import CANONICAL_COLUMNS, InputFile
-from feedback_etl.warehouse import link_tree
+from feedback_etl.paths import engine_file, engine_folder, is_plain
+from feedback_etl.warehouse import TableWrite, snapshot
 from schemas.errors import ConfigError, InputFileError, TableValidationError
 from schemas.feedback import FeedbackTable
 from schemas.rejects import RejectsTable
@@ -149,17 +150,22 @@ def spark_pipeline(
     run_id: str,
     tables: dict,
     steps: _Steps,
+    *,
+    writes: dict[str, TableWrite],
 ) -> tuple[dict, dict]:
-    """Run the SQL steps on Spark, reconcile, validate and write the next state into ``staging``.
+    """Run the SQL steps on Spark, reconcile, validate and write each table's new files.
 
-    Same contract as ``feedback_etl.ingest._pipeline``: returns (counts for the run's manifest
-    record, the manifest's new ``tables``).
+    Same contract as ``feedback_etl.ingest._pipeline``: Spark writes Parquet into each
+    :class:`~feedback_etl.warehouse.TableWrite`'s folder, which ``ingest._run`` commits to the
+    Delta tables with delta-rs (no delta-spark needed); returns (counts for the run's manifest
+    record, the manifest's new ``tables``). Every path Spark opens is a plain link
+    (:mod:`feedback_etl.paths`), never a pattern built from a user's path.
     """
     from feedback_etl.spark_session import get_spark
 
     spark = get_spark(threads=cfg.threads, conf=_memory_conf(cfg.memory_limit))
-    with _run_settings(spark), _Cache(spark, staging / ".spark-scratch") as cache:
-        return _pipeline(spark, cache, cfg, warehouse, staging, files, mapping, run_id, tables, steps)
+    with _run_settings(spark), _Cache(spark, engine_folder(staging) / ".spark-scratch") as cache:
+        return _pipeline(spark, cache, cfg, warehouse, staging, files, mapping, run_id, tables, steps, writes)
 
 
 def _pipeline(
@@ -173,6 +179,7 @@ def _pipeline(
     run_id: str,
     tables: dict,
     steps: _Steps,
+    writes: dict[str, TableWrite],
 ) -> tuple[dict, dict]:
     from feedback_etl.sql_translate import spark_sql
 
@@ -220,25 +227,24 @@ def _pipeline(
     )
 
     def write_events() -> None:
-        link_tree(warehouse / "events", staging / "events")
-        (staging / "events").mkdir(exist_ok=True)
+        from pyspark.sql import functions as F
+
+        frame = _conform(new_events, StagedEvent)
         if counts["accepted"]:
-            frame = _conform(new_events, StagedEvent)
             _validate(frame, StagedEvent, "events")
-            _write(frame, staging / "events" / f"run_id={run_id}")
+        # Written even when empty (one file with the schema): the first run creates the table.
+        _write(frame.withColumn("run_id", F.lit(run_id)), writes["events"])
 
     def write_rejects() -> None:
-        link_tree(warehouse / "rejects", staging / "rejects")
-        (staging / "rejects").mkdir(exist_ok=True)
+        frame = _conform(rejects, RejectsTable)
         if counts["rejected_total"]:
-            frame = _conform(rejects, RejectsTable)
             _validate(frame, RejectsTable, "rejects")
-            _write(frame.orderBy("source_file", "row_number"), staging / "rejects" / f"run_id={run_id}")
+        _write(frame.orderBy("source_file", "row_number"), writes["rejects"])
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
     mart = steps.run("marts/feedback", lambda: run("marts/feedback", {"window": window}, view="feedback_mart", conform=FeedbackTable))
-    summary = steps.run("write_feedback", lambda: _write_feedback(mart, staging / "feedback"))
+    summary = steps.run("write_feedback", lambda: _write_feedback(mart, writes["feedback"]))
 
     totals = spark.sql("SELECT COUNT(*) FROM all_events").collect()[0][0]
     new_tables = {
@@ -360,8 +366,11 @@ def _quoted(name: str) -> "Column":
 
 def _uri(path: Path) -> str:
     """A local path as Hadoop reads it: the local file system even on a cluster whose default is
-    HDFS, glob characters escaped (a file name is not a pattern)."""
-    return "file://" + re.sub(r"([\\*?\[\]{}])", r"\\\1", str(path))
+    HDFS. Hadoop globs every path it reads, so only plain paths (links made by
+    :mod:`feedback_etl.paths`) are handed over; anything else is a bug, refused here."""
+    if not is_plain(path):
+        raise ValueError(f"not a plain path, Spark would read it as a pattern: {path}")
+    return "file://" + str(path)
 
 
 def _register_warehouse_events(spark: "SparkSession", warehouse: Path) -> None:
@@ -369,8 +378,11 @@ def _register_warehouse_events(spark: "SparkSession", warehouse: Path) -> None:
     from pyspark.sql import functions as F
 
     types = {name: _spark_sql_type(kind) for name, kind in _EVENT_COLUMNS.items()}
-    if any((warehouse / "events").glob("run_id=*/*.parquet")):
-        frame = spark.read.parquet(_uri(warehouse / "events") + "/run_id=*/*.parquet")
+    events = snapshot(warehouse, "events")
+    if events is not None and events.files:
+        # The committed version's literal file list (what delta-spark would read from the log).
+        table = engine_folder(warehouse / "events")
+        frame = spark.read.parquet(*[_uri(table / f.relative_to(warehouse / "events")) for f in events.files])
         frame = frame.select([F.col(name).cast(kind).alias(name) for name, kind in types.items()])
     else:
         frame = _rows(spark, [], types)
@@ -412,7 +424,7 @@ def _head(f: InputFile) -> list["Column"]:
 
 def _empty_raw_events(spark: "SparkSession") -> "DataFrame":
     head = {"file_index": "INT", "source_file": "STRING", "row_number": "BIGINT", "parse_ok": "BOOLEAN",
-            "payload_text": "STRING", "payload": "STRUCT<none: STRING>"}
+            "payload_text": "STRING", "payload": "STRUCT<none: STRING>", "nested_column": "STRING"}
     return _rows(spark, [], {**head, **{c: "STRING" for c in CANONICAL_COLUMNS}})
 
 
@@ -421,21 +433,67 @@ def _parquet_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) ->
     (serialised only on rejected rows, by the typing step)."""
     from pyspark.sql import functions as F
 
-    frame = spark.read.parquet(_uri(f.path))
+    frame = spark.read.parquet(_uri(Path(engine_file(f.path))))
     columns = list(frame.columns)
     frame = frame.select("*", F.col("_metadata.row_index").alias("__row_index"))
-    selected = [
-        (_quoted(mapping.column(c)) if mapping.column(c) in columns else F.lit(None).cast("string")).alias(c)
-        for c in CANONICAL_COLUMNS
-    ]
+    selected = [_parquet_column(frame, mapping.column(c), columns).alias(c) for c in CANONICAL_COLUMNS]
     return frame.select(
         *_head(f),
         (F.col("__row_index") + 1).cast("bigint").alias("row_number"),
         F.lit(True).alias("parse_ok"),
         F.lit(None).cast("string").alias("payload_text"),
         F.struct(*[_quoted(c).alias(c) for c in columns]).alias("payload"),
+        _parquet_nested_column(frame, mapping, columns).alias("nested_column"),
         *selected,
     )
+
+
+def _parquet_nested_column(frame: "DataFrame", mapping: FieldMapping, columns: list[str]) -> "Column":
+    """The first canonical column whose value is a struct, map or array, as
+    ``sources._nested_column`` names it for DuckDB (a ``bad_value``; issue 16)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    nested_types = (T.StructType, T.MapType, T.ArrayType)
+    branches = []
+    for c in CANONICAL_COLUMNS:
+        name = mapping.column(c)
+        head, *rest = path_segments(name)
+        if name in columns:
+            if isinstance(frame.schema[name].dataType, nested_types):
+                branches.append((_quoted(name).isNotNull(), c))
+        elif rest and head in columns and isinstance(frame.schema[head].dataType, nested_types):
+            branches.append((_is_json_container(F.to_json(_quoted(head)), rest), c))
+    if not branches:
+        return F.lit(None).cast("string")
+    return F.coalesce(*[F.when(condition, F.lit(c)) for condition, c in branches])
+
+
+def _is_json_container(json_text: "Column", keys: list[str] | tuple[str, ...]) -> "Column":
+    """Whether the value at ``keys`` of a JSON text is an object or an array (DuckDB's json_type)."""
+    from pyspark.sql import functions as F
+
+    variant = F.call_function("variant_get", F.call_function("try_parse_json", json_text), F.lit(_spark_json_path(keys)))
+    return F.call_function("schema_of_variant", variant).rlike("^(OBJECT|ARRAY)")
+
+
+def _parquet_column(frame: "DataFrame", name: str, columns: list[str]) -> "Column":
+    """A mapped column of a Parquet file, as DuckDB reads it (``sources._column_reference``): the
+    column, else a dotted path into the nested value of its first key (NULL where a row lacks it)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if name in columns:
+        return _quoted(name)
+    head, *rest = path_segments(name)
+    if rest and head in columns and isinstance(frame.schema[head].dataType, (T.StructType, T.MapType, T.ArrayType)):
+        return F.get_json_object(F.to_json(_quoted(head)), _spark_json_path(rest))
+    return F.lit(None).cast("string")
+
+
+def _spark_json_path(keys: list[str] | tuple[str, ...]) -> str:
+    """Spark's JSON path of checked keys, bracketed so hyphens and spaces are kept: $['a']['b']."""
+    return "$" + "".join(f"['{key}']" for key in keys)
 
 
 def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "DataFrame":
@@ -449,7 +507,7 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    lines = spark.read.option("lineSep", "\n").text(_uri(f.path))
+    lines = spark.read.option("lineSep", "\n").text(_uri(Path(engine_file(f.path))))
     lines = lines.select(F.col("value").alias("line"), F.monotonically_increasing_id().alias("__id"))
     # monotonically_increasing_id = partition index << 33 | row within the partition.
     lines = lines.select("line", F.shiftright("__id", 33).alias("__part"), (F.col("__id").bitwiseAND((1 << 33) - 1)).alias("__pos"))
@@ -468,8 +526,10 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
     numbered = numbered.where(~F.col("readable") | (F.regexp_replace(F.col("line"), "[ \t]", "") != ""))
 
     sources = {c: mapping.column(c) for c in CANONICAL_COLUMNS}
+    # A dotted source name is a path into nested objects (issue 18), read from the line itself.
     schema = T.StructType(
-        [T.StructField(name, T.StringType()) for name in dict.fromkeys(sources.values())] + [T.StructField(_CORRUPT, T.StringType())]
+        [T.StructField(name, T.StringType()) for name in dict.fromkeys(sources.values()) if "." not in name]
+        + [T.StructField(_CORRUPT, T.StringType())]
     )
     parsed = F.when(F.col("readable"), F.from_json(F.col("line"), schema, _JSON_OPTIONS))
     numbered = numbered.select("*", parsed.alias("record"))
@@ -479,14 +539,28 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
         & F.col(f"record.{_CORRUPT}").isNull()
         & F.col("line").rlike(r"\}\s*$")
     )
-    fields = [F.when(parse_ok, F.col("record").getField(sources[c])).alias(c) for c in CANONICAL_COLUMNS]
+    values = [
+        F.when(
+            parse_ok,
+            F.get_json_object(F.col("line"), _spark_json_path(path_segments(sources[c]))) if "." in sources[c]
+            else F.col("record").getField(sources[c]),
+        )
+        for c in CANONICAL_COLUMNS
+    ]
+    fields = [value.alias(c) for value, c in zip(values, CANONICAL_COLUMNS)]
     payload_type = "STRUCT<none: STRING>"  # never serialised: payload_text holds the raw line
+    # An object or array where a canonical column wants a scalar is a bad_value (issue 16): the
+    # line is parsed again (as a VARIANT) only when a value starts with { or [, as DuckDB does.
+    suspicious = reduce(lambda a, b: a | b, [F.substring(value, 1, 1).isin("{", "[") for value in values])
+    kinds = [F.when(_is_json_container(F.col("line"), path_segments(sources[c])), F.lit(c)) for c in CANONICAL_COLUMNS]
+    nested = F.when(parse_ok & suspicious, F.coalesce(*kinds))
     return numbered.select(
         *_head(f),
         "row_number",
         parse_ok.alias("parse_ok"),
         F.expr("make_valid_utf8(line)").alias("payload_text"),
         F.lit(None).cast(payload_type).alias("payload"),
+        nested.alias("nested_column"),
         *fields,
     )
 
@@ -579,20 +653,27 @@ def _validate(frame: "DataFrame", model, table: str) -> None:
         validate_table(collected, model, table)
 
 
-def _write(frame: "DataFrame", directory: Path, partition_by: str | None = None) -> None:
-    """Write Parquet (snappy) into ``directory`` and leave only ``part-*.parquet`` files there."""
-    writer = frame.write.mode("errorifexists").option("compression", "snappy")
-    if partition_by:
-        writer = writer.partitionBy(partition_by)
-    writer.parquet(_uri(directory))
-    for path in sorted(directory.rglob("*")):
+def _write(frame: "DataFrame", write: TableWrite) -> None:
+    """Write Parquet (snappy) into the table write's folder (through a plain link), keep only the
+    ``part-*.parquet`` files there and hand them to ``write`` to be committed."""
+    import pyarrow.parquet as pq
+
+    write.folder.mkdir(parents=True, exist_ok=True)
+    target = engine_folder(write.folder) / "spark"
+    frame.write.mode("errorifexists").option("compression", "snappy").parquet(_uri(target))
+    parts = []
+    for path in sorted((write.folder / "spark").rglob("*")):
         if path.is_file() and (path.name.startswith((".", "_")) or path.suffix == ".crc"):
             path.unlink()
+        elif path.is_file() and path.suffix == ".parquet":
+            parts.append(path)
+    if parts:
+        write.adopt(parts, pq.read_schema(parts[0]))
 
 
-def _write_feedback(mart: "DataFrame", directory: Path) -> dict:
-    """Validate the feedback table and write it, one ``part-*.parquet`` per impression_date, rows
-    sorted by exposure_id (as the DuckDB engine writes it)."""
+def _write_feedback(mart: "DataFrame", write: TableWrite) -> dict:
+    """Validate the feedback table and write its files, rows grouped by impression_date and sorted
+    by exposure_id within each file (as the DuckDB engine writes it)."""
     from pyspark.sql import functions as F
 
     _validate(mart, FeedbackTable, "feedback")
@@ -601,10 +682,8 @@ def _write_feedback(mart: "DataFrame", directory: Path) -> dict:
         F.count_distinct("impression_date"),
     ).collect()[0]
     days = int(row[5])
-    if days:
-        _write(mart.repartition("impression_date").sortWithinPartitions("exposure_id"), directory, "impression_date")
-    else:
-        directory.mkdir(parents=True, exist_ok=True)
+    frame = mart.repartition("impression_date").sortWithinPartitions("exposure_id") if days else mart
+    _write(frame, write)
     return {
         "exposures": int(row[0]), "observed": int(row[1]), "copied": int(row[2]),
         "regenerated": int(row[3]), "shared": int(row[4]), "days": days,

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+# replace_dir: the one "build aside, swap in on success" swap of the project (issue 16), re-exported.
+from feedback_etl.outputs import replace_dir
 from schemas.errors import ConfigError, WarehouseError
 
 SCORES_SCHEMA: dict[str, pl.DataType] = {
@@ -109,13 +111,13 @@ def read_scores(warehouse: str | Path, channel: str = "vote") -> pl.DataFrame:
     if layout is None:
         raise WarehouseError("warehouse has no propensity scores", where=str(path), fix=_fit_hint(warehouse, channel))
     if layout == "file":
-        lazy = pl.scan_parquet(path)
+        lazy = pl.scan_parquet(path, glob=False)  # a literal path: a warehouse may be named wh[1] (issue 16)
         columns = lazy.collect_schema().names()
         wanted = list(SCORES_SCHEMA)
         fitted = lambda: sorted(lazy.select(pl.col("channel").unique()).collect()["channel"].to_list())  # noqa: E731
     else:
         parts = _channel_parts(path, channel)
-        lazy = pl.scan_parquet(parts) if parts else None
+        lazy = pl.scan_parquet(parts, glob=False) if parts else None
         columns = lazy.collect_schema().names() if lazy is not None else []
         wanted = [c for c in SCORES_SCHEMA if c != "channel"]
         fitted = lambda: _partitioned_channels(path)  # noqa: E731
@@ -301,18 +303,6 @@ def write_metrics(warehouse: str | Path, channel: str, diagnostics: dict[str, An
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Swap a fully written ``staging`` folder into ``target`` (the old one is removed after)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def json_safe(value: Any) -> Any:

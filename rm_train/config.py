@@ -83,7 +83,7 @@ class TrainConfig:
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience}")
         if self.embedding is False and not (self.numeric_features or self.categorical_features or self.id_features):
-            raise ConfigError("no features: --no-embedding and no numeric, categorical or ID features",
+            raise ConfigError("no features: --no-embeddings and no numeric, categorical or ID features",
                               fix="keep the embedding or name feature columns")
         if self.train_split == self.val_split:
             raise ConfigError("train_split and val_split must differ")

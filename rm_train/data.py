@@ -37,7 +37,7 @@ def _read_parquet(path: Path, what: str) -> pl.DataFrame:
         raise InputFileError(f"{what} not found", where=str(path),
                              fix="pass a dataset folder written by `causalrm weights export`")
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)  # a literal path (issue 16)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputFileError(f"cannot read {what}: {str(exc).splitlines()[0]}", where=str(path),
                              fix="re-export the dataset") from exc

@@ -33,7 +33,7 @@ def _read(path: str | Path, columns: list[str], what: str, fix: str) -> pl.DataF
     if not path.is_file():
         raise InputFileError(f"{what} not found", where=str(path), fix=fix)
     try:
-        frame = pl.read_parquet(path)
+        frame = pl.read_parquet(path, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputFileError(f"cannot read {what}: {str(exc).splitlines()[0]}", where=str(path), fix=fix) from exc
     missing = [c for c in columns if c not in frame.columns]

@@ -15,10 +15,20 @@ Base loss l(f, y):
   negative weight on the wrong-label loss; with a bounded l the objective stays bounded below and the
   head stays calibrated (the paper reports MSE / MAE / R2 of this probability).
 * ``bce``: -y log sigmoid(f) - (1 - y) log(1 - sigmoid(f)). Unbounded, so the corrected objective
-  is unbounded below: a flexible head can push logits to +-inf on the rows where the negative part
-  wins. Guard (the "non-negative correction", as in nnPU, Kiryo et al. 2017): every corrected
-  per-sample term (l~, and the DR term) is clamped at >= 0, which stops the gradient exactly where a
-  term would go negative. This biases l~ upwards only on rows that are already fitted confidently.
+  is unbounded below: a flexible head can push logits to +-inf where a negative coefficient wins.
+  BCE is linear in its target, l(f, y) = y l(f, 1) + (1 - y) l(f, 0), so every pointwise term is
+  A_i l(f_i, 1) + B_i l(f_i, 0) with E[A_i | x_i] = P(r* = 1 | x_i) >= 0 and E[B_i | x_i] =
+  P(r* = 0 | x_i) >= 0 (:func:`bce_parts`). Guard (the non-negative correction of nnPU, Kiryo et
+  al. 2017, at the level nnPU applies it): the two batch risks R+ = sum A l(f, 1) and
+  R- = sum B l(f, 0) are estimates of non-negative quantities; when one goes below 0 on a batch the
+  step reverses (gradient ascent on that part, :func:`nonnegative_objective`) and the reported value
+  counts it as 0. Per-row terms are never clamped: an early per-row clamp capped the reachable
+  prediction (issue 15: sigmoid(f) stuck in [0.188, 0.741] for pi in [0.05, 0.95]).
+
+DR imputed error (issue 15): e_i = E_{y ~ Bernoulli(y_hat_i)} l(f(x_i), y), i.e.
+l(f, y_hat) + y_hat (1 - y_hat) with mse (the Bernoulli label's own variance) and l(f, y_hat) with
+bce (linear in y), so the DR *value*, not only its gradient, is unbiased when either the
+propensities or the imputation is right.
 
 Every ``*_loss`` function returns the scalar mean; :func:`pointwise_terms` gives the per-row terms
 and the row counts the trainer sums over batches for validation.
@@ -58,16 +68,15 @@ def corrected_loss(logit: torch.Tensor, r: torch.Tensor, rho01: torch.Tensor, rh
         l~(f, 1) = [(1 - rho10) l(f, 1) - rho01 l(f, 0)] / (1 - rho01 - rho10)
         l~(f, 0) = [(1 - rho01) l(f, 0) - rho10 l(f, 1)] / (1 - rho01 - rho10)
 
-    so that E_r[l~(f, r) | r*] = l(f, r*) under the flip model. With ``kind="bce"`` the result is
-    clamped at >= 0 (the guard described in the module docstring). Shapes (n,) -> (n,).
+    so that E_r[l~(f, r) | r*] = l(f, r*) under the flip model. Never clamped: with ``kind="bce"`` the
+    guard acts on batch risks (:func:`nonnegative_objective`). Shapes (n,) -> (n,).
     """
     loss1 = base_loss(logit, torch.ones_like(logit), kind)
     loss0 = base_loss(logit, torch.zeros_like(logit), kind)
     denominator = 1.0 - rho01 - rho10
     positive = ((1.0 - rho10) * loss1 - rho01 * loss0) / denominator
     negative = ((1.0 - rho01) * loss0 - rho10 * loss1) / denominator
-    corrected = r * positive + (1.0 - r) * negative
-    return corrected.clamp(min=0.0) if kind == "bce" else corrected
+    return r * positive + (1.0 - r) * negative
 
 
 def naive_loss(logit: torch.Tensor, r: torch.Tensor, o: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -96,16 +105,27 @@ def _dr_terms(logit: torch.Tensor, observed_term: torch.Tensor, w: torch.Tensor,
               kind: str) -> torch.Tensor:
     # e_i depends on f through its logit (only y_hat is detached), so the DR gradient differs from
     # IPS's; with an e that ignored f, d/df of [e + w (l~ - e)] would be exactly w dl~/df.
-    imputed_error = base_loss(logit, y_hat.detach(), kind)
-    terms = imputed_error + w * (observed_term - imputed_error)
-    return terms.clamp(min=0.0) if kind == "bce" else terms
+    imputed_error = imputed_loss(logit, y_hat, kind)
+    return imputed_error + w * (observed_term - imputed_error)
+
+
+def imputed_loss(logit: torch.Tensor, y_hat: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """The DR imputed error e = E_{y ~ Bernoulli(y_hat)} l(f, y), y_hat detached. Shapes (n,) -> (n,).
+
+    mse: (sigmoid(f) - y_hat)^2 + y_hat (1 - y_hat) (the label's Bernoulli variance: without it the DR
+    value is off by E[y_hat (1 - y_hat) (1 - o / p)] when the propensities are wrong, issue 15);
+    bce: l(f, y_hat) (linear in y, nothing to add).
+    """
+    y_hat = y_hat.detach()
+    error = base_loss(logit, y_hat, kind)
+    return error + y_hat * (1.0 - y_hat) if kind == "mse" else error
 
 
 def causalrm_dr_loss(logit: torch.Tensor, r: torch.Tensor, w: torch.Tensor, rho01: torch.Tensor,
                      rho10: torch.Tensor, y_hat: torch.Tensor, kind: str = "mse") -> torch.Tensor:
     """CausalRM-DR: (1 / |D|) sum_{i in D} [ e_i + o_i / p_i (l~(f(x_i), r_i) - e_i) ],
 
-    with the imputed error e_i = l(f(x_i), y_hat_i) and y_hat_i = sigmoid(g(x_i)) from the imputation
+    with the imputed error e_i = E_{y ~ Bernoulli(y_hat_i)} l(f(x_i), y) (:func:`imputed_loss`) and y_hat_i = sigmoid(g(x_i)) from the imputation
     head g (trained by the trainer on the CausalRM-IPS objective, see ``rm_train.train``). Unbiased
     when either the propensities or the imputation are right (doubly robust).
     """
@@ -155,29 +175,98 @@ def pointwise_terms(loss: str, logit: torch.Tensor, batch: dict[str, torch.Tenso
     raise ValueError(f"unknown loss {loss!r}; use one of {POINTWISE_LOSSES}")
 
 
+def _label_coefficients(loss: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) per row with the observed term = a l(f, 1) + b l(f, 0) for a base linear in y (bce)."""
+    r, o, w = batch["label"], batch["observed"], batch["weight"]
+    if loss in DENOISED:
+        rho01, rho10 = batch["rho01"], batch["rho10"]
+        denominator = 1.0 - rho01 - rho10
+        a = (r * (1.0 - rho10) - (1.0 - r) * rho10) / denominator
+        b = ((1.0 - r) * (1.0 - rho01) - r * rho01) / denominator
+    else:
+        a, b = r, 1.0 - r
+    scale = o if loss in OBSERVED_ONLY else w
+    return scale * a, scale * b
+
+
+def bce_parts(loss: str, logit: torch.Tensor, batch: dict[str, torch.Tensor], *,
+              y_hat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row positive-part and negative-part terms and row counts of a loss with the bce base.
+
+    Every term is A_i l(f_i, 1) + B_i l(f_i, 0) (BCE is linear in its target): with a = the observed
+    term's coefficient on l(f, 1) (r for plain losses, [r (1 - rho10) - (1 - r) rho10] / (1 - rho01 -
+    rho10) for l~) and b likewise, A = w a and B = w b for the IPS losses (o instead of w for naive /
+    noise) and A = (1 - w) y_hat + w a, B = (1 - w)(1 - y_hat) + w b for DR. Returns (A l(f, 1),
+    B l(f, 0), rows), shapes (n,); their sum is :func:`pointwise_terms`'s terms.
+    """
+    if loss not in POINTWISE_LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; use one of {POINTWISE_LOSSES}")
+    a, b = _label_coefficients(loss, batch)
+    if loss in DOUBLY_ROBUST:
+        if y_hat is None:
+            raise ValueError(f"{loss} needs the imputation head's y_hat")
+        y_hat, w = y_hat.detach(), batch["weight"]
+        a, b = (1.0 - w) * y_hat + a, (1.0 - w) * (1.0 - y_hat) + b
+    loss1 = base_loss(logit, torch.ones_like(logit), "bce")
+    loss0 = base_loss(logit, torch.zeros_like(logit), "bce")
+    rows = batch["observed"] if loss in OBSERVED_ONLY else torch.ones_like(logit)
+    return a * loss1, b * loss0, rows
+
+
+def nonnegative_objective(positive: torch.Tensor, negative: torch.Tensor, normaliser: torch.Tensor, *,
+                          positive_total: torch.Tensor | None = None,
+                          negative_total: torch.Tensor | None = None) -> torch.Tensor:
+    """nnPU's non-negative risk (Kiryo et al. 2017, Algorithm 1, beta = 0, gamma = 1) on two batch parts.
+
+    ``positive`` = sum_i A_i l(f_i, 1) and ``negative`` = sum_i B_i l(f_i, 0) (scalars, from
+    :func:`bce_parts`) estimate non-negative risks. When both batch totals are >= 0 the step is on
+    (R+ + R-) / normaliser; when a total is < 0 the step is gradient *ascent* on that part alone (it
+    is pushed back to 0 and the other part waits), as nnPU does. The returned value is
+    (max(R+, 0) + max(R-, 0)) / normaliser; its gradient is the step's. ``*_total``: the parts summed
+    over all ranks (DDP), which decide the branch the same way on every rank (default: the parts).
+    """
+    totals = (positive.detach() if positive_total is None else positive_total,
+              negative.detach() if negative_total is None else negative_total)
+    parts = (positive, negative)
+    below = [part for part, total in zip(parts, totals, strict=True) if float(total) < 0]
+    step = -sum(below) if below else positive + negative
+    value = positive.detach().clamp(min=0.0) + negative.detach().clamp(min=0.0)
+    return (step + (value - step).detach()) / normaliser
+
+
 def pointwise_objective(loss: str, logit: torch.Tensor, batch: dict[str, torch.Tensor], *, base: str = "mse",
                         y_hat: torch.Tensor | None = None) -> torch.Tensor:
-    """The named loss on a batch (scalar): ``sum(terms) / sum(rows)`` of :func:`pointwise_terms`."""
+    """The named loss on a batch (scalar): ``sum(terms) / sum(rows)`` of :func:`pointwise_terms`; with
+    the bce base, the non-negative risk of :func:`nonnegative_objective` over :func:`bce_parts`."""
+    if base == "bce":
+        positive, negative, rows = bce_parts(loss, logit, batch, y_hat=y_hat)
+        return nonnegative_objective(positive.sum(), negative.sum(), rows.sum().clamp(min=1.0))
     terms, rows = pointwise_terms(loss, logit, batch, base=base, y_hat=y_hat)
     return terms.sum() / rows.sum().clamp(min=1.0)
 
 
 def pair_loss(score_chosen: torch.Tensor, score_rejected: torch.Tensor, *, kind: str = "mse",
               flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Bradley-Terry pair loss per pair, flip-corrected when ``flip`` (epsilon_k) is given.
+    """Bradley-Terry pair loss per pair, with the pair's clean target when ``flip`` (epsilon_k) is given.
 
     With Delta_k = f(x_chosen) - f(x_rejected) and P(chosen > rejected) = sigmoid(Delta_k):
-    l(+) = (1 - sigmoid(Delta))^2 (mse) or softplus(-Delta) (bce); l(-) the same for -Delta;
-    corrected: l~ = [(1 - eps) l(+) - eps l(-)] / (1 - 2 eps), so E[l~] = l(true order) when the
-    pair's order is reversed with probability eps. Clamped at >= 0 with bce (same guard as above).
+    l(+) = l(Delta, 1) (mse: (1 - sigmoid(Delta))^2, bce: softplus(-Delta)). The clean pair target is
+    y*_k = (r*_chosen - r*_rejected + 1) / 2 in {0, 1/2, 1} (1/2 for tied clean labels). Pairs are
+    *selected* on their observed labels (chosen r = 1, rejected r = 0), so the correction is the
+    posterior one: epsilon_k = P(y* = 0 | observed) + P(y* = 1/2 | observed) / 2 (the exported
+    ``flip_probability``, :func:`propensity.weights.export.pair_flip_probability`) and
+
+        l~_k = l(Delta_k, 1 - epsilon_k),
+
+    with E[l(Delta, y*) | observed] = l~ exactly for bce (linear in y) and, for mse, up to the
+    constant Var(y* | observed) (same gradient). A forward correction [(1 - eps) l(+) - eps l(-)] /
+    (1 - 2 eps) assumes the order flips with eps *given* the true order, which selection on the
+    observed labels breaks, and it ignores ties (issue 15). Never negative: no guard needed.
     """
     delta = score_chosen - score_rejected
-    forward = base_loss(delta, torch.ones_like(delta), kind)
     if flip is None:
-        return forward
-    backward = base_loss(delta, torch.zeros_like(delta), kind)
-    corrected = ((1.0 - flip) * forward - flip * backward) / (1.0 - 2.0 * flip)
-    return corrected.clamp(min=0.0) if kind == "bce" else corrected
+        return base_loss(delta, torch.ones_like(delta), kind)
+    return base_loss(delta, 1.0 - flip, kind)
 
 
 def pairwise_terms(loss: str, score_chosen: torch.Tensor, score_rejected: torch.Tensor, weight: torch.Tensor,

@@ -99,7 +99,7 @@ def evaluate_slice(preds: str | Path, warehouse: str | Path, *, split: str | Non
     path = Path(preds)
     if not path.is_file():
         raise InputFileError("predictions not found", where=str(path), fix="pass the --out file of `causalrm predict`")
-    scores = pl.read_parquet(path)
+    scores = pl.read_parquet(path, glob=False)
     if not {"exposure_id", "reward"} <= set(scores.columns):
         raise InputFileError(f"predictions lack exposure_id / reward (have {scores.columns})", where=str(path),
                              fix="pass the --out file of `causalrm predict`")

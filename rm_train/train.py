@@ -68,6 +68,7 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
+from feedback_etl.outputs import build_aside
 from rm_train.config import TrainConfig
 from rm_train.data import (
     FeatureSpec,
@@ -382,13 +383,23 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
     ----------
     dataset : folder with data.parquet (+ manifest.json, embeddings/, pairs.parquet).
     cfg : see :class:`rm_train.config.TrainConfig`.
-    out : model folder to create (files are overwritten).
+    out : model folder to create; an existing one is replaced as a whole, and only when training
+        succeeds (issue 16: the model is built in a hidden sibling folder and swapped in).
     progress : show a rich progress bar (rank 0 only).
 
     Returns
     -------
     dict : the metrics written to ``out/metrics.json``.
     """
+    out = Path(out)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 writes (and swaps) the model
+        return _train(dataset, cfg, out, progress=progress)
+    with build_aside(out) as work:
+        return _train(dataset, cfg, work, progress=progress)
+
+
+def _train(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) -> dict[str, Any]:
+    """:func:`train`, writing into the building folder ``out`` (rank 0 only)."""
     started = time.perf_counter()
     probe = resolve_device(cfg.device)
     dist = _setup_distributed(probe.type, cfg.batch_size)
@@ -515,14 +526,32 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
     return metrics
 
 
+def _embedding_meta(dataset: str | Path, manifest: dict[str, Any], spec: FeatureSpec) -> dict[str, Any] | None:
+    """The ``meta.json`` of the embeddings the head was trained on: the dataset's own
+    (``causalrm embed DATASET``) or, for embeddings joined in by ``causalrm weights export``, the
+    warehouse's. ``RewardModel.score`` re-embeds raw text with these settings (issue 21)."""
+    if not spec.embedding_dim:
+        return None
+    candidates = [Path(dataset) / "embeddings" / "meta.json"]
+    warehouse = (manifest.get("input") or {}).get("warehouse")
+    if warehouse:
+        candidates.append(Path(warehouse) / "embeddings" / "meta.json")
+    for path in candidates:
+        if path.is_file():
+            meta = json.loads(path.read_text())
+            if meta.get("dim") in (None, spec.embedding_dim):
+                return meta
+    return None
+
+
 def _model_config(model: RewardHead, spec: FeatureSpec, cfg: TrainConfig, dataset: str | Path) -> dict[str, Any]:
-    embed_meta = Path(dataset) / "embeddings" / "meta.json"
+    manifest = read_manifest(dataset)
     return {
         "format": MODEL_FORMAT, "version": MODEL_VERSION,
         "reward": "sigmoid(logit): predicted P(r* = 1 | x)" if not cfg.pairs else "sigmoid(Bradley-Terry score)",
         "architecture": model.architecture, "features": spec.to_dict(), "train": asdict(cfg),
-        "dataset": str(dataset), "dataset_manifest": read_manifest(dataset),
-        "embedding": json.loads(embed_meta.read_text()) if embed_meta.is_file() else None,
+        "dataset": str(dataset), "dataset_manifest": manifest,
+        "embedding": _embedding_meta(dataset, manifest, spec),
     }
 
 

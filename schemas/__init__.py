@@ -9,3 +9,10 @@
 
 Nothing is re-exported here: importing a table's module is cheap, importing all of them pulls in pandera.
 """
+
+import warnings
+
+# Every table module imports pandera, and pandera imports pyspark.pandas when the [spark] extra is
+# installed, which warns about pandas 3 on every start; nothing here uses pyspark.pandas. Filtered
+# here, the one place every pandera import passes through, and only for that module and message.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning, module="pyspark")

@@ -48,6 +48,10 @@ class InputFileError(CausalRMError):
     """An input file is missing, unreadable, of the wrong format or lacks a required column."""
 
 
+class EmptyIngestError(InputFileError):
+    """An ingest run read input but accepted no event (or left the warehouse without an exposure)."""
+
+
 class TableValidationError(CausalRMError):
     """A table failed its pandera contract."""
 

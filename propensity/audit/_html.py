@@ -500,7 +500,7 @@ def render_html(report: dict[str, Any]) -> str:
     if report["balance"]:
         sections.append("<h2>Covariate balance</h2>")
         sections.append(_figure_html(
-            _fig_love(report["balance"], t["max_abs_smd_after"]), "love plot",
+            _fig_love(report["balance"], t["max_balance_smd"]), "love plot",
             "Standardized mean difference of each feature between the observed rows and all exposures: before (open circles) "
             "and after (filled) weighting by 1/p. Weighting should pull every feature inside the dashed guardrail."))
         smd_rows = [[esc(b["feature"]), f"{b['before']:+.3f}", f"{b['after']:+.3f}"] for b in report["balance"]]

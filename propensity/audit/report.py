@@ -48,7 +48,12 @@ Z95 = 1.959963984540054
 
 @dataclass(frozen=True, kw_only=True)
 class Thresholds:
-    """Guardrail thresholds; a TOML file maps onto these fields one to one (README "Guardrails").
+    """Guardrail thresholds; a TOML file maps onto these fields one to one (docs/audit.md "Guardrails").
+
+    Each threshold is named after its guardrail in ``report.json`` (``min_`` / ``max_`` + the name):
+    ``ess_fraction``, ``max_weight``, ``clipped_share``, ``balance_smd``, ``noise_ci_width``; the others
+    say what they bound (``max_ece`` for ``calibration_ece``, ``noise_margin`` for
+    ``noise_identifiable``, ``max_slice_z`` for ``slice_agreement``).
 
     Parameters
     ----------
@@ -56,8 +61,9 @@ class Thresholds:
     max_weight : largest weight 1/p, at most (a weight of 50 means one row speaks for 50).
     max_clipped_share : share of observed rows whose propensity sits at the clipping floor, at most.
     max_ece : expected calibration error of the propensities (equal-mass bins), at most.
-    max_abs_smd_after : largest |standardized mean difference| after weighting, at most
-        (0.1 is the usual balance rule of thumb).
+    max_balance_smd : largest |standardized mean difference| after weighting, at most
+        (0.1 is the usual balance rule of thumb). ``max_abs_smd_after``, its former name, is still
+        read from TOML files.
     noise_margin : rho01 + rho10 must stay <= 1 - noise_margin (the noise-corrected loss divides
         by 1 - rho01 - rho10), and the sum of the intervals' upper ends must stay < 1.
     max_noise_ci_width : width of each rate's confidence interval, at most.
@@ -70,7 +76,7 @@ class Thresholds:
     max_weight: float = 50.0
     max_clipped_share: float = 0.05
     max_ece: float = 0.05
-    max_abs_smd_after: float = 0.10
+    max_balance_smd: float = 0.10
     noise_margin: float = 0.20
     max_noise_ci_width: float = 0.20
     max_slice_z: float = 3.0
@@ -102,6 +108,11 @@ class Thresholds:
             raise InputFileError(f"cannot parse thresholds TOML: {exc}", where=str(path), fix="check the file's TOML syntax") from exc
         if isinstance(data.get("guardrails"), dict):
             data = data["guardrails"]
+        data = dict(data)
+        for old, new in _RENAMED_THRESHOLDS.items():
+            if old in data:
+                log.warning("guardrail threshold %s is now called %s (%s)", old, new, path)
+                data.setdefault(new, data.pop(old))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -396,6 +407,29 @@ def _histogram(values: np.ndarray, edges: np.ndarray) -> list[int]:
 
 # --------------------------------------------------------------------------- guardrails
 
+# Former threshold names still read from TOML files (issue 20: one name per guardrail).
+_RENAMED_THRESHOLDS = {"max_abs_smd_after": "max_balance_smd"}
+
+
+def balance_advice(feature: str | None, model_features: list[str] | None) -> str:
+    """What to do about the worst-balanced feature, given the propensity model's own features.
+
+    ``feature`` is a balance column: a context column, or ``column=level`` for a categorical level.
+    Advising to add a column the model already uses would send the user in a circle: there, the
+    model fits the column's effect poorly, or clipping caps the weights that would balance it.
+    """
+    column = feature.split("=", 1)[0] if feature else None
+    if column is None:
+        return "refit the propensity model"
+    if model_features is None:
+        return f"check that the propensity model uses `{column}` (metrics.json lists its features) and fits it well"
+    if column not in model_features:
+        return f"add `{column}` to the propensity model's features"
+    return (f"`{column}` is already a feature of the propensity model, so the fit captures its effect poorly or the "
+            "clipping floor caps the weights that would balance it: refit with a more flexible model (`--model lightgbm`), "
+            "a lower `--clip` (see clipped_share), or check whether selection depends on something the logs do not record "
+            "(a randomized slice tells)")
+
 
 def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[GuardrailResult]:
     """Check the report's numbers against the thresholds; one result per guardrail (noise: per channel)."""
@@ -427,9 +461,9 @@ def evaluate_guardrails(report: dict[str, Any], thresholds: Thresholds) -> list[
           f"ECE = {ece:.3f} > {t.max_ece} (max_ece): propensities are miscalibrated; fix: refit with --calibration isotonic")
     smd = h["max_abs_smd_after"]
     feature = h.get("worst_smd_feature")
-    check("balance_smd", smd, t.max_abs_smd_after, smd is not None and smd <= t.max_abs_smd_after,
-          f"max |SMD| after weighting = {smd if smd is None else f'{smd:.3f}'} > {t.max_abs_smd_after} (max_abs_smd_after) on {feature}: "
-          "weighting does not balance the covariates; fix: add that feature to the propensity model",
+    check("balance_smd", smd, t.max_balance_smd, smd is not None and smd <= t.max_balance_smd,
+          f"max |SMD| after weighting = {smd if smd is None else f'{smd:.3f}'} > {t.max_balance_smd} (max_balance_smd) on {feature}: "
+          f"weighting does not balance the covariates; fix: {balance_advice(feature, (report.get('propensity') or {}).get('features'))}",
           "balance_smd: no context feature varies across exposures")
     for noise in report["noise"]:
         ch = noise["channel"]
@@ -587,6 +621,8 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
             "floor": floor,
             "model": (metrics or {}).get("model") or ((metrics or {}).get("config") or {}).get("model"),
             "fit_metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
+            # The fit's context features (embeddings aside): the balance advice depends on them.
+            "features": (metrics or {}).get("features"),
             "histogram": {"edges": p_edges.tolist(), "observed": _histogram(p[observed], p_edges), "unobserved": _histogram(p[~observed], p_edges)},
         },
         "reliability": {"ece": ece, "bins": reliability, "binning": f"{N_RELIABILITY_BINS} equal-mass bins"},

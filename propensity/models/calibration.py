@@ -32,11 +32,11 @@ class IsotonicCalibrator:
 
     method = "isotonic"
 
-    def fit(self, scores: np.ndarray, y: np.ndarray) -> IsotonicCalibrator:
+    def fit(self, scores: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> IsotonicCalibrator:
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True)
-        iso.fit(np.asarray(scores, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        iso.fit(np.asarray(scores, dtype=np.float64), np.asarray(y, dtype=np.float64), sample_weight=sample_weight)
         self.x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
         self.y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
         return self
@@ -59,12 +59,12 @@ class PlattCalibrator:
 
     method = "platt"
 
-    def fit(self, scores: np.ndarray, y: np.ndarray) -> PlattCalibrator:
+    def fit(self, scores: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> PlattCalibrator:
         from sklearn.linear_model import LogisticRegression
 
         # A very weak penalty: Platt scaling is an (almost) unpenalised 2-parameter fit.
         lr = LogisticRegression(C=1e6, max_iter=1000)
-        lr.fit(_logit(scores).reshape(-1, 1), np.asarray(y).astype(int))
+        lr.fit(_logit(scores).reshape(-1, 1), np.asarray(y).astype(int), sample_weight=sample_weight)
         self.a_ = float(lr.coef_[0, 0])
         self.b_ = float(lr.intercept_[0])
         return self
@@ -87,7 +87,7 @@ class IdentityCalibrator:
 
     method = "none"
 
-    def fit(self, scores: np.ndarray, y: np.ndarray) -> IdentityCalibrator:
+    def fit(self, scores: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> IdentityCalibrator:
         return self
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
@@ -116,7 +116,7 @@ def calibrator_from_dict(d: dict[str, Any]) -> Calibrator:
 
 
 def cross_calibrate(
-    scores: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str
+    scores: np.ndarray, y: np.ndarray, folds: np.ndarray, method: str, *, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[Calibrator]]:
     """Calibrate out-of-fold scores fold by fold, each fold with a map fitted on the other folds.
 
@@ -126,6 +126,9 @@ def cross_calibrate(
     y : array of shape (n_exposures,), 0/1 target.
     folds : int array of shape (n_exposures,).
     method : ``isotonic``, ``platt`` or ``none``.
+    weights : optional array of shape (n_exposures,) of sampling weights (1/s for a row kept with
+        probability s in a case-control sample, ``propensity.models.casecontrol``): each map is then
+        fitted to the population the sample was drawn from, not to the sample. None: all 1.
 
     Returns
     -------
@@ -148,7 +151,7 @@ def cross_calibrate(
             raise EstimationError(
                 f"cannot calibrate fold {k}: the other folds hold one class only", where="calibration", fix="use fewer folds or --calibration none"
             )
-        cal = make_calibrator(method).fit(scores[~held], rest_y)
+        cal = make_calibrator(method).fit(scores[~held], rest_y, None if weights is None else np.asarray(weights)[~held])
         calibrated[held] = cal.predict(scores[held])
         calibrators.append(cal)
     return np.clip(calibrated, 0.0, 1.0), calibrators

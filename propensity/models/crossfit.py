@@ -54,8 +54,29 @@ def group_folds(user_id: np.ndarray | list | Any, n_folds: int, seed: int = 0) -
     users = np.asarray(user_id)
     if users.ndim != 1:
         users = users.reshape(-1)
-    uniques, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
-    n_users = len(uniques)
+    _, inverse, counts = np.unique(users, return_inverse=True, return_counts=True)
+    return assign_user_folds(counts, n_folds, seed)[inverse]
+
+
+def assign_user_folds(counts: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """The fold of each user, given the users' exposure counts in sorted user order.
+
+    :func:`group_folds` is ``assign_user_folds(counts)[inverse]`` over ``np.unique(user_id)``; a
+    streamed fit (``propensity.models.casecontrol``) counts users batch by batch, sorts them the
+    same way and gets the same folds without holding every row's user id.
+
+    Parameters
+    ----------
+    counts : int array of shape (n_users,), exposures per user, users sorted by id.
+
+    Returns
+    -------
+    int32 array of shape (n_users,), the fold of each user.
+    """
+    if n_folds < 2:
+        raise ConfigError(f"folds must be >= 2, got {n_folds}", where="--folds", fix="use --folds 5")
+    counts = np.asarray(counts)
+    n_users = len(counts)
     if n_users < n_folds:
         raise EstimationError(
             f"{n_users} distinct user(s) cannot fill {n_folds} user-grouped folds",
@@ -77,7 +98,7 @@ def group_folds(user_id: np.ndarray | list | Any, n_folds: int, seed: int = 0) -
     if len(tail):
         user_fold[tail] = rng.integers(0, n_folds, len(tail))
     # Every fold needs at least one user; with >= K users the greedy head guarantees it.
-    return user_fold[inverse]
+    return user_fold
 
 
 def _take(X: Any, rows: np.ndarray) -> Any:

@@ -8,6 +8,7 @@ the one-hot :func:`design_matrix` instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,8 @@ def build_features(
     *,
     categorical: tuple[str, ...] = CONTEXT_CATEGORICAL,
     numeric: tuple[str, ...] = CONTEXT_NUMERIC,
+    levels: Mapping[str, Sequence[str]] | None = None,
+    numeric_dtype: type | np.dtype = np.float64,
 ) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Feature matrix of every exposure for a propensity model.
 
@@ -38,12 +41,18 @@ def build_features(
         ``feedback_etl.io.read_embeddings`` or None. When given it must cover every exposure.
     categorical, numeric : feature column names (default: the feedback contract's context and
         user-history columns).
+    levels : optional categories per categorical column (e.g. the whole table's, when ``feedback``
+        is one batch or a sample of it); a value outside them becomes missing. None: the sorted
+        non-null values of ``feedback``.
+    numeric_dtype : dtype of the numeric columns: float64 (default) or float32 (half the memory;
+        a streamed fit uses it, recorded in the saved spec so scoring builds the same values).
 
     Returns
     -------
     X : pandas DataFrame of shape (n_exposures, n_features), rows in ``feedback``'s order;
-        categorical columns have dtype ``category`` (categories sorted, nulls stay missing),
-        numeric ones float64 (nulls are NaN), embedding dimensions float32 named ``emb_000``...
+        categorical columns have dtype ``category`` (categories sorted, nulls stay missing; built
+        from integer codes, never from Python string objects), numeric ones ``numeric_dtype`` (nulls
+        are NaN), embedding dimensions float32 named ``emb_000``...
     feature_names : list of the n_features column names.
     categorical_names : the subset of ``feature_names`` that is categorical.
 
@@ -61,11 +70,11 @@ def build_features(
         )
     columns: dict[str, pd.Series | np.ndarray] = {}
     for name in categorical:
-        values = feedback[name].cast(pl.String).to_pandas()
-        levels = sorted(values.dropna().unique().tolist())
-        columns[name] = pd.Categorical(values, categories=levels)
+        values = feedback[name].cast(pl.String)
+        known = list(levels[name]) if levels is not None else values.drop_nulls().unique().sort().to_list()
+        columns[name] = pd.Categorical.from_codes(category_codes(values, known), categories=known)
     for name in numeric:
-        columns[name] = feedback[name].cast(pl.Float64).to_numpy(allow_copy=True).astype(np.float64)
+        columns[name] = feedback[name].cast(pl.Float64).to_numpy(allow_copy=True).astype(numeric_dtype)
     X = pd.DataFrame(columns)
     categorical_names = list(categorical)
 
@@ -74,6 +83,18 @@ def build_features(
         names = [f"{EMBEDDING_PREFIX}{j:03d}" for j in range(matrix.shape[1])]
         X = pd.concat([X, pd.DataFrame(matrix, columns=names)], axis=1)
     return X, list(X.columns), categorical_names
+
+
+def category_codes(values: pl.Series, levels: Sequence[str]) -> np.ndarray:
+    """Int32 codes of ``values`` in ``levels`` (sorted strings), -1 for null or unknown values.
+
+    The codes of ``pd.Categorical(values, categories=levels)``, computed in polars without
+    turning every row into a Python string object.
+    """
+    if not levels:
+        return np.full(len(values), -1, dtype=np.int32)
+    codes = values.cast(pl.String).replace_strict(list(levels), list(range(len(levels))), default=-1, return_dtype=pl.Int32)
+    return codes.fill_null(-1).to_numpy().astype(np.int32, copy=False)
 
 
 def _embedding_matrix(feedback: pl.DataFrame, embeddings: pl.DataFrame) -> np.ndarray:

@@ -21,11 +21,13 @@ import numpy as np
 import polars as pl
 
 from propensity.models.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate
+from propensity.models.casecontrol import RowPlan, fit_case_control, parse_memory, row_plan
+from propensity.models.score import load_fold_models  # noqa: F401  (public here too: propensity.models.fit.load_fold_models)
 from propensity.models.crossfit import cross_fit, group_folds
 from propensity.diagnostics import propensity_diagnostics
 from propensity.models.estimators import ESTIMATORS, make_estimator
 from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
-from propensity.io import models_dir, replace_dir, write_metrics, write_scores
+from propensity.io import models_dir, read_metrics, replace_dir, write_metrics, write_scores
 from schemas.errors import ConfigError, EstimationError, WarehouseError
 from schemas.feedback import CHANNELS
 
@@ -50,6 +52,11 @@ class PropensityConfig:
     device : MLP device: ``auto``, ``cpu``, ``cuda``.
     reliability_bins : bins of the reliability table and ECE.
     model_params : extra estimator parameters (e.g. ``{"n_estimators": 300}``).
+    max_rows : feedback rows the fit may hold in memory (None: what ``memory_limit`` allows). A
+        larger table is fitted on a case-control sample with an exact correction and scored
+        streamed (``propensity.models.casecontrol``); a table that fits is fitted whole, as before.
+    memory_limit : memory budget of the fit (``4GB``, ``512MB``), turned into rows with a per-row estimate.
+    batch_rows : rows per batch when a sampled fit streams the feedback table.
     """
 
     channel: str = "vote"
@@ -63,6 +70,9 @@ class PropensityConfig:
     device: str = "auto"
     reliability_bins: int = 10
     model_params: Mapping[str, Any] = field(default_factory=dict)
+    max_rows: int | None = None
+    memory_limit: str = "4GB"
+    batch_rows: int = 200_000
 
     def __post_init__(self) -> None:
         if self.channel not in CHANNELS:
@@ -81,6 +91,11 @@ class PropensityConfig:
             raise ConfigError(f"reliability_bins must be >= 2, got {self.reliability_bins}", where="reliability_bins")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"unknown device {self.device!r}", where="--device", fix="use auto, cpu or cuda")
+        if self.max_rows is not None and self.max_rows < 1_000:
+            raise ConfigError(f"max_rows must be >= 1000, got {self.max_rows}", where="--max-rows", fix="use e.g. --max-rows 2000000")
+        if self.batch_rows < 1:
+            raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}", where="batch_rows")
+        parse_memory(self.memory_limit)
         self.estimator()  # unknown model_params fail here, before any data is read
 
     @property
@@ -173,6 +188,9 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     if not warehouse.is_dir():
         raise WarehouseError("warehouse folder does not exist", where=str(warehouse), fix="pass the folder given to `causalrm ingest --warehouse`")
     started = time.perf_counter()
+    plan = row_plan(warehouse, cfg)
+    if plan.sampled:  # more rows than the fit may hold: case-control sample, streamed scoring (issue 23)
+        return _fit_sampled(warehouse, cfg, plan, started, progress)
     feedback = read_feedback(warehouse)  # names a missing contract column itself (WarehouseError)
     observed = _check_target(feedback, cfg, warehouse)
     embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
@@ -206,11 +224,16 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         "features": feature_names if embeddings is None else [n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)],
         "categorical_features": categorical_names,
         "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in feature_names)),
+        "sampling": plan.to_dict(),
         "config": cfg.to_dict(),
         "estimator_params": _jsonable(cfg.estimator().get_params()),
         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 3),
     }
+    fallback = _embedding_fallback(warehouse, cfg, embeddings)
+    if fallback:
+        log.warning("propensity %s: %s", cfg.channel, fallback)
+        diagnostics["warnings"].append(fallback)
 
     scores = pl.DataFrame(
         {
@@ -226,6 +249,36 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     log.info("propensity %s: AUC %.3f, ECE %.4f, ESS/N %.3f", cfg.channel, diagnostics["auc"], diagnostics["ece"], diagnostics["weights"]["ess_ratio"])
     return PropensityResult(
         scores=scores, metrics=diagnostics, clip=clip_report, scores_path=scores_path, metrics_path=metrics_path, models_path=models_path
+    )
+
+
+def _fit_sampled(warehouse: Path, cfg: PropensityConfig, plan: RowPlan, started: float, progress: bool) -> PropensityResult:
+    """The fit of a table larger than ``plan.max_rows`` (see ``propensity.models.casecontrol``).
+    ``scores`` of the result is empty: every exposure's score is in scores.parquet (read_scores)."""
+    with _fold_progress(progress, cfg.folds, f"propensity {cfg.channel}") as advance:
+        fit = fit_case_control(warehouse, cfg, plan, write_models=_write_models, on_fold_done=advance)
+    _log_clipping(cfg, fit.clip)
+    diagnostics = {
+        "channel": cfg.channel,
+        "target": cfg.target,
+        **fit.diagnostics,
+        "clipping": fit.clip.to_dict(),
+        "warnings": _warnings(cfg, fit.clip, fit.diagnostics),
+        "features": [n for n in fit.feature_names if not n.startswith(EMBEDDING_PREFIX)],
+        "categorical_features": fit.categorical_names,
+        "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in fit.feature_names)),
+        "sampling": fit.sampling,
+        "config": cfg.to_dict(),
+        "estimator_params": _jsonable(cfg.estimator().get_params()),
+        "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - started, 3),
+    }
+    metrics_path = write_metrics(warehouse, cfg.channel, diagnostics)
+    log.info("propensity %s: AUC %.3f, ECE %.4f, ESS/N %.3f (case-control fit on %d of %d exposures)", cfg.channel,
+             diagnostics["auc"], diagnostics["ece"], diagnostics["weights"]["ess_ratio"], fit.sampling["n_sample"], plan.n_rows)
+    empty = pl.DataFrame(schema={"exposure_id": pl.String, "propensity": pl.Float64, "propensity_raw": pl.Float64, "fold": pl.Int32})
+    return PropensityResult(
+        scores=empty, metrics=diagnostics, clip=fit.clip, scores_path=fit.scores_path, metrics_path=metrics_path, models_path=fit.models_path,
     )
 
 
@@ -258,6 +311,22 @@ def _warnings(cfg: PropensityConfig, report: ClipReport, diagnostics: dict[str, 
     return found
 
 
+def _embedding_fallback(warehouse: Path, cfg: PropensityConfig, embeddings: pl.DataFrame | None) -> str | None:
+    """A warning when this fit runs without embeddings although the channel's last fit had them
+    (issue 16: a failed or deleted ``causalrm embed`` must not silently weaken the model)."""
+    if embeddings is not None or not cfg.use_embeddings:
+        return None
+    try:
+        dim = read_metrics(warehouse, cfg.channel).get("embedding_dim") or 0
+    except WarehouseError:
+        return None
+    if not dim:
+        return None
+    return (f"fitted without embeddings although the last {cfg.channel} fit used {dim}-dim embeddings "
+            f"(WH/embeddings is missing); run `causalrm embed {warehouse}` again, or pass --no-embeddings "
+            "to fit without them on purpose")
+
+
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
@@ -271,8 +340,10 @@ def _write_models(
     feature_names: list[str],
     categorical_names: list[str],
     design_names: list[str],
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write fold models, calibrators and the feature spec into models/<channel>/ (swapped in whole)."""
+    """Write fold models, calibrators and the feature spec into models/<channel>/ (swapped in whole).
+    ``extra`` keys join the spec (a case-control fit's ``logit_shift``, ``numeric_dtype``, ``sampling``)."""
     import json
 
     target = models_dir(warehouse, cfg.channel)
@@ -295,6 +366,7 @@ def _write_models(
             "config": cfg.to_dict(),
             "note": "propensity = clip(calibration[k](fold_k(x))) for exposures of fold k; score new exposures "
                     "with propensity.models.fit.load_fold_models and average over folds",
+            **(extra or {}),
         }
         (staging / "config.json").write_text(json.dumps(spec, indent=2))
         replace_dir(staging, target)
@@ -302,32 +374,6 @@ def _write_models(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def load_fold_models(warehouse: str | Path, channel: str = "vote") -> tuple[dict[str, Any], list, list]:
-    """The saved spec, fold models and calibrators of a channel (to score new exposures).
-
-    Returns
-    -------
-    spec : dict from ``models/<channel>/config.json``
-    models : list of K fitted estimators
-    calibrators : list of K fitted calibrators
-    """
-    import json
-
-    from propensity.models.calibration import calibrator_from_dict
-
-    directory = models_dir(warehouse, channel)
-    if not (directory / "config.json").is_file():
-        raise WarehouseError(
-            f"no saved propensity models for channel {channel!r}", where=str(directory),
-            fix=f"run `causalrm propensity fit {warehouse} --channel {channel}`",
-        )
-    spec = json.loads((directory / "config.json").read_text())
-    cls = ESTIMATORS[spec["model"]]
-    models = [cls.load(directory, f"fold_{k}") for k in range(spec["n_folds"])]
-    calibrators = [calibrator_from_dict(d) for d in json.loads((directory / "calibration.json").read_text())]
-    return spec, models, calibrators
 
 
 class _NullProgress:

@@ -27,7 +27,9 @@ Downstream, ``fold = -1`` marks the averaged rows; a consumer that cross-fits by
 column should treat -1 as "no fold" (it is not a user-grouped fold).
 
 Features are rebuilt exactly as at fit time: the spec's columns in the spec's order, categorical
-levels from the spec (``models/<channel>/config.json``), numerics as float64, embeddings joined by
+levels from the spec (``models/<channel>/config.json``), numerics in the spec's ``numeric_dtype``
+(float64; float32 after a case-control fit), every model score shifted by the spec's ``logit_shift``
+(0 unless the models were fitted on a case-control sample), embeddings joined by
 ``exposure_id`` when the models used them. A categorical level the fit never saw (a new model_id,
 say) becomes a missing value, exactly as a null was at fit time (LightGBM's missing branch, an
 all-zero one-hot row for the MLP and logistic models); such exposures are counted, logged and kept
@@ -215,7 +217,13 @@ def scoring_features(
             raise no_embeddings_error(spec)
     else:
         embeddings = None
-    X, names, categorical_names = build_features(feedback, embeddings, categorical=categorical, numeric=numeric)
+    # The fit's levels, not this batch's: codes must mean what they meant at fit time; a level
+    # the fit never saw becomes missing, as a null was then.
+    fit_levels = {name: list(spec["categorical_levels"][name]) for name in categorical}
+    X, names, categorical_names = build_features(
+        feedback, embeddings, categorical=categorical, numeric=numeric, levels=fit_levels,
+        numeric_dtype=np.dtype(spec.get("numeric_dtype", "float64")),
+    )
     if names != list(spec["feature_names"]):
         raise WarehouseError(
             f"scoring features differ from the fit's ({len(names)} vs {len(spec['feature_names'])} columns; "
@@ -223,15 +231,7 @@ def scoring_features(
             where="WH/embeddings" if embedding_dim else "WH/feedback",
             fix="embed with the fit's model (same dimension), or refit the propensity models on this warehouse",
         )
-    unseen = {}
-    for name in categorical_names:
-        # The fit's levels, not this batch's: codes must mean what they meant at fit time; a level
-        # the fit never saw becomes missing, as a null was then.
-        levels = list(spec["categorical_levels"][name])
-        values = feedback[name].cast(pl.String).to_pandas()
-        known = values.isin(levels)
-        unseen[name] = int((values.notna() & ~known).sum())
-        X[name] = pd.Categorical(values.where(known), categories=levels)
+    unseen = {name: int(((X[name].cat.codes.to_numpy() < 0) & feedback[name].is_not_null().to_numpy()).sum()) for name in categorical_names}
     if spec["model"] == "lightgbm":
         return X, unseen
     matrix, design_names = design_matrix(X, categorical_names, dtype=np.float64)
@@ -298,10 +298,32 @@ def score_frame(
     )
 
 
+def shift_logit(score: np.ndarray, shift: float) -> np.ndarray:
+    """sigmoid(logit(score) + shift): the prior correction of a logistic-link model fitted on a
+    case-control sample (King and Zeng, 2001), see ``propensity.models.casecontrol``."""
+    if not shift:
+        return score
+    with np.errstate(divide="ignore"):
+        logit = np.log(score) - np.log1p(-score)
+    return 1.0 / (1.0 + np.exp(-(logit + shift)))
+
+
 def _predict(
     inputs: pd.DataFrame | np.ndarray, spec: dict[str, Any], models: list, calibrators: list, folds: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    calibrated, raw, folds = predict_calibrated(inputs, spec, models, calibrators, folds)
+    floor = float(spec["config"]["clip"])
+    return np.clip(calibrated, floor, 1.0), raw, folds
+
+
+def predict_calibrated(
+    inputs: pd.DataFrame | np.ndarray, spec: dict[str, Any], models: list, calibrators: list, folds: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibrated propensity before the floor, raw score, fold) of every row of ``inputs``:
+    fold k's model and calibrator for rows of fold k, the fold average for fold -1. A spec with a
+    ``logit_shift`` (models fitted on a case-control sample) has it applied to every model score."""
     n = len(inputs)
+    shift = float(spec.get("logit_shift") or 0.0)
     k_models = len(models)
     folds = np.full(n, NEW_FOLD, dtype=np.int64) if folds is None else np.asarray(folds, dtype=np.int64)
     if folds.shape != (n,) or (len(folds) and (folds.min() < NEW_FOLD or folds.max() >= k_models)):
@@ -317,7 +339,7 @@ def _predict(
             continue
         every_row = len(rows) == n
         subset = inputs if every_row else (inputs.iloc[rows] if isinstance(inputs, pd.DataFrame) else inputs[rows])
-        score = model.predict_propensity(subset)
+        score = shift_logit(model.predict_propensity(subset), shift)
         # As cross_calibrate: the calibrated score is clipped to [0, 1] before the floor.
         mapped = np.clip(calibrator.predict(score), 0.0, 1.0)
         own = folds[rows] == k
@@ -327,8 +349,7 @@ def _predict(
         calibrated_sum[rows] += np.where(own, 0.0, mapped)
     raw[new] = raw_sum[new] / k_models
     calibrated[new] = calibrated_sum[new] / k_models
-    floor = float(spec["config"]["clip"])
-    return np.clip(calibrated, floor, 1.0), raw, folds.astype(np.int32)
+    return calibrated, raw, folds.astype(np.int32)
 
 
 def score_batch(
@@ -364,6 +385,35 @@ def score_batch(
 # ------------------------------------------------------------------------------------ driver
 
 
+def load_fold_models(warehouse: str | Path, channel: str = "vote") -> tuple[dict[str, Any], list, list]:
+    """The saved spec, fold models and calibrators of a channel (to score new exposures).
+
+    Returns
+    -------
+    spec : dict from ``models/<channel>/config.json``
+    models : list of K fitted estimators
+    calibrators : list of K fitted calibrators
+    """
+    import json
+
+    from propensity.models.calibration import calibrator_from_dict
+    from propensity.models.estimators import ESTIMATORS
+
+    directory = models_dir(warehouse, channel)
+    if not (directory / "config.json").is_file():
+        raise WarehouseError(
+            f"no saved propensity models for channel {channel!r}", where=str(directory),
+            fix=f"run `causalrm propensity fit {warehouse} --channel {channel}`",
+        )
+    spec = json.loads((directory / "config.json").read_text())
+    cls = ESTIMATORS[spec["model"]]
+    models = [cls.load(directory, f"fold_{k}") for k in range(spec["n_folds"])]
+    calibrators = [calibrator_from_dict(d) for d in json.loads((directory / "calibration.json").read_text())]
+    return spec, models, calibrators
+
+
+
+
 def model_files(warehouse: str | Path, channel: str) -> dict[str, bytes]:
     """The bytes of every file in ``models/<channel>/`` (what a Spark job broadcasts)."""
     directory = models_dir(warehouse, channel)
@@ -380,9 +430,7 @@ def models_digest(files: dict[str, bytes]) -> str:
 
 def load_models_from_files(files: dict[str, bytes], channel: str, directory: Path) -> tuple[dict[str, Any], list, list]:
     """Write ``files`` into ``directory/propensity/models/<channel>/`` and load them with
-    :func:`propensity.models.fit.load_fold_models` (so every engine loads models one way)."""
-    from propensity.models.fit import load_fold_models
-
+    :func:`load_fold_models` (so every engine loads models one way)."""
     target = models_dir(directory, channel)
     target.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -404,7 +452,10 @@ def fit_scores(models_warehouse: Path, channel: str) -> pl.DataFrame:
 
 
 def feedback_files(warehouse: Path) -> list[Path]:
-    files = sorted((warehouse / "feedback").glob("impression_date=*/*.parquet"))
+    """The Parquet files of the feedback table's committed version (``feedback_etl.io.feedback_dataset``)."""
+    from feedback_etl.io import feedback_dataset
+
+    files = sorted(Path(f) for f in feedback_dataset(warehouse).files)
     if not files:
         raise WarehouseError(
             "warehouse has no feedback table", where=str(warehouse / "feedback"),
@@ -455,8 +506,6 @@ def score_propensity(
         raise WarehouseError("warehouse folder does not exist", where=str(warehouse), fix="pass the folder given to `causalrm ingest --warehouse`")
     models_wh = Path(cfg.models_from) if cfg.models_from else warehouse
     started = time.perf_counter()
-    from propensity.models.fit import load_fold_models
-
     spec, models, calibrators = load_fold_models(models_wh, channel)  # names a missing fit clearly
     feedback_files(warehouse)
     staging = propensity_dir(warehouse) / f".score-{channel}.{uuid.uuid4().hex}.tmp"

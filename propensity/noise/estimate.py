@@ -388,7 +388,10 @@ def read_audit(path: str | Path) -> pl.DataFrame:
     if not path.is_file():
         raise InputFileError("audit file not found", where=str(path), fix="pass --audit with a parquet, csv or jsonl file")
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson, ".json": pl.read_ndjson}
+    # Literal paths (issue 16): glob=False, and read_ndjson (no such option) reads the bytes.
+    readers = {".parquet": lambda p: pl.read_parquet(p, glob=False), ".csv": lambda p: pl.read_csv(p, glob=False),
+               ".jsonl": lambda p: pl.read_ndjson(p.read_bytes()), ".ndjson": lambda p: pl.read_ndjson(p.read_bytes()),
+               ".json": lambda p: pl.read_ndjson(p.read_bytes())}
     if suffix not in readers:
         raise InputFileError(f"unknown audit file format {suffix!r}", where=str(path), fix="use .parquet, .csv or .jsonl")
     try:
@@ -733,10 +736,23 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
     result["warehouse"] = str(warehouse)
     result["propensity_source"] = source
     result["embeddings"] = embeddings is not None
+    if embeddings is None and config.method == "anchor" and config.use_embeddings and _had_embeddings(noise_path(warehouse, config.channel)):
+        # Issue 16: a failed or deleted `causalrm embed` must not silently weaken the proxy model.
+        message = (f"estimated without embeddings although the last {config.channel} estimate used them (WH/embeddings "
+                   f"is missing); run `causalrm embed {warehouse}` again, or pass --no-embeddings to do without on purpose")
+        log.warning("noise %s: %s", config.channel, message)
+        result["warnings"].append(message)
     _write_json_atomic(noise_path(warehouse, config.channel), result)
     if config.channel == "vote":
         _write_json_atomic(warehouse / "noise.json", result)
     return result
+
+
+def _had_embeddings(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("embeddings")) if path.is_file() else False
+    except (OSError, ValueError):
+        return False
 
 
 def read_noise(warehouse: str | Path, channel: str = "vote") -> dict:

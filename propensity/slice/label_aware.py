@@ -490,7 +490,9 @@ def read_slice_file(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputFileError("slice file not found", where=str(path), fix="pass a parquet, csv or jsonl file with exposure_id, label")
-    readers = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+    # Literal paths (issue 16): glob=False, and read_ndjson (no such option) reads the bytes.
+    readers = {".parquet": lambda p: pl.read_parquet(p, glob=False), ".csv": lambda p: pl.read_csv(p, glob=False),
+               ".jsonl": lambda p: pl.read_ndjson(p.read_bytes()), ".ndjson": lambda p: pl.read_ndjson(p.read_bytes())}
     if path.suffix not in readers:
         raise InputFileError(f"unknown slice file format {path.suffix!r}", where=str(path), fix="use .parquet, .csv or .jsonl")
     try:
@@ -567,7 +569,7 @@ def read_slice(warehouse: str | Path) -> pl.DataFrame:
     """
     path = slice_path(warehouse)
     if path.is_file():
-        return pl.read_parquet(path)
+        return pl.read_parquet(path, glob=False)
     from feedback_etl.io import read_feedback
 
     frame, _ = build_slice(read_feedback(warehouse))
@@ -608,7 +610,7 @@ def read_label_aware_scores(warehouse: str | Path, channel: str = "vote") -> pl.
     if not path.is_file():
         raise WarehouseError("warehouse has no label-aware propensities", where=str(path),
                              fix=f"run `causalrm propensity fit-label-aware {warehouse}` first")
-    scores = pl.read_parquet(path).filter(pl.col("channel") == channel)
+    scores = pl.read_parquet(path, glob=False).filter(pl.col("channel") == channel)
     if scores.is_empty():
         raise WarehouseError(f"no label-aware propensities for channel {channel!r}", where=str(path),
                              fix=f"run `causalrm propensity fit-label-aware {warehouse}`")

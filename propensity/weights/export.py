@@ -8,7 +8,9 @@ and, when present, text embeddings, and writes ``DATASET/``:
   :class:`schemas.weighted_dataset.WeightedDataset` (CausalRM's losses average over *all*
   exposures, with weight 0 on unobserved rows);
 * ``manifest.json``: everything else a trainer needs (see :func:`export_weighted_dataset`);
-* ``pairs.parquet`` (with ``pairs=True``): Bradley-Terry pairs, :class:`schemas.pairs.PairsTable`.
+* ``pairs.parquet`` (with ``pairs=True``): Bradley-Terry pairs, :class:`schemas.pairs.PairsTable`;
+* ``pairs_trl/{train,val,test}.parquet`` (with ``pairs_format="trl"``, beside ``pairs.parquet``): the
+  same pairs as TRL's RewardTrainer reads them, ``prompt / chosen / rejected`` (:func:`trl_pairs`).
 
 Weights (o observed indicator, p propensity, N_s exposures of split s)::
 
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 SCHEMES: tuple[str, ...] = ("ips", "snips", "clipped-ips")
 FORMATS: tuple[str, ...] = ("parquet", "jsonl")
+#: ``pairs_format``: ``causalrm`` writes pairs.parquet; ``trl`` writes it and pairs_trl/ beside it (issue 21).
+PAIRS_FORMATS: tuple[str, ...] = ("causalrm", "trl")
 DEFAULT_CLIP = 0.05
 # Implicit channels carry one polarity only: a copy or a share says "good", a regenerate "bad".
 # Their rows get observed = the channel's flag and this constant label (README "Weighted dataset").
@@ -91,6 +95,7 @@ class ExportConfig:
     segment_noise : when the estimate has per-segment rates (``noise estimate --segment-by``), give
         each row its segment's rates (the overall ones where a segment is not identified).
     seed : seed of the pair subsampling.
+    pairs_format : ``causalrm`` (``pairs.parquet``) or ``trl`` (also ``pairs_trl/``, see :func:`trl_pairs`).
     propensity : ``context`` (``scores.parquet``, P(o=1 | x)) or ``label-aware``
         (``scores_label_aware.parquet``, P(o=1 | x, r) from ``causalrm propensity fit-label-aware``:
         an organic vote's propensity at its own label, a solicited one's the slice response rate).
@@ -108,6 +113,7 @@ class ExportConfig:
     segment_noise: bool = True
     seed: int = 0
     propensity: str = "context"
+    pairs_format: str = "causalrm"
 
     def __post_init__(self) -> None:
         where = "weights export config"
@@ -132,6 +138,10 @@ class ExportConfig:
                 raise ConfigError(f"clip must be in (0, 1), got {self.clip}", where=where, fix="pass e.g. --clip 0.05")
         if self.max_pairs_per_prompt < 1:
             raise ConfigError("max_pairs_per_prompt must be >= 1", where=where)
+        if self.pairs_format not in PAIRS_FORMATS:
+            raise ConfigError(f"unknown pairs format {self.pairs_format!r}", where=where, fix="use causalrm or trl")
+        if self.pairs_format != "causalrm" and not self.pairs:
+            raise ConfigError(f"--pairs-format {self.pairs_format} needs --pairs", where=where, fix="add --pairs")
         if Path(self.out).resolve() == Path(self.warehouse).resolve():
             raise ConfigError("the dataset folder cannot be the warehouse itself", where=self.out, fix="pass another --out")
 
@@ -402,6 +412,40 @@ def validate_pairs(frame: pl.DataFrame) -> pl.DataFrame:
     return validate_table(frame, PairsTable, "pairs")
 
 
+def trl_pairs(pairs: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The pairs as TRL's RewardTrainer reads them (pure): one frame per split with ``prompt``,
+    ``chosen``, ``rejected`` (issue 21).
+
+    TRL tokenises ``prompt + chosen`` and ``prompt + rejected``, so ``prompt`` carries the training
+    template's separator (``feedback_etl.embed.TEXT_TEMPLATE``, ``"{prompt}\n\n{response}"``): the
+    texts TRL scores are exactly the ones causalrm trains and scores on. Pair weights and flip
+    probabilities are dropped (TRL has no per-sample weight), and so is ``margin``: labels are
+    binary, so a pair carries an order, not a size of preference. Splits with no pairs are omitted.
+
+    Raises
+    ------
+    ConfigError : a pair lacks its response text (ingested with ``--text hash`` or ``drop``).
+    """
+    from feedback_etl.embed import TEXT_TEMPLATE
+
+    prefix = TEXT_TEMPLATE[: TEXT_TEMPLATE.index("{response}")]
+    hashed = pl.col("chosen_text").is_null() | pl.col("rejected_text").is_null()
+    for column in ("chosen_text", "rejected_text"):
+        hashed = hashed | pl.col(column).str.starts_with("sha256:") | pl.col(column).str.starts_with("hmac-sha256:")
+    lacking = pairs.filter(hashed).height
+    if lacking:
+        raise ConfigError(f"{lacking:,} of {pairs.height:,} pairs have no response text, which TRL pairs need",
+                          where="pairs_trl", fix="ingest with --text keep, or export without --pairs-format trl")
+    frame = pairs.select(
+        "split",
+        prompt=pl.format(prefix.replace("{prompt}", "{}"), pl.col("prompt_text").fill_null("")),
+        chosen="chosen_text",
+        rejected="rejected_text",
+    )
+    return {split: frame.filter(pl.col("split") == split).drop("split") for split in SPLITS
+            if frame.filter(pl.col("split") == split).height}
+
+
 # --------------------------------------------------------------------------- warehouse inputs
 
 
@@ -521,6 +565,14 @@ def _write_table(frame: pl.DataFrame, path: Path, fmt: str) -> None:
         frame.write_parquet(path, statistics=True)
     else:
         frame.write_ndjson(path)
+
+
+def _previous_embedding_dim(out: Path) -> int | None:
+    """``columns.embedding_dim`` of the dataset ``out`` holds now, if any."""
+    try:
+        return json.loads((out / "manifest.json").read_text(encoding="utf-8"))["columns"]["embedding_dim"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _prepare_out(out: Path) -> Path:
@@ -658,6 +710,13 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
         "pairs": None,
         "config": asdict(cfg),
     }
+    previous_dim = _previous_embedding_dim(out)
+    if embeddings is None and previous_dim:
+        # Issue 16: a failed or deleted `causalrm embed` must not silently drop the column.
+        message = (f"exported without an embedding column although the dataset in {out} had {previous_dim}-dim "
+                   f"embeddings (WH/embeddings is missing); run `causalrm embed {warehouse}` again first")
+        log.warning("weights export: %s", message)
+        manifest["warnings"] = [message]
 
     staging = _prepare_out(out)
     try:
@@ -671,6 +730,14 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
             manifest["pairs"] = pair_summary
             if pairs.is_empty():
                 log.warning("no prompt has two observed responses with different labels in one split: pairs file is empty")
+            if cfg.pairs_format == "trl":
+                (staging / "pairs_trl").mkdir()
+                files = {}
+                for split, table in trl_pairs(pairs).items():
+                    # datasets.load_dataset(fmt, data_dir=".../pairs_trl") maps train / val / test to its splits.
+                    files[split] = f"pairs_trl/{split}.{cfg.format}"
+                    _write_table(table, staging / files[split], cfg.format)
+                manifest["files"]["pairs_trl"] = files
         manifest = json_safe(manifest)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         replace_dir(staging, out)
@@ -721,8 +788,8 @@ def _read_table(path: Path) -> pl.DataFrame:
     try:
         if path.suffix == ".jsonl":
             # Whole-file type inference: label is null on the first rows of many files.
-            return pl.read_ndjson(path, infer_schema_length=None)
-        return pl.read_parquet(path)
+            return pl.read_ndjson(path.read_bytes(), infer_schema_length=None)  # bytes: read_ndjson globs a path
+        return pl.read_parquet(path, glob=False)
     except Exception as exc:  # polars / pyarrow raise many types for a damaged file
         raise InputFileError(f"cannot read {path.name}: {exc}", where=str(path), fix="re-export the dataset") from exc
 

@@ -4,13 +4,15 @@
 -- Grain: one row per input row, accepted or not.   Key: ("file_index", "row_number").
 -- Inputs: "raw_events" (a reader or source adapter: canonical columns of any type, plus
 --         "file_index", "source_file", "row_number", "parse_ok", and the raw row as "payload_text"
---         (the raw line of text formats) or "payload" (a STRUCT of the row's columns)),
+--         (the raw line of text formats) or "payload" (a STRUCT of the row's columns), and
+--         "nested_column" (the first canonical column whose value is an object or array, else NULL)),
 --         "event_type_map" ("source_value" -> canonical "event_type": the identity for every
 --         canonical type plus the --mapping file's renames).
 -- Reasons, first that applies: unparseable_row; missing_field (event_id, event_type, exposure_id,
--- event_time); bad_timestamp (does not parse as ISO-8601, or outside [1970, 2200)); unknown_event_type;
+-- event_time); bad_timestamp (neither ISO-8601 nor epoch seconds / milliseconds, or outside [1970, 2200)); unknown_event_type;
 -- missing_field (an impression without user_id, session_id, prompt_id, response_id or model_id);
--- bad_value (position, latency_ms or solicited present but not a non-negative number / boolean).
+-- bad_value (an object or array in any column; an id holding a NUL character; position present
+-- but not a whole number >= 0, latency_ms not a number >= 0, solicited not true / false).
 -- The payload becomes JSON text on rejected rows only: building a STRUCT is free (it wraps the
 -- column vectors), serialising it is not, and CASE serialises only the rows it selects.
 -- Portability: TO_JSON(struct) is TO_JSON(STRUCT(...)) in Spark.
@@ -27,6 +29,7 @@ as_text AS (
         "parse_ok",
         "payload_text",
         "payload",
+        "nested_column",
         CASE WHEN TRIM(CAST("event_id" AS VARCHAR)) = '' THEN NULL ELSE CAST("event_id" AS VARCHAR) END AS "event_id",
         CASE WHEN TRIM(CAST("event_time" AS VARCHAR)) = '' THEN NULL ELSE "event_time" END AS "event_time_raw",
         CASE WHEN TRIM(CAST("event_type" AS VARCHAR)) = '' THEN NULL ELSE TRIM(CAST("event_type" AS VARCHAR)) END AS "event_type_raw",
@@ -51,11 +54,30 @@ typed AS (
     -- A timestamp without an offset is read as UTC (the session time zone is UTC).
     SELECT
         t.*,
-        TRY_CAST(t."event_time_raw" AS TIMESTAMP WITH TIME ZONE) AS "event_time",
+        CASE
+            -- A bare number is Unix epoch time (issue 18): seconds below 1e11 (year 5138), milliseconds
+            -- from there; beyond 1e14 it is no time at all. MAKE_TIMESTAMP(micros) is Spark's
+            -- TIMESTAMP_MICROS, so both engines round to the same microsecond.
+            WHEN regexp_matches(CAST(t."event_time_raw" AS VARCHAR), '^\s*[0-9]+(\.[0-9]*)?([eE][+]?[0-9]+)?\s*$') THEN
+                CASE
+                    WHEN TRY_CAST(CAST(t."event_time_raw" AS VARCHAR) AS DOUBLE) < 1e11 THEN CAST(MAKE_TIMESTAMP(
+                        CAST(ROUND(TRY_CAST(CAST(t."event_time_raw" AS VARCHAR) AS DOUBLE) * 1e6) AS BIGINT)) AS TIMESTAMP WITH TIME ZONE)
+                    WHEN TRY_CAST(CAST(t."event_time_raw" AS VARCHAR) AS DOUBLE) < 1e14 THEN CAST(MAKE_TIMESTAMP(
+                        CAST(ROUND(TRY_CAST(CAST(t."event_time_raw" AS VARCHAR) AS DOUBLE) * 1e3) AS BIGINT)) AS TIMESTAMP WITH TIME ZONE)
+                END
+            ELSE TRY_CAST(t."event_time_raw" AS TIMESTAMP WITH TIME ZONE)
+        END AS "event_time",
         m."event_type" AS "event_type",
-        TRY_CAST(t."position_raw" AS INTEGER) AS "position",
-        TRY_CAST(t."latency_ms_raw" AS DOUBLE) AS "latency_ms",
-        TRY_CAST(t."solicited_raw" AS BOOLEAN) AS "solicited"
+        -- Strict types (issue 16), judged on the value's text so JSON, CSV and Parquet follow one
+        -- rule: position is a whole number (1.5 is not rounded to 2), solicited is true or false
+        -- (not "yes", "t" or 1), latency_ms a number (a boolean is not 1.0).
+        CASE
+            WHEN TRY_CAST(TRIM(CAST(t."position_raw" AS VARCHAR)) AS DOUBLE) BETWEEN 0 AND 2147483647
+                AND TRY_CAST(TRIM(CAST(t."position_raw" AS VARCHAR)) AS DOUBLE) = FLOOR(TRY_CAST(TRIM(CAST(t."position_raw" AS VARCHAR)) AS DOUBLE))
+            THEN CAST(TRY_CAST(TRIM(CAST(t."position_raw" AS VARCHAR)) AS DOUBLE) AS INTEGER)
+        END AS "position",
+        TRY_CAST(TRIM(CAST(t."latency_ms_raw" AS VARCHAR)) AS DOUBLE) AS "latency_ms",
+        CASE LOWER(TRIM(CAST(t."solicited_raw" AS VARCHAR))) WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE END AS "solicited"
     FROM as_text AS t
     LEFT JOIN "event_type_map" AS m
         ON m."source_value" = t."event_type_raw"
@@ -73,6 +95,9 @@ checked AS (
         END AS "missing_core",
         (
             "event_time" IS NULL
+            -- Only a number or an ISO-8601 text (it starts with its year): DuckDB would read the
+            -- words 'epoch' and 'infinity' as timestamps (issue 16).
+            OR NOT regexp_matches(CAST("event_time_raw" AS VARCHAR), '^\s*[0-9]')
             OR "event_time" < CAST('1970-01-01 00:00:00+00' AS TIMESTAMP WITH TIME ZONE)
             OR "event_time" >= CAST('2200-01-01 00:00:00+00' AS TIMESTAMP WITH TIME ZONE)
         ) AS "is_bad_timestamp",
@@ -85,6 +110,16 @@ checked AS (
             WHEN "model_id" IS NULL THEN 'model_id'
         END AS "missing_impression_id",
         CASE
+            -- An id holding a NUL character (JSON "\u0000") is not an id any tool downstream can use.
+            -- The reader names the first column holding an object or array (JSON, Parquet structs).
+            WHEN "nested_column" IS NOT NULL THEN "nested_column"
+            WHEN STRPOS("event_id", CHR(0)) > 0 THEN 'event_id'
+            WHEN STRPOS("exposure_id", CHR(0)) > 0 THEN 'exposure_id'
+            WHEN STRPOS("user_id", CHR(0)) > 0 THEN 'user_id'
+            WHEN STRPOS("session_id", CHR(0)) > 0 THEN 'session_id'
+            WHEN STRPOS("prompt_id", CHR(0)) > 0 THEN 'prompt_id'
+            WHEN STRPOS("response_id", CHR(0)) > 0 THEN 'response_id'
+            WHEN STRPOS("model_id", CHR(0)) > 0 THEN 'model_id'
             WHEN "position_raw" IS NOT NULL AND ("position" IS NULL OR "position" < 0) THEN 'position'
             -- NaN and infinities sort above every number, so the upper bound rejects them too.
             WHEN "latency_ms_raw" IS NOT NULL AND ("latency_ms" IS NULL OR "latency_ms" < 0 OR "latency_ms" > 1e15) THEN 'latency_ms'
@@ -107,7 +142,7 @@ final AS (
         CASE
             WHEN "is_unparseable" THEN 'row is not a parseable record'
             WHEN "missing_core" IS NOT NULL THEN 'missing ' || "missing_core"
-            WHEN "is_bad_timestamp" THEN 'event_time is not an ISO-8601 timestamp in [1970, 2200)'
+            WHEN "is_bad_timestamp" THEN 'event_time is not an ISO-8601 timestamp or epoch seconds / milliseconds in [1970, 2200)'
             WHEN "event_type" IS NULL THEN 'event_type ' || "event_type_raw" || ' is not a known event type'
             WHEN "missing_impression_id" IS NOT NULL THEN 'impression without ' || "missing_impression_id"
             WHEN "bad_value_column" IS NOT NULL THEN 'bad value in ' || "bad_value_column"

@@ -34,6 +34,9 @@ def test_cli_ingest_bad_input_exits_1_without_traceback(tmp_path):
     assert not (tmp_path / "wh").exists()
 
 
-def test_cli_ingest_bad_option_exits_1(tmp_path):
-    result = runner.invoke(app, ["ingest", str(tmp_path), "--warehouse", str(tmp_path / "wh"), "--source", "kafka"])
-    assert result.exit_code == 1 and "source must be one of" in result.output and "Traceback" not in result.output
+def test_cli_ingest_bad_option_is_a_usage_error(tmp_path):
+    """The parser refuses it (exit 2, the choices listed) before anything is read or imported."""
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--warehouse", str(tmp_path / "wh"), "--source", "kafka"],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "'kafka' is not one of 'canonical'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "wh").exists()

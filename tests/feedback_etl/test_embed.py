@@ -176,3 +176,37 @@ def test_encode_texts_shares_the_embed_cache(small_warehouse: Path, tiny_encoder
     np.testing.assert_allclose(np.stack(stored["embedding"].to_list()), vectors, atol=1e-6)
     np.testing.assert_allclose(encode_texts(texts[:5], EmbedConfig(model=str(tiny_encoder), device="cpu", max_length=64)),
                                vectors[:5], atol=1e-5)
+
+
+def test_failed_embed_keeps_previous_embeddings(small_warehouse: Path, tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: a typo in --model, or a crash with new settings, leaves the last embeddings byte-identical."""
+    root = small_warehouse / "embeddings"
+    cfg = EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=40, batch_size=16)
+    embed(small_warehouse, cfg)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    with pytest.raises(InputFileError, match="cannot load embedding model"):
+        embed(small_warehouse, EmbedConfig(model=str(small_warehouse / "no-such-model"), device="cpu"))
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert sorted(p.name for p in small_warehouse.iterdir()) == ["embeddings", "feedback"]  # no building folder left
+
+    # New settings that crash half way: the old vectors stay; the rerun resumes the building folder.
+    real_encode = embed_module._Encoder.encode
+    calls = {"n": 0}
+
+    def crash_on_third_shard(self, texts, advance=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_encode(self, texts, advance)
+
+    monkeypatch.setattr(embed_module._Encoder, "encode", crash_on_third_shard)
+    cls = EmbedConfig(model=str(tiny_encoder), device="cpu", shard_size=40, batch_size=16, pooling="cls")
+    with pytest.raises(KeyboardInterrupt):
+        embed(small_warehouse, cls)
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert read_embeddings(small_warehouse) is not None
+    monkeypatch.setattr(embed_module._Encoder, "encode", real_encode)
+    summary = embed(small_warehouse, cls)
+    assert summary["shards_skipped"] == 2 and summary["pooling"] == "cls"
+    assert json.loads((root / "meta.json").read_text())["pooling"] == "cls"
+    assert sorted(p.name for p in small_warehouse.iterdir()) == ["embeddings", "feedback"]

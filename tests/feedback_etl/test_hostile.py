@@ -67,8 +67,9 @@ def test_path_like_values_cannot_escape_the_warehouse(tmp_path):
     created = _files(tmp_path) - before
     wh = tmp_path / "wh"
     assert created and all(p == wh or wh in p.parents for p in created)
-    partitions = sorted(p.name for p in (tmp_path / "wh" / "feedback").iterdir())
-    assert partitions == ["impression_date=2026-01-05"]
+    # Delta layout: the log and one folder named by the run id, never by a value (issue 16).
+    entries = sorted(p.name for p in (tmp_path / "wh" / "feedback").iterdir())
+    assert entries == sorted(["_delta_log", run["run_id"]])
     assert sorted(read_feedback(tmp_path / "wh")["exposure_id"].to_list()) == ["../../../../escape", "x3"]
 
 

@@ -105,7 +105,8 @@ def test_orphans_stay_rejected_until_their_file_is_reingested(tmp_path):
     wh = tmp_path / "wh"
     votes = _write(tmp_path / "votes.jsonl", [_fb("x9", "thumbs_up", 2)])
     impressions = _write(tmp_path / "imps.jsonl", [_imp("x9")])
-    assert _run(wh, votes)["rejected"]["orphan_feedback"] == 1
+    # Nothing accepted: refused by default (issue 18), committed with allow_empty so the orphan is on record.
+    assert _run(wh, votes, allow_empty=True)["rejected"]["orphan_feedback"] == 1
     _run(wh, impressions)
     assert _row(wh, "x9")["observed"] is False  # not resurrected by the impression's arrival
     _run(wh, votes, force=True)
@@ -128,26 +129,30 @@ def test_a_crash_mid_run_leaves_the_warehouse_as_it_was(tmp_path, batches, monke
     assert sorted(p.name for p in wh.iterdir()) == [".ingest.lock", "events", "feedback", "manifest.json", "rejects"]
 
 
-def test_a_crash_inside_the_commit_is_rolled_forward(tmp_path, batches, monkeypatch):
+def test_a_kill_between_table_commits_and_manifest_leaves_the_committed_version(tmp_path, batches, monkeypatch):
+    """Issue 16: the tables are committed (new Delta versions) but the manifest is not: readers
+    still see the previous warehouse, with no repair step, and the next run rolls the orphan
+    versions back before it writes."""
     wh = tmp_path / "wh"
     _run(wh, batches["one"])
-    real_replace = warehouse_module.os.replace
-    calls = {"n": 0}
+    tables = (read_feedback(wh), read_events(wh), read_rejects(wh))
+    manifest = (wh / "manifest.json").read_text()
 
-    def replace_then_die(src, dst):
-        calls["n"] += 1
-        if calls["n"] == 6:  # events and rejects swapped, feedback moved aside, not yet replaced
-            raise KeyboardInterrupt("killed mid-commit")
-        real_replace(src, dst)
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the manifest was replaced")
 
-    monkeypatch.setattr(warehouse_module.os, "replace", replace_then_die)
+    monkeypatch.setattr(ingest_module, "write_json", die)
+    monkeypatch.setattr(ingest_module, "_undo", lambda *a, **k: None)  # a kill -9 cleans nothing up
     with pytest.raises(KeyboardInterrupt):
         _run(wh, batches["two"])
-    monkeypatch.setattr(warehouse_module.os, "replace", real_replace)
-    assert not (wh / "feedback").exists()  # the half-swapped state a reader could see
-    _run(wh, batches["one"])  # any next run finishes the committed one first
+    monkeypatch.undo()
+    assert warehouse_module.latest_version(wh, "feedback") > json.loads(manifest)["tables"]["versions"]["feedback"]
+    assert (wh / "manifest.json").read_text() == manifest
+    assert read_feedback(wh).equals(tables[0]) and read_events(wh).equals(tables[1]) and read_rejects(wh).equals(tables[2])
+    _run(wh, batches["two"])  # rolls back the orphan versions, then ingests batch two once
     assert _row(wh, "x1")["label"] == 0 and read_feedback(wh).height == 3
-    assert len(json.loads((wh / "manifest.json").read_text())["runs"]) == 3
+    assert read_events(wh)["event_id"].is_unique().all() and read_events(wh).height == 7
+    assert len(json.loads((wh / "manifest.json").read_text())["runs"]) == 2
 
 
 def test_a_concurrent_ingest_fails_with_a_clear_error(tmp_path, batches):

@@ -73,4 +73,5 @@ def test_full_ingest_of_garbage_reconciles_and_stays_in_the_warehouse(tmp_path):
     assert run["reconciliation"] == {"rows_read": 6, "accepted": 2, "rejected": 4, "duplicates": 0, "balanced": True}
     written = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
     assert all(p.is_relative_to(wh.resolve()) or p == path.resolve() for p in written)
-    assert sorted(Path(p).name for p in (wh / "feedback").iterdir()) == ["impression_date=2026-01-05"]
+    # Delta layout: the log and one folder named by the run id, never by a value (issue 16).
+    assert sorted(Path(p).name for p in (wh / "feedback").iterdir()) == sorted(["_delta_log", run["run_id"]])

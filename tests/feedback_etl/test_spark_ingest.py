@@ -35,7 +35,7 @@ TEST_CONF = {
 }
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
 # Manifest record keys that legitimately differ between two runs.
-RUN_SPECIFIC = {"run_id", "started_at", "finished_at", "timings_s", "engine", "spark", "files"}
+RUN_SPECIFIC = {"run_id", "started_at", "finished_at", "committed_at", "timings_s", "engine", "spark", "files"}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,10 @@ def _assert_same_warehouse(duck_wh: Path, spark_wh: Path, *, exact_payloads: boo
         assert all(p.name.startswith("part-") for p in files[spark_wh])
         if files[duck_wh]:
             assert pl.read_parquet_schema(files[duck_wh][-1]) == pl.read_parquet_schema(files[spark_wh][-1]), table
-    leftovers = [p for p in spark_wh.rglob("*") if p.name.endswith(".crc") or p.name.startswith(("_", ".spark"))]
+    leftovers = [
+        p for p in spark_wh.rglob("*")
+        if "_delta_log" not in p.parts and (p.name.endswith(".crc") or p.name.startswith(("_", ".spark")))
+    ]
     assert not leftovers
 
 
@@ -143,6 +146,9 @@ def test_stg_events_typed_agrees_with_duckdb_row_by_row(spark):
         {"event_type": "thumbs_sideways"}, {"model_id": None}, {"position": "2.0"}, {"position": "2.5"}, {"position": "-1"},
         {"position": "two"}, {"latency_ms": "nan"}, {"latency_ms": "1d"}, {"latency_ms": "12.5"}, {"solicited": " true"},
         {"solicited": "yes"}, {"solicited": "maybe"},
+        # Epoch seconds and milliseconds (issue 18), and numbers that are no time.
+        {"event_time": "1767607200"}, {"event_time": "1767607200.123456"}, {"event_time": "1767607200123"},
+        {"event_time": " 1.7676072E12 "}, {"event_time": "99999999999999"}, {"event_time": "-5"}, {"event_time": "12d"},
     ]
     rows = [{"file_index": 0, "source_file": "f", "row_number": k + 1, "parse_ok": True, "payload_text": f"line {k}",
              **{c: None for c in CANONICAL_COLUMNS}, **good, **v} for k, v in enumerate(variants)]
@@ -153,7 +159,7 @@ def test_stg_events_typed_agrees_with_duckdb_row_by_row(spark):
     conn = duckdb.connect()
     conn.execute("SET TimeZone = 'UTC'")
     conn.register("raw_frame", frame)
-    conn.execute('CREATE TEMP VIEW "raw_events" AS SELECT *, CAST(NULL AS VARCHAR) AS "payload" FROM "raw_frame"')
+    conn.execute('CREATE TEMP VIEW "raw_events" AS SELECT *, CAST(NULL AS VARCHAR) AS "payload", CAST(NULL AS VARCHAR) AS "nested_column" FROM "raw_frame"')
     conn.execute('CREATE TEMP TABLE "event_type_map" ("source_value" VARCHAR, "event_type" VARCHAR)')
     conn.executemany('INSERT INTO "event_type_map" VALUES (?, ?)', type_map)
     from feedback_etl.sqlfiles import run_sql
@@ -163,7 +169,7 @@ def test_stg_events_typed_agrees_with_duckdb_row_by_row(spark):
         f"{c} STRING" for c in CANONICAL_COLUMNS
     )
     raw = spark.createDataFrame([tuple(r[c] for c in columns) for r in rows], schema)
-    raw.selectExpr("*", "CAST(NULL AS STRUCT<none: STRING>) AS payload").createOrReplaceTempView("raw_events")
+    raw.selectExpr("*", "CAST(NULL AS STRUCT<none: STRING>) AS payload", "CAST(NULL AS STRING) AS nested_column").createOrReplaceTempView("raw_events")
     spark.createDataFrame(type_map, "source_value STRING, event_type STRING").createOrReplaceTempView("event_type_map")
     got = pl.from_arrow(spark.sql(spark_sql("staging/stg_events_typed")).toArrow()).sort("row_number")
     got = got.with_columns(pl.col("event_time").dt.convert_time_zone("UTC"), pl.col("file_index").cast(duck["file_index"].dtype))
@@ -341,6 +347,31 @@ def test_full_data_checks_cover_every_model_check_and_catch_breaks(spark):
     )
     with pytest.raises(TableValidationError, match=r"rejects.*row_number greater_than_or_equal_to.*reason isin"):
         _validate(bad, RejectsTable, "rejects")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_epoch_times_and_dotted_mapping_paths_give_the_same_warehouse(spark, tmp_path, fmt):
+    """Issue 18 on both engines: event_time as epoch seconds / milliseconds, fields behind dotted paths."""
+    base = {"session_id": "s", "prompt_id": "p", "response_id": "r", "model_id": "m"}
+    rows = [
+        {"id": "i1", "ts": 1767607200, "kind": "impression", "ctx": {"exposure": "x1"}, "extra": {"metadata": {"user_id": "u-7"}}, **base},
+        {"id": "v1", "ts": 1767607260123, "kind": "thumbs_up", "ctx": {"exposure": "x1"}, "extra": {"metadata": {"user_id": None}}, **base},
+        {"id": "i2", "ts": 1767607300, "kind": "impression", "ctx": {"exposure": "x2"}, "extra": {"metadata": {"user_id": None}}, **base},
+        {"id": "i3", "ts": 99999999999999, "kind": "impression", "ctx": {"exposure": "x3"}, "extra": {"metadata": {"user_id": "u"}}, **base},
+    ]
+    path = tmp_path / f"logs.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pl.DataFrame(rows).write_parquet(path)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[fields]\nevent_id = "id"\nevent_time = "ts"\nevent_type = "kind"\nexposure_id = "ctx.exposure"\n'
+                       'user_id = "extra.metadata.user_id"\n')
+    (duck_wh, duck), (spark_wh, spark_run) = _both([path], tmp_path, mapping=str(mapping))
+    _assert_same_run(duck, spark_run)
+    _assert_same_warehouse(duck_wh, spark_wh, exact_payloads=fmt == "jsonl")
+    assert duck["accepted_by_type"] == {"impression": 1, "thumbs_up": 1}
+    assert duck["rejected"]["missing_field"] == 1 and duck["rejected"]["bad_timestamp"] == 1
 
 
 # ---------------------------------------------------------------- refusals

@@ -36,7 +36,7 @@ def test_every_sql_file_has_a_header_with_grain_and_key():
 
 RAW_TYPES = {
     "file_index": "INTEGER", "source_file": "VARCHAR", "row_number": "BIGINT", "parse_ok": "BOOLEAN",
-    "payload_text": "VARCHAR", "payload": "VARCHAR", **{c: "VARCHAR" for c in CANONICAL_COLUMNS},
+    "payload_text": "VARCHAR", "payload": "VARCHAR", "nested_column": "VARCHAR", **{c: "VARCHAR" for c in CANONICAL_COLUMNS},
 }
 GOOD_IMPRESSION = {
     "event_id": "e1", "event_time": "2026-01-05T10:00:00Z", "event_type": "impression", "exposure_id": "x1",
@@ -101,10 +101,41 @@ def test_stg_events_typed_types_values_and_applies_event_type_map(duck):
     assert out[1]["event_time"] == datetime(2026, 1, 5, 10, tzinfo=timezone.utc)  # offsets normalised to UTC
 
 
+@pytest.mark.parametrize(
+    ("raw", "sql_type", "expected"),
+    [
+        # Issue 18: a bare number is Unix epoch time, seconds below 1e11, milliseconds from there.
+        ("1767607200", "VARCHAR", datetime(2026, 1, 5, 10, tzinfo=timezone.utc)),
+        (" 1767607200.25 ", "VARCHAR", datetime(2026, 1, 5, 10, 0, 0, 250000, tzinfo=timezone.utc)),
+        ("1767607200123", "VARCHAR", datetime(2026, 1, 5, 10, 0, 0, 123000, tzinfo=timezone.utc)),
+        ("1.7676072e12", "VARCHAR", datetime(2026, 1, 5, 10, tzinfo=timezone.utc)),
+        ("1767607200", "BIGINT", datetime(2026, 1, 5, 10, tzinfo=timezone.utc)),
+        ("1767607200123", "BIGINT", datetime(2026, 1, 5, 10, 0, 0, 123000, tzinfo=timezone.utc)),
+        ("1767607200.5", "DOUBLE", datetime(2026, 1, 5, 10, 0, 0, 500000, tzinfo=timezone.utc)),
+        ("2026-01-05 10:00:00", "TIMESTAMP", datetime(2026, 1, 5, 10, tzinfo=timezone.utc)),
+        ("99999999999999", "VARCHAR", None),  # >= 1e14: no epoch unit reads it as a time
+        ("7258118400", "BIGINT", None),  # seconds of 2200-01-01: outside [1970, 2200)
+        ("-5", "VARCHAR", None),
+        ("nan", "DOUBLE", None),
+    ],
+)
+def test_stg_events_typed_reads_epoch_seconds_and_milliseconds(duck, raw, sql_type, expected):
+    types = {**RAW_TYPES, "event_time": sql_type}
+    row = {"file_index": 0, "source_file": "f", "row_number": 1, "parse_ok": True, "payload_text": "raw",
+           "event_id": "e1", "event_type": "copy", "exposure_id": "x1"}
+    make_table(duck, "raw_events", types, [row])
+    duck.execute(f"UPDATE raw_events SET event_time = CAST(CAST(? AS VARCHAR) AS {sql_type})", [raw])
+    make_table(duck, "event_type_map", {"source_value": "VARCHAR", "event_type": "VARCHAR"}, [{"source_value": "copy", "event_type": "copy"}])
+    out = run_sql(duck, "staging/stg_events_typed").pl().to_dicts()[0]
+    assert out["event_time"] == expected
+    assert out["reject_reason"] == (None if expected else "bad_timestamp")
+
+
 def test_stg_events_typed_serialises_struct_payload_of_rejects(duck):
     duck.execute(
         """CREATE TEMP VIEW "raw_events" AS SELECT 0 AS "file_index", 'f' AS "source_file", CAST(3 AS BIGINT) AS "row_number",
         TRUE AS "parse_ok", CAST(NULL AS VARCHAR) AS "payload_text", STRUCT_PACK("event_id" := 'e1', "extra" := 5) AS "payload",
+        CAST(NULL AS VARCHAR) AS "nested_column",
         'e1' AS "event_id", 'bad' AS "event_time", 'copy' AS "event_type", 'x' AS "exposure_id",
         """ + ", ".join(f'NULL AS "{c}"' for c in CANONICAL_COLUMNS[4:])
     )
@@ -309,26 +340,72 @@ def test_adapter_ratings_triples(duck):
     assert out.filter(~out["parse_ok"]).height == 1
 
 
+def _adapter(duck, source: str, records: list[dict], mapping: FieldMapping | None = None) -> dict[str, dict]:
+    """Run a tracing adapter's three SQL files over hand-built records; its events by event_id."""
+    from feedback_etl.sources import run_adapter_sql
+
+    make_table(duck, "source_records", RECORD_TYPES, [
+        {"file_index": 0, "source_file": "f", "file_tag": "f", "row_number": k + 1, "parse_ok": True, "record": json.dumps(r)}
+        for k, r in enumerate(records)])
+    run_adapter_sql(duck, source, mapping or FieldMapping())
+    return {r["event_id"] or f"row{r['row_number']}": r for r in duck.sql('SELECT * FROM "adapter_events"').pl().to_dicts()}
+
+
 def test_adapter_langfuse(duck):
     trace = {"id": "tr1", "timestamp": "2026-01-05T10:00:00Z", "userId": "u1", "input": {"q": "hi"}, "output": "hello",
              "metadata": {"model": "gpt-x"}, "scores": [
                  {"id": "s1", "name": "user-feedback", "value": 1, "timestamp": "2026-01-05T10:01:00Z"},
-                 {"id": "s2", "name": "user-feedback", "value": 0, "timestamp": "2026-01-05T10:02:00Z"},
-                 {"id": "s3", "name": "copied", "value": 1},
+                 {"id": "s2", "name": "user-feedback", "value": 0, "dataType": "NUMERIC", "timestamp": "2026-01-05T10:02:00Z"},
+                 {"id": "s3", "name": "copied", "value": 1, "dataType": "BOOLEAN", "stringValue": "True"},
                  {"id": "s4", "name": "llm-judge", "value": 0.3},
-                 {"id": "s5", "name": "user-feedback", "stringValue": "meh"}]}
-    make_table(duck, "source_records", RECORD_TYPES, [
-        {"file_index": 0, "source_file": "l", "file_tag": "l", "row_number": 1, "parse_ok": True, "record": json.dumps(trace)}])
-    make_table(duck, "score_channels", {"score_name": "VARCHAR", "channel": "VARCHAR"},
-               [{"score_name": "user-feedback", "channel": "vote"}, {"score_name": "copied", "channel": "copy"}])
-    out = {r["event_id"]: r for r in run_sql(duck, "adapters/langfuse", BASE).pl().to_dicts()}
-    assert set(out) == {"langfuse:tr1:impression", "s1", "s2", "s3", "s5"}
+                 {"id": "s5", "name": "user-feedback", "stringValue": "meh", "dataType": "CATEGORICAL"},
+                 {"id": "s6", "name": "user-feedback", "value": 1, "source": "ANNOTATION"},
+                 {"id": "s7", "name": "copied", "value": 0, "dataType": "BOOLEAN"}]}
+    score_row = {"id": "s1", "traceId": "tr1", "name": "user-feedback", "value": 1, "dataType": "NUMERIC", "source": "API",
+                 "timestamp": "2026-01-05T10:01:00Z"}  # the same score again, from a scores export
+    observation = {"id": "o1", "traceId": "tr1", "type": "GENERATION", "startTime": "2026-01-05T10:00:00Z", "model": "gpt-y"}
+    out = _adapter(duck, "langfuse", [trace, score_row, observation, [1, 2]],
+                   FieldMapping(score_channels={"user-feedback": "vote", "copied": "copy"}))
+    assert set(out) == {"langfuse:tr1:impression", "s1", "s2", "s3", "s5", "row6"}  # s4 unmapped, s6 not organic, s7 no copy
     imp = out["langfuse:tr1:impression"]
-    assert (imp["session_id"], imp["model_id"], imp["response_text"]) == ("tr1", "gpt-x", "hello")
+    assert (imp["session_id"], imp["model_id"], imp["response_text"]) == ("tr1", "gpt-y", "hello")  # the GENERATION's model
     assert json.loads(imp["prompt_text"]) == {"q": "hi"}
     assert [out[k]["event_type"] for k in ("s1", "s2", "s3")] == ["thumbs_up", "thumbs_down", "copy"]
     assert out["s3"]["event_time"] == "2026-01-05T10:00:00Z"  # no score time: the trace's
-    assert out["s5"]["event_type"].startswith("score:user-feedback=")  # undecodable vote -> unknown type
+    assert out["s5"]["event_type"] == "score:user-feedback=meh"  # undecodable vote -> unknown type
+    assert out["row6"]["parse_ok"] is False and sorted(r["row_number"] for r in out.values()) == [1, 2, 3, 4, 5, 6]
+
+
+def test_adapter_langsmith(duck):
+    root = {"id": "r1", "trace_id": "r1", "parent_run_id": None, "run_type": "chain", "name": "Chain", "start_time": "2026-01-05T10:00:00",
+            "inputs": {"q": "hi"}, "outputs": {"a": "yo"}, "extra": {"metadata": {"user_id": "u1"}}}
+    child = {**root, "id": "c1", "parent_run_id": "r1", "run_type": "llm", "extra": {"invocation_params": {"model": "m-1"}}}
+    feedback = [{"id": "f1", "run_id": "c1", "trace_id": None, "key": "user_score", "score": 0, "comment": "no",
+                 "correction": {"a": "better"}, "created_at": "2026-01-05T10:01:00+00:00"},
+                {"id": "f2", "run_id": "r1", "key": "user_score", "value": "meh"},
+                {"id": "f3", "run_id": "r1", "key": "user_score", "score": 1, "feedback_source": {"type": "model"}}]
+    out = _adapter(duck, "langsmith", [root, child, *feedback])
+    assert set(out) == {"langsmith:r1:impression", "f1", "f2"}  # the child run is no exposure; model feedback is no vote
+    assert (out["langsmith:r1:impression"]["model_id"], out["langsmith:r1:impression"]["user_id"]) == ("m-1", "u1")
+    assert (out["f1"]["exposure_id"], out["f1"]["event_type"]) == ("r1", "thumbs_down")  # logged on the child: its trace
+    assert out["f2"]["event_type"] == "feedback:user_score=meh" and out["f2"]["event_time"] == "2026-01-05T10:00:00"
+    correction = duck.execute('SELECT "correction" FROM "source_feedback" WHERE "feedback_id" = ?', ["f1"]).fetchone()[0]
+    assert json.loads(correction) == {"a": "better"}
+
+
+def test_adapter_openai_chat(duck):
+    q1, a1, q2 = {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}
+    completion = {"id": "cc1", "created": 1767607200, "model": "m", "user": "u", "messages": [q1, a1, q2],
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "d"}}, {"index": 1, "message": {"role": "assistant", "content": "e"}}]}
+    transcript = {"id": "tx", "created": 1767607300, "model": "m", "user": "u", "messages": [q1, a1, q2, {"role": "assistant", "content": "f"}]}
+    feedback = [{"completion_id": "cc1", "choice_index": 1, "rating": "down"}, {"completion_id": "tx", "turn": 1, "rating": 1, "created": 5}]
+    out = _adapter(duck, "openai-chat", [completion, transcript, *feedback])
+    imps = {v["exposure_id"]: v for v in out.values() if v["event_type"] == "impression"}
+    assert set(imps) == {"cc1", "cc1:1", "tx:turn1", "tx:turn2"}
+    assert json.loads(imps["cc1:1"]["prompt_text"]) == [q1, a1, q2] and imps["cc1:1"]["response_text"] == "e"
+    assert json.loads(imps["tx:turn2"]["prompt_text"]) == [q1, a1, q2] and json.loads(imps["tx:turn1"]["prompt_text"]) == [q1]
+    votes = {v["exposure_id"]: (v["event_type"], v["event_time"]) for v in out.values() if v["event_type"] != "impression"}
+    assert votes == {"cc1:1": ("thumbs_down", "1767607200"), "tx:turn1": ("thumbs_up", "5")}
 
 
 def test_sql_files_quote_identifiers_and_bind_values():

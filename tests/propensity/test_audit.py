@@ -16,7 +16,16 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from propensity.audit.report import AuditConfig, AuditResult, Thresholds, evaluate_guardrails, mean_label_estimates, run_audit, wilson_interval
+from propensity.audit.report import (
+    AuditConfig,
+    AuditResult,
+    Thresholds,
+    balance_advice,
+    evaluate_guardrails,
+    mean_label_estimates,
+    run_audit,
+    wilson_interval,
+)
 from propensity.io import write_scores
 from schemas.errors import ConfigError, InputFileError
 
@@ -181,10 +190,34 @@ def test_thresholds_toml(tmp_path: Path) -> None:
 
 
 def test_tightened_thresholds_breach_the_matching_guardrails(good_result: AuditResult) -> None:
-    strict = Thresholds(max_weight=2.0, max_abs_smd_after=0.0)
+    strict = Thresholds(max_weight=2.0, max_balance_smd=0.0)
     breaches = [g for g in evaluate_guardrails(good_result.report, strict) if g.status == "breach"]
     assert {g.name for g in breaches} == {"max_weight", "balance_smd"}
     assert all("fix:" in g.message for g in breaches)
+    # Every context column is a feature of the fitted model: the advice must not be to add it.
+    balance = next(g for g in breaches if g.name == "balance_smd")
+    worst = good_result.report["headline"]["worst_smd_feature"].split("=")[0]
+    assert worst in good_result.report["propensity"]["features"]
+    assert "already a feature" in balance.message and "add `" not in balance.message and "(max_balance_smd)" in balance.message
+
+
+@pytest.mark.parametrize(
+    ("feature", "model_features", "advice"),
+    [
+        ("position", ["model_id", "position"], "`position` is already a feature"),
+        ("platform=ios", ["platform", "position"], "`platform` is already a feature"),
+        ("latency_ms", ["model_id", "position"], "add `latency_ms` to the propensity model's features"),
+        ("position", None, "check that the propensity model uses `position`"),
+    ],
+)
+def test_balance_advice_matches_the_model_features(feature: str, model_features: list[str] | None, advice: str) -> None:
+    assert advice in balance_advice(feature, model_features)
+
+
+def test_renamed_threshold_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "guardrails.toml"
+    path.write_text("[guardrails]\nmax_abs_smd_after = 0.2\n")
+    assert Thresholds.from_toml(path).max_balance_smd == 0.2
 
 
 def test_mean_label_estimates_against_a_randomized_slice() -> None:

@@ -17,7 +17,7 @@ from cli import app
 from feedback_etl.io import read_feedback, write_feedback
 from propensity import build_features, group_folds, load_fold_models, read_metrics, read_scores
 from propensity.models.fit import PropensityConfig, fit_propensity
-from schemas.errors import ConfigError, WarehouseError
+from schemas.errors import CausalRMError, ConfigError, WarehouseError
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ def fitted_wh(warehouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A copy of the warehouse after `causalrm propensity fit WH` (vote, LightGBM, defaults, 1 thread)."""
     wh = tmp_path_factory.mktemp("prop") / "wh"
     shutil.copytree(warehouse, wh)
-    result = runner.invoke(app, ["propensity", "fit", str(wh), "--n-jobs", "1"])
+    result = runner.invoke(app, ["propensity", "fit", str(wh), "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "vote: 8,000 exposures" in result.output and "clipped" in result.output
     return wh
@@ -178,15 +178,11 @@ def _all_feedback(frame: pl.DataFrame) -> pl.DataFrame:
 
 BAD_INPUT = [
     ("empty_warehouse", lambda src, dst: dst.mkdir() or dst, [], "warehouse has no feedback table"),
-    ("missing_folder", lambda src, dst: dst / "nope", [], "warehouse folder does not exist"),
     ("no_observed_rows", lambda src, dst: _write_variant(src, dst, _no_feedback), [], "no exposure has 'vote' feedback"),
     ("one_class_only", lambda src, dst: _write_variant(src, dst, _all_feedback), [], "one class only"),
     ("no_share_events", lambda src, dst: _write_variant(src, dst, lambda f: f.with_columns(shared=pl.lit(False))), ["--channel", "share"], "no exposure has 'share' feedback"),
     ("missing_feature_column", lambda src, dst: _write_variant(src, dst, lambda f: f.drop("platform")), [], "lacks contract column(s) platform"),
     ("bad_clip", lambda src, dst: src, ["--clip", "0"], "clip must be in (0, 1)"),
-    ("bad_channel", lambda src, dst: src, ["--channel", "thumbs"], "unknown channel 'thumbs'"),
-    ("bad_model", lambda src, dst: src, ["--model", "forest"], "unknown propensity model 'forest'"),
-    ("bad_calibration", lambda src, dst: src, ["--calibration", "beta"], "unknown calibration 'beta'"),
     ("too_many_folds", lambda src, dst: src, ["--folds", "100000"], "distinct user(s) cannot fill"),
 ]
 
@@ -194,12 +190,46 @@ BAD_INPUT = [
 @pytest.mark.parametrize(("name", "make", "args", "message"), BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
 def test_bad_input_fails_cleanly(name, make, args, message, warehouse: Path, tmp_path: Path) -> None:
     wh = make(warehouse, tmp_path / "wh")
-    result = runner.invoke(app, ["propensity", "fit", str(wh), "--n-jobs", "1", *args])
+    result = runner.invoke(app, ["propensity", "fit", str(wh), "--threads", "1", *args])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # typer.Exit, not a crash
     assert "Traceback" not in result.output
     assert message in result.output.replace("\n", "")
     assert not (wh / "propensity").exists() or wh == warehouse
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/nope"], "'{tmp}/nope' does not exist"),
+        (["{wh}", "--channel", "thumbs"], "'thumbs' is not one of"),
+        (["{wh}", "--model", "forest"], "'forest' is not one of"),
+        (["{wh}", "--calibration", "beta"], "'beta' is not one of"),
+    ],
+)
+def test_bad_options_are_usage_errors(args: list[str], message: str, warehouse: Path, tmp_path: Path) -> None:
+    """The parser refuses them (exit 2) before anything is fitted; the configs refuse them too (below)."""
+    result = runner.invoke(app, ["propensity", "fit", *(a.format(tmp=tmp_path, wh=warehouse) for a in args)], env={"COLUMNS": "400"})
+    assert result.exit_code == 2
+    assert message.format(tmp=tmp_path) in " ".join(result.output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channel": "thumbs"}, "unknown channel 'thumbs'"),
+        ({"model": "forest"}, "unknown propensity model 'forest'"),
+        ({"calibration": "beta"}, "unknown calibration 'beta'"),
+    ],
+)
+def test_config_refuses_unknown_names(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PropensityConfig(**kwargs)
+
+
+def test_missing_warehouse_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CausalRMError, match="warehouse folder does not exist"):
+        fit_propensity(tmp_path / "nope", PropensityConfig(n_jobs=1))
 
 
 def test_stale_embeddings_are_refused(warehouse: Path, tmp_path: Path) -> None:

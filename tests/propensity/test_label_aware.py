@@ -183,7 +183,7 @@ def test_cli_slice_flows_to_weights_and_audit(mnar: dict, tmp_path: Path) -> Non
     for name in ("scores_label_aware.parquet", "label_aware.json", "slice.parquet"):
         (wh / "propensity" / name).unlink()
     runner = CliRunner()
-    fit = runner.invoke(app, ["propensity", "fit-label-aware", str(wh), "--label-model", "none", "--bootstrap", "40", "--n-jobs", "1"])
+    fit = runner.invoke(app, ["propensity", "fit-label-aware", str(wh), "--label-model", "none", "--bootstrap", "40", "--threads", "1"])
     assert fit.exit_code == 0, fit.output
     assert re.search(r"label factor P\(vote \| x, up\) / P\(vote \| x, down\) = \d\.\d\d", fit.output)
     assert "label-aware SNIPS" in fit.output
@@ -274,3 +274,50 @@ def test_scored_exposures_without_a_fold_are_regrouped_by_user(mnar: dict, tmp_p
     assert folds.min() >= 0 and folds.n_unique() == 3
     baseline = mnar["result"].report["estimates"]["label_aware_snips"]["estimate"]
     assert abs(result.report["estimates"]["label_aware_snips"]["estimate"] - baseline) < 0.05
+
+
+# --------------------------------------------------------------------------- the default outcome model (LightGBM), value-checked
+
+
+def test_outcome_model_column_one_is_the_up_vote_probability() -> None:
+    """Catches issue 22 bug 3 at its source: the LightGBM outcome model returning its two label
+    columns swapped. Column r of m(x) is P(r | x, o=1): column 1 averages to the up-vote share of
+    the organic votes and ranks up-votes above down-votes (out of fold)."""
+    from propensity.slice.label_aware import outcome_probabilities
+
+    rng = np.random.default_rng(5)
+    n = 4_000
+    x = rng.normal(size=(n, 3))
+    label = (rng.random(n) < 1 / (1 + np.exp(-(1.0 + 2.0 * x[:, 0])))).astype(np.int64)  # ~70% up-votes
+    observed = rng.random(n) < 0.6
+    folds = np.arange(n) % 3
+    strata = np.zeros(n, dtype=np.int64)
+    m, info = outcome_probabilities(x, label, np.flatnonzero(observed), folds, model="lightgbm", strata=strata, n_strata=1, n_jobs=1)
+    assert m.shape == (n, 2)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    assert m[observed, 1].mean() == pytest.approx(label[observed].mean(), abs=0.03)
+    assert info["auc_organic_votes"] > 0.75
+    # the constant model has the same orientation
+    m_none, _ = outcome_probabilities(x, label, np.flatnonzero(observed), folds, model="none", strata=strata, n_strata=1)
+    assert m_none[0, 1] == pytest.approx(label[observed].mean())
+
+
+def test_default_label_model_removes_the_bias_on_mnar_logs(mnar: dict, tmp_path: Path) -> None:
+    """Catches issue 22 bug 3: the default label-aware path (label_model lightgbm) value-checked on
+    the simulated MNAR logs, as the naive-Bayes path is above (every other value-checking test uses
+    label_model none). With the outcome columns swapped it answered 0.885 against a truth of 0.501
+    and a label factor of 0.71."""
+    wh = tmp_path / "wh"
+    shutil.copytree(mnar["wh"], wh)
+    result = fit_label_aware(wh, LabelAwareConfig(slice=str(mnar["root"] / "logs" / "slice.parquet"), bootstrap=60, n_jobs=1))
+    assert result.report["config"]["label_model"] == "lightgbm"
+    truth = mnar["truth"].filter(~pl.col("solicited"))["y_true"].mean()
+    est = result.report["estimates"]
+    lo, hi = (_clean(v) for v in est["label_aware_snips"]["ci"])
+    assert lo <= truth <= hi, (lo, truth, hi)
+    assert abs(_clean(est["label_aware_snips"]["estimate"]) - truth) < 0.05
+    factor = result.report["label_factors"][0]
+    assert 1.5 < factor["relative_propensity_up_vs_down"] < LABEL_EFFECT and factor["ci"][0] > 1.2
+    # The context features barely predict the vote here (the simulator's reward lives in the text):
+    # m_1(x) stays near the organic up-vote share, on the right side of it.
+    assert result.report["outcome_model"]["mean"] > 0.5

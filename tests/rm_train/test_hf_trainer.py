@@ -110,3 +110,68 @@ def test_transformers_trainer_engine_trains_and_exports(small_dataset: Path, tin
     assert changed
     predict(tmp_path / "rm", small_dataset, tmp_path / "preds.parquet", device="cpu")
     assert pl.read_parquet(tmp_path / "preds.parquet")["reward"].is_between(0, 1).all()
+
+
+def test_trainer_export_holds_no_pickle_and_a_failed_run_keeps_it(small_dataset: Path, tiny_backbone: Path, tmp_path: Path) -> None:
+    """Issue 16: the Trainer's arguments are JSON (no training_args.bin); a failing fine-tune leaves the
+    previous export byte-identical and no building folder behind."""
+    import json
+
+    out = tmp_path / "rm"
+    finetune(small_dataset, _cfg(tiny_backbone), out, engine="trainer")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    pickles = [f for f in files if f.endswith((".bin", ".pkl", ".pickle", ".pt", ".pth"))]
+    assert pickles == [] and "model.safetensors" in files
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["per_device_train_batch_size"] == 16 and args["seed"] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(Exception, match="cannot load backbone"):
+        finetune(small_dataset, _cfg(tmp_path / "no-such-backbone"), out, engine="trainer")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
+
+
+@pytest.mark.parametrize("loss", ["ips", "causalrm-ips"])
+def test_zero_weight_rows_skipped_with_the_same_loss_and_gradients(tiny_backbone: Path, loss: str) -> None:
+    """Issue 19: the IPS losses run only the weighted rows through the model, and the loss value and
+    every parameter's gradient equal the full forward's (a wrong denominator, or rows mis-aligned with
+    their targets after the selection, changes both)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=1).eval()
+    texts = ["a short one", "a much longer answer that sets the padding width of the whole batch", "mid length answer",
+             "no", "unseen but long enough to matter for padding if it were kept", "good"]
+    weights = [2.0, 0.0, 4.0, 1.5, 0.0, 0.0]
+    rows = [dict(tokenizer(text), crm_label=float(i % 2), crm_observed=float(w > 0), crm_weight=w, crm_rho01=0.2, crm_rho10=0.1)
+            for i, (text, w) in enumerate(zip(texts, weights))]
+    batch = RewardCollator(tokenizer)(rows)
+
+    def loss_and_grads(skip: bool) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        value, _ = causalrm_loss(model, batch, loss, "mse", skip_zero_weight=skip)
+        value.backward()
+        return float(value.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    full, full_grads = loss_and_grads(False)
+    skipped, skipped_grads = loss_and_grads(True)
+    assert skipped == pytest.approx(full, rel=1e-6, abs=1e-9)
+    assert len(skipped_grads) == len(full_grads) > 0
+    for a, b in zip(skipped_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_all_zero_weight_batch_gives_zero_gradients_not_none(tiny_backbone: Path) -> None:
+    """An all-unobserved batch still steps the optimiser as before (zero gradients, so AdamW's moments
+    and weight decay advance exactly as on the full forward)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=1).train()
+    rows = [dict(tokenizer(t), crm_label=0.0, crm_observed=0.0, crm_weight=0.0, crm_rho01=0.2, crm_rho10=0.1) for t in ["x", "y z"]]
+    value, outputs = causalrm_loss(model, RewardCollator(tokenizer)(rows), "causalrm-ips", "mse")
+    value.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert float(value) == 0.0 and outputs is None
+    assert all(g is not None and float(g.abs().sum()) == 0.0 for g in grads)

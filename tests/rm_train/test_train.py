@@ -352,3 +352,17 @@ def test_two_gloo_ranks_train_the_single_process_model(weighted_dataset: Path, t
             assert got.keys() == expected.keys()
             for key in expected:
                 torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5, msg=f"{loss} {name} {key}")
+
+
+def test_failed_training_keeps_the_previous_model(weighted_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: the model folder is built aside; a run that fails after checkpointing an epoch leaves
+    the previous model byte-identical and no building folder behind."""
+    out = tmp_path / "m"
+    train(weighted_dataset, _cfg(loss="naive", epochs=1), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    scripted = iter([0.5, float("nan")])  # epoch 0 improves (checkpoint written), epoch 1 diverges
+    monkeypatch.setattr(train_module._Objective, "split_loss", lambda self, *args, **kwargs: next(scripted))
+    with pytest.raises(EstimationError, match="validation loss is nan"):
+        train(weighted_dataset, _cfg(loss="ips", epochs=2), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]

@@ -1,0 +1,473 @@
+"""Propensity fits in bounded memory: case-control sampling with an exact correction, and
+streamed out-of-fold scoring of every exposure (issue 23).
+
+:func:`propensity.models.fit.fit_propensity` reads the whole feedback table when it fits in the
+fit's memory budget (:func:`plan_rows`; numbers are then exactly those of an in-memory fit) and
+calls :func:`fit_case_control` otherwise:
+
+1. **Summary pass** (streamed; ``user_id``, the target and the categorical columns): rows, observed
+   rows, exposures per user, categorical levels. The folds are assigned per user with
+   :func:`propensity.models.crossfit.assign_user_folds` on the users sorted by id, so they are the
+   folds :func:`~propensity.models.crossfit.group_folds` gives in memory.
+2. **Sample pass**: every observed row is kept with probability ``s1`` (1 unless the observed rows
+   alone would fill more than half the budget) and every unobserved row with probability
+   ``s0 = (max_rows - s1 n1) / n0``; the draw is a Bernoulli on a seeded hash of ``exposure_id``,
+   so the sample does not depend on file or batch order. Each fold's rows are sampled at the same
+   rates, so a fold model is trained on the other folds' sample, as in a full fit.
+3. **Fold models** on the sample (:func:`~propensity.models.crossfit.cross_fit`). Sampling by
+   outcome multiplies the odds of o = 1 by ``s1 / s0`` whatever x is, so for a model with a
+   logistic link (all three estimators end in a sigmoid) ``logit P(o=1|x) = logit P_sample(o=1|x)
+   + log(s0 / s1)``: the prior correction of Prentice and Pyke (1979) and King and Zeng (2001),
+   exact when the model is right. Every model score is shifted by it (``logit_shift`` in the
+   saved spec, applied by :func:`propensity.models.score.predict_calibrated`).
+4. **Calibration** (:func:`~propensity.models.calibration.cross_calibrate`) on the sample's
+   out-of-fold shifted scores with weights ``1/s``: each map estimates the *population's*
+   P(o=1 | score), so what the shift leaves (a misspecified model) is calibrated away as in a
+   full fit, and the scores are estimates of P(o=1 | x).
+5. **Scoring pass**: every exposure, batch by batch, by the model and calibrator of its user's
+   fold (cross-fitting keeps its meaning: no model scores a user it was trained on), clipped at
+   the floor; one Parquet part per batch, committed with :func:`propensity.io.commit_score_parts`.
+   Memory: the sample, one batch, and four numbers per exposure for the diagnostics.
+6. **Diagnostics** on every exposure (AUC, ECE, reliability, weights, clipping); the balance table
+   on a uniform sample of the exposures (the case-control sample with its observed rows thinned
+   to rate ``s0``), reported as such under ``balance.sample``.
+
+``metrics.json[channel]["sampling"]`` records the budget, the rates, the sample's counts per fold
+and the correction; the full fit records ``{"sampled": false, ...}`` there too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from schemas.errors import ConfigError, EstimationError, WarehouseError
+from schemas.feedback import CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
+
+log = logging.getLogger(__name__)
+
+# Bytes a full in-memory fit holds per exposure: the whole feedback table read by polars (texts
+# included), the pandas feature frame, LightGBM's binned copy and the float32 design matrix. The
+# issue measured 0.8 KB per exposure on a 15M-exposure table with the contract's 16 features; each
+# embedding dimension adds float32 copies in the feature frame, the design matrix and LightGBM.
+BYTES_PER_ROW = 800
+BYTES_PER_EMBEDDING_DIM = 12
+# Interpreter, libraries and LightGBM's fixed buffers.
+BASE_BYTES = 400 * 2**20
+# Held for every exposure by a case-control fit: observed, calibrated and raw score, fold.
+BYTES_PER_STREAMED_ROW = 24
+MIN_SAMPLE_ROWS = 10_000
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(K|M|G|T)i?B\s*", re.IGNORECASE)
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# Seeds of the two hash draws (sample; thinning observed rows for the balance sample), offset from
+# the fit's seed so they are independent of each other.
+_SAMPLE_SALT = 0x5EED
+_BALANCE_SALT = 0xBA1A
+
+
+def parse_memory(text: str, *, where: str = "--memory-limit") -> int:
+    """Bytes of a size such as ``4GB``, ``512MB`` or ``1.5GiB`` (binary units, like DuckDB's)."""
+    match = _MEMORY.fullmatch(str(text))
+    if not match:
+        raise ConfigError(f"memory limit {text!r} is not a size", where=where, fix="use e.g. --memory-limit 4GB or 512MB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+@dataclass(frozen=True, kw_only=True)
+class RowPlan:
+    """How many feedback rows a fit may hold, and whether the table fits.
+
+    Attributes
+    ----------
+    n_rows : rows of the feedback table.
+    max_rows : rows the fit may hold in memory: ``--max-rows``, or what ``--memory-limit`` allows
+        at ``bytes_per_row`` (the smaller of the two when both are given).
+    sampled : True when ``n_rows > max_rows``: the fit samples (case-control) and streams.
+    """
+
+    n_rows: int
+    max_rows: int
+    sampled: bool
+    memory_limit: str
+    memory_limit_bytes: int
+    max_rows_option: int | None
+    bytes_per_row: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sampled": self.sampled, "n_rows": self.n_rows, "max_rows": self.max_rows, "max_rows_option": self.max_rows_option,
+            "memory_limit": self.memory_limit, "bytes_per_row_estimate": self.bytes_per_row,
+        }
+
+
+def plan_rows(n_rows: int, *, max_rows: int | None, memory_limit: str, embedding_dim: int = 0) -> RowPlan:
+    """Decide whether ``n_rows`` fit: ``max_rows`` when given, capped by what ``memory_limit`` allows.
+
+    The memory estimate is ``BASE_BYTES + rows x bytes_per_row`` for the sample plus
+    ``BYTES_PER_STREAMED_ROW`` for every row of the table (what a case-control fit keeps per row).
+    """
+    limit = parse_memory(memory_limit)
+    per_row = BYTES_PER_ROW + BYTES_PER_EMBEDDING_DIM * embedding_dim
+    fits_whole = BASE_BYTES + n_rows * per_row <= limit
+    by_memory = max(MIN_SAMPLE_ROWS, (limit - BASE_BYTES - n_rows * BYTES_PER_STREAMED_ROW) // per_row)
+    if fits_whole:
+        by_memory = max(by_memory, n_rows)
+    cap = int(by_memory if max_rows is None else min(max_rows, by_memory))
+    return RowPlan(
+        n_rows=n_rows, max_rows=cap, sampled=n_rows > cap, memory_limit=memory_limit, memory_limit_bytes=limit,
+        max_rows_option=max_rows, bytes_per_row=per_row,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRates:
+    """Bernoulli keep-probabilities of a case-control sample: ``observed`` (s1) and ``unobserved`` (s0)."""
+
+    observed: float
+    unobserved: float
+
+    @property
+    def logit_shift(self) -> float:
+        """log(s0 / s1): added to a sample-fitted logit to get the population's."""
+        return float(np.log(self.unobserved) - np.log(self.observed))
+
+    def weights(self, observed: np.ndarray) -> np.ndarray:
+        """1/s per row of the sample: the inverse of its keep-probability."""
+        return np.where(np.asarray(observed, dtype=bool), 1.0 / self.observed, 1.0 / self.unobserved)
+
+
+def sample_rates(n_observed: int, n_unobserved: int, max_rows: int) -> SampleRates:
+    """Keep-probabilities filling ``max_rows`` in expectation: every observed row when they take at
+    most half of it, the rest of the budget as a uniform share of the unobserved rows."""
+    if max_rows < 2:
+        raise ConfigError(f"max_rows must be >= 2, got {max_rows}", where="--max-rows", fix="use e.g. --max-rows 1000000")
+    s1 = min(1.0, (max_rows / 2) / n_observed) if n_observed else 1.0
+    left = max_rows - s1 * n_observed
+    s0 = min(1.0, left / n_unobserved) if n_unobserved else 1.0
+    return SampleRates(observed=float(s1), unobserved=float(s0))
+
+
+def keep_mask(exposure_id: pl.Series, observed: np.ndarray, rates: SampleRates, seed: int, salt: int = _SAMPLE_SALT) -> np.ndarray:
+    """Bool array: the rows a Bernoulli draw with ``rates`` keeps, from a seeded hash of each
+    ``exposure_id`` (the same row is kept whatever batch or file order it is read in)."""
+    uniform = exposure_id.cast(pl.String).hash(seed=seed + salt).to_numpy().astype(np.float64) / 2.0**64
+    return uniform < np.where(np.asarray(observed, dtype=bool), rates.observed, rates.unobserved)
+
+
+# ------------------------------------------------------------------------------------ streaming
+
+
+def _batches(dataset, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
+        if batch.num_rows:
+            yield pl.from_arrow(batch)
+
+
+def _embedding_files(warehouse: Path) -> list[Path]:
+    return sorted((warehouse / "embeddings").glob("*.parquet"))
+
+
+def stream_rows(
+    warehouse: Path, dataset, columns: list[str], batch_rows: int, *, embeddings: bool = False, memory_limit: str = "1GB"
+) -> Iterator[pl.DataFrame]:
+    """The feedback table's ``columns`` in batches of at most ``batch_rows`` rows, with an
+    ``embedding`` column joined by exposure_id when ``embeddings`` (the last row of an exposure in
+    the sorted embedding files wins, as :func:`feedback_etl.io.read_embeddings`); DuckDB does that
+    join out of core, spilling to a temporary folder beyond ``memory_limit``."""
+    if not embeddings:
+        yield from _batches(dataset, columns, batch_rows)
+        return
+    import tempfile
+
+    import duckdb
+
+    files = _embedding_files(warehouse)
+    with tempfile.TemporaryDirectory(prefix="causalrm-embjoin-") as spill:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{parse_memory(memory_limit) // 2**20}MB'")
+            con.execute("SET temp_directory = ?", [spill])
+            con.execute("SET preserve_insertion_order = false")
+            con.register("feedback", dataset)
+            selected = ", ".join(f'f."{c}"' for c in columns)
+            query = f"""
+                WITH ranked AS (
+                    SELECT exposure_id, embedding,
+                           row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) AS rank
+                    FROM read_parquet(?, filename = true, file_row_number = true)
+                )
+                SELECT {selected}, e.embedding
+                FROM feedback f LEFT JOIN (SELECT exposure_id, embedding FROM ranked WHERE rank = 1) e USING (exposure_id)
+            """
+            reader = con.sql(query, params=[[str(p) for p in files]]).to_arrow_reader(batch_rows)
+            for batch in reader:
+                if batch.num_rows:
+                    yield pl.from_arrow(batch)
+        finally:
+            con.close()
+
+
+def embedding_dim(warehouse: Path) -> int:
+    """Dimension of ``WH/embeddings`` (0 when there are none), from one row."""
+    import pyarrow.parquet as pq
+
+    for path in _embedding_files(warehouse):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=["embedding"]):
+            if batch.num_rows:
+                first = batch.column(0)[0].as_py()
+                return len(first) if first is not None else 0
+    return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableSummary:
+    """What the summary pass counts: rows, observed rows, users (sorted) with counts, levels."""
+
+    n_rows: int
+    n_observed: int
+    users: pl.DataFrame  # user_id (sorted), n
+    levels: dict[str, list[str]]
+
+
+def summarise(dataset, target: str, categorical: tuple[str, ...], batch_rows: int) -> TableSummary:
+    """One streamed pass over ``user_id``, ``target`` and the categorical columns."""
+    n_rows = n_observed = 0
+    merged = pl.DataFrame(schema={"user_id": pl.String, "n": pl.UInt32})
+    pending: list[pl.DataFrame] = []
+    levels: dict[str, set[str]] = {name: set() for name in categorical}
+    for frame in _batches(dataset, ["user_id", target, *categorical], batch_rows):
+        n_rows += frame.height
+        n_observed += int(frame[target].fill_null(False).cast(pl.Boolean).sum())
+        pending.append(frame.group_by(pl.col("user_id").cast(pl.String)).agg(n=pl.len().cast(pl.UInt32)))
+        for name in categorical:
+            levels[name].update(frame[name].cast(pl.String).drop_nulls().unique().to_list())
+        if len(pending) >= 16:  # merge now and then: memory stays O(users), not O(batches x users)
+            merged = pl.concat([merged, *pending]).group_by("user_id").agg(pl.col("n").sum())
+            pending = []
+    merged = pl.concat([merged, *pending]).group_by("user_id").agg(pl.col("n").sum()).sort("user_id")
+    return TableSummary(
+        n_rows=n_rows, n_observed=n_observed, users=merged, levels={name: sorted(values) for name, values in levels.items()}
+    )
+
+
+# ------------------------------------------------------------------------------------ the fit
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseControlFit:
+    """What :func:`fit_case_control` produced; ``fit_propensity`` adds the config and writes metrics.
+
+    Attributes
+    ----------
+    diagnostics : :func:`propensity.diagnostics.propensity_diagnostics` on every exposure, with
+        ``balance`` from a uniform sample (``balance.sample`` says which).
+    clip : the clipping report over every exposure.
+    sampling : what ``metrics.json[channel]["sampling"]`` records.
+    """
+
+    diagnostics: dict[str, Any]
+    clip: Any
+    sampling: dict[str, Any]
+    feature_names: list[str]
+    categorical_names: list[str]
+    scores_path: Path
+    models_path: Path
+
+
+def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Callable[..., Path],
+                     on_fold_done: Callable[[int], None] | None = None) -> CaseControlFit:
+    """Fit one channel's propensities on a case-control sample and score every exposure streamed.
+
+    ``cfg`` is a :class:`propensity.models.fit.PropensityConfig`; ``plan`` says how many rows fit;
+    ``write_models`` is ``propensity.models.fit._write_models`` (passed in: this module is
+    upstream of ``fit``). Writes the scores and the models; the caller writes the metrics.
+
+    Raises
+    ------
+    EstimationError : no observed row, every row observed, a fold with one class.
+    WarehouseError : embeddings that do not cover an exposure.
+    """
+    from feedback_etl.io import feedback_dataset
+    from propensity.diagnostics import propensity_diagnostics
+    from propensity.io import commit_score_parts, propensity_dir
+    from propensity.models.calibration import clip_propensity, cross_calibrate
+    from propensity.models.crossfit import assign_user_folds, cross_fit
+    from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
+    from propensity.models.score import predict_calibrated, scoring_features
+
+    started = time.perf_counter()
+    dataset = feedback_dataset(warehouse)  # one snapshot (a literal file list) for all three passes
+    target = cfg.target
+    categorical, numeric = tuple(CONTEXT_CATEGORICAL), tuple(CONTEXT_NUMERIC)
+    present = set(dataset.schema.names)
+    missing = [c for c in ("exposure_id", "user_id", target, *categorical, *numeric) if c not in present]
+    if missing:
+        raise WarehouseError(
+            f"feedback table lacks column(s) {missing}", where=str(warehouse / "feedback"),
+            fix="re-run `causalrm ingest` so the table follows the schemas.feedback contract",
+        )
+    use_embeddings = cfg.use_embeddings and bool(_embedding_files(warehouse))
+
+    # 1. summary pass -> folds per user, levels, class counts
+    summary = summarise(dataset, target, categorical, cfg.batch_rows)
+    _check_counts(summary, cfg, warehouse)
+    user_folds = summary.users.with_columns(
+        fold=pl.Series(assign_user_folds(summary.users["n"].to_numpy(), cfg.folds, cfg.seed), dtype=pl.Int32)
+    ).select("user_id", "fold")
+    n_unobserved = summary.n_rows - summary.n_observed
+    rates = sample_rates(summary.n_observed, n_unobserved, plan.max_rows)
+
+    # 2. sample pass
+    columns = ["exposure_id", "user_id", target, *categorical, *numeric]
+    kept: list[pl.DataFrame] = []
+    for frame in stream_rows(warehouse, dataset, columns, cfg.batch_rows, embeddings=use_embeddings, memory_limit=plan.memory_limit):
+        observed = frame[target].fill_null(False).cast(pl.Boolean).to_numpy()
+        rows = frame.filter(pl.Series(keep_mask(frame["exposure_id"], observed, rates, cfg.seed)))
+        if rows.height:
+            kept.append(rows)
+    sample = pl.concat(kept).sort("exposure_id") if kept else pl.DataFrame()
+    del kept
+    sample = sample.join(user_folds, on="user_id", how="left", maintain_order="left")
+    y = sample[target].fill_null(False).cast(pl.Boolean).to_numpy()
+    folds = sample["fold"].to_numpy().astype(np.int32)
+    weights = rates.weights(y)
+    embeddings = sample.select("exposure_id", "embedding") if use_embeddings else None
+    X, feature_names, categorical_names = build_features(
+        sample, embeddings, categorical=categorical, numeric=numeric, levels=summary.levels, numeric_dtype=np.float32
+    )
+    X_design, design_names = design_matrix(X, categorical_names, dtype=np.float32 if cfg.model == "lightgbm" else np.float64)
+    model_input = X if cfg.model == "lightgbm" else X_design
+    log.info(
+        "propensity %s: %d exposures (%d observed) > %d rows the fit may hold: case-control sample of %d rows "
+        "(observed kept at rate %.4g, unobserved at %.4g), %d features, %d folds, model %s",
+        cfg.channel, summary.n_rows, summary.n_observed, plan.max_rows, sample.height, rates.observed, rates.unobserved,
+        len(feature_names), cfg.folds, cfg.model,
+    )
+
+    # 3. + 4. fold models on the sample, logit shift, calibration weighted back to the population
+    fitted = cross_fit(cfg.estimator(), model_input, y, folds, on_fold_done=on_fold_done)
+    from propensity.models.score import shift_logit
+
+    oof = shift_logit(fitted.oof, rates.logit_shift)
+    sample_calibrated, calibrators = cross_calibrate(oof, y, folds, cfg.calibration, weights=weights)
+    per_fold = [
+        {"fold": int(k), "n_sample": int((folds == k).sum()), "n_sample_observed": int(y[folds == k].sum())}
+        for k in np.unique(folds)
+    ]
+    sampling = {
+        **plan.to_dict(),
+        "method": "case-control: every exposure kept with probability rate_observed if observed, rate_unobserved if not "
+                  "(seeded hash of exposure_id)",
+        "rate_observed": rates.observed,
+        "rate_unobserved": rates.unobserved,
+        "n_sample": int(sample.height),
+        "n_sample_observed": int(y.sum()),
+        "per_fold": per_fold,
+        "correction": "model scores shifted by logit_shift = log(rate_unobserved / rate_observed) (logistic-link prior "
+                      "correction), then calibrated on the sample's out-of-fold scores weighted 1/rate",
+        "logit_shift": rates.logit_shift,
+        "batch_rows": cfg.batch_rows,
+        "numeric_dtype": "float32",
+    }
+    models_path = write_models(
+        warehouse, cfg, fitted.models, calibrators, X, feature_names, categorical_names, design_names,
+        extra={"logit_shift": rates.logit_shift, "numeric_dtype": "float32", "sampling": sampling},
+    )
+    # The saved spec drives scoring, so the streamed scores are what `propensity score` computes from the saved models.
+    spec = json.loads((models_path / "config.json").read_text())
+    models = fitted.models
+
+    # balance on a uniform sample of the exposures: the sample with its observed rows thinned to s0
+    thin = SampleRates(observed=rates.unobserved / rates.observed, unobserved=1.0)
+    uniform = keep_mask(sample["exposure_id"], y, thin, cfg.seed, salt=_BALANCE_SALT)
+    floor = cfg.clip
+    balance = propensity_diagnostics(
+        y[uniform], np.clip(sample_calibrated[uniform], floor, 1.0), X=X_design[uniform], feature_names=design_names,
+        n_bins=cfg.reliability_bins, embedding_prefix=EMBEDDING_PREFIX,
+    )["balance"]
+    balance["sample"] = {
+        "n": int(uniform.sum()), "rate": rates.unobserved,
+        "note": "balance computed on a uniform sample of the exposures (the case-control sample with observed rows "
+                "thinned to the unobserved rows' rate), not on every exposure",
+    }
+    del X, X_design, model_input, sample, fitted
+
+    # 5. scoring pass: every exposure by its own fold's model and calibrator
+    score_columns = ["exposure_id", "user_id", target, *categorical, *numeric]
+    staging = propensity_dir(warehouse) / f".fit-{cfg.channel}.{uuid.uuid4().hex}.tmp"
+    staging.mkdir(parents=True)
+    observed_all, calibrated_all, raw_all, fold_all = [], [], [], []
+    try:
+        parts = []
+        for frame in stream_rows(warehouse, dataset, score_columns, cfg.batch_rows, embeddings=use_embeddings,
+                                 memory_limit=plan.memory_limit):
+            frame = frame.join(user_folds, on="user_id", how="left", maintain_order="left")
+            inputs, _ = scoring_features(frame, spec)
+            calibrated, raw, fold = predict_calibrated(inputs, spec, models, calibrators, frame["fold"].to_numpy())
+            part = staging / f"part-{len(parts):05d}.parquet"
+            pl.DataFrame({
+                "exposure_id": frame["exposure_id"].cast(pl.String),
+                "propensity": np.clip(calibrated, floor, 1.0),
+                "propensity_raw": raw,
+                "fold": pl.Series(fold, dtype=pl.Int32),
+            }).write_parquet(part)
+            parts.append(part)
+            observed_all.append(frame[target].fill_null(False).cast(pl.Boolean).to_numpy())
+            calibrated_all.append(calibrated)
+            raw_all.append(raw)
+            fold_all.append(fold)
+        scores_path = commit_score_parts(warehouse, cfg.channel, parts)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    observed_all = np.concatenate(observed_all)
+    propensity, clip_report = clip_propensity(np.concatenate(calibrated_all), floor, 1.0, observed=observed_all)
+    del calibrated_all
+
+    # 6. diagnostics on every exposure; balance from the uniform sample above
+    diagnostics = propensity_diagnostics(
+        observed_all, propensity, propensity_raw=np.concatenate(raw_all), folds=np.concatenate(fold_all), n_bins=cfg.reliability_bins,
+    )
+    diagnostics["balance"] = balance
+    sampling["duration_s"] = round(time.perf_counter() - started, 3)
+    return CaseControlFit(
+        diagnostics=diagnostics, clip=clip_report, sampling=sampling, feature_names=feature_names,
+        categorical_names=categorical_names, scores_path=scores_path, models_path=models_path,
+    )
+
+
+def _check_counts(summary: TableSummary, cfg, warehouse: Path) -> None:
+    where = str(warehouse / "feedback")
+    if summary.n_rows == 0:
+        raise WarehouseError("feedback table is empty (0 exposures)", where=where, fix=f"ingest logs: `causalrm ingest LOGS --warehouse {warehouse}`")
+    if summary.n_observed == 0:
+        raise EstimationError(
+            f"no exposure has {cfg.channel!r} feedback ({cfg.target} is false on all {summary.n_rows:,} rows)", where=where,
+            fix=f"check that the logs carry {cfg.channel} events, or fit another --channel",
+        )
+    if summary.n_observed == summary.n_rows:
+        raise EstimationError(
+            f"every exposure has {cfg.channel!r} feedback ({cfg.target} is true on all {summary.n_rows:,} rows): one class only, "
+            "propensity is 1 everywhere", where=where,
+            fix="log impressions without feedback too (the exposure universe), not only the rated ones",
+        )
+
+
+def row_plan(warehouse: Path, cfg) -> RowPlan:
+    """:func:`plan_rows` for a warehouse's feedback table and a :class:`~propensity.models.fit.PropensityConfig`
+    (rows counted from the Parquet footers, nothing read)."""
+    from feedback_etl.io import feedback_dataset
+
+    n_rows = int(feedback_dataset(warehouse).count_rows())
+    dim = embedding_dim(warehouse) if cfg.use_embeddings else 0
+    return plan_rows(n_rows, max_rows=cfg.max_rows, memory_limit=cfg.memory_limit, embedding_dim=dim)

@@ -1,0 +1,102 @@
+"""RewardModel: one scoring path for every model kind (issue 21).
+
+The head model here is trained on real embeddings of a tiny randomly initialised BERT, so scoring
+raw text re-runs that backbone: `causalrm predict` (which reads the stored `causalrm embed` vectors)
+and `RewardModel.score` (which re-embeds the text) must agree to float32 precision.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rm_train.predict import predict
+from rm_train.reward_model import RewardModel, ScoringInputError, pair_texts
+from schemas.errors import InputFileError
+
+
+def _pairs(dataset: Path, n: int = 100) -> pl.DataFrame:
+    return pl.read_parquet(dataset / "data.parquet").head(n)
+
+
+def test_predict_and_score_agree_on_100_pairs(text_head_model: tuple[Path, Path], tmp_path: Path) -> None:
+    model_dir, dataset = text_head_model
+    predict(model_dir, dataset, tmp_path / "preds.parquet", device="cpu")
+    frame = _pairs(dataset).join(pl.read_parquet(tmp_path / "preds.parquet"), on="exposure_id", how="left")
+    model = RewardModel.load(model_dir, device="cpu")
+    assert model.kind == "head" and model.template == "{prompt}\n\n{response}"
+    scores = np.array(model.score(frame["prompt_text"].to_list(), frame["response_text"].to_list()))
+    assert np.abs(scores - frame["reward"].to_numpy()).max() < 1e-5
+    assert scores.std() > 1e-4  # the head is not constant: agreement is not trivial
+    # The same pairs scored in another order and batch size give the same numbers.
+    small = RewardModel.load(model_dir, device="cpu", batch_size=7)
+    reversed_scores = small.score(frame["prompt_text"].to_list()[::-1], frame["response_text"].to_list()[::-1])
+    assert np.abs(np.array(reversed_scores[::-1]) - scores).max() < 1e-5
+    # Logits are the pre-sigmoid values.
+    logits = np.array(model.score(frame["prompt_text"].to_list()[:5], frame["response_text"].to_list()[:5], logit=True))
+    assert np.allclose(1 / (1 + np.exp(-logits)), scores[:5], atol=1e-6)
+
+
+def test_predict_without_stored_embeddings_embeds_the_text(text_head_model: tuple[Path, Path], tmp_path: Path) -> None:
+    model_dir, dataset = text_head_model
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    _pairs(dataset, 40).write_parquet(bare / "data.parquet")  # no embeddings/ folder
+    predict(model_dir, bare, tmp_path / "bare.parquet", device="cpu")
+    predict(model_dir, dataset, tmp_path / "full.parquet", device="cpu")
+    joined = pl.read_parquet(tmp_path / "bare.parquet").join(pl.read_parquet(tmp_path / "full.parquet"), on="exposure_id")
+    assert joined.height == 40
+    assert (joined["reward"] - joined["reward_right"]).abs().max() < 1e-5
+
+
+def test_template_is_applied(text_head_model: tuple[Path, Path]) -> None:
+    model = RewardModel.load(text_head_model[0], device="cpu")
+    joined = model.score_texts(pair_texts(["Say hello"], ["world"]))
+    assert model.score(["Say hello"], ["world"]) == joined
+    assert model.score_texts(["Say helloworld"]) != joined  # TRL's plain concatenation is another input
+
+
+@pytest.mark.parametrize(("prompts", "responses", "message"), [
+    (["a", "b"], ["x"], "2 prompts but 1 responses"),
+    ("a", ["x"], "prompts must be a list of strings"),
+    (["a"], [3], r"responses\[0\] is a int"),
+])
+def test_malformed_pairs(text_head_model: tuple[Path, Path], prompts, responses, message: str) -> None:
+    model = RewardModel.load(text_head_model[0], device="cpu")
+    with pytest.raises(ScoringInputError, match=message):
+        model.score(prompts, responses)
+
+
+def test_empty_input_and_none_texts(text_head_model: tuple[Path, Path]) -> None:
+    model = RewardModel.load(text_head_model[0], device="cpu")
+    assert model.score([], []) == []
+    assert model.score([None], ["hi"]) == model.score([""], ["hi"])
+
+
+def test_head_with_extra_features_refuses_text_only_scoring(text_head_model: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    model_dir = tmp_path / "ctx"
+    shutil.copytree(text_head_model[0], model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["features"]["numeric"] = ["position"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ScoringInputError, match=r"also reads the feature column\(s\) \['position'\]"):
+        RewardModel.load(model_dir, device="cpu").score(["p"], ["r"])
+    config["features"]["numeric"] = []
+    config["embedding"] = None
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputFileError, match="does not record which embedding model"):
+        RewardModel.load(model_dir, device="cpu").score(["p"], ["r"])
+
+
+def test_not_a_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="config.json missing"):
+        RewardModel.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputFileError, match="neither a causalrm-reward-head config"):
+        RewardModel.load(tmp_path)
