@@ -175,6 +175,12 @@ class Split(str, Enum):
     TEST = "test"
 
 
+class WarehouseTable(str, Enum):
+    EVENTS = "events"
+    REJECTS = "rejects"
+    FEEDBACK = "feedback"
+
+
 def _value(choice: Enum | None) -> str | None:
     return None if choice is None else choice.value
 
@@ -222,7 +228,7 @@ def simulate(
     label_effect: Annotated[float, typer.Option(help="MNAR selection: users who like an answer react this many times as often (1 = off).")] = 1.0,
     fmt: Annotated[FileFormat, typer.Option("--format", help="Format of the event files.")] = FileFormat.PARQUET,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic for a seed).")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the shared datasets (default: ../shared/data).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the shared datasets (default: $CAUSALRM_SHARED_DATA, else ../shared/data).")] = None,
     teacher: Annotated[Teacher, typer.Option(help="How r* follows the text: ngram (ridge on word n-grams) or embedding (ridge on MiniLM vectors: learnable from them).")] = Teacher.NGRAM,
     teacher_cache: Annotated[Optional[Path], typer.Option(help="embedding teacher: the `causalrm embed --cache` folder to share encodings with.")] = None,
 ) -> None:
@@ -294,14 +300,14 @@ def ingest(
             # The Spark engine has no privacy hook: pass one only when an option asks for it (it is then refused).
             wants_hook = engine != "spark" or privacy.pseudonymized or text != "keep" or redact or embed_texts
             hook = ingest_hook(privacy, capture_texts=captured) if wants_hook else None
-            if (annotations_out or audit_out) and source not in ("langfuse", "langsmith", "openai-chat"):
-                raise ConfigError(f"--annotations-out and --audit-out read tracing exports, not --source {source}", where="ingest",
+            if (annotations_out or audit_out) and cfg.source not in ("langfuse", "langsmith", "openai-chat"):
+                raise ConfigError(f"--annotations-out and --audit-out read tracing exports, not --source {cfg.source}", where="ingest",
                                   fix="drop the option, or use --source langfuse, langsmith or openai-chat")
             run = run_ingest(cfg, progress=sys.stderr.isatty(), typed_hook=hook)
             if annotations_out or audit_out:
                 from feedback_etl.annotations import audit_labels, read_annotations, write_frame
 
-                notes = read_annotations(cfg.inputs, source, cfg.mapping)
+                notes = read_annotations(cfg.inputs, cfg.source, cfg.mapping)
                 if annotations_out:
                     out.print(f"annotations: {notes.height:,} feedback records -> {write_frame(notes, annotations_out)}", soft_wrap=True)
                 if audit_out:
@@ -339,7 +345,7 @@ def ingest(
 @app.command("history")
 def history_cmd(
     warehouse: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Warehouse folder.")],
-    table: Annotated[Optional[str], typer.Option(help="Only this table: events, rejects or feedback.")] = None,
+    table: Annotated[Optional[WarehouseTable], typer.Option(help="Only this table.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON lines instead of a table.")] = False,
 ) -> None:
     """List the versions of the warehouse's Delta tables (newest first); `*` marks the committed one."""
@@ -350,7 +356,7 @@ def history_cmd(
     try:
         if table is not None and table not in ("events", "rejects", "feedback"):
             raise ConfigError(f"unknown table {table!r}", where="--table", fix="use events, rejects or feedback")
-        rows = [r for r in history(warehouse) if table is None or r["table"] == table]
+        rows = [r for r in history(warehouse) if table is None or r["table"] == table.value]
     except CausalRMError as exc:
         _fail(exc)
     for row in rows:
@@ -626,6 +632,7 @@ def weights_export(
     seed: Annotated[int, typer.Option(help="Seed of the pair subsampling.")] = 0,
     propensity: Annotated[PropensityKind, typer.Option(help="context (P(o=1 | x), propensity fit) or label-aware (P(o=1 | x, r), propensity fit-label-aware).")] = PropensityKind.CONTEXT,
     pairs_format: Annotated[str, typer.Option(help="causalrm (pairs.parquet) or trl (also pairs_trl/{train,val,test}: prompt / chosen / rejected for TRL's RewardTrainer; weights dropped).")] = "causalrm",
+    as_of: Annotated[Optional[str], typer.Option(help="Time travel: a feedback table version (`causalrm history WH`) or an ISO timestamp (the warehouse as the last ingest by then left it). Default: the current version.")] = None,
 ) -> None:
     """Write the weighted dataset a reward-model trainer reads (one row per exposure, weight 0 when unobserved)."""
     from propensity.weights.export import ExportConfig, export_weighted_dataset
@@ -634,7 +641,7 @@ def weights_export(
         cfg = ExportConfig(
             warehouse=str(warehouse), out=str(out_dir), channel=channel.value, scheme=scheme.value, clip=clip, format=fmt.value,
             pairs=pairs, max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, segment_noise=segment_noise, seed=seed,
-            propensity=propensity.value, pairs_format=pairs_format,
+            propensity=propensity.value, pairs_format=pairs_format, as_of=as_of,
         )
         manifest = export_weighted_dataset(cfg)
     except CausalRMError as exc:
@@ -699,7 +706,7 @@ def train_cmd(
     dataset: Annotated[Path, typer.Argument(exists=True, help="Weighted dataset folder (data.parquet + manifest.json, from `causalrm weights export`).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model folder to write: model.safetensors, config.json, metrics.json.")],
     loss: Annotated[Loss, typer.Option(help="Training objective (docs/methods.md#losses-train).")] = Loss.CAUSALRM_DR,
-    base_loss: Annotated[BaseLoss, typer.Option(help="mse (bounded, on the predicted probability) or bce (guarded: corrected terms clamped at 0).")] = BaseLoss.MSE,
+    base_loss: Annotated[BaseLoss, typer.Option(help="mse (bounded, on the predicted probability) or bce (guarded: batch-level non-negative risk, nnPU; see docs/methods.md).")] = BaseLoss.MSE,
     pairs: Annotated[bool, typer.Option("--pairs", help="Train a Bradley-Terry head on pairs.parquet (losses naive, ips, noise, causalrm-ips).")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default 20; 1 with --finetune).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (default 1e-3; 2e-5 with --finetune).")] = None,

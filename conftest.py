@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,33 @@ from feedback_etl.texts import find_shared_data
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only shared datasets folder (../shared/data)."""
-    return find_shared_data()
+    """The read-only shared datasets folder: $CAUSALRM_SHARED_DATA, else ../shared/data.
+
+    Absent on a bare clone: the tests that need it skip with one line saying how to run them
+    (CI sets CAUSALRM_SHARED_DATA). Tests reach a dataset through ``shared_dataset(name)``.
+    """
+    from schemas.errors import InputFileError
+
+    try:
+        return find_shared_data()
+    except InputFileError:
+        pytest.skip("shared data folder not found (../shared/data): set CAUSALRM_SHARED_DATA to the folder "
+                    "holding coat/, oasst/, hh_rlhf/, finegrained_rlhf/ to run this test")
+
+
+@pytest.fixture(scope="session")
+def shared_dataset(shared_data: Path) -> Callable[[str], Path]:
+    """``shared_dataset("coat")``: that dataset's folder, or a skip naming the missing folder."""
+
+    def dataset(name: str) -> Path:
+        folder = shared_data / name
+        if not folder.is_dir():
+            where = os.environ.get("CAUSALRM_SHARED_DATA")
+            pytest.skip(f"shared data folder {folder} not found (CAUSALRM_SHARED_DATA={where or 'unset'}): "
+                        f"point CAUSALRM_SHARED_DATA at the folder holding {name}/ to run this test")
+        return folder
+
+    return dataset
 
 
 @pytest.fixture(scope="session")

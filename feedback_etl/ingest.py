@@ -337,8 +337,12 @@ def _run(
         # Commit: one Delta version per changed table, then the manifest naming them (the
         # warehouse's commit point: readers follow it; see feedback_etl.warehouse).
         rebuilt = record.get("feedback", {}).get("rebuilt", True)
+        if not (warehouse / "manifest.json").exists():
+            # A first run: a manifest naming no version yet, so that tables a crash leaves behind
+            # are ignored by readers and emptied by the next writer (no manifest = tables made by hand).
+            write_json(warehouse / "manifest.json", {"format_version": MANIFEST_VERSION, "runs": [], "tables": {"versions": {}}})
         versions = commit_writes(writes.values()) if rebuilt else {}
-        versions = {**committed_versions(warehouse), **versions}
+        versions = {**(committed_versions(warehouse) or {}), **versions}
         record["table_versions"] = versions
         record["committed_at"] = now_precise()
         manifest = {

@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     import pyarrow
     import pyarrow.dataset
 
-# Snappy, DuckDB's default: about a third faster to write than zstd for ~25% larger files.
-PARQUET_COMPRESSION = "snappy"
-
-
 def feedback_dir(warehouse: str | Path) -> Path:
     return Path(warehouse) / "feedback"
 
@@ -45,6 +41,32 @@ def feedback_dataset(warehouse: str | Path, *, version: int | str | None = None)
     """
     snap = _snapshot(warehouse, "feedback", version)
     return snap.dataset()
+
+
+def feedback_files(warehouse: str | Path, *, version: int | str | None = None) -> list[Path]:
+    """The Parquet files of one committed version of the feedback table (literal paths: hand them
+    to an engine through :func:`feedback_etl.paths.engine_file`, or read them as they are)."""
+    return list(_snapshot(warehouse, "feedback", version).files)
+
+
+def warehouse_versions(warehouse: str | Path, *, as_of: int | str | None = None) -> dict[str, int]:
+    """The table versions that form the warehouse now, or ``as_of`` a feedback version or an ISO
+    timestamp (the last run committed by then): what an export records to be rebuilt exactly.
+
+    Raises
+    ------
+    ConfigError : ``as_of`` is neither a number nor a timestamp.
+    WarehouseError : no run was committed by that time, or no feedback table.
+    """
+    from feedback_etl.warehouse import DELTA_TABLES, versions_as_of
+
+    versions = versions_as_of(Path(warehouse), as_of)
+    for table in DELTA_TABLES:  # a warehouse without a manifest: each table's latest version
+        if table not in versions and snapshot(Path(warehouse), table) is not None:
+            versions[table] = _snapshot(warehouse, table, None).version
+    if "feedback" not in versions:
+        _snapshot(warehouse, "feedback", None)  # raises: no feedback table
+    return versions
 
 
 def table_version(warehouse: str | Path, table: str) -> int:
@@ -102,6 +124,15 @@ def write_feedback(frame: pl.DataFrame, directory: str | Path) -> int:
     table = to_arrow(frame.sort("exposure_id"))
     run_id = "write_feedback-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     version = write_table(directory.parent, directory.name, [table], mode="overwrite", run_id=run_id, empty_schema=table.schema)
+    manifest_path = directory.parent / "manifest.json"
+    if directory.name == "feedback" and manifest_path.exists():
+        # Readers follow the manifest's versions: commit the new one there too.
+        from feedback_etl.warehouse import read_manifest, write_json
+
+        manifest = read_manifest(directory.parent)
+        tables = manifest.setdefault("tables", {})
+        tables["versions"] = {**tables.get("versions", {}), "feedback": int(version)}
+        write_json(manifest_path, manifest)
     return int(version)
 
 

@@ -29,7 +29,7 @@ Translated by sqlglot itself and checked by the tests: ``DATE_DIFF('microsecond'
 k)``, ``TO_JSON``, ``IS NOT DISTINCT FROM``, ``NULLS LAST`` made explicit (Spark sorts NULLs first
 by default), double-quoted identifiers -> backquoted ones.
 
-Differences left, by design (documented in the README): DuckDB-only spellings the guards do not
+Differences left, by design (documented in docs/ingest.md, "Engines"): DuckDB-only spellings the guards do not
 add back (``'2026/01/05 10:00'``, ``'T24:00:00'``, ``'epoch'`` timestamps; ``'0x10'`` or ``'1_000'``
 integers) read as bad values on Spark; inside the JSON payload of a rejected Parquet row, a
 TIMESTAMP column is written ``2026-01-05T10:00:00.000Z`` by Spark's ``to_json`` and

@@ -212,13 +212,17 @@ def write_json(path: Path, document: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def committed_versions(warehouse: Path) -> dict[str, int]:
-    """The table versions the manifest commits ({} for a warehouse without a manifest, whose
-    tables are then read at their latest version)."""
+def committed_versions(warehouse: Path) -> dict[str, int] | None:
+    """The table versions the manifest commits; None for a warehouse without a (Delta-era)
+    manifest, whose tables are then read at their latest version (e.g. built by ``write_feedback``).
+    A table missing from the dict has no committed version yet."""
     path = Path(warehouse) / "manifest.json"
     if not path.exists():
-        return {}
-    versions = read_manifest(Path(warehouse)).get("tables", {}).get("versions", {})
+        return None
+    manifest = read_manifest(Path(warehouse))
+    if manifest.get("format_version", 1) < MANIFEST_VERSION:
+        return None
+    versions = manifest.get("tables", {}).get("versions", {})
     return {k: int(v) for k, v in versions.items() if v is not None}
 
 
@@ -298,7 +302,7 @@ def versions_as_of(warehouse: Path, version: int | str | datetime | None, *, tab
     warehouse = Path(warehouse)
     wanted = parse_version(version)
     if wanted is None:
-        return committed_versions(warehouse)
+        return dict(committed_versions(warehouse) or {})
     runs = [r for r in read_manifest(warehouse)["runs"] if r.get("table_versions")]
     if isinstance(wanted, int):
         for run in reversed(runs):
@@ -331,7 +335,10 @@ def snapshot(warehouse: Path, table: str, version: int | str | datetime | None =
         return None
     wanted = parse_version(version)
     if wanted is None:
-        wanted = committed_versions(warehouse).get(table)
+        committed = committed_versions(warehouse)
+        if committed is not None and table not in committed:
+            return None  # written by a run that never committed (its first run was killed)
+        wanted = None if committed is None else committed[table]
     elif isinstance(wanted, datetime):
         wanted = versions_as_of(warehouse, wanted, table=table).get(table, wanted)
     from deltalake import DeltaTable
@@ -419,6 +426,7 @@ class TableWrite:
         elif table.schema != self.schema:
             table = table.cast(self.schema)
         path = self.folder / f"part-{len(self.files):05d}.parquet"
+        # Snappy, DuckDB's default: about a third faster to write than zstd for ~25% larger files.
         pq.write_table(table, path, compression="snappy")
         self.files.append((path, table.num_rows))
         return table.num_rows
@@ -517,6 +525,7 @@ def roll_back_uncommitted(warehouse: Path, manifest: dict) -> list[str]:
     from deltalake import CommitProperties, DeltaTable
 
     versions = manifest.get("tables", {}).get("versions", {}) if manifest.get("format_version", 1) >= 2 else {}
+    # Ingest writes a manifest before its first table commit: with none, the tables were made by hand.
     has_manifest = (Path(warehouse) / "manifest.json").exists()
     actions = []
     for table in DELTA_TABLES:
@@ -554,7 +563,8 @@ def history(warehouse: Path) -> list[dict]:
             continue
         with literal_paths() as links:
             entries = DeltaTable(str(links.folder(path))).history()
-        current = committed.get(table, max((int(e["version"]) for e in entries), default=None))
+        latest = max((int(e["version"]) for e in entries), default=None)
+        current = latest if committed is None else committed.get(table)
         for entry in entries:
             metrics = entry.get("operationMetrics") or {}
             rows.append({
@@ -610,7 +620,8 @@ def vacuum(warehouse: Path, older_than: str = "7d", *, dry_run: bool = False) ->
                 continue
             with literal_paths() as links:
                 delta = DeltaTable(str(links.folder(path)))
-                keep = [committed_versions(warehouse)[table]] if table in committed_versions(warehouse) else None
+                committed = committed_versions(warehouse) or {}
+                keep = [committed[table]] if table in committed else None
                 files = delta.vacuum(
                     retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False, full=True, keep_versions=keep
                 )
@@ -667,8 +678,8 @@ def migrate(warehouse: Path) -> dict[str, int]:
                         value = file.parent.name.removeprefix(f"{partition}=")
                         if partition not in frame.columns and file.parent.name.startswith(f"{partition}="):
                             frame = frame.with_columns(pl.lit(value).alias(partition))
-                        if partition == "impression_date":
-                            frame = frame.with_columns(pl.col(partition).cast(pl.Date))
+                        if partition == "impression_date" and frame.schema[partition] == pl.String:
+                            frame = frame.with_columns(pl.col(partition).str.to_date("%Y-%m-%d"))
                         yield frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
                 expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rm_train.reward_model import EXPORT_KEY, RewardModel, _embedding_model_path
+from rm_train.reward_model import EXPORT_KEY, RewardModel, embedding_model_path
 from schemas.errors import ConfigError, EstimationError, InputFileError
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,10 @@ def _export_head(model: RewardModel, staging: Path) -> dict[str, Any]:
 
     from rm_train.hf_modeling_template import CausalRMForSequenceClassification
 
-    scorer = model._scorer
-    scorer._text_only()  # type: ignore[attr-defined]  # one clear error for heads that read other features
-    meta = scorer.embedding  # type: ignore[attr-defined]
+    model.require_text_scoring()  # one clear error for heads that read other features
+    meta = model.embedding
     architecture = model.head.architecture
-    backbone_path = _embedding_model_path(meta)
+    backbone_path = embedding_model_path(meta)
     backbone = AutoModel.from_pretrained(backbone_path)
     tokenizer = AutoTokenizer.from_pretrained(backbone_path)
     max_length = int(meta.get("max_length") or 512)
@@ -101,8 +100,7 @@ def _export_sequence_classifier(model: RewardModel, staging: Path) -> dict[str, 
     shutil.copytree(model.path, staging, dirs_exist_ok=True)
     config_path = staging / "config.json"
     config = json.loads(config_path.read_text())
-    scorer = model._scorer
-    settings = {"format": EXPORT_FORMAT, "template": model.template, "max_length": scorer.max_length,  # type: ignore[attr-defined]
+    settings = {"format": EXPORT_FORMAT, "template": model.template, "max_length": model.max_length,
                 "truncation_side": "left", "reward": "sigmoid(logits[:, 0]) = predicted P(r* = 1 | x)",
                 "source_model": str(model.path),
                 "value_head": "classifier (OpenRLHF: --ds.value_head_prefix classifier; see docs/rl.md)"}

@@ -37,7 +37,7 @@ from feedback_etl.embed import TEXT_TEMPLATE
 from rm_train.data import FeatureSpec, feature_tensors
 from rm_train.heads import RewardHead
 from rm_train.train import MODEL_FORMAT, resolve_device
-from schemas.errors import CausalRMError, ConfigError, InputFileError
+from schemas.errors import CausalRMError, InputFileError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _frame_texts(frame: pl.DataFrame, template: str) -> list[str]:
     return pair_texts(frame["prompt_text"].to_list(), frame["response_text"].to_list(), template)
 
 
-def _embedding_model_path(meta: dict[str, Any]) -> str:
+def embedding_model_path(meta: dict[str, Any]) -> str:
     """The recorded backbone folder; the packaged MiniLM is found again when the venv moved."""
     from feedback_etl.embed import default_model_path
 
@@ -149,7 +149,7 @@ class _HeadScorer:
                 meta = self.embedding
                 device = self.device.type
                 self._encoder = text_encoder(
-                    _embedding_model_path(meta), pooling=meta.get("pooling"), normalize=bool(meta.get("normalize")),
+                    embedding_model_path(meta), pooling=meta.get("pooling"), normalize=bool(meta.get("normalize")),
                     max_length=meta.get("max_length"), device=device,
                     batch_size=self.batch_size or (512 if device == "cuda" else 64))
                 if self._encoder.dim != self.spec.embedding_dim:
@@ -261,6 +261,23 @@ class RewardModel:
     def spec(self) -> FeatureSpec:
         return self._scorer.spec  # type: ignore[attr-defined]
 
+    @property
+    def embedding(self) -> dict[str, Any] | None:
+        """A head's embedding settings (``causalrm embed``'s meta.json); None for sequence classifiers."""
+        return getattr(self._scorer, "embedding", None)
+
+    @property
+    def max_length(self) -> int | None:
+        """Token limit of the model input (left truncation beyond it)."""
+        if self.kind == "head":
+            return (self.embedding or {}).get("max_length")
+        return self._scorer.max_length  # type: ignore[attr-defined]
+
+    def require_text_scoring(self) -> None:
+        """Raise the one-line error :meth:`score` would raise when text alone cannot score this model."""
+        if self.kind == "head":
+            self._scorer._text_only()  # type: ignore[attr-defined]
+
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "auto", batch_size: int | None = None) -> "RewardModel":
         """Load a model folder from ``causalrm train`` (head or ``--finetune``) or ``causalrm export``.
@@ -329,4 +346,4 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
     return torch.sigmoid(torch.from_numpy(np.asarray(values, dtype=np.float32))).double().numpy()
 
 
-__all__ = ["EXPORT_KEY", "RewardModel", "ScoringInputError", "is_sequence_classifier", "pair_texts"]
+__all__ = ["EXPORT_KEY", "RewardModel", "ScoringInputError", "embedding_model_path", "is_sequence_classifier", "pair_texts"]

@@ -115,6 +115,11 @@ class Batcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    @property
+    def alive(self) -> bool:
+        """True while the worker runs (requests would wait forever without it)."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -127,6 +132,8 @@ class Batcher:
         """Rewards of ``texts``, scored in whatever batch they land in."""
         if not texts:
             return []
+        if self._task is not None and self._task.done():
+            raise RuntimeError("the batching worker stopped: restart the server")
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(_Work(texts, future))
         return await future
@@ -290,14 +297,15 @@ def build_app(model: RewardModel, cfg: ServeConfig | None = None):
         return await _answer(request, score)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
         stats = batcher.stats
-        return {"status": "ok", "model": str(model.path), "kind": model.kind, "template": model.template,
+        status = "ok" if batcher.alive else "error: the batching worker stopped"
+        return JSONResponse(status_code=200 if batcher.alive else 503, content={"status": status, "model": str(model.path), "kind": model.kind, "template": model.template,
                 "reward": "logit f(x)" if cfg.logit else "sigmoid(f(x))", "batch_size": cfg.batch_size,
                 "max_batch_delay_ms": cfg.max_batch_delay_ms, "max_request_items": cfg.max_request_items,
                 "requests": stats.requests, "items": stats.items, "batches": stats.batches,
                 "largest_batch": stats.largest_batch, "rejected": stats.rejected,
-                "unsplit_queries": stats.unsplit_queries, "recent_errors": stats.errors}
+                "unsplit_queries": stats.unsplit_queries, "recent_errors": stats.errors})
 
     return app
 

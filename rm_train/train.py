@@ -82,7 +82,7 @@ from rm_train.data import (
     target_tensors,
 )
 from rm_train.heads import RewardHead
-from rm_train.losses import OBSERVED_ONLY, imputation_loss, pairwise_terms, pointwise_terms
+from rm_train.losses import OBSERVED_ONLY, bce_parts, imputation_loss, nonnegative_objective, pairwise_terms, pointwise_terms
 from schemas.errors import ConfigError, EstimationError
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,8 @@ class _Objective:
 
     def __init__(self, cfg: TrainConfig, features: dict[str, torch.Tensor] | None, device: torch.device) -> None:
         self.cfg = cfg
+        # bce, pointwise: the batch-level non-negative risk (losses.nonnegative_objective, issue 15).
+        self.nonnegative = cfg.base_loss == "bce" and not cfg.pairs
         # Pairs mode: batches hold row indices into these per-exposure feature tensors (kept on the device).
         self.features = {k: v.to(device) for k, v in features.items()} if features else None
 
@@ -257,6 +259,12 @@ class _Objective:
         with _autocast(device):
             logit = model(batch).float()
         return pointwise_terms(cfg.loss, logit, batch, base=cfg.base_loss, y_hat=y_hat)
+
+    def parts(self, model, batch: dict[str, torch.Tensor], device: torch.device, y_hat: torch.Tensor | None = None):
+        """bce, pointwise: (positive-part terms, negative-part terms, rows) of ``losses.bce_parts``."""
+        with _autocast(device):
+            logit = model(batch).float()
+        return bce_parts(self.cfg.loss, logit, batch, y_hat=y_hat)
 
     def imputation_step(self, imputer, optimizer, batch: dict[str, torch.Tensor], device: torch.device,
                         global_rows: int | None = None, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,6 +301,7 @@ class _Objective:
         if imputer is not None:
             imputer.eval()
         total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+        negative_total = torch.zeros((), device=device)
         first, last = len(rows) * dist.rank // dist.world_size, len(rows) * (dist.rank + 1) // dist.world_size
         for start in range(first, last, batch_size):
             batch = _to_device(rows[slice(start, min(start + batch_size, last))], device)
@@ -300,14 +309,21 @@ class _Objective:
             if imputer is not None:
                 with _autocast(device):
                     y_hat = torch.sigmoid(imputer(batch).float())
-            terms, weight = self.terms(model, batch, device, y_hat)
-            total += terms.sum()
+            if self.nonnegative:
+                positive, negative, weight = self.parts(model, batch, device, y_hat)
+                total += positive.sum()
+                negative_total += negative.sum()
+            else:
+                terms, weight = self.terms(model, batch, device, y_hat)
+                total += terms.sum()
             count += weight.sum()
         model.train()
         if imputer is not None:
             imputer.train()
         if dist.world_size > 1:
-            total, count = dist.all_sum(torch.stack([total, count]))
+            total, count, negative_total = dist.all_sum(torch.stack([total, count, negative_total]))
+        if self.nonnegative:  # the non-negative risk over the whole split: max(R+, 0) + max(R-, 0)
+            total = total.clamp(min=0.0) + negative_total.clamp(min=0.0)
         return float(total / count.clamp(min=1e-12))
 
 
@@ -456,12 +472,21 @@ def _train(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) 
                     imputer_loss, y_hat = objective.imputation_step(train_imputer, imputer_optimizer, batch, device,
                                                                     global_rows, dist.world_size)
                     imputer_total += imputer_loss
-                terms, rows = objective.terms(train_model, batch, device, y_hat)
-                if dist.world_size == 1:
-                    loss = terms.sum() / rows.sum().clamp(min=1e-12)
+                if objective.nonnegative:
+                    positive, negative, rows = objective.parts(train_model, batch, device, y_hat)
+                    terms = positive + negative
+                    sums = torch.stack([positive.sum(), negative.sum(), rows.sum()]).detach()
+                    sums = dist.all_sum(sums) if dist.world_size > 1 else sums
+                    # DDP averages gradients over ranks: normaliser G_t / W, as for the other losses.
+                    loss = nonnegative_objective(positive.sum(), negative.sum(), sums[2].clamp(min=1e-12) / dist.world_size,
+                                                 positive_total=sums[0], negative_total=sums[1])
                 else:
-                    # DDP averages gradients over ranks: scale by W / (global normaliser), see the module docstring.
-                    loss = terms.sum() * (dist.world_size / dist.all_sum(rows.sum()).clamp(min=1e-12))
+                    terms, rows = objective.terms(train_model, batch, device, y_hat)
+                    if dist.world_size == 1:
+                        loss = terms.sum() / rows.sum().clamp(min=1e-12)
+                    else:
+                        # DDP averages gradients over ranks: scale by W / (global normaliser), see the module docstring.
+                        loss = terms.sum() * (dist.world_size / dist.all_sum(rows.sum()).clamp(min=1e-12))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

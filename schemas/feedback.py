@@ -1,7 +1,7 @@
 """Feedback table contract: one row per exposure (impression), key ``exposure_id``.
 
-Written by the ETL to ``WH/feedback/`` (hive-partitioned by ``impression_date``); read by
-propensity, noise, weights and the trainer. See README "Warehouse layout".
+Written by the ETL to ``WH/feedback`` (a Delta table, docs/warehouse.md); read by
+propensity, noise, weights and the trainer. See docs/ingest.md "Warehouse layout" and "Resolution rules".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Raw-event contract: what `causalrm ingest --source canonical` accepts.
 
-One row per event, JSON Lines (optionally .gz), Parquet or CSV. See README "Raw-event contract".
+One row per event, JSON Lines (optionally .gz), Parquet or CSV. See docs/contract.md "Raw events".
 Unknown extra columns are allowed (recorded in the ingest manifest, not fatal), so the model is
 not strict. Row-level problems (a missing id, a bad timestamp) are not validation *failures* of a
 file: the ETL routes such rows to ``WH/rejects/`` with a reason code; this model describes the

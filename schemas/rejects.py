@@ -1,4 +1,4 @@
-"""Rejects contract: ``WH/rejects/run_id=<run>/part-*.parquet``, written by ``causalrm ingest``.
+"""Rejects contract: ``WH/rejects`` (a Delta table, docs/warehouse.md), written by ``causalrm ingest``.
 
 One row per input row that was not accepted (never silently dropped), key
 (``run_id``, ``source_file``, ``row_number``). ``reason`` is a :class:`schemas.errors.RejectReason`

@@ -1,8 +1,8 @@
-"""Staged-event contract: ``WH/events/run_id=<run>/part-*.parquet``, written by ``causalrm ingest``.
+"""Staged-event contract: ``WH/events`` (a Delta table, docs/warehouse.md), written by ``causalrm ingest``.
 
 One row per accepted event, key ``event_id`` (unique across the warehouse). The typed columns of
 :class:`schemas.raw_event.RawEvent` plus lineage (``source_file``, ``row_number``); the run that
-added an event is the ``run_id`` partition. The feedback table is rebuilt from these files.
+added an event is the table's ``run_id`` column. The feedback table is rebuilt from these rows.
 """
 
 from __future__ import annotations

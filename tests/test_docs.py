@@ -91,6 +91,22 @@ def test_every_cli_option_is_in_the_cli_reference():
     )
 
 
+def test_readme_quickstart_example_is_the_file_and_ingests(tmp_path):
+    """The five raw events the README shows are examples/events.jsonl, and they ingest as described."""
+    from feedback_etl.ingest import IngestConfig, ingest
+    from feedback_etl.io import read_feedback
+
+    example = ROOT / "examples" / "events.jsonl"
+    lines = example.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5 and all(line in README.read_text(encoding="utf-8") for line in lines)
+    run = ingest(IngestConfig(inputs=(str(example),), warehouse=str(tmp_path / "wh")))
+    assert run["accepted"] == 5 and run["rejected_total"] == 0
+    feedback = read_feedback(tmp_path / "wh").sort("exposure_id")
+    assert feedback["exposure_id"].to_list() == ["x1", "x2"]
+    assert feedback["observed"].to_list() == [True, True] and feedback["label"].to_list() == [1, 0]
+    assert feedback["copied"].to_list() == [True, False]
+
+
 def test_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs not installed (dev extra); `make docs` needs it")
     result = subprocess.run(

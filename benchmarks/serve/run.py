@@ -153,8 +153,10 @@ def run_case(model: Path, *, batch_size: int, delay_ms: float, clients: int, req
         for worker in workers:
             worker.join(timeout=600)
         seconds = time.perf_counter() - began
-        after = _request(warm, "GET", "/health")
-        warm.close()
+        warm.close()  # idle past uvicorn's keep-alive timeout during the run: ask on a fresh connection
+        fresh = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        after = _request(fresh, "GET", "/health")
+        fresh.close()
     finally:
         server.terminate()
         try:
@@ -182,10 +184,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
     parser.add_argument("--work", type=Path, default=Path("/tmp/causalrm-serve-bench"))
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
+    parser.add_argument("--unbatched-first", action="store_true", help="run the no-batching case first (order effects on a busy machine)")
     args = parser.parse_args()
 
     model = build_model(args.work, args.backbone)
     cases = [("dynamic batching (batch 64, 5 ms)", 64, 5.0), ("no batching (batch 1, 0 ms)", 1, 0.0)]
+    if args.unbatched_first:
+        cases.reverse()
     rows = []
     for name, batch_size, delay in cases:
         row = {"case": name, "backbone": args.backbone,

@@ -29,8 +29,8 @@ calls :func:`fit_case_control` otherwise:
    the floor; one Parquet part per batch, committed with :func:`propensity.io.commit_score_parts`.
    Memory: the sample, one batch, and four numbers per exposure for the diagnostics.
 6. **Diagnostics** on every exposure (AUC, ECE, reliability, weights, clipping); the balance table
-   on a uniform sample of the exposures (the case-control sample with its observed rows thinned
-   to rate ``s0``), reported as such under ``balance.sample``.
+   on a uniform sample of the exposures (the case-control sample thinned to one keep rate,
+   ``min(s0, s1)``, for both classes), reported as such under ``balance.sample``.
 
 ``metrics.json[channel]["sampling"]`` records the budget, the rates, the sample's counts per fold
 and the correction; the full fit records ``{"sampled": false, ...}`` there too.
@@ -304,7 +304,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     from propensity.models.calibration import clip_propensity, cross_calibrate
     from propensity.models.crossfit import assign_user_folds, cross_fit
     from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
-    from propensity.models.score import predict_calibrated, scoring_features
+    from propensity.models.score import predict_calibrated, scoring_features, shift_logit
 
     started = time.perf_counter()
     dataset = feedback_dataset(warehouse)  # one snapshot (a literal file list) for all three passes
@@ -357,8 +357,6 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
 
     # 3. + 4. fold models on the sample, logit shift, calibration weighted back to the population
     fitted = cross_fit(cfg.estimator(), model_input, y, folds, on_fold_done=on_fold_done)
-    from propensity.models.score import shift_logit
-
     oof = shift_logit(fitted.oof, rates.logit_shift)
     sample_calibrated, calibrators = cross_calibrate(oof, y, folds, cfg.calibration, weights=weights)
     per_fold = [
@@ -388,8 +386,9 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     spec = json.loads((models_path / "config.json").read_text())
     models = fitted.models
 
-    # balance on a uniform sample of the exposures: the sample with its observed rows thinned to s0
-    thin = SampleRates(observed=rates.unobserved / rates.observed, unobserved=1.0)
+    # balance on a uniform sample of the exposures: the sample thinned to the lower of the two rates
+    uniform_rate = min(rates.observed, rates.unobserved)
+    thin = SampleRates(observed=uniform_rate / rates.observed, unobserved=uniform_rate / rates.unobserved)
     uniform = keep_mask(sample["exposure_id"], y, thin, cfg.seed, salt=_BALANCE_SALT)
     floor = cfg.clip
     balance = propensity_diagnostics(
@@ -397,9 +396,9 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
         n_bins=cfg.reliability_bins, embedding_prefix=EMBEDDING_PREFIX,
     )["balance"]
     balance["sample"] = {
-        "n": int(uniform.sum()), "rate": rates.unobserved,
-        "note": "balance computed on a uniform sample of the exposures (the case-control sample with observed rows "
-                "thinned to the unobserved rows' rate), not on every exposure",
+        "n": int(uniform.sum()), "rate": uniform_rate,
+        "note": "balance computed on a uniform sample of the exposures (the case-control sample thinned to one keep "
+                "rate for observed and unobserved rows), not on every exposure",
     }
     del X, X_design, model_input, sample, fitted
 

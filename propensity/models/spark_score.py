@@ -30,7 +30,7 @@ row group per Spark part, memory bounded by one part) and swaps it in with ``os.
 existing reader keeps working unchanged (``read_scores``, ``weights export`` which hashes the file
 into its manifest, audit, noise, label-aware), and a Spark reader still splits the file by row
 group. The cost is one sequential pass on the driver over about 30 bytes per exposure, small next
-to scoring (see the README figures). ``layout="partitioned"`` skips that pass: the parts are moved
+to scoring (see the figures in docs/propensity.md). ``layout="partitioned"`` skips that pass: the parts are moved
 into ``scores.parquet/channel=<channel>/part-*.parquet`` (a directory Hive-partitioned by channel,
 no ``.crc`` files), which ``read_scores`` and ``write_scores`` also handle; choose it when the
 table is too big for one machine's pass.
@@ -53,6 +53,8 @@ from typing import Any
 
 import polars as pl
 
+from feedback_etl.io import feedback_files
+from feedback_etl.paths import engine_file, engine_folder
 from propensity.io import scores_layout, scores_path
 from propensity.models.score import (
     FIT_COLUMNS,
@@ -104,7 +106,8 @@ def score_spark(warehouse: Path, models_wh: Path, cfg: ScoreConfig, spec: dict[s
     spark = spark_session(cfg.threads)
     columns = scoring_columns(spec)
     feedback_root = warehouse / "feedback"
-    feedback = spark.read.option("pathGlobFilter", "*.parquet").parquet(str(feedback_root))
+    # The committed version's literal file list (a Delta table holds old versions' files too).
+    feedback = spark.read.parquet(*_plain_uris(feedback_files(warehouse)))
     missing = [c for c in columns if c not in feedback.columns]
     if missing:
         raise InputFileError(
@@ -134,7 +137,7 @@ def score_spark(warehouse: Path, models_wh: Path, cfg: ScoreConfig, spec: dict[s
     spark.conf.set(conf_key, str(cfg.chunk_rows))
     out = staging / "spark"
     try:
-        joined.mapInArrow(score, OUTPUT_SCHEMA).write.mode("overwrite").parquet(str(out))
+        joined.mapInArrow(score, OUTPUT_SCHEMA).write.mode("overwrite").parquet("file://" + str(engine_folder(out)))
     except PythonException as exc:
         last = next((line for line in reversed(str(exc).strip().splitlines()) if line.strip()), str(exc))
         raise EstimationError(
@@ -154,6 +157,12 @@ def score_spark(warehouse: Path, models_wh: Path, cfg: ScoreConfig, spec: dict[s
     return parts, unseen
 
 
+def _plain_uris(paths: list[Path]) -> list[str]:
+    """Plain links to the files (Hadoop globs every path it reads: a warehouse named ``wh[1]``
+    would read another folder; issue 16)."""
+    return ["file://" + engine_file(p) for p in paths]
+
+
 def _join_embeddings(spark, warehouse: Path, spec: dict[str, Any], feedback):
     """``feedback`` with the ``embedding`` column, checked to cover every exposure (as the fit requires).
 
@@ -164,7 +173,7 @@ def _join_embeddings(spark, warehouse: Path, spec: dict[str, Any], feedback):
     if not any(root.glob("*.parquet")):
         raise no_embeddings_error(spec)
     embeddings = (
-        spark.read.option("pathGlobFilter", "*.parquet").parquet(str(root)).select("exposure_id", "embedding").dropDuplicates(["exposure_id"])
+        spark.read.parquet(*_plain_uris(sorted(root.glob("*.parquet")))).select("exposure_id", "embedding").dropDuplicates(["exposure_id"])
     )
     uncovered = feedback.select("exposure_id").join(embeddings.select("exposure_id"), on="exposure_id", how="left_anti").count()
     if uncovered:
@@ -183,9 +192,9 @@ def _fit_scores(spark, models_wh: Path, channel: str):
     layout = scores_layout(models_wh)
     frame = None
     if layout == "file":
-        frame = spark.read.parquet(str(path)).filter(F.col("channel") == channel)
-    elif layout == "partitioned" and (path / f"channel={channel}").is_dir():
-        frame = spark.read.option("pathGlobFilter", "*.parquet").parquet(str(path / f"channel={channel}"))
+        frame = spark.read.parquet(*_plain_uris([path])).filter(F.col("channel") == channel)
+    elif layout == "partitioned" and sorted((path / f"channel={channel}").glob("*.parquet")):
+        frame = spark.read.parquet(*_plain_uris(sorted((path / f"channel={channel}").glob("*.parquet"))))
     if frame is None:
         log.info("propensity %s: no fit scores in %s; every exposure gets the fold average", channel, models_wh)
         empty = "exposure_id string, fit_propensity double, fit_propensity_raw double, fit_fold int"

@@ -524,7 +524,7 @@ def estimate_noise_frame(
 
     Returns
     -------
-    dict in the ``WH/noise.json`` layout (see README "causalrm noise estimate").
+    dict in the ``WH/noise.json`` layout (see docs/noise.md).
     """
     _require_labelled_channel(config.channel)
     where = f"noise estimate --channel {config.channel}"

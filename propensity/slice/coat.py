@@ -179,7 +179,7 @@ def popularity_augment(
 
 @dataclass(frozen=True, kw_only=True)
 class CoatCheckConfig:
-    """Options of the Coat check. Defaults are what the test and the README numbers use.
+    """Options of the Coat check. Defaults are what the test and the docs/propensity.md numbers use.
 
     ``popularity`` adds the cross-fitted item popularity feature. It is off by default: it raises
     the AUC (0.75 -> 0.76) but *worsens* SNIPS (error ratio about 0.37 -> 0.43 over seeds 0-3),

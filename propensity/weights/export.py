@@ -57,7 +57,7 @@ FORMATS: tuple[str, ...] = ("parquet", "jsonl")
 PAIRS_FORMATS: tuple[str, ...] = ("causalrm", "trl")
 DEFAULT_CLIP = 0.05
 # Implicit channels carry one polarity only: a copy or a share says "good", a regenerate "bad".
-# Their rows get observed = the channel's flag and this constant label (README "Weighted dataset").
+# Their rows get observed = the channel's flag and this constant label (docs/weights.md, "Channels").
 IMPLICIT_LABEL: dict[str, int] = {"copy": 1, "share": 1, "regenerate": 0}
 
 PAIR_WEIGHT_FORMULA = (
@@ -66,7 +66,9 @@ PAIR_WEIGHT_FORMULA = (
     "f = candidate pairs / sampled pairs of the prompt (1 unless the prompt hit max_pairs_per_prompt)"
 )
 PAIR_FLIP_FORMULA = (
-    "rho10_chosen * rho01_rejected / (rho10_chosen * rho01_rejected + (1 - rho01_chosen) * (1 - rho10_rejected))"
+    "P(clean order reversed | observed) + P(clean labels tied | observed) / 2, posterior over the two rows' clean labels "
+    "with prior pi = P(r* = 1 | observed row) = (mean vote - rho10) / (1 - rho01 - rho10) per (rho01, rho10) segment; "
+    "the trainer's Bradley-Terry target is 1 - flip_probability"
 )
 WEIGHT_FORMULA = {
     "ips": "o / p",
@@ -114,9 +116,14 @@ class ExportConfig:
     seed: int = 0
     propensity: str = "context"
     pairs_format: str = "causalrm"
+    as_of: str | None = None
 
     def __post_init__(self) -> None:
         where = "weights export config"
+        if self.as_of is not None:
+            from feedback_etl.warehouse import parse_version
+
+            parse_version(self.as_of)  # ConfigError naming --as-of
         if self.propensity not in ("context", "label-aware"):
             raise ConfigError(f"unknown propensity kind {self.propensity!r}", where=where, fix="use context or label-aware")
         if self.propensity == "label-aware" and self.channel != "vote":
@@ -192,23 +199,53 @@ def compute_weights(
     return w
 
 
-def pair_flip_probability(
-    rho01_chosen: np.ndarray | float, rho10_chosen: np.ndarray | float, rho01_rejected: np.ndarray | float, rho10_rejected: np.ndarray | float
-) -> np.ndarray:
-    """Probability that a pair's observed order (chosen r=1, rejected r=0) reverses the true order.
+def pair_order_posterior(
+    rho01_chosen: np.ndarray | float, rho10_chosen: np.ndarray | float, rho01_rejected: np.ndarray | float,
+    rho10_rejected: np.ndarray | float, prior_chosen: np.ndarray | float = 0.5, prior_rejected: np.ndarray | float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(clean order reversed | observed), P(clean labels tied | observed)) for pairs observed as
+    (chosen r = 1, rejected r = 0). Arrays of shape (n_pairs,).
 
-    Given that the two true preferences differ and either order is a priori equally likely, the
-    observed (1, 0) comes from true (1, 0) with probability (1 - rho01_c)(1 - rho10_r) (both labels
-    kept) and from true (0, 1) with probability rho10_c * rho01_r (both flipped), so::
+    With prior pi = P(r* = 1) for each row (among observed rows) and independent flips, the four clean
+    label pairs (r*_c, r*_r) have posterior weights::
 
-        flip = rho10_c * rho01_r / (rho10_c * rho01_r + (1 - rho01_c) * (1 - rho10_r))
+        (1, 0): pi_c (1 - rho01_c) (1 - pi_r) (1 - rho10_r)      right order
+        (0, 1): (1 - pi_c) rho10_c pi_r rho01_r                  reversed
+        (1, 1): pi_c (1 - rho01_c) pi_r rho01_r                  tied
+        (0, 0): (1 - pi_c) rho10_c (1 - pi_r) (1 - rho10_r)      tied
 
-    which is < 0.5 whenever rho01 + rho10 < 1 on both rows. Arrays of shape (n_pairs,).
+    Pairs are *selected* on their observed labels, so this posterior (not a forward flip rate given
+    the true order) is what makes the pair loss unbiased for the clean Bradley-Terry target (issue 15).
     """
-    r01c, r10c, r01r, r10r = (np.asarray(x, dtype=np.float64) for x in (rho01_chosen, rho10_chosen, rho01_rejected, rho10_rejected))
-    reversed_ = r10c * r01r
-    kept = (1 - r01c) * (1 - r10r)
-    return reversed_ / (reversed_ + kept)
+    r01c, r10c, r01r, r10r, pi_c, pi_r = (np.asarray(x, dtype=np.float64) for x in (
+        rho01_chosen, rho10_chosen, rho01_rejected, rho10_rejected, prior_chosen, prior_rejected))
+    right = pi_c * (1 - r01c) * (1 - pi_r) * (1 - r10r)
+    reversed_ = (1 - pi_c) * r10c * pi_r * r01r
+    tied = pi_c * (1 - r01c) * pi_r * r01r + (1 - pi_c) * r10c * (1 - pi_r) * (1 - r10r)
+    total = right + reversed_ + tied
+    return reversed_ / total, tied / total
+
+
+def pair_flip_probability(
+    rho01_chosen: np.ndarray | float, rho10_chosen: np.ndarray | float, rho01_rejected: np.ndarray | float,
+    rho10_rejected: np.ndarray | float, prior_chosen: np.ndarray | float = 0.5, prior_rejected: np.ndarray | float = 0.5,
+) -> np.ndarray:
+    """epsilon = P(reversed | observed) + P(tied | observed) / 2 (:func:`pair_order_posterior`): one
+    minus the posterior mean of the clean pair target y* = (r*_c - r*_r + 1) / 2 in {0, 1/2, 1}, which
+    the trainer uses as the Bradley-Terry soft label 1 - epsilon (``rm_train.losses.pair_loss``).
+    < 0.5 whenever rho01 + rho10 < 1 and both rows share the prior. Arrays of shape (n_pairs,).
+    """
+    reversed_, tied = pair_order_posterior(rho01_chosen, rho10_chosen, rho01_rejected, rho10_rejected,
+                                           prior_chosen, prior_rejected)
+    return reversed_ + tied / 2
+
+
+def _clean_positive_rate(observed: pl.DataFrame) -> pl.DataFrame:
+    """pi = P(r* = 1 | observed) per (rho01, rho10) segment: (mean vote - rho10) / (1 - rho01 - rho10),
+    kept in [0.01, 0.99] (the prior of :func:`pair_order_posterior`)."""
+    return observed.group_by("rho01", "rho10").agg(_vote_rate=pl.col("label").cast(pl.Float64).mean()).with_columns(
+        prior=((pl.col("_vote_rate") - pl.col("rho10")) / (1 - pl.col("rho01") - pl.col("rho10"))).clip(0.01, 0.99)
+    ).drop("_vote_rate")
 
 
 def weight_summary(weights: np.ndarray, observed: np.ndarray, propensity: np.ndarray, floor: float | None) -> dict[str, Any]:
@@ -318,7 +355,7 @@ def build_pairs(
     """
     observed = frame.filter(pl.col("observed")).sort("exposure_id")
     keep = ["prompt_id", "split", "exposure_id", "response_id", "label", "propensity", "rho01", "rho10", "prompt_text", "response_text"]
-    sides = observed.select(keep)
+    sides = observed.select(keep).join(_clean_positive_rate(observed), on=["rho01", "rho10"], how="left")
     rng = np.random.default_rng(seed)
     sides = sides.with_columns(_key=pl.Series(rng.random(sides.height)))
     group = ["prompt_id", "split"]
@@ -345,9 +382,11 @@ def build_pairs(
     pairs = pairs.with_columns(weight=factor / (p_c * p_r))
     if scheme == "snips":
         pairs = pairs.with_columns(weight=pl.col("weight") / pl.col("weight").mean().over("split"))
-    flip = pair_flip_probability(
-        pairs["rho01"].to_numpy(), pairs["rho10"].to_numpy(), pairs["rho01_rej"].to_numpy(), pairs["rho10_rej"].to_numpy()
+    reversed_, tied = pair_order_posterior(
+        pairs["rho01"].to_numpy(), pairs["rho10"].to_numpy(), pairs["rho01_rej"].to_numpy(), pairs["rho10_rej"].to_numpy(),
+        pairs["prior"].to_numpy(), pairs["prior_rej"].to_numpy(),
     )
+    flip = reversed_ + tied / 2
     channel = frame["channel"][0] if frame.height else "vote"
     pairs = pairs.with_columns(flip_probability=pl.Series(flip, dtype=pl.Float64)).select(
         pair_id=pl.col("exposure_id") + "~" + pl.col("exposure_id_rej"),
@@ -391,6 +430,9 @@ def build_pairs(
         "max_pairs_per_prompt": cap,
         "weight_formula": PAIR_WEIGHT_FORMULA,
         "flip_probability_formula": PAIR_FLIP_FORMULA,
+        # Expected shares of the exported pairs whose clean labels tie / are in the reverse order (issue 15).
+        "expected_tied_share": float(tied.mean()) if pairs.height else None,
+        "expected_misordered_share": float(reversed_.mean()) if pairs.height else None,
         "ess": kish_ess(pairs["weight"].to_numpy()),
         "max_weight": float(pairs["weight"].max()) if pairs.height else 0.0,
     }
@@ -544,8 +586,9 @@ def _fit_clip(metrics: dict[str, Any] | None) -> float | None:
     return None
 
 
-def _input_files(warehouse: Path, channel: str) -> list[Path]:
-    files = sorted((warehouse / "feedback").glob("impression_date=*/*.parquet"))
+def _input_files(warehouse: Path, channel: str, feedback: list[Path]) -> list[Path]:
+    """Files the export read: the feedback version's data files, scores, metrics, noise, embeddings."""
+    files = sorted(feedback)
     files += [warehouse / "propensity" / "scores.parquet", warehouse / "propensity" / "metrics.json"]
     files += [warehouse / "propensity" / name for name in ("scores_label_aware.parquet", "label_aware.json", "slice.parquet")]
     noise = _noise_path(warehouse, channel)
@@ -605,11 +648,13 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     IdentifiabilityError : rho01 + rho10 >= 1.
     TableValidationError : the rows break the WeightedDataset contract.
     """
-    from feedback_etl.io import read_embeddings, read_feedback
+    from feedback_etl.io import feedback_files, read_embeddings, read_feedback, warehouse_versions
 
     warehouse = Path(cfg.warehouse)
     out = Path(cfg.out)
-    feedback = read_feedback(warehouse)
+    # The warehouse tables' versions, pinned (issue 16): --as-of rebuilds a past dataset exactly.
+    table_versions = warehouse_versions(warehouse, as_of=cfg.as_of)
+    feedback = read_feedback(warehouse, version=table_versions["feedback"])
     scores = _read_scores(warehouse, cfg.channel)
     metrics = _read_metrics(warehouse, cfg.channel)
     label_aware = None
@@ -675,7 +720,12 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
         },
         "input": {
             "warehouse": str(warehouse.resolve()),
-            "files": {str(p.relative_to(warehouse)): _sha256(p) for p in _input_files(warehouse, cfg.channel)},
+            "files": {
+                str(p.relative_to(warehouse)): _sha256(p)
+                for p in _input_files(warehouse, cfg.channel, feedback_files(warehouse, version=table_versions["feedback"]))
+            },
+            "table_versions": table_versions,
+            "as_of": cfg.as_of,
         },
         "propensity": {
             "kind": cfg.propensity,

@@ -32,7 +32,7 @@ def _visible_options(command):
 
 
 def _library_choices() -> dict[type, set[str]]:
-    from feedback_etl import embed, ingest, privacy, sources, texts
+    from feedback_etl import embed, ingest, privacy, sources, texts, warehouse
     from propensity import diagnostics, io
     from propensity.models import calibration, estimators, score
     from propensity.noise import _proxy, estimate
@@ -51,12 +51,15 @@ def _library_choices() -> dict[type, set[str]]:
         cli.PropensityKind: set(label_aware.PROPENSITY_KINDS), cli.NoiseMethod: set(estimate.METHODS),
         cli.SegmentColumn: set(estimate.SEGMENT_COLUMNS), cli.Interval: set(diagnostics.INTERVALS),
         cli.ProxyModel: set(_proxy.PROXY_MODELS), cli.Scheme: set(export.SCHEMES), cli.Loss: set(losses.POINTWISE_LOSSES),
-        cli.BaseLoss: set(losses.BASE_LOSSES), cli.Split: set(feedback.SPLITS),
+        cli.BaseLoss: set(losses.BASE_LOSSES), cli.Split: set(feedback.SPLITS), cli.WarehouseTable: set(warehouse.DELTA_TABLES),
     }
 
 
 def test_choices_are_what_the_library_accepts():
-    for enum, accepted in _library_choices().items():
+    choices = _library_choices()
+    defined = {v for v in vars(cli).values() if isinstance(v, type) and issubclass(v, cli.Enum) and v is not cli.Enum}
+    assert defined == set(choices), f"give every cli Enum its library twin here: {sorted(e.__name__ for e in defined - set(choices))}"
+    for enum, accepted in choices.items():
         assert {m.value for m in enum} == accepted, f"cli.{enum.__name__} drifted from the library: {sorted(accepted)}"
 
 

@@ -44,12 +44,12 @@ def test_decompression_bomb_is_one_clear_error_and_leaves_no_warehouse(tmp_path)
     assert not (tmp_path / "wh" / "feedback").exists()
 
 
-def test_invalid_utf8_is_one_clear_error_naming_the_file(tmp_path):
+def test_invalid_utf8_is_a_reject_of_its_line(tmp_path):
+    """Issue 16: one rule wherever the bad byte sits (tests/feedback_etl/test_strict_typing.py has lines 1, 6, 1,101)."""
     path = tmp_path / "bad.jsonl"
     path.write_bytes((json.dumps(GOOD) + "\n").encode() + b'{"event_id": "\xff\xfe"}\n')
-    with pytest.raises(InputFileError, match="UTF-8") as info:
-        _run(path, tmp_path / "wh")
-    assert "bad.jsonl" in str(info.value)
+    run = _run(path, tmp_path / "wh")
+    assert run["accepted"] == 1 and run["rejected"]["unparseable_row"] == 1
 
 
 def test_path_like_values_cannot_escape_the_warehouse(tmp_path):

@@ -94,10 +94,11 @@ def test_jsonl_output_with_unparseable_lines(tmp_path):
 
 
 @pytest.mark.parametrize("texts", ["hh_rlhf", "oasst", "finegrained"])
-def test_real_text_sources_give_reward_tied_to_human_labels(tmp_path, texts, shared_data):
+def test_real_text_sources_give_reward_tied_to_human_labels(tmp_path, texts, shared_dataset):
     from feedback_etl.texts import load_text_pool
 
-    pool = load_text_pool(texts, shared_data)
+    folder = {"finegrained": "finegrained_rlhf"}.get(texts, texts)
+    pool = load_text_pool(texts, shared_dataset(folder).parent)
     assert len(pool) > 600
     assert ((pool.r_star >= 0) & (pool.r_star <= 1)).all()
     assert np.corrcoef(pool.r_star, pool.human_target)[0, 1] > 0.3

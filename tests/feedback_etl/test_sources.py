@@ -27,14 +27,15 @@ def _snapshot(wh: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- real data through the adapters
 
 
-def test_oasst_adapter_on_shared_data(shared_data, tmp_path):
-    run = ingest(IngestConfig(inputs=(str(shared_data / "oasst" / "en_100_tree.jsonl"),), warehouse=str(tmp_path / "wh"), source="oasst"))
+def test_oasst_adapter_on_shared_data(shared_dataset, tmp_path):
+    oasst = shared_dataset("oasst")
+    run = ingest(IngestConfig(inputs=(str(oasst / "en_100_tree.jsonl"),), warehouse=str(tmp_path / "wh"), source="oasst"))
     feedback = read_feedback(tmp_path / "wh")
     assert feedback.height == 687  # assistant replies
     assert run["accepted_by_type"] == {"impression": 687, "thumbs_up": 854, "thumbs_down": 372}  # emoji totals
     assert run["files"][0]["source_records"] == 100 and run["rejected_total"] == 0
     # observed = any emoji vote; label = 1 exactly when +1 outnumber -1
-    counts = _oasst_emoji_counts(shared_data / "oasst" / "en_100_tree.jsonl")
+    counts = _oasst_emoji_counts(oasst / "en_100_tree.jsonl")
     merged = feedback.join(counts, left_on="exposure_id", right_on="message_id")
     assert merged.height == 687
     assert (merged["observed"] == ((merged["up"] + merged["down"]) > 0)).all()
@@ -57,8 +58,8 @@ def _oasst_emoji_counts(path: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=["message_id", "up", "down"], orient="row")
 
 
-def test_ratings_adapter_on_coat(shared_data, tmp_path):
-    path = shared_data / "coat" / "train.ascii"
+def test_ratings_adapter_on_coat(shared_dataset, tmp_path):
+    path = shared_dataset("coat") / "train.ascii"
     run = ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), source="ratings"))
     feedback = read_feedback(tmp_path / "wh")
     matrix = np.loadtxt(path)

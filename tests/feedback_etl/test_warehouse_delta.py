@@ -198,6 +198,30 @@ def test_a_kill_between_table_commits_leaves_the_last_committed_version(tmp_path
     assert read_events(wh).drop("run_id").equals(read_events(reference).drop("run_id"))
 
 
+def test_a_first_run_killed_before_its_manifest_leaves_no_table_to_read(tmp_path, batches, monkeypatch):
+    wh = tmp_path / "wh"
+    real = ingest_module.write_json
+    calls = []
+
+    def die_on_the_real_manifest(path, document):
+        calls.append(path)
+        if document["runs"]:
+            raise KeyboardInterrupt("kill -9")
+        real(path, document)
+
+    monkeypatch.setattr(ingest_module, "write_json", die_on_the_real_manifest)
+    monkeypatch.setattr(ingest_module, "_undo", lambda *a, **k: None)
+    with pytest.raises(KeyboardInterrupt):
+        _run(wh, batches["one"])
+    monkeypatch.undo()
+    assert latest_version(wh, "events") == 0 and len(calls) == 2  # tables committed, manifest not
+    for read in (read_feedback, read_events):
+        with pytest.raises(WarehouseError, match="warehouse has no"):
+            read(wh)
+    run = _run(wh, batches["one"])  # empties the orphan tables, then ingests once
+    assert run["accepted"] == 3 and read_events(wh).height == 3 and read_rejects(wh).height == 1
+
+
 _CHILD = """
 import sys, time
 from feedback_etl.ingest import IngestConfig, ingest
@@ -306,7 +330,8 @@ def _old_layout(source: Path, target: Path) -> None:
         for (value,), part in frame.partition_by(key, as_dict=True).items():
             folder = target / table / f"{key}={value}"
             folder.mkdir(parents=True)
-            part.drop(key).write_parquet(folder / "part-00000.parquet")
+            # The old writer kept rejects' run_id column (it is in the contract); events' only in the folder name.
+            (part if table == "rejects" else part.drop(key)).write_parquet(folder / "part-00000.parquet")
     manifest = json.loads((source / "manifest.json").read_text())
     manifest["format_version"] = 1
     manifest["tables"].pop("versions")

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from feedback_etl.io import read_feedback
 from propensity.audit.report import (
     AuditConfig,
     AuditResult,
@@ -256,17 +257,17 @@ def test_report_renders_the_randomized_slice(good_result: AuditResult, monkeypat
     assert "randomized slice (n = 1)" in text and "error vs slice" in text and "mean r* (noise-corrected)" in text
 
 
-def test_report_on_coat(shared_data: Path, tmp_path: Path) -> None:
+def test_report_on_coat(shared_dataset, tmp_path: Path) -> None:
     """Coat's self-selected ratings (train.ascii) through the real ingest, with the authors'
     propensities (propensities.ascii) as scores: the report builds, and SNIPS moves the share of
     ratings >= 4 from the naive MNAR value toward the randomized (MAR) test set's."""
     from feedback_etl.ingest import IngestConfig, ingest
 
-    coat = shared_data / "coat"
+    coat = shared_dataset("coat")
     wh = tmp_path / "wh"
     ingest(IngestConfig(inputs=(str(coat / "train.ascii"),), warehouse=str(wh), source="ratings"))
     matrix = np.loadtxt(coat / "propensities.ascii")
-    ids = pl.read_parquet(wh / "feedback" / "**" / "*.parquet").select("exposure_id")
+    ids = read_feedback(wh).select("exposure_id")
     cell = ids["exposure_id"].str.extract_groups(r":u(\d+):i(\d+)$")
     # Matrix row = the user's rank among the ids (robust to how the adapter numbers lines).
     u = cell.struct.field("1").cast(pl.Int64).rank("dense").cast(pl.Int64).to_numpy() - 1

@@ -77,6 +77,26 @@ def test_streamed_scores_equal_in_memory_scores_row_for_row(full_and_sampled: tu
     np.testing.assert_array_equal(in_memory["propensity_raw"].to_numpy(), streamed["propensity_raw"].to_numpy())
 
 
+def test_embeddings_are_joined_in_batches(warehouse: Path, tmp_path: Path) -> None:
+    """Embeddings reach the sampled fit and the streamed scoring through an out-of-core join; the
+    streamed scores equal in-memory scoring with the whole embedding table."""
+    wh = tmp_path / "wh"
+    shutil.copytree(warehouse, wh)
+    feedback = read_feedback(wh)
+    vectors = np.random.default_rng(0).normal(size=(feedback.height, 4)).astype(np.float32)
+    embeddings = pl.DataFrame({"exposure_id": feedback["exposure_id"], "embedding": vectors.tolist()})
+    (wh / "embeddings").mkdir()
+    embeddings[:5_000].write_parquet(wh / "embeddings" / "part-0.parquet")
+    embeddings[5_000:].write_parquet(wh / "embeddings" / "part-1.parquet")
+    result = fit_propensity(wh, PropensityConfig(n_jobs=1, max_rows=MAX_ROWS, batch_rows=1_000))
+    assert result.metrics["embedding_dim"] == 4 and result.metrics["sampling"]["sampled"] is True
+    streamed = read_scores(wh, "vote")
+    spec, models, calibrators = load_fold_models(wh, "vote")
+    folds = feedback.select("exposure_id").join(streamed, on="exposure_id", how="left", maintain_order="left")["fold"].to_numpy()
+    in_memory = score_frame(feedback, spec, models, calibrators, embeddings, folds=folds).sort("exposure_id")
+    np.testing.assert_array_equal(in_memory["propensity"].to_numpy(), streamed["propensity"].to_numpy())
+
+
 def test_sampled_fit_matches_full_fit_within_sampling_noise(full_and_sampled: tuple[Path, Path]) -> None:
     """Monte Carlo check of the correction on simulated logs (8,000 exposures, seed 5).
 

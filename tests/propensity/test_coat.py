@@ -14,10 +14,8 @@ from schemas.errors import InputFileError
 
 
 @pytest.fixture(scope="module")
-def coat(shared_data: Path):
-    if not (shared_data / "coat" / "train.ascii").is_file():
-        pytest.skip("shared Coat data not available")
-    return load_coat(shared_data)
+def coat(shared_dataset):
+    return load_coat(shared_dataset("coat").parent)
 
 
 def test_loader_matches_readme_facts(coat) -> None:

@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from feedback_etl.io import read_feedback
 from propensity.weights.export import (
     ExportConfig,
     build_pairs,
@@ -70,7 +71,7 @@ def exported(wh: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 def test_weights_are_inverse_propensity_on_observed_and_zero_elsewhere(wh: Path, exported: tuple[Path, dict]) -> None:
     out, _ = exported
     data = read_weighted_dataset(out)
-    feedback = pl.read_parquet(wh / "feedback" / "**" / "*.parquet")
+    feedback = read_feedback(wh)
     assert data.height == feedback.height and data["exposure_id"].n_unique() == data.height
     scores = pl.read_parquet(wh / "propensity" / "scores.parquet").select("exposure_id", p="propensity")
     joined = data.join(scores, on="exposure_id")
@@ -170,8 +171,14 @@ def test_pairs_follow_the_documented_formulas(exported: tuple[Path, dict]) -> No
     for row in pairs.iter_rows(named=True):
         assert label[row["chosen_exposure_id"]] == 1 and label[row["rejected_exposure_id"]] == 0
         assert row["weight"] == pytest.approx(1 / (p[row["chosen_exposure_id"]] * p[row["rejected_exposure_id"]]))
-    # rho01 = 0.2, rho10 = 0.1 on every row: flip = 0.1 * 0.2 / (0.1 * 0.2 + 0.8 * 0.9).
-    np.testing.assert_allclose(pairs["flip_probability"].to_numpy(), 0.02 / (0.02 + 0.72))
+    # rho01 = 0.2, rho10 = 0.1 on every row, prior pi = (mean vote - 0.1) / 0.7: flip = P(reversed) + P(tied) / 2.
+    pi = (data.filter("observed")["label"].mean() - 0.1) / 0.7
+    right, reversed_ = pi * 0.8 * (1 - pi) * 0.9, (1 - pi) * 0.1 * pi * 0.2
+    tied = pi * 0.8 * pi * 0.2 + (1 - pi) * 0.1 * (1 - pi) * 0.9
+    np.testing.assert_allclose(pairs["flip_probability"].to_numpy(), (reversed_ + tied / 2) / (right + reversed_ + tied))
+    total = right + reversed_ + tied
+    assert manifest["pairs"]["expected_tied_share"] == pytest.approx(tied / total)
+    assert manifest["pairs"]["expected_misordered_share"] == pytest.approx(reversed_ / total)
     # Brute force: candidate pairs = observed exposures of one prompt and split with different responses.
     observed = data.filter("observed")
     candidates = ties = differing = 0
@@ -202,8 +209,9 @@ def test_pair_subsampling_keeps_the_weighted_total() -> None:
 
 def test_pair_flip_probability_closed_form() -> None:
     assert pair_flip_probability(0.0, 0.0, 0.0, 0.0) == 0.0
-    # rho01_c, rho10_c, rho01_r, rho10_r
-    assert pair_flip_probability(0.1, 0.3, 0.4, 0.2) == pytest.approx(0.3 * 0.4 / (0.3 * 0.4 + 0.9 * 0.8))
+    # rho01_c, rho10_c, rho01_r, rho10_r, prior 1/2: reversed 0.3 * 0.4, right 0.9 * 0.8, tied 0.9 * 0.4 + 0.3 * 0.8.
+    total = 0.3 * 0.4 + 0.9 * 0.8 + 0.9 * 0.4 + 0.3 * 0.8
+    assert pair_flip_probability(0.1, 0.3, 0.4, 0.2) == pytest.approx((0.3 * 0.4 + (0.9 * 0.4 + 0.3 * 0.8) / 2) / total)
     grid = np.linspace(0, 0.49, 8)
     r01, r10 = np.meshgrid(grid, grid)
     assert (pair_flip_probability(r01, r10, r01, r10) < 0.5).all()
@@ -252,7 +260,7 @@ def test_embeddings_travel_with_the_rows(warehouse: Path, tmp_path: Path) -> Non
 
 def test_implicit_channel_exports_its_flag_with_constant_label(warehouse: Path, tmp_path: Path) -> None:
     wh = prepare(warehouse, tmp_path)
-    feedback = pl.read_parquet(wh / "feedback" / "**" / "*.parquet").select("exposure_id", "copied")
+    feedback = read_feedback(wh).select("exposure_id", "copied")
     # Any valid propensity will do to check the mapping; these are not a model of copying.
     write_scores(wh, "copy", feedback.select("exposure_id", propensity=pl.lit(0.2), propensity_raw=pl.lit(0.2), fold=pl.lit(0, dtype=pl.Int32)))
     manifest = export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "ds"), channel="copy"))
@@ -325,3 +333,74 @@ def test_cli_export(wh: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["weights", "export", str(wh), "--out", str(tmp_path / "ds"), "--clip", "0.1"])
     assert bad.exit_code == 1 and "clipped-ips" in bad.output and "Traceback" not in bad.output
     assert math.isfinite(read_manifest(tmp_path / "ds")["weights"]["ess"])
+
+
+def test_as_of_rebuilds_a_past_dataset_exactly(warehouse: Path, tmp_path: Path) -> None:
+    """Issue 16: the manifest records the table versions read; --as-of VERSION or TIMESTAMP
+    exports from that version of the feedback table, after a newer one was committed."""
+    from cli import app
+    from feedback_etl.io import table_version, write_feedback
+
+    wh = prepare(warehouse, tmp_path)
+    first = export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "first")))
+    versions = first["input"]["table_versions"]
+    assert versions["feedback"] == table_version(wh, "feedback") and first["input"]["as_of"] is None
+    assert any(name.startswith("feedback/") for name in first["input"]["files"])
+    feedback = read_feedback(wh)
+    flipped = feedback.with_columns(label=pl.when(pl.col("observed")).then(1 - pl.col("label")).otherwise(pl.col("label")))
+    write_feedback(flipped, wh / "feedback")  # a newer committed version
+    assert table_version(wh, "feedback") == versions["feedback"] + 1
+    now = export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "now")))
+    assert not read_weighted_dataset(tmp_path / "now").equals(read_weighted_dataset(tmp_path / "first"))
+    committed_at = json.loads((wh / "manifest.json").read_text())["runs"][-1]["committed_at"]
+    result = CliRunner().invoke(app, ["weights", "export", str(wh), "--out", str(tmp_path / "past"), "--as-of", str(versions["feedback"])])
+    assert result.exit_code == 0, result.output
+    assert read_weighted_dataset(tmp_path / "past").equals(read_weighted_dataset(tmp_path / "first"))
+    past = read_manifest(tmp_path / "past")
+    assert past["input"]["table_versions"] == versions and past["input"]["as_of"] == str(versions["feedback"])
+    assert now["input"]["table_versions"]["feedback"] == versions["feedback"] + 1
+    by_time = export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "by_time"), as_of=committed_at))
+    assert read_weighted_dataset(tmp_path / "by_time").equals(read_weighted_dataset(tmp_path / "first"))
+    assert by_time["input"]["table_versions"] == versions
+    bad = CliRunner().invoke(app, ["weights", "export", str(wh), "--out", str(tmp_path / "bad"), "--as-of", "last tuesday"])
+    assert bad.exit_code == 1 and "neither a table version nor an ISO timestamp" in bad.output
+
+
+def test_pair_loss_is_unbiased_for_the_clean_order_over_pairs_built_from_votes() -> None:
+    """Issue 15.4: Monte Carlo over pairs built by :func:`build_pairs` from simulated votes, tied clean
+    labels included (clean target y* = (r*_c - r*_r + 1) / 2). The exported flip_probability eps makes
+    the pair loss l(Delta, 1 - eps) unbiased for l(Delta, y*): exactly for bce, and 1 - eps is the
+    posterior mean of y* (the mse gradient's target). The old export (eps = the reversed share given
+    that the clean labels differ, 0.027 here) with the forward correction [(1 - eps) l(+) - eps l(-)] /
+    (1 - 2 eps) ignored the ~30% tied pairs: its mean target was ~0.97 against E[y*] ~ 0.83, hundreds
+    of standard errors away."""
+    import torch
+
+    from rm_train.losses import base_loss, pair_loss
+
+    rng = np.random.default_rng(15)
+    n_prompts, per_prompt, pi, rho01, rho10 = 3_000, 8, 0.6, 0.2, 0.1
+    n = n_prompts * per_prompt
+    r_star = (rng.random(n) < pi).astype(np.int8)
+    flip = rng.random(n) < np.where(r_star == 1, rho01, rho10)
+    observed = rng.random(n) < 0.5
+    frame = pl.DataFrame({
+        "exposure_id": [f"e{i:06d}" for i in range(n)], "prompt_id": [f"q{i // per_prompt}" for i in range(n)],
+        "split": "train", "channel": "vote", "response_id": [f"r{i}" for i in range(n)], "observed": observed,
+        "label": pl.Series(np.where(observed, np.where(flip, 1 - r_star, r_star), None), dtype=pl.Int8),
+        "propensity": 0.5, "rho01": rho01, "rho10": rho10, "prompt_text": "q?", "response_text": "a",
+    })
+    pairs, summary = build_pairs(frame, scheme="ips", clip=None)
+    clean = dict(zip(frame["exposure_id"], r_star.tolist()))
+    target = np.array([(clean[c] - clean[r] + 1) / 2 for c, r in zip(pairs["chosen_exposure_id"], pairs["rejected_exposure_id"])])
+    eps = pairs["flip_probability"].to_numpy()
+    assert len(target) > 10_000 and 0.2 < (target == 0.5).mean() < 0.4  # ties are common
+    delta = torch.tensor(rng.normal(0.5, 1.5, len(target)))  # any scores: the claim holds for each
+    surrogate = pair_loss(delta, torch.zeros_like(delta), kind="bce", flip=torch.tensor(eps)).numpy()
+    truth = base_loss(delta, torch.tensor(target), "bce").numpy()
+    difference = surrogate - truth
+    assert abs(difference.mean()) < 4 * difference.std() / np.sqrt(len(difference))
+    error = (1 - eps) - target  # the mse gradient 2 (q - y): its target's error
+    assert abs(error.mean()) < 4 * error.std() / np.sqrt(len(error))
+    assert summary["expected_tied_share"] == pytest.approx((target == 0.5).mean(), abs=0.02)
+    assert summary["expected_misordered_share"] == pytest.approx((target == 0).mean(), abs=0.01)

@@ -109,3 +109,26 @@ def test_export_and_noise_warn_when_embeddings_vanish_and_a_failing_export_keeps
     assert second["columns"]["embedding_dim"] is None
     assert "had 8-dim embeddings" in second["warnings"][0]
     assert json.loads((out / "manifest.json").read_text())["warnings"] == second["warnings"]
+
+
+def test_failing_score_keeps_the_previous_scores(wh_with_embeddings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from propensity.models import score as score_module
+    from propensity.models.score import score_propensity
+
+    wh = wh_with_embeddings
+    fit_propensity(wh, PropensityConfig(**FAST))
+    before = _tree(wh / "propensity")
+    calls = {"n": 0}
+    real = score_module.score_batch
+
+    def failing_after_one_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise MemoryError("killed half way")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "score_batch", failing_after_one_batch)
+    with pytest.raises(MemoryError):
+        score_propensity(wh, "vote", chunk_rows=1_000)
+    assert calls["n"] == 2 and _tree(wh / "propensity") == before
+    assert [p.name for p in (wh / "propensity").rglob(".*")] == []

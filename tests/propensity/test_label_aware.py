@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from feedback_etl.io import read_feedback
 from propensity.slice.label_aware import (
     LabelAwareConfig,
     build_slice,
@@ -144,7 +145,7 @@ def test_label_aware_weights_remove_the_bias_context_weights_leave(mnar: dict) -
 
 def test_scores_file_follows_its_contract(mnar: dict) -> None:
     scores = read_label_aware_scores(mnar["wh"])
-    feedback = pl.read_parquet(mnar["wh"] / "feedback" / "*" / "*.parquet")
+    feedback = read_feedback(mnar["wh"])
     frame = feedback.select("exposure_id", "observed", "label", "solicited").join(scores, on="exposure_id", suffix="_s")
     assert frame.height == feedback.height == 12_000
     assert frame.filter(pl.col("solicited"))["propensity"].to_list() == [1.0] * int(feedback["solicited"].sum())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rm_train.config import FinetuneConfig
-from rm_train.hf_trainer import CausalRMTrainer, RewardCollator, causalrm_loss, finetune, has_accelerate
+from rm_train.hf_trainer import CausalRMTrainer, RewardCollator, causalrm_loss, finetune
 from rm_train.losses import pointwise_objective
 from rm_train.predict import predict
 from schemas.errors import ConfigError
@@ -34,7 +34,7 @@ def _cfg(backbone: Path, **overrides) -> FinetuneConfig:
 def test_frozen_backbone_is_untouched_and_export_scores(small_dataset: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    metrics = finetune(small_dataset, _cfg(tiny_backbone, freeze_backbone=True), tmp_path / "rm", engine="torch")
+    metrics = finetune(small_dataset, _cfg(tiny_backbone, freeze_backbone=True), tmp_path / "rm")
     assert metrics["n_train_rows"] > 0 and np.isfinite(metrics["train_loss"])
     initial = AutoModel.from_pretrained(tiny_backbone).state_dict()
     tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
@@ -57,7 +57,7 @@ def test_dr_finetune_updates_the_backbone(small_dataset: Path, tiny_backbone: Pa
     frame = pl.read_parquet(small_dataset / "data.parquet")
     imputed = tmp_path / "imputed.parquet"
     pl.DataFrame({"exposure_id": frame["exposure_id"], "reward": np.linspace(0.2, 0.8, frame.height)}).write_parquet(imputed)
-    finetune(small_dataset, _cfg(tiny_backbone, loss="causalrm-dr", imputed=str(imputed)), tmp_path / "rm", engine="torch")
+    finetune(small_dataset, _cfg(tiny_backbone, loss="causalrm-dr", imputed=str(imputed)), tmp_path / "rm")
     initial = AutoModel.from_pretrained(tiny_backbone).state_dict()
     tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").base_model.state_dict()
     changed = [name for name, tensor in tuned.items() if name in initial and not torch.equal(tensor, initial[name])]
@@ -90,19 +90,13 @@ def test_trainer_compute_loss_is_the_causalrm_loss(tiny_backbone: Path) -> None:
 def test_finetune_errors(small_dataset: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs imputed labels"):
         _cfg(tiny_backbone, loss="causalrm-dr")
-    with pytest.raises(ConfigError, match="unknown engine"):
-        finetune(small_dataset, _cfg(tiny_backbone), tmp_path / "x", engine="jax")
-    if not has_accelerate():
-        with pytest.raises(ConfigError, match="needs the accelerate package"):
-            finetune(small_dataset, _cfg(tiny_backbone), tmp_path / "x", engine="trainer")
 
 
 def test_transformers_trainer_engine_trains_and_exports(small_dataset: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     """The real transformers.Trainer subclass (accelerate is a dependency) runs the CausalRM loss."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    assert has_accelerate()
-    metrics = finetune(small_dataset, _cfg(tiny_backbone), tmp_path / "rm", engine="trainer")
+    metrics = finetune(small_dataset, _cfg(tiny_backbone), tmp_path / "rm")
     assert np.isfinite(metrics["train_loss"])
     initial = AutoModel.from_pretrained(tiny_backbone).state_dict()
     tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
@@ -118,7 +112,7 @@ def test_trainer_export_holds_no_pickle_and_a_failed_run_keeps_it(small_dataset:
     import json
 
     out = tmp_path / "rm"
-    finetune(small_dataset, _cfg(tiny_backbone), out, engine="trainer")
+    finetune(small_dataset, _cfg(tiny_backbone), out)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     pickles = [f for f in files if f.endswith((".bin", ".pkl", ".pickle", ".pt", ".pth"))]
     assert pickles == [] and "model.safetensors" in files
@@ -126,7 +120,7 @@ def test_trainer_export_holds_no_pickle_and_a_failed_run_keeps_it(small_dataset:
     assert args["per_device_train_batch_size"] == 16 and args["seed"] == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(Exception, match="cannot load backbone"):
-        finetune(small_dataset, _cfg(tmp_path / "no-such-backbone"), out, engine="trainer")
+        finetune(small_dataset, _cfg(tmp_path / "no-such-backbone"), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
 

@@ -100,3 +100,45 @@ def test_not_a_model_folder(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputFileError, match="neither a causalrm-reward-head config"):
         RewardModel.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def sequence_classifier(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `train --finetune`-shaped folder: tiny BERT with a fresh num_labels=1 head, tokenizer, causalrm_train.json."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("seqcls") / "rm"
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(out)
+    (out / "causalrm_train.json").write_text(json.dumps({"finetune": {"max_length": 48}, "text_template": "{prompt}\n\n{response}"}))
+    return out
+
+
+def test_sequence_classifier_scores_the_template_and_exports(sequence_classifier: Path, text_head_model: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rm_train.hf_export import export
+
+    frame = _pairs(text_head_model[1], 20)
+    prompts, responses = frame["prompt_text"].fill_null("").to_list(), frame["response_text"].fill_null("").to_list()
+    model = RewardModel.load(sequence_classifier, device="cpu", batch_size=6)
+    assert model.kind == "sequence-classifier"
+    scores = np.array(model.score(prompts, responses))
+    tokenizer = AutoTokenizer.from_pretrained(sequence_classifier)
+    tokenizer.truncation_side = "left"
+    reference = AutoModelForSequenceClassification.from_pretrained(sequence_classifier).eval()
+    with torch.no_grad():
+        batch = tokenizer(pair_texts(prompts, responses), truncation=True, max_length=48, padding=True, return_tensors="pt")
+        expected = torch.sigmoid(reference(**batch).logits[:, 0]).numpy()
+    assert np.abs(scores - expected).max() < 1e-5
+    predict(sequence_classifier, text_head_model[1], tmp_path / "preds.parquet", device="cpu")
+    preds = frame.join(pl.read_parquet(tmp_path / "preds.parquet"), on="exposure_id")
+    assert np.abs(preds["reward"].to_numpy() - scores).max() < 1e-5
+    summary = export(sequence_classifier, tmp_path / "hf")
+    assert summary["kind"] == "sequence-classifier" and not summary["trust_remote_code"]
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["causalrm"]["template"] == "{prompt}\n\n{response}" and config["causalrm"]["max_length"] == 48
