@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 
-.PHONY: install demo test bench docs cli-docs clean
+.PHONY: install demo test bench docs cli-docs mutation clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ docs: $(STAMP)
 # docs/cli.md, every command and option, generated from the typer app (tests/test_docs.py checks it).
 cli-docs: $(STAMP)
 	$(VENV)/bin/typer cli.py utils docs --name causalrm --title "CLI reference" --output docs/cli.md
+
+# Mutation testing (issue 22): a benchmark, not part of `make test` (about an hour on 2 cores).
+mutation: $(STAMP)
+	nice -n 15 $(PY) benchmarks/mutation/run.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache site

@@ -231,6 +231,7 @@ def simulate(
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the shared datasets (default: $CAUSALRM_SHARED_DATA, else ../shared/data).")] = None,
     teacher: Annotated[Teacher, typer.Option(help="How r* follows the text: ngram (ridge on word n-grams) or embedding (ridge on MiniLM vectors: learnable from them).")] = Teacher.NGRAM,
     teacher_cache: Annotated[Optional[Path], typer.Option(help="embedding teacher: the `causalrm embed --cache` folder to share encodings with.")] = None,
+    extra_context: Annotated[bool, typer.Option("--extra-context", help="Log custom context columns that drive selection (plan_tier, app_version, turn); ingest them with --keep-extra-columns or a [features] table (docs/features.md).")] = False,
 ) -> None:
     """Simulate production feedback logs with known truth (the CausalRM paper's protocol)."""
     from feedback_etl.simulator import SimulationConfig, simulate as run_simulation
@@ -240,7 +241,7 @@ def simulate(
             out=str(out_dir), n_exposures=n_exposures, alpha=alpha, obs_rate=obs_rate, rho01=rho01, rho10=rho10,
             texts=texts.value, messiness=messiness, randomized_slice=randomized_slice, label_effect=label_effect, format=fmt.value,
             seed=seed, data_dir=str(data_dir) if data_dir else None, teacher=teacher.value,
-            teacher_cache=str(teacher_cache) if teacher_cache else None,
+            teacher_cache=str(teacher_cache) if teacher_cache else None, extra_context=extra_context,
         )
         summary = run_simulation(cfg, progress=sys.stderr.isatty())
     except CausalRMError as exc:
@@ -274,6 +275,8 @@ def ingest(
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Commit a run that accepts no event (exit 0 with a warning); by default such a run fails with its likely cause and writes nothing.")] = False,
     annotations_out: Annotated[Optional[Path], typer.Option(help="langfuse / langsmith / openai-chat: write every feedback record (comment, correction, origin, role) to this .parquet, .csv or .jsonl file.")] = None,
     audit_out: Annotated[Optional[Path], typer.Option(help="langfuse / langsmith: write the gold labels (Langfuse ANNOTATION scores, LangSmith audit_keys) as an audit file (exposure_id, true_label) for `causalrm noise estimate --method audit --audit FILE`.")] = None,
+    keep_extra_columns: Annotated[bool, typer.Option("--keep-extra-columns", help="canonical source: keep every extra raw-event column as a custom context feature of the feedback table (type inferred; docs/features.md).")] = False,
+    max_feature_levels: Annotated[int, typer.Option(min=2, help="Most distinct values a categorical custom feature may hold (more is an id: an error for a declared column, a warning and no column for an extra one).")] = 1000,
 ) -> None:
     """Ingest raw interaction logs into a warehouse: staged events, rejects and the feedback table."""
     from feedback_etl.ingest import IngestConfig, ingest as run_ingest
@@ -285,6 +288,7 @@ def ingest(
             inputs=tuple(str(p) for p in inputs), warehouse=str(warehouse), source=source.value,
             mapping=str(mapping) if mapping else None, window=window, rating_threshold=rating_threshold,
             force=force, memory_limit=memory_limit, threads=threads, engine=engine.value, allow_empty=allow_empty,
+            keep_extra_columns=keep_extra_columns, max_feature_levels=max_feature_levels,
         )
         if not privacy.pseudonymized:
             err.print(
@@ -452,9 +456,12 @@ def propensity_fit(
     n_jobs: Annotated[Optional[int], typer.Option("--n-jobs", hidden=True, help="Deprecated: --threads.")] = None,
     max_rows: Annotated[Optional[int], typer.Option(min=1000, help="Feedback rows the fit may hold in memory (default: what --memory-limit allows). A larger table is fitted on all observed rows plus a uniform sample of the others, corrected exactly, and scored in batches; recorded in metrics.json.")] = None,
     memory_limit: Annotated[str, typer.Option(help="Memory budget of the fit (e.g. 4GB, 512MB); sets the default --max-rows.")] = "4GB",
+    features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns to use (default: the contract's context and user-history columns plus every custom feature column; docs/features.md).")] = None,
+    exclude_features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns to leave out.")] = None,
 ) -> None:
     """Fit cross-fitted, calibrated propensities P(feedback | exposure) and write WH/propensity/
     (scores.parquet, metrics.json, models/<channel>/)."""
+    from propensity.models.custom_features import parse_feature_list
     from propensity.models.fit import PropensityConfig, fit_propensity
 
     if n_jobs is not None:
@@ -465,6 +472,8 @@ def propensity_fit(
                 channel=name, model=model.value, folds=folds, calibration=calibration.value, clip=clip, seed=seed,
                 use_embeddings=embeddings, n_jobs=threads or n_jobs or 0, device=device.value,
                 max_rows=max_rows, memory_limit=memory_limit,
+                features=parse_feature_list(features, where="--features"),
+                exclude_features=parse_feature_list(exclude_features, where="--exclude-features") or (),
             )
             result = fit_propensity(warehouse, cfg, progress=sys.stderr.isatty())
             m, c, w = result.metrics, result.clip, result.metrics["weights"]
@@ -954,6 +963,9 @@ def _argv(section: str, path: tuple[str, ...], table: dict, warehouse: str | Non
                 argv.append(flag)
             elif option.secondary_opts:
                 argv.append(option.secondary_opts[0])
+        elif isinstance(value, list):  # a repeatable option: `channel = ["vote", "copy"]`
+            for item in value:
+                argv += [flag, str(item)]
         elif value is not None:
             argv += [flag, str(value)]
     return argv

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis profiles (issue 22): `ci` is derandomized (the same examples on every run, no example
+# database), used when CI=true; `bench` runs many more examples (HYPOTHESIS_PROFILE=bench);
+# `dev` (default elsewhere) explores new random examples each run. Tests set no max_examples.
+settings.register_profile("ci", derandomize=True, database=None, max_examples=20, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=20, deadline=None)
+settings.register_profile("bench", max_examples=400, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev"))
 
 from feedback_etl.simulator import SimulationConfig, simulate
 from feedback_etl.texts import find_shared_data

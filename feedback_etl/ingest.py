@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import duckdb
 
-from feedback_etl import io
+from feedback_etl import features, io
 from feedback_etl.mapping import FieldMapping, load_mapping
 from feedback_etl.run_checks import check_run
 from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
@@ -81,6 +81,8 @@ _EVENT_COLUMNS: dict[str, str] = {
     "response_id": "VARCHAR", "model_id": "VARCHAR", "prompt_text": "VARCHAR", "response_text": "VARCHAR",
     "position": "INTEGER", "platform": "VARCHAR", "locale": "VARCHAR", "latency_ms": "DOUBLE",
     "solicited": "BOOLEAN", "source_file": "VARCHAR", "row_number": "BIGINT",
+    # Custom context columns' raw values, a JSON object (issue 17; null without features).
+    "context": "VARCHAR",
 }
 
 
@@ -135,6 +137,9 @@ class IngestConfig:
     batch_rows: int = 1_000_000
     engine: str = "duckdb"
     allow_empty: bool = False
+    # Custom context columns (issue 17, docs/features.md): extra raw-event columns become features.
+    keep_extra_columns: bool = False
+    max_feature_levels: int = 1000
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, (str, Path)) or not self.inputs:
@@ -147,6 +152,7 @@ class IngestConfig:
             (self.batch_rows >= 1000, "batch_rows must be >= 1000", "ingest config"),
             (0 < self.rating_threshold < float("inf"), "rating_threshold must be a positive number", "--rating-threshold"),
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}", "--engine"),
+            (self.max_feature_levels >= 2, "max_feature_levels must be >= 2", "--max-feature-levels"),
         ]
         for ok, message, where in checks:
             if not ok:
@@ -230,10 +236,13 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     warehouse = Path(cfg.warehouse)
     mapping = load_mapping(cfg.mapping)
     files = discover_inputs(cfg.inputs, cfg.source)
+    features.check_engine(cfg.engine, mapping, cfg.keep_extra_columns)
     if cfg.engine == "spark":
         _engine_plugin(cfg.engine).check_supported(cfg, files, typed_hook)
     with duckdb.connect() as probe:
         unknown_columns = preflight(probe, files, cfg.source, mapping)
+    if cfg.keep_extra_columns:
+        mapping, _ = features.with_extra_columns(mapping, unknown_columns)
     digests = {f.path: _sha256(f.path) for f in files}
     existed = warehouse.exists()
     try:
@@ -323,6 +332,7 @@ def _run(
             rows = counts.pop("_rows_per_file")
             sources = counts.pop("_source_rows_per_file")
             rejected_by_file, reject_details = counts.pop("_rejected_by_file", {}), counts.pop("_reject_details", {})
+            adapter_warnings = counts.pop("_adapter_warnings", [])
             record.update(counts, timings_s=steps.timings)
             for f, entry in zip(files, file_entries):
                 if entry["status"] == "ingested":
@@ -332,7 +342,7 @@ def _run(
             # No silent zero (issue 18): an empty run raises here, before anything is committed.
             record["warnings"] = check_run(
                 record, source=cfg.source, allow_empty=cfg.allow_empty, rejected_by_file=rejected_by_file, reject_details=reject_details
-            )
+            ) + adapter_warnings
         record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # Commit: one Delta version per changed table, then the manifest naming them (the
         # warehouse's commit point: readers follow it; see feedback_etl.warehouse).
@@ -455,7 +465,12 @@ def _pipeline(
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
     steps.run("marts/feedback", lambda: run_sql(conn, "marts/feedback", {"window": window}, into="feedback_mart"))
-    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows))
+    wanted = features.resolve_features(mapping, tables.get("features"))
+    kept, feature_warnings = steps.run(
+        "features", lambda: features.add_feature_columns(conn, wanted, max_levels=cfg.max_feature_levels)
+    )
+    types = {name: spec["type"] for name, spec in kept.items()}
+    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types))
 
     totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
     new_tables = {
@@ -464,8 +479,11 @@ def _pipeline(
         "feedback": summary["exposures"],
         "feedback_window_seconds": cfg.window_seconds,
         "feedback_summary": summary,
+        "features": {name: {"type": spec["type"], "source": spec["source"]} for name, spec in kept.items()},
     }
     counts["feedback"] = {"rebuilt": True, **summary}
+    counts["features"] = kept
+    counts["_adapter_warnings"] = [*counts.get("_adapter_warnings", []), *feature_warnings]
     if hook_report is not None:
         counts["privacy"] = hook_report
     return counts, new_tables
@@ -492,6 +510,7 @@ def stage(
             conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {part}')
             try:
                 run_sql(conn, "staging/stg_events_typed", into="typed_events", append=k > 0)
+                features.capture_context(conn, append=k > 0)  # custom context columns (issue 17)
             except duckdb.Error as exc:
                 where = str(files[k].path) if len(parts) == len(files) else ", ".join(str(f.path) for f in files[:3])
                 raise InputFileError(
@@ -506,6 +525,7 @@ def stage(
     steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
     steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
     steps.run("stg_new_events", lambda: run_sql(conn, "staging/stg_new_events", into="new_events"))
+    steps.run("context", lambda: features.attach_context(conn))
     steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
     return hook_report
 
@@ -515,8 +535,11 @@ def register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) 
 
     DuckDB scans the committed version's files as an Arrow dataset: a literal file list, so no
     warehouse name is ever read as a pattern (issue 16)."""
-    columns = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
     events = snapshot(warehouse, "events")
+    present = set(events.schema.names) if events is not None else set()
+    # A table written before custom features (issue 17) has no context column: null there.
+    sources = {name: "NULL" if name == "context" and name not in present else f'"{name}"' for name in _EVENT_COLUMNS}
+    columns = ", ".join(f'CAST({sources[name]} AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
     if events is not None and events.files:
         conn.register("warehouse_events_files", events.dataset())
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {columns} FROM "warehouse_events_files"')
@@ -558,6 +581,8 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
     for source_file, reason, n in conn.execute('SELECT "source_file", "reason", COUNT(*) FROM "rejects" GROUP BY 1, 2').fetchall():
         rejected_by_file.setdefault(str(source_file), {})[str(reason)] = int(n)
     reject_details = {str(r): str(d) for r, d in conn.execute('SELECT "reason", MIN("detail") FROM "rejects" GROUP BY 1').fetchall()}
+    adapter_warnings = [str(m) for (m,) in conn.execute('SELECT "message" FROM "adapter_warnings"').fetchall()] if _has_relation(
+        conn, "adapter_warnings") else []
     source_rows = None
     if source_relations:
         union = " UNION ALL ".join(f'SELECT "file_index" FROM "{name}"' for name in source_relations)
@@ -574,7 +599,15 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
         "_source_rows_per_file": None if source_rows is None else {int(k): int(v) for k, v in source_rows.items()},
         "_rejected_by_file": rejected_by_file,
         "_reject_details": reject_details,
+        "_adapter_warnings": adapter_warnings,
     }
+
+
+def _has_relation(conn, name: str) -> bool:
+    """Whether a temp table or view ``name`` exists (DuckDB; the Spark engine runs no adapter)."""
+    if not isinstance(conn, duckdb.DuckDBPyConnection):
+        return False
+    return bool(conn.execute("SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
 
 
 def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, table: str) -> None:
@@ -586,7 +619,7 @@ def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, tabl
         raise TableValidationError(table, len(repeated), f"{key} not unique: {repeated}")
 
 
-def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int) -> dict:
+def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int, types: dict[str, str] | None = None) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
     Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is a frame
@@ -596,7 +629,7 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
     table first. Memory stays bounded by one batch (or the largest day).
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
-    write.set_schema(io.to_arrow(io.validate_feedback(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl())).schema)
+    write.set_schema(io.to_arrow(features.validate_feedback(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl(), types)).schema)
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
@@ -613,7 +646,7 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
             'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last',
             params={"first": days[0], "last": days[-1]},
         ).pl()
-        write.write(io.to_arrow(io.validate_feedback(frame).sort("exposure_id")))
+        write.write(io.to_arrow(features.validate_feedback(frame, types).sort("exposure_id")))
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'

@@ -64,7 +64,12 @@ DEFAULT_CATEGORIES: dict[str, str] = {
 LANGFUSE_SOURCES: tuple[str, ...] = ("API", "ANNOTATION", "EVAL")
 DEFAULT_ORGANIC_SOURCES: tuple[str, ...] = ("API",)
 DEFAULT_AUDIT_SOURCES: tuple[str, ...] = ("ANNOTATION",)
-_SECTIONS = {"fields", "event_types", "langfuse", "langsmith", "openai"}
+_SECTIONS = {"fields", "event_types", "langfuse", "langsmith", "openai", "features"}
+# Types of a custom context column declared in a [features] table (issue 17, docs/features.md).
+FEATURE_TYPES: tuple[str, ...] = ("categorical", "numeric", "boolean")
+FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# The WH/events column holding the custom features' raw values (feedback_etl.features).
+CONTEXT_COLUMN = "context"
 
 
 def check_source_column(name: object, *, where: str) -> str:
@@ -120,6 +125,8 @@ class FieldMapping:
     organic_sources: tuple[str, ...] = DEFAULT_ORGANIC_SOURCES
     audit_sources: tuple[str, ...] = DEFAULT_AUDIT_SOURCES
     audit_keys: tuple[str, ...] = ()
+    # Custom context columns (issue 17): feature name -> (type, source column or dotted path).
+    features: TypingMapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     path: str | None = None
     sha256: str | None = None
 
@@ -199,6 +206,7 @@ class FieldMapping:
             "organic_sources": list(self.organic_sources),
             "audit_sources": list(self.audit_sources),
             "audit_keys": list(self.audit_keys),
+            "features": {name: {"type": kind, "source": source} for name, (kind, source) in self.features.items()},
         }
 
 
@@ -255,9 +263,10 @@ def load_mapping(path: str | Path | None) -> FieldMapping:
         score_channels=MappingProxyType(dict(langfuse.get("scores", DEFAULT_SCORE_CHANNELS))),
         feedback_channels=MappingProxyType(dict(langsmith.get("feedback", DEFAULT_FEEDBACK_CHANNELS))),
         categories=MappingProxyType(categories),
-        organic_sources=tuple(langfuse.get("organic_sources", DEFAULT_ORGANIC_SOURCES)),
-        audit_sources=tuple(langfuse.get("audit_sources", DEFAULT_AUDIT_SOURCES)),
+        organic_sources=tuple(s.upper() for s in langfuse.get("organic_sources", DEFAULT_ORGANIC_SOURCES)),
+        audit_sources=tuple(s.upper() for s in langfuse.get("audit_sources", DEFAULT_AUDIT_SOURCES)),
         audit_keys=tuple(langsmith.get("audit_keys", ())),
+        features=MappingProxyType(_features_table(doc.get("features", {}), path)),
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
@@ -275,3 +284,59 @@ def _source_table(doc: dict, name: str, keys: dict[str, type], path: Path) -> di
     if not ok:
         raise ConfigError(f"the {name} table may only hold {shape}", where=str(path), fix="see docs/sources.md for the mapping file")
     return table
+
+
+def _features_table(table: object, path: Path) -> dict[str, tuple[str, str]]:
+    """The ``[features]`` table: ``name = "categorical"`` or ``name = {type = "numeric", source = "a.b"}``.
+
+    Names and types are checked in :func:`feedback_etl.features.check_feature_name`; here only the shape.
+    """
+    where = f"{path}, features table"
+    if not isinstance(table, dict):
+        raise ConfigError("the features table must map column names to a type", where=str(path), fix="see docs/features.md")
+    features: dict[str, tuple[str, str]] = {}
+    for name, value in table.items():
+        check_feature_name(name, where=where)
+        if isinstance(value, dict) and not set(value) - {"type", "source"} and "type" in value:
+            kind, source = value["type"], value.get("source", name)
+        elif isinstance(value, str):
+            kind, source = value, name
+        else:
+            raise ConfigError(
+                f"features table: {name!r} must be a type or {{type = ..., source = ...}}",
+                where=where,
+                fix=f'write {name} = "categorical" (or numeric, boolean), or {name} = {{type = "numeric", source = "meta.{name}"}}',
+            )
+        if kind not in FEATURE_TYPES:
+            raise ConfigError(
+                f"features table: column {name!r} has type {kind!r}",
+                where=where,
+                fix=f"declare it {' | '.join(FEATURE_TYPES)}",
+            )
+        features[name] = (kind, check_source_column(source, where=f"{where}, column {name}"))
+    return features
+
+
+def contract_columns() -> list[str]:
+    """The feedback table's contract columns (``schemas.feedback.FeedbackTable``), in order."""
+    from schemas.feedback import FeedbackTable
+
+    return list(FeedbackTable.to_schema().columns)
+
+
+def check_feature_name(name: object, *, where: str) -> str:
+    """``name`` if it can be a feedback-table column (an identifier, not a contract column)."""
+    if not isinstance(name, str) or not FEATURE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"feature name {name!r} is not allowed",
+            where=where,
+            fix="name a feature with 1-64 letters, digits or '_', starting with a letter or '_' "
+            "(give the raw column as source = \"...\" when it is spelled otherwise)",
+        )
+    if name in contract_columns() or name == CONTEXT_COLUMN:
+        raise ConfigError(
+            f"feature name {name!r} is a column of the feedback table already",
+            where=where,
+            fix="canonical columns are used as features anyway; rename the custom one (and give source = ...)",
+        )
+    return name

@@ -6,7 +6,10 @@ Per exposure i (one response shown to one user):
 * propensity p_i = c * alpha ** (max r* - r*_i) * m(context_i) * label_effect ** y_true_i, clipped to
   [0.001, 0.98] (label_effect = 1 by default: selection on r* and context only), with c
   solved so that the mean observation rate is ``obs_rate`` (the paper's selection model), and m a
-  context modulation by platform, position and response length (``context_effects``);
+  context modulation by platform, position and response length (``context_effects``) and, with
+  ``extra_context``, by three custom context columns the canonical contract lacks: ``plan_tier``
+  and ``app_version`` (per user) and ``turn`` (per exposure) -- declare them in a mapping's
+  ``[features]`` table or ingest with ``--keep-extra-columns`` (issue 17, docs/features.md);
 * observed o_i ~ Bernoulli(p_i) (always 1 on a randomized, solicited slice);
 * observed label r_i = y_true_i flipped with rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0);
 * implicit channels copy / regenerate / share with their own reward-dependent propensities.
@@ -60,6 +63,13 @@ PLATFORMS = np.array(["web", "ios", "android"], dtype=object)
 PLATFORM_FACTOR = np.array([1.25, 0.9, 0.75])
 LOCALES = np.array(["en-US", "en-GB", "de-DE", "fr-FR", "es-ES"], dtype=object)
 MODELS = np.array(["m-small", "m-base", "m-large"], dtype=object)
+# Custom context columns (issue 17, ``extra_context``): logged by the product, not in the canonical
+# columns, and driving who votes. Per user: a plan tier and an app version; per exposure: the turn.
+PLAN_TIERS = np.array(["free", "plus", "pro"], dtype=object)
+PLAN_TIER_FACTOR = np.array([0.4, 1.0, 2.5])
+APP_VERSIONS = np.array(["1.9", "2.4", "3.1"], dtype=object)
+APP_VERSION_FACTOR = np.array([0.5, 1.0, 2.0])
+TURN_FACTOR = 1.15  # per turn after the first (turns 1..8)
 START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 _US = 1_000_000
 
@@ -83,6 +93,8 @@ class SimulationConfig:
     randomized_slice: float = 0.0
     label_effect: float = 1.0
     context_effects: bool = True
+    # Off by default: the events (and every seeded number) of a config without it stay as they were.
+    extra_context: bool = False
     format: str = "parquet"
     chunk_size: int = 100_000
     data_dir: str | None = None
@@ -154,6 +166,10 @@ class _World:
         # Heavy-tailed activity: a few users see many answers, most see a handful.
         activity = rng.pareto(1.5, n_users) + 1.0
         self.user_p = activity / activity.sum()
+        if cfg.extra_context:  # its own stream: turning it on changes no other draw
+            extra = np.random.default_rng([cfg.seed, 13])
+            self.user_plan = extra.choice(len(PLAN_TIERS), n_users, p=[0.6, 0.3, 0.1])
+            self.user_app = extra.choice(len(APP_VERSIONS), n_users, p=[0.2, 0.3, 0.5])
         self.max_r = float(self.pool.r_star.max())
         lengths = np.array([len(t) for t in self.pool.response_text], dtype=np.float64)
         self.log_len_z = (np.log1p(lengths) - np.log1p(lengths).mean()) / (np.log1p(lengths).std() + 1e-12)
@@ -175,7 +191,12 @@ class _World:
         base = base * cfg.label_effect ** y_true
         if cfg.context_effects:
             base = base * PLATFORM_FACTOR[self.user_platform[user]] * 0.85**position * np.exp(-0.15 * self.log_len_z[item])
-        return {"item": item, "user": user, "position": position, "model": model, "r_star": r_star, "y_true": y_true, "_base": base}
+        draw = {"item": item, "user": user, "position": position, "model": model, "r_star": r_star, "y_true": y_true}
+        if cfg.extra_context:
+            turn = np.random.default_rng([cfg.seed, 17, start]).integers(1, 9, n)
+            base = base * PLAN_TIER_FACTOR[self.user_plan[user]] * APP_VERSION_FACTOR[self.user_app[user]] * TURN_FACTOR ** (turn - 1)
+            draw["turn"] = turn
+        return {**draw, "_base": base}
 
 
 def _iso(micros: np.ndarray) -> pl.Series:
@@ -265,6 +286,12 @@ def _chunk(world: _World, chunk_index: int, start: int, stop: int, counts: _Coun
             "solicited": solicited,
         }
     )
+    if cfg.extra_context:
+        impressions = impressions.with_columns(
+            plan_tier=pl.Series(PLAN_TIERS[world.user_plan[user]], dtype=pl.Utf8),
+            app_version=pl.Series(APP_VERSIONS[world.user_app[user]], dtype=pl.Utf8),
+            turn=pl.Series(draw["turn"], dtype=pl.Int32),
+        )
     events = pl.concat([impressions, feedback], how="diagonal")
 
     # Exact duplicates (at-least-once delivery): same event_id, same payload.

@@ -15,8 +15,10 @@ Readers keep every input row, so reconciliation can count them:
   (their ``row_number`` is the file line); other rows are numbered by record (1 = first data row).
 
 Source adapters (``sql/adapters/*.sql``) reduce other formats to the same relation: ``oasst``
-(message trees), ``langfuse`` (traces with scores), ``ratings`` (a user x item matrix or
-``user_id,item_id,rating`` triples). For them a "row" is a canonical event the adapter emits (plus
+(message trees), ``ratings`` (a user x item matrix or ``user_id,item_id,rating`` triples), and the
+tracing / chat-log exports of :data:`EXPORT_ADAPTERS` (issue 18: ``langfuse`` traces, scores and
+observations as the public API returns them; ``langsmith`` runs and feedback; ``openai-chat``
+stored chat completions and a feedback file; see docs/sources.md). For them a "row" is a canonical event the adapter emits (plus
 one per source record it cannot parse); the manifest also records the source records read.
 
 File paths and validated source column names are the only things pasted into SQL text, because
@@ -36,8 +38,9 @@ from pathlib import Path
 import duckdb
 
 from feedback_etl.mapping import FieldMapping, json_path, path_segments
+from feedback_etl.features import context_sql, jsonl_reference
 from feedback_etl.paths import engine_file
-from feedback_etl.sqlfiles import run_sql
+from feedback_etl.sqlfiles import SQL_DIR, run_sql
 from schemas.errors import ConfigError, InputFileError
 from schemas.raw_event import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
 
@@ -429,6 +432,9 @@ def run_adapter_sql(conn: duckdb.DuckDBPyConnection, source: str, mapping: Field
     run_sql(conn, f"adapters/{name}_records", into=f"{name}_records")
     run_sql(conn, f"adapters/{name}_feedback", into="source_feedback")
     run_sql(conn, f"adapters/{name}", params, into="adapter_events")
+    # Warnings the adapter can tell (read by ingest.reconcile into the run's warnings).
+    if (SQL_DIR / "adapters" / f"{name}_checks.sql").is_file():
+        run_sql(conn, f"adapters/{name}_checks", into="adapter_warnings")
 
 
 def _lookup_table(conn: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows) -> None:
@@ -648,6 +654,10 @@ def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fiel
         columns = [r[0] for r in conn.execute(f"DESCRIBE {reader}").fetchall() if r[0] != "record_number"]
         row_number = '"record_number"'
     selected = ", ".join(f"{_column_reference(mapping.column(c), columns, f.format)} AS {_identifier(c)}" for c in CANONICAL_COLUMNS)
+    # Custom context columns (issue 17): their raw values as one JSON object, kept beside the event.
+    context = context_sql(mapping, lambda source: _column_reference(source, columns, f.format))
+    if context is not None:
+        selected += f', {context} AS "context"'
     packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in columns)
     head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file"'
     nested = _nested_column(conn, f, mapping, columns) if f.format == "parquet" else "CAST(NULL AS VARCHAR)"
@@ -704,11 +714,15 @@ def _canonical_jsonl(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fie
     """One JSON Lines file: parse each line once, pull every canonical field as text."""
     paths = ", ".join(_literal(json_path(mapping.column(c))) for c in CANONICAL_COLUMNS)
     fields = ", ".join(f'"values"[{k + 1}] AS {_identifier(c)}' for k, c in enumerate(CANONICAL_COLUMNS))
-    # An object or array where a canonical column wants a scalar is a bad_value (issue 16), told
-    # from a string that merely starts with { or [ by json_type, asked only on such rows.
+    context = context_sql(mapping, jsonl_reference)
+    if context is not None:  # custom context columns (issue 17)
+        fields += f', CASE WHEN "parse_ok" THEN {context} END AS "context"'
+    # An object or array where a canonical column wants a scalar is a bad_value (issue 16). json_type
+    # parses the line a second time, so it is asked only on lines holding a [ or a second {: a
+    # memchr-speed test (a list lambda over the values cost 60% of the parse).
     names = "[" + ", ".join(_literal(c) for c in CANONICAL_COLUMNS) + "]"
     nested = (
-        f"""CASE WHEN "parse_ok" AND list_bool_or(list_transform("values", lambda v: left(v, 1) IN ('{{', '[')))
+        f"""CASE WHEN "parse_ok" AND (strpos("record", '[') > 0 OR strpos(substr("record", 2), '{{') > 0)
                THEN {names}[list_position(list_transform(json_type("record", [{paths}]), lambda t: t IN ('OBJECT', 'ARRAY')), true)]
            END"""
     )

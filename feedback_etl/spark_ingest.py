@@ -217,6 +217,9 @@ def _pipeline(
     steps.run("stg_impression_losers", lambda: run("staging/stg_impression_losers", view="impression_losers"))
     steps.run("stg_orphans", lambda: run("staging/stg_orphans", view="orphans"))
     new_events = steps.run("stg_new_events", lambda: run("staging/stg_new_events", view="new_events"))
+    # WH/events carries custom context columns (issue 17); this engine refuses them, so it is null.
+    new_events = new_events.selectExpr("*", "CAST(NULL AS STRING) AS `context`")
+    new_events.createOrReplaceTempView("new_events")
     rejects = steps.run("stg_rejects", lambda: run("staging/stg_rejects", {"run_id": run_id}, view="rejects"))
 
     counts = steps.run("reconcile", lambda: reconcile(_SparkConnection(spark), []))
@@ -463,18 +466,38 @@ def _parquet_nested_column(frame: "DataFrame", mapping: FieldMapping, columns: l
             if isinstance(frame.schema[name].dataType, nested_types):
                 branches.append((_quoted(name).isNotNull(), c))
         elif rest and head in columns and isinstance(frame.schema[head].dataType, nested_types):
-            branches.append((_is_json_container(F.to_json(_quoted(head)), rest), c))
+            branches.append((_is_json_container(F.to_json(_quoted(head)), rest, _parquet_column(frame, name, columns)), c))
     if not branches:
         return F.lit(None).cast("string")
     return F.coalesce(*[F.when(condition, F.lit(c)) for condition, c in branches])
 
 
-def _is_json_container(json_text: "Column", keys: list[str] | tuple[str, ...]) -> "Column":
-    """Whether the value at ``keys`` of a JSON text is an object or an array (DuckDB's json_type)."""
-    from pyspark.sql import functions as F
+def _is_json_container(json_text: "Column", keys: list[str] | tuple[str, ...], value: "Column") -> "Column":
+    """Whether ``value``, read as text at ``keys`` of ``json_text``, was a JSON object or array there
+    (DuckDB's ``json_type``), not a string that starts with { or [.
 
-    variant = F.call_function("variant_get", F.call_function("try_parse_json", json_text), F.lit(_spark_json_path(keys)))
-    return F.call_function("schema_of_variant", variant).rlike("^(OBJECT|ARRAY)")
+    Only such values are looked at again: the text is parsed with a schema holding just that key,
+    typed as a map (for ``{``) or an array (for ``[``); a string there does not convert and gives
+    NULL. One small Jackson parse per suspicious value, nothing for the others.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    def at_keys(kind: "T.DataType") -> "Column":
+        schema = kind
+        for key in reversed(keys):
+            schema = T.StructType([T.StructField(key, schema)])
+        parsed = F.from_json(json_text, schema, {"mode": "PERMISSIVE", "allowNonNumericNumbers": "true"})
+        for key in keys:
+            parsed = parsed.getField(key)
+        return parsed.isNotNull()
+
+    first = F.substring(value, 1, 1)
+    return (
+        F.when(first == "{", at_keys(T.MapType(T.StringType(), T.StringType())))
+        .when(first == "[", at_keys(T.ArrayType(T.StringType())))
+        .otherwise(F.lit(False))
+    )
 
 
 def _parquet_column(frame: "DataFrame", name: str, columns: list[str]) -> "Column":
@@ -549,11 +572,11 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
     ]
     fields = [value.alias(c) for value, c in zip(values, CANONICAL_COLUMNS)]
     payload_type = "STRUCT<none: STRING>"  # never serialised: payload_text holds the raw line
-    # An object or array where a canonical column wants a scalar is a bad_value (issue 16): the
-    # line is parsed again (as a VARIANT) only when a value starts with { or [, as DuckDB does.
-    suspicious = reduce(lambda a, b: a | b, [F.substring(value, 1, 1).isin("{", "[") for value in values])
-    kinds = [F.when(_is_json_container(F.col("line"), path_segments(sources[c])), F.lit(c)) for c in CANONICAL_COLUMNS]
-    nested = F.when(parse_ok & suspicious, F.coalesce(*kinds))
+    # An object or array where a canonical column wants a scalar is a bad_value (issue 16), told
+    # from a string that merely starts with { or [ by a second look at such values only.
+    kinds = [F.when(_is_json_container(F.col("line"), path_segments(sources[c]), value), F.lit(c))
+             for value, c in zip(values, CANONICAL_COLUMNS)]
+    nested = F.when(parse_ok, F.coalesce(*kinds))
     return numbered.select(
         *_head(f),
         "row_number",

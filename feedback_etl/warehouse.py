@@ -263,9 +263,9 @@ class Snapshot:
         """A ``pyarrow.dataset.Dataset`` over exactly this version's files (no pattern, no listing)."""
         import pyarrow.dataset as ds
 
-        if not self.files:
-            return ds.dataset([], format="parquet", schema=self.schema)
-        return ds.dataset([str(f) for f in self.files], format="parquet")
+        # The table's schema, not the first file's: files of older runs lack columns added since
+        # (read as nulls), and both engines' string types read as one.
+        return ds.dataset([str(f) for f in self.files], format="parquet", schema=self.schema)
 
 
 def parse_version(version: int | str | datetime | None) -> int | datetime | None:
@@ -491,7 +491,15 @@ def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
         with literal_paths() as links:
             uri = str(links.folder(path))
             if exists:
-                DeltaTable(uri).create_write_transaction(actions, write.mode, write.schema, commit_properties=note)
+                delta = DeltaTable(uri)
+                current = pa.schema(delta.schema().to_arrow())
+                added = [f for f in write.schema if f.name not in current.names]
+                if added:  # a newer causalrm writes a column more: widen the table first (older rows read null)
+                    from deltalake import Schema
+
+                    delta.alter.add_columns(Schema.from_arrow(pa.schema(added)).fields, commit_properties=note)
+                    delta = DeltaTable(uri)
+                delta.create_write_transaction(actions, write.mode, write.schema, commit_properties=note)
             else:
                 from deltalake import Schema
 

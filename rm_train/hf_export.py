@@ -58,8 +58,11 @@ def _finish(staging: Path, out: Path) -> None:
 def _export_head(model: RewardModel, staging: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from rm_train.hf_modeling_template import CausalRMForSequenceClassification
+
+    hf_logging.disable_progress_bar()
 
     model.require_text_scoring()  # one clear error for heads that read other features
     meta = model.embedding

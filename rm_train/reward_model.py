@@ -103,6 +103,8 @@ def embedding_model_path(meta: dict[str, Any]) -> str:
         return str(path)
     if str(meta.get("model", "")).startswith("all-MiniLM-L6-v2"):
         return default_model_path()
+    if path and not Path(path).is_absolute():
+        return str(path)  # a hub id (`causalrm embed --model org/name`): transformers' cache may hold it
     raise InputFileError(f"the embedding model {path!r} the head was trained on is not on this machine",
                          where="config.json: embedding.model_path",
                          fix="install it at that path, or edit config.json's embedding.model_path to where it is")
@@ -148,14 +150,15 @@ class _HeadScorer:
             if self._encoder is None:
                 meta = self.embedding
                 device = self.device.type
-                self._encoder = text_encoder(
+                encoder = text_encoder(
                     embedding_model_path(meta), pooling=meta.get("pooling"), normalize=bool(meta.get("normalize")),
                     max_length=meta.get("max_length"), device=device,
                     batch_size=self.batch_size or (512 if device == "cuda" else 64))
-                if self._encoder.dim != self.spec.embedding_dim:
+                if encoder.dim != self.spec.embedding_dim:
                     raise InputFileError(
-                        f"the embedding model gives {self._encoder.dim}-dim vectors, the head reads {self.spec.embedding_dim}",
+                        f"the embedding model gives {encoder.dim}-dim vectors, the head reads {self.spec.embedding_dim}",
                         where="config.json: embedding", fix="point embedding.model_path at the model the data was embedded with")
+                self._encoder = encoder
         return self._encoder.encode(texts)
 
     @torch.no_grad()

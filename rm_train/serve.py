@@ -321,6 +321,9 @@ def serve(model_dir: str, cfg: ServeConfig, *, device: str = "auto", announce=No
     model.score(["warm-up"], ["loads the embedding model now; a head that cannot score text fails here"])
     message = (f"serving {model_dir} ({model.kind}) on http://{cfg.host}:{cfg.port} "
                f"(OpenRLHF: --reward.remote_url http://{cfg.host}:{cfg.port}/get_reward)")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        # The server has no authentication: anyone who reaches the port can use the model.
+        message += f"; warning: {cfg.host} is reachable from other machines and the server has no authentication"
     log.info(message)
     if announce is not None:
         announce(message)

@@ -342,6 +342,7 @@ def _prepare_rows(frame: pl.DataFrame, cfg: TrainConfig, spec: FeatureSpec | Non
                                     categorical=cfg.categorical_features, ids=cfg.id_features)
     prepared: dict[str, Any] = {"spec": spec, "n_train_exposures": train.height, "n_val_exposures": val.height,
                                 "n_observed_train": int(train["observed"].sum()),
+                                "n_observed_val": int(val["observed"].sum()) if val.height else 0,
                                 "ess_train": _ess(train["weight"].to_numpy())}
     if cfg.pairs:
         features = feature_tensors(frame, spec)
@@ -371,6 +372,19 @@ def _prepare_rows(frame: pl.DataFrame, cfg: TrainConfig, spec: FeatureSpec | Non
     prepared["train"] = TensorRows({**feature_tensors(train, spec), **target_tensors(train)})
     prepared["val"] = TensorRows({**feature_tensors(val, spec), **target_tensors(val)}) if val.height else None
     return prepared
+
+
+#: Fewer observed validation rows (or pairs) than this make early stopping noisy (issue 15).
+MIN_VALIDATION_ROWS = 300
+
+
+def _small_validation_warning(cfg: TrainConfig, prepared: dict[str, Any], val_pairs: int) -> str | None:
+    """A warning when the validation split holds fewer than MIN_VALIDATION_ROWS observed rows (pairs)."""
+    count, unit = (val_pairs, "pairs") if cfg.pairs else (prepared["n_observed_val"], "observed rows")
+    if count >= MIN_VALIDATION_ROWS:
+        return None
+    return (f"validation split {cfg.val_split!r} holds only {count:,} {unit} (< {MIN_VALIDATION_ROWS}): early stopping "
+            f"and best_val_loss rest on few labels and may pick an arbitrary epoch; export more data or train fewer epochs")
 
 
 def _new_head(spec: FeatureSpec, cfg: TrainConfig) -> RewardHead:
@@ -433,6 +447,11 @@ def _train(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) 
     warnings: list[str] = []
     if val_rows is None:
         warnings.append(f"no rows in split {cfg.val_split!r}: early stopping uses the training loss")
+    else:
+        small = _small_validation_warning(cfg, prepared, len(val_rows))
+        if small:
+            log.warning(small)
+            warnings.append(small)
 
     model = _new_head(spec, cfg).to(device)
     imputer = _new_head(spec, cfg).to(device) if cfg.doubly_robust else None

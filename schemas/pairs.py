@@ -3,8 +3,8 @@
 One row per ordered pair of *observed* exposures of the same prompt in the same split whose observed
 labels differ (label 1 = chosen, label 0 = rejected), for a Bradley-Terry trainer. ``weight`` is the
 inverse probability that both exposures were observed (1 / (p_chosen * p_rejected) under the
-scheme); ``flip_probability`` the probability that the pair's order is the reverse of the true
-order, from the two rows' flip rates. docs/methods.md ("Pair weight and flip probability") derives both.
+scheme); ``flip_probability`` = P(clean order reversed) + P(clean labels tied) / 2 given the observed
+labels (the Bradley-Terry target is 1 - it). docs/methods.md ("Pair weight and flip probability") derives both.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ class StagedEvent(RawEvent):
     event_id: str = pa.Field(nullable=False, unique=True)
     source_file: str = pa.Field(nullable=False)
     row_number: pl.Int64 = pa.Field(nullable=False, ge=1)
+    # Custom context columns' raw values as one JSON object (issue 17, docs/features.md); null without features.
+    context: str | None = pa.Field(nullable=True)
 
     class Config:
         strict = True

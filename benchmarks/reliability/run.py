@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/reliability-bench", help="scratch folder")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--results", default=str(Path(__file__).with_name("results.json")))
+    # Run it from a frozen copy of the tree when others edit it: a change to the SQL or schemas
+    # between the reference run and a trial makes the states differ for reasons of its own.
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -100,6 +102,8 @@ def main() -> None:
         seen = state(wh)
         name = next((n for n, s in states.items() if same(seen, s)), "other")
         kills[f"saw_{name}"] += 1
+        if name == "other":  # kept for inspection
+            shutil.copytree(wh, work / f"other-{trial}")
         ingest(IngestConfig(inputs=(str(later_in),), warehouse=str(wh), threads=1))
         kills["next_run_completed"] += same(state(wh), states["after"])
         print(f"kill trial {trial + 1}/{args.trials}: reader saw {name}", flush=True)

@@ -35,6 +35,7 @@ import polars as pl
 from propensity.diagnostics import wilson_interval, expected_calibration_error, kish_ess, reliability_table, standardized_mean_differences
 from propensity.io import json_safe
 from propensity.weights.export import _fit_clip, _read_metrics, _read_scores
+from propensity.models.custom_features import select_features, with_custom_features
 from propensity.models.features import build_features, design_matrix
 from schemas.errors import ConfigError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS
@@ -206,10 +207,16 @@ def reliability_with_intervals(propensity: np.ndarray, observed: np.ndarray, n_b
     return table, expected_calibration_error(table)
 
 
-def covariate_balance(feedback: pl.DataFrame, observed: np.ndarray, propensity: np.ndarray) -> list[dict[str, Any]]:
+def covariate_balance(
+    feedback: pl.DataFrame, observed: np.ndarray, propensity: np.ndarray, *, features: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+) -> list[dict[str, Any]]:
     """SMDs (``propensity.diagnostics.standardized_mean_differences``) of the context features, one-hot
-    categoricals included, between observed rows (unweighted, then weighted by 1/p) and all exposures."""
-    X, _, categorical = build_features(feedback)
+    categoricals included, between observed rows (unweighted, then weighted by 1/p) and all exposures.
+
+    ``features`` = (categorical, numeric) columns; None: the contract's context columns only
+    (:func:`propensity.models.custom_features.select_features` adds the custom ones, issue 17)."""
+    X, _, categorical = build_features(feedback) if features is None else build_features(
+        feedback, categorical=features[0], numeric=features[1])
     matrix, names = design_matrix(X, categorical)
     rows = standardized_mean_differences(matrix, names, observed, propensity)
     return [r for r in rows if r["before"] is not None and r["after"] is not None]
@@ -565,7 +572,9 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
     clipped_share = float((p_audited[observed] <= floor * (1 + 1e-9)).mean()) if floor else None
 
     reliability, ece = reliability_with_intervals(p, observed)
-    smd = covariate_balance(frame, observed, p_weights)
+    # Every context column, custom ones included (issue 17): balance is checked on what selection may depend on.
+    with_context = with_custom_features(frame, warehouse)
+    smd = covariate_balance(with_context, observed, p_weights, features=select_features(with_context))
     worst = max(smd, key=lambda s: abs(s["after"])) if smd else None
     noise = _read_all_noise(warehouse)
     own_noise = next((n for n in noise if n["channel"] == cfg.channel), None)

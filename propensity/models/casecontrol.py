@@ -192,8 +192,12 @@ def stream_rows(
 
     import duckdb
 
-    files = _embedding_files(warehouse)
-    with tempfile.TemporaryDirectory(prefix="causalrm-embjoin-") as spill:
+    from feedback_etl.paths import literal_paths
+
+    # DuckDB reads every path of a list as a glob pattern: hand it plain links (issue 16), made in
+    # sorted order so that ``filename`` still orders the files as their real names do.
+    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-embjoin-") as spill:
+        files = [links.file(p) for p in _embedding_files(warehouse)]
         con = duckdb.connect()
         try:
             con.execute(f"SET memory_limit = '{parse_memory(memory_limit) // 2**20}MB'")
@@ -238,17 +242,25 @@ class TableSummary:
     n_observed: int
     users: pl.DataFrame  # user_id (sorted), n
     levels: dict[str, list[str]]
+    n_solicited: int = 0
+    n_solicited_observed: int = 0
 
 
-def summarise(dataset, target: str, categorical: tuple[str, ...], batch_rows: int) -> TableSummary:
-    """One streamed pass over ``user_id``, ``target`` and the categorical columns."""
-    n_rows = n_observed = 0
+def summarise(dataset, target: str, categorical: tuple[str, ...], batch_rows: int, *, solicited: str | None = None) -> TableSummary:
+    """One streamed pass over ``user_id``, ``target``, the categorical columns and, when given,
+    the ``solicited`` flag column (counts of solicited rows and of their answered ones)."""
+    n_rows = n_observed = n_solicited = n_solicited_observed = 0
     merged = pl.DataFrame(schema={"user_id": pl.String, "n": pl.UInt32})
     pending: list[pl.DataFrame] = []
     levels: dict[str, set[str]] = {name: set() for name in categorical}
-    for frame in _batches(dataset, ["user_id", target, *categorical], batch_rows):
+    for frame in _batches(dataset, ["user_id", target, *categorical, *([solicited] if solicited else [])], batch_rows):
         n_rows += frame.height
-        n_observed += int(frame[target].fill_null(False).cast(pl.Boolean).sum())
+        observed = frame[target].fill_null(False).cast(pl.Boolean)
+        n_observed += int(observed.sum())
+        if solicited:
+            flag = frame[solicited].fill_null(False).cast(pl.Boolean)
+            n_solicited += int(flag.sum())
+            n_solicited_observed += int((flag & observed).sum())
         pending.append(frame.group_by(pl.col("user_id").cast(pl.String)).agg(n=pl.len().cast(pl.UInt32)))
         for name in categorical:
             levels[name].update(frame[name].cast(pl.String).drop_nulls().unique().to_list())
@@ -257,7 +269,8 @@ def summarise(dataset, target: str, categorical: tuple[str, ...], batch_rows: in
             pending = []
     merged = pl.concat([merged, *pending]).group_by("user_id").agg(pl.col("n").sum()).sort("user_id")
     return TableSummary(
-        n_rows=n_rows, n_observed=n_observed, users=merged, levels={name: sorted(values) for name, values in levels.items()}
+        n_rows=n_rows, n_observed=n_observed, users=merged, levels={name: sorted(values) for name, values in levels.items()},
+        n_solicited=n_solicited, n_solicited_observed=n_solicited_observed,
     )
 
 
@@ -318,22 +331,29 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
             fix="re-run `causalrm ingest` so the table follows the schemas.feedback contract",
         )
     use_embeddings = cfg.use_embeddings and bool(_embedding_files(warehouse))
+    # As the in-memory fit: solicited (randomized-slice) votes are not organic feedback, so the vote
+    # model is fitted on organic rows only and solicited rows get the slice's response rate.
+    solicited_column = "solicited" if cfg.channel == "vote" and "solicited" in present else None
 
-    # 1. summary pass -> folds per user, levels, class counts
-    summary = summarise(dataset, target, categorical, cfg.batch_rows)
+    # 1. summary pass -> folds per user (over every row, as group_folds), levels, class counts
+    summary = summarise(dataset, target, categorical, cfg.batch_rows, solicited=solicited_column)
     _check_counts(summary, cfg, warehouse)
     user_folds = summary.users.with_columns(
         fold=pl.Series(assign_user_folds(summary.users["n"].to_numpy(), cfg.folds, cfg.seed), dtype=pl.Int32)
     ).select("user_id", "fold")
-    n_unobserved = summary.n_rows - summary.n_observed
-    rates = sample_rates(summary.n_observed, n_unobserved, plan.max_rows)
+    n_fit_observed = summary.n_observed - summary.n_solicited_observed
+    n_fit_unobserved = summary.n_rows - summary.n_solicited - n_fit_observed
+    rates = sample_rates(n_fit_observed, n_fit_unobserved, plan.max_rows)
+    slice_rate = summary.n_solicited_observed / summary.n_solicited if summary.n_solicited else None
 
-    # 2. sample pass
-    columns = ["exposure_id", "user_id", target, *categorical, *numeric]
+    # 2. sample pass (organic rows only)
+    flag_columns = [solicited_column] if solicited_column else []
+    columns = ["exposure_id", "user_id", target, *categorical, *numeric, *flag_columns]
     kept: list[pl.DataFrame] = []
     for frame in stream_rows(warehouse, dataset, columns, cfg.batch_rows, embeddings=use_embeddings, memory_limit=plan.memory_limit):
         observed = frame[target].fill_null(False).cast(pl.Boolean).to_numpy()
-        rows = frame.filter(pl.Series(keep_mask(frame["exposure_id"], observed, rates, cfg.seed)))
+        keep = keep_mask(frame["exposure_id"], observed, rates, cfg.seed) & ~_solicited(frame, solicited_column)
+        rows = frame.filter(pl.Series(keep))
         if rows.height:
             kept.append(rows)
     sample = pl.concat(kept).sort("exposure_id") if kept else pl.DataFrame()
@@ -403,10 +423,10 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     del X, X_design, model_input, sample, fitted
 
     # 5. scoring pass: every exposure by its own fold's model and calibrator
-    score_columns = ["exposure_id", "user_id", target, *categorical, *numeric]
+    score_columns = ["exposure_id", "user_id", target, *categorical, *numeric, *flag_columns]
     staging = propensity_dir(warehouse) / f".fit-{cfg.channel}.{uuid.uuid4().hex}.tmp"
     staging.mkdir(parents=True)
-    observed_all, calibrated_all, raw_all, fold_all = [], [], [], []
+    observed_all, calibrated_all, raw_all, fold_all, organic_all = [], [], [], [], []
     try:
         parts = []
         for frame in stream_rows(warehouse, dataset, score_columns, cfg.batch_rows, embeddings=use_embeddings,
@@ -414,6 +434,9 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
             frame = frame.join(user_folds, on="user_id", how="left", maintain_order="left")
             inputs, _ = scoring_features(frame, spec)
             calibrated, raw, fold = predict_calibrated(inputs, spec, models, calibrators, frame["fold"].to_numpy())
+            solicited = _solicited(frame, solicited_column)
+            if solicited.any():
+                calibrated[solicited] = raw[solicited] = slice_rate
             part = staging / f"part-{len(parts):05d}.parquet"
             pl.DataFrame({
                 "exposure_id": frame["exposure_id"].cast(pl.String),
@@ -426,23 +449,36 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
             calibrated_all.append(calibrated)
             raw_all.append(raw)
             fold_all.append(fold)
+            organic_all.append(~solicited)
         scores_path = commit_score_parts(warehouse, cfg.channel, parts)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     observed_all = np.concatenate(observed_all)
     propensity, clip_report = clip_propensity(np.concatenate(calibrated_all), floor, 1.0, observed=observed_all)
     del calibrated_all
+    organic = np.concatenate(organic_all)
 
-    # 6. diagnostics on every exposure; balance from the uniform sample above
+    # 6. diagnostics on every organic exposure (the rows the model describes); balance from the uniform sample above
     diagnostics = propensity_diagnostics(
-        observed_all, propensity, propensity_raw=np.concatenate(raw_all), folds=np.concatenate(fold_all), n_bins=cfg.reliability_bins,
+        observed_all[organic], propensity[organic], propensity_raw=np.concatenate(raw_all)[organic],
+        folds=np.concatenate(fold_all)[organic], n_bins=cfg.reliability_bins,
     )
     diagnostics["balance"] = balance
+    diagnostics["solicited_excluded"] = bool(summary.n_solicited)
+    diagnostics["n_solicited"] = summary.n_solicited
+    diagnostics["solicited_response_rate"] = slice_rate
     sampling["duration_s"] = round(time.perf_counter() - started, 3)
     return CaseControlFit(
         diagnostics=diagnostics, clip=clip_report, sampling=sampling, feature_names=feature_names,
         categorical_names=categorical_names, scores_path=scores_path, models_path=models_path,
     )
+
+
+def _solicited(frame: pl.DataFrame, column: str | None) -> np.ndarray:
+    """Bool array: the batch's solicited rows (all False without the column)."""
+    if column is None:
+        return np.zeros(frame.height, dtype=bool)
+    return frame[column].fill_null(False).cast(pl.Boolean).to_numpy()
 
 
 def _check_counts(summary: TableSummary, cfg, warehouse: Path) -> None:

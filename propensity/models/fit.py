@@ -23,9 +23,10 @@ import polars as pl
 from propensity.models.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate
 from propensity.models.casecontrol import RowPlan, fit_case_control, parse_memory, row_plan
 from propensity.models.score import load_fold_models  # noqa: F401  (public here too: propensity.models.fit.load_fold_models)
-from propensity.models.crossfit import cross_fit, group_folds
+from propensity.models.crossfit import _take, cross_fit, group_folds
 from propensity.diagnostics import propensity_diagnostics
 from propensity.models.estimators import ESTIMATORS, make_estimator
+from propensity.models.custom_features import select_features, with_custom_features
 from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import models_dir, read_metrics, replace_dir, write_metrics, write_scores
 from schemas.errors import ConfigError, EstimationError, WarehouseError
@@ -73,8 +74,15 @@ class PropensityConfig:
     max_rows: int | None = None
     memory_limit: str = "4GB"
     batch_rows: int = 200_000
+    # Feature columns (issue 17): None = the contract's context plus every custom column; exclude drops some.
+    features: tuple[str, ...] | None = None
+    exclude_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # A TOML / metrics.json list becomes a tuple (the config stays hashable and comparable).
+        if self.features is not None:
+            object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "exclude_features", tuple(self.exclude_features))
         if self.channel not in CHANNELS:
             raise ConfigError(f"unknown channel {self.channel!r}", where="--channel", fix=f"use one of {sorted(CHANNELS)}")
         if self.model not in ESTIMATORS:
@@ -194,7 +202,9 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     feedback = read_feedback(warehouse)  # names a missing contract column itself (WarehouseError)
     observed = _check_target(feedback, cfg, warehouse)
     embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
-    X, feature_names, categorical_names = build_features(feedback, embeddings)
+    feedback = with_custom_features(feedback, warehouse)  # custom context columns (issue 17)
+    categorical, numeric = select_features(feedback, cfg.features, cfg.exclude_features)
+    X, feature_names, categorical_names = build_features(feedback, embeddings, categorical=categorical, numeric=numeric)
     folds = group_folds(feedback["user_id"].to_numpy(), cfg.folds, cfg.seed)
     # LightGBM takes X itself; the design matrix then only feeds the balance diagnostics (float32 is plenty).
     X_design, design_names = design_matrix(X, categorical_names, dtype=np.float32 if cfg.model == "lightgbm" else np.float64)
@@ -205,20 +215,31 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         "with embeddings" if embeddings is not None else "no embeddings", cfg.folds, cfg.model,
     )
 
+    # Solicited (randomized-slice) votes were asked for, not given organically: a model fitted with them
+    # as feedback estimates F + (1 - F) p_organic(x) (issue 15). The model is fitted on organic rows;
+    # solicited rows get the slice's response rate (observed by design).
+    fit_rows, solicited = _organic_rows(feedback, cfg)
     with _fold_progress(progress, cfg.folds, f"propensity {cfg.channel}") as advance:
-        fitted = cross_fit(cfg.estimator(), model_input, observed, folds, on_fold_done=advance)
-    calibrated, calibrators = cross_calibrate(fitted.oof, observed, folds, cfg.calibration)
+        fitted = cross_fit(cfg.estimator(), _take(model_input, fit_rows), observed[fit_rows], folds[fit_rows], on_fold_done=advance)
+    calibrated_fit, calibrators = cross_calibrate(fitted.oof, observed[fit_rows], folds[fit_rows], cfg.calibration)
+    slice_rate = float(observed[solicited].mean()) if solicited.any() else None
+    calibrated, raw = np.full(len(observed), slice_rate or 0.0), np.full(len(observed), slice_rate or 0.0)
+    calibrated[fit_rows], raw[fit_rows] = calibrated_fit, fitted.oof
     propensity, clip_report = clip_propensity(calibrated, cfg.clip, 1.0, observed=observed)
     _log_clipping(cfg, clip_report)
 
-    diagnostics = propensity_diagnostics(
-        observed, propensity, propensity_raw=fitted.oof, folds=folds, X=X_design, feature_names=design_names,
-        n_bins=cfg.reliability_bins, embedding_prefix=EMBEDDING_PREFIX,
+    diagnostics = propensity_diagnostics(  # of the organic model, on the rows it was fitted to
+        observed[fit_rows], propensity[fit_rows], propensity_raw=fitted.oof, folds=folds[fit_rows], X=_take(X_design, fit_rows),
+        feature_names=design_names, n_bins=cfg.reliability_bins, embedding_prefix=EMBEDDING_PREFIX,
     )
     diagnostics = {
         "channel": cfg.channel,
         "target": cfg.target,
         **diagnostics,
+        # Read by propensity.slice.label_aware: the context model is already organic (no refit needed).
+        "solicited_excluded": bool(solicited.any()),
+        "n_solicited": int(solicited.sum()),
+        "solicited_response_rate": slice_rate,
         "clipping": clip_report.to_dict(),
         "warnings": _warnings(cfg, clip_report, diagnostics),
         "features": feature_names if embeddings is None else [n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)],
@@ -239,7 +260,7 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         {
             "exposure_id": feedback["exposure_id"],
             "propensity": propensity,
-            "propensity_raw": fitted.oof,
+            "propensity_raw": raw,
             "fold": folds.astype(np.int32),
         }
     )
@@ -280,6 +301,16 @@ def _fit_sampled(warehouse: Path, cfg: PropensityConfig, plan: RowPlan, started:
     return PropensityResult(
         scores=empty, metrics=diagnostics, clip=fit.clip, scores_path=fit.scores_path, metrics_path=metrics_path, models_path=fit.models_path,
     )
+
+
+def _organic_rows(feedback: pl.DataFrame, cfg: PropensityConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the rows the context model is fitted on, solicited mask): the vote channel leaves
+    out solicited (randomized-slice) exposures; the implicit channels are never solicited."""
+    if cfg.channel == "vote" and "solicited" in feedback.columns:
+        solicited = feedback["solicited"].fill_null(False).cast(pl.Boolean).to_numpy()
+    else:
+        solicited = np.zeros(feedback.height, dtype=bool)
+    return np.flatnonzero(~solicited), solicited
 
 
 def _log_clipping(cfg: PropensityConfig, report: ClipReport) -> None:

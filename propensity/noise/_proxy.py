@@ -29,7 +29,8 @@ PROXY_MODELS: tuple[str, ...] = ("lightgbm", "logistic")
 
 
 def build_proxy_features(
-    frame: pl.DataFrame, embeddings: pl.DataFrame | None = None, *, text: bool = True, standardize: bool = False
+    frame: pl.DataFrame, embeddings: pl.DataFrame | None = None, *, text: bool = True, standardize: bool = False,
+    custom: dict[str, str] | None = None,
 ) -> tuple[sp.csr_matrix, list[str]]:
     """Feature matrix for the proxy preference model.
 
@@ -40,6 +41,8 @@ def build_proxy_features(
     text : add a binary bag of word 1-2 grams of ``response_text`` when that column has text.
     standardize : z-score numeric columns and fill nulls with 0 (for the linear proxy); LightGBM
         keeps raw values and NaN for nulls.
+    custom : custom context columns of ``frame`` (name -> categorical | numeric | boolean; issue 17),
+        used beside the contract's.
 
     Returns
     -------
@@ -47,7 +50,8 @@ def build_proxy_features(
     """
     blocks: list[sp.csr_matrix] = []
     names: list[str] = []
-    numeric = [c for c in CONTEXT_NUMERIC if c in frame.columns]
+    custom = custom or {}
+    numeric = [c for c in CONTEXT_NUMERIC if c in frame.columns] + [c for c, kind in custom.items() if kind != "categorical"]
     if numeric:
         values = frame.select(pl.col(c).cast(pl.Float64) for c in numeric).to_numpy()
         if standardize:
@@ -56,7 +60,8 @@ def build_proxy_features(
             values = np.nan_to_num((values - mean) / np.where(std > 0, std, 1.0))
         blocks.append(sp.csr_matrix(values))
         names += numeric
-    for column in (c for c in CONTEXT_CATEGORICAL if c in frame.columns):
+    categorical = [c for c in CONTEXT_CATEGORICAL if c in frame.columns] + [c for c, kind in custom.items() if kind == "categorical"]
+    for column in categorical:
         codes = frame[column].cast(pl.Utf8).fill_null("<null>").to_numpy()
         levels, inverse = np.unique(codes, return_inverse=True)
         onehot = sp.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), inverse)), shape=(len(codes), len(levels)))

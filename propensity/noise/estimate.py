@@ -57,6 +57,7 @@ import polars as pl
 from propensity.diagnostics import INTERVALS, audit_rates, proportion_ci  # noqa: F401  (re-exported)
 from propensity.noise._proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores
 from propensity.models.crossfit import group_folds
+from propensity.models.custom_features import with_custom_features
 from propensity.io import read_scores, scores_path
 from schemas.errors import ConfigError, EstimationError, IdentifiabilityError, InputFileError, WarehouseError
 from schemas.feedback import CHANNELS
@@ -178,6 +179,23 @@ def _side_bootstrap(obs: np.ndarray, wy: np.ndarray, w: np.ndarray, m: np.ndarra
     return float(np.dot(m[: i + 1], wy[: i + 1]) / den) if den > 0 else float("nan")
 
 
+def _sensitivity(wy: np.ndarray, w: np.ndarray, k: int) -> tuple[float, dict[str, float]]:
+    """Quantile-sensitivity term of one side (issue 15): the spread (max - min) of P(r=1 | anchors)
+    over the anchor sets of k / 2, k and 2 k exposures from the extreme end (arrays sorted from it).
+
+    Impure anchors bias the rate upward by an amount that grows with the anchor set; if the impurity
+    grows linearly in the anchor fraction, the spread over (k / 2, 2 k) is 1.5 times the bias at k, so
+    widening the bootstrap interval by it on both sides covers the bias that the interval, conditional
+    on the anchor set, leaves out. Pure anchors give a spread of sampling noise only.
+    """
+    n = w.size
+    sizes = {"half": max(1, k // 2), "used": k, "double": min(n, 2 * k)}
+    cum_w, cum_wy = np.cumsum(w), np.cumsum(wy)
+    values = {name: float(cum_wy[size - 1] / cum_w[size - 1]) for name, size in sizes.items() if cum_w[size - 1] > 0}
+    spread = max(values.values()) - min(values.values()) if len(values) > 1 else 0.0
+    return float(spread), values
+
+
 def _percentile_ci(values: np.ndarray, confidence: float) -> list[float]:
     alpha = 1 - confidence
     lo, hi = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
@@ -252,6 +270,19 @@ def anchor_rates(
         top_b[b] = _side_bootstrap(*top_arrays, counts[user_top], **params)
         bottom_b[b] = _side_bootstrap(*bottom_arrays, counts[user_bottom], **params)
     out = _rates(top.p_label1, bottom.p_label1, top_b, bottom_b, confidence=confidence, where=where)
+    # Quantile sensitivity (issue 15): the bootstrap is conditional on the anchor set and leaves out the
+    # impurity bias; widen each rate's interval by the spread of its estimate across anchor quantiles.
+    spread_top, by_size_top = _sensitivity((w * y)[top_order], w[top_order], top.k)
+    spread_bottom, by_size_bottom = _sensitivity((w * y)[bottom_order], w[bottom_order], bottom.k)
+    out["rho01_ci_bootstrap"], out["rho10_ci_bootstrap"] = out["rho01_ci"], out["rho10_ci"]
+    out["rho01_ci"] = [max(0.0, out["rho01_ci"][0] - spread_top), min(1.0, out["rho01_ci"][1] + spread_top)]
+    out["rho10_ci"] = [max(0.0, out["rho10_ci"][0] - spread_bottom), min(1.0, out["rho10_ci"][1] + spread_bottom)]
+    out["quantile_sensitivity"] = {
+        "rho01": spread_top, "rho10": spread_bottom,
+        "p_label1_by_anchor_size": {"top": by_size_top, "bottom": by_size_bottom},
+        "interval": "user bootstrap (conditional on the anchor set) widened on both sides by the spread of the "
+                    "estimate over anchor sets of half and double the size",
+    }
     for name, side in (("top", top), ("bottom", bottom)):
         if side.short:
             out["warnings"].append(
@@ -463,6 +494,10 @@ def _require_labelled_channel(channel: str) -> None:
         )
 
 
+# Columns the estimator itself joins to the feedback rows: never features of the proxy.
+_NOT_CONTEXT = frozenset({"propensity", "propensity_raw", "fold", "weight", "true_label", "embedding", "audit_label"})
+
+
 def proxy_scores(
     feedback: pl.DataFrame,
     config: NoiseConfig,
@@ -490,8 +525,13 @@ def proxy_scores(
     label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
     users = feedback["user_id"].to_numpy()
     fold = group_folds(users, config.n_folds, config.seed) if fold is None else np.asarray(fold)
+    from feedback_etl.features import feature_types
+
+    # Custom context columns (issue 17) joined by the warehouse reader; not the columns joined here.
+    custom = feature_types({n: t for n, t in feedback.schema.items() if n not in _NOT_CONTEXT})
     features, names = build_proxy_features(
-        feedback, embeddings if config.use_embeddings else None, text=config.text_features, standardize=config.proxy == "logistic"
+        feedback, embeddings if config.use_embeddings else None, text=config.text_features, standardize=config.proxy == "logistic",
+        custom=custom,
     )
     log.info("noise proxy: %s on %d features, %d folds, %d observed rows", config.proxy, len(names), len(np.unique(fold)), observed.sum())
     score = cross_fit_scores(features, observed, label, weight, fold, users, kind=config.proxy, seed=config.seed)
@@ -613,13 +653,26 @@ def estimate_noise_frame(
                     row.update({"rho01": None, "rho10": None, "rho01_ci": None, "rho10_ci": None, "warnings": [], "error": exc.one_line()})
                     result["warnings"].append(f"segment {config.segment_by}={value}: {exc.what}")
                 result["segments"].append(row)
+        result["rates_source"] = "anchor"
         if audit_used is not None:
             result["comparison"] = {
                 "audit": {k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "n_audit", "interval", "confusion")},
                 "distance": _distance(result, audit_result),
             }
             result["warnings"] += audit_result["warnings"]
+            # Issue 15: gold labels measure the flip rates directly, without the anchors' impurity bias, so
+            # they give the default estimate; the anchor estimate stays under "anchor" for comparison.
+            result["anchor"] = {k: result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "rho_sum_ci", "quantile_sensitivity")}
+            result.update({k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "rho_sum_ci", "confusion", "n_audit", "interval")})
+            result["rates_source"] = "audit"
+            result["warnings"].append(
+                f"gold labels present ({audit_result['n_audit']['used']} audited votes): rho01 / rho10 are the audit set's "
+                f"({result['rho01']:.3f}, {result['rho10']:.3f}); the anchor estimate ({result['anchor']['rho01']:.3f}, "
+                f"{result['anchor']['rho10']:.3f}) is kept under 'anchor'"
+                + ("; per-segment rates below are the anchors'" if config.segment_by else "")
+            )
     else:
+        result["rates_source"] = "audit"
         result.update({k: audit_result[k] for k in ("rho01", "rho10", "rho01_ci", "rho10_ci", "rho_sum_ci", "confusion", "n_audit", "interval")})
         result["warnings"] += audit_result["warnings"]
         if config.segment_by:
@@ -683,6 +736,19 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _slice_gold_labels(warehouse: Path) -> pl.DataFrame | None:
+    """The registered slice's gold labels when the warehouse has them (issue 15: the default estimate
+    uses gold labels when they exist), else None."""
+    from propensity.slice.label_aware import read_slice_audit, slice_path
+
+    if not slice_path(warehouse).is_file():
+        return None
+    try:
+        return read_slice_audit(warehouse)
+    except WarehouseError:  # a slice without true_label: no gold labels
+        return None
+
+
 def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
     """Estimate the flip rates of a warehouse's channel and write ``WH/noise/<channel>.json``
     (and ``WH/noise.json`` for the vote channel).
@@ -702,14 +768,14 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
 
     warehouse = Path(warehouse)
     _require_labelled_channel(config.channel)
-    feedback = read_feedback(warehouse)
+    feedback = with_custom_features(read_feedback(warehouse), warehouse)  # custom context columns (issue 17)
     if config.audit == "slice":
         # Issue 11: the randomized slice's gold labels (``propensity.slice.label_aware.read_slice_audit``).
         from propensity.slice.label_aware import read_slice_audit
 
         audit = read_slice_audit(warehouse)
     else:
-        audit = read_audit(config.audit) if config.audit else None
+        audit = read_audit(config.audit) if config.audit else _slice_gold_labels(warehouse)
     propensity = fold = None
     source = None
     if config.method == "anchor" and config.use_weights:

@@ -729,6 +729,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     EstimationError : no organic votes of both labels.
     """
     from feedback_etl.io import read_embeddings, read_feedback
+    from propensity.models.custom_features import select_features, with_custom_features
     from propensity.models.features import build_features, design_matrix
 
     cfg = cfg or LabelAwareConfig()
@@ -798,7 +799,10 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
 
     context_cfg = _context_config(metrics)
     embeddings = read_embeddings(warehouse) if context_cfg.use_embeddings else None
-    X, _, categorical = build_features(feedback, embeddings)
+    # The context fit's feature columns, custom context columns included (issue 17).
+    with_context = with_custom_features(feedback, warehouse)
+    chosen_categorical, chosen_numeric = select_features(with_context, context_cfg.features, context_cfg.exclude_features)
+    X, _, categorical = build_features(with_context, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
     X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
     folds = joined["fold"].to_numpy()
     context, context_info = _organic_context(feedback, joined, metrics, organic, cfg, X, X_design)

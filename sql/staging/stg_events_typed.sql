@@ -77,7 +77,7 @@ typed AS (
             THEN CAST(TRY_CAST(TRIM(CAST(t."position_raw" AS VARCHAR)) AS DOUBLE) AS INTEGER)
         END AS "position",
         TRY_CAST(TRIM(CAST(t."latency_ms_raw" AS VARCHAR)) AS DOUBLE) AS "latency_ms",
-        CASE LOWER(TRIM(CAST(t."solicited_raw" AS VARCHAR))) WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE END AS "solicited"
+        CASE LOWER(CAST(t."solicited_raw" AS VARCHAR)) WHEN 'true' THEN TRUE WHEN 'false' THEN FALSE END AS "solicited"
     FROM as_text AS t
     LEFT JOIN "event_type_map" AS m
         ON m."source_value" = t."event_type_raw"

@@ -135,5 +135,7 @@ def test_old_spellings_are_hidden_aliases():
 
 
 def test_pipeline_toml_spells_negative_flags_either_way():
-    steps = pipeline_steps({"warehouse": "wh", "propensity": {"embeddings": False}, "noise": {"no_embeddings": True}})
-    assert steps == [["propensity", "fit", "wh", "--no-embeddings"], ["noise", "estimate", "wh", "--no-embeddings"]]
+    steps = pipeline_steps({"warehouse": "wh", "propensity": {"embeddings": False, "channel": ["vote", "copy"]},
+                            "noise": {"no_embeddings": True}})
+    assert steps == [["propensity", "fit", "wh", "--no-embeddings", "--channel", "vote", "--channel", "copy"],
+                     ["noise", "estimate", "wh", "--no-embeddings"]]

@@ -208,7 +208,13 @@ def test_langfuse_traces_page_without_scores_warns_and_names_the_scores_export(t
     page = _write(tmp_path / "traces.json", _page([_with_ids(t) for t in LF_TRACES[:4]], 1, 4, limit=50))
     run = ingest(IngestConfig(inputs=(str(page),), warehouse=str(tmp_path / "wh"), source="langfuse"))
     assert _summary(tmp_path / "wh") == {"exposures": 4, "observed": 0, "up": 0, "down": 0}
-    assert len(run["warnings"]) == 1 and "GET /api/public/scores" in run["warnings"][0]
+    assert len(run["warnings"]) == 2 and "none observed" in run["warnings"][0] and "GET /api/public/scores" in run["warnings"][0]
+    assert run["warnings"][1].startswith("6 score id(s) listed by the traces are in no score read")
+    # A scores export missing a page: the votes it holds are named, not silently lost.
+    partial = _write(tmp_path / "scores.json", _page(LF_SCORES[:5], 1, 6, limit=5))
+    run = ingest(IngestConfig(inputs=(str(page), str(partial)), warehouse=str(tmp_path / "wh2"), source="langfuse"))
+    assert run["warnings"] == ["1 score id(s) listed by the traces are in no score read: pass the scores export "
+                               "(every page of GET /api/public/scores) in the same run"]
 
 
 def test_langfuse_scores_alone_are_refused_with_their_cause(tmp_path):
@@ -456,3 +462,24 @@ def test_hostile_dotted_paths_are_config_errors(tmp_path, name):
     path = _write(tmp_path / "logs.jsonl", _nested_rows(), lines=True)
     with pytest.raises(ConfigError, match="source column name"):
         ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), mapping=str(mapping)))
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[langfuse.categories]\nhelpful = "sideways"\n', "maps to 'sideways'"),
+        ('[langfuse]\norganic_sources = ["USER"]\n', "are not Langfuse score sources"),
+        ('[langfuse]\norganic_sources = ["api"]\naudit_sources = ["API"]\n', "both organic feedback and a gold label"),
+        ('[langsmith]\nvotes = ["x"]\n', "the langsmith table may only hold"),
+        ('[langsmith.feedback]\nuser_score = "like"\n', "langsmith.feedback table: 'user_score' maps to 'like'"),
+        ('[openai]\ncategories = "up"\n', "the openai table may only hold"),
+    ],
+)
+def test_bad_source_tables_of_the_mapping_fail_cleanly(tmp_path, toml, message):
+    from schemas.errors import ConfigError
+
+    mapping = tmp_path / "map.toml"
+    mapping.write_text(toml)
+    path = _write(tmp_path / "traces.json", _page([_with_ids(t) for t in LF_TRACES], 1, 5, limit=50))
+    with pytest.raises(ConfigError, match=message):
+        ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), source="langfuse", mapping=str(mapping)))

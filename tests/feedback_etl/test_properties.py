@@ -33,7 +33,7 @@ record = st.fixed_dictionaries(
 line = st.one_of(record.map(json.dumps), st.text(max_size=20), st.just("[1, 2]"), st.just('{"event_id": '))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: the profile (conftest.py)
 @given(lines=st.lists(line, min_size=1, max_size=25))
 def test_reconciliation_holds_for_any_garbage(tmp_path_factory, lines):
     folder = tmp_path_factory.mktemp("garbage")

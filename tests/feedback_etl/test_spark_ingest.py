@@ -233,7 +233,10 @@ def _hostile_files(folder: Path) -> list[Path]:
         _line({**_impression("h1", 10), "event_id": "imp-h1-conflict", "response_id": "other"}),
         _line({**_impression("h1"), "event_id": "imp-h1-repeat"}),
         _line(_impression("h2", 20, position="2.0", latency_ms=12.5, solicited="true")),
-        _line(_impression("h3", 30, position=2.5, platform="web\rapp")),  # an escaped CR inside a JSON string
+        _line(_impression("h3", 30, position=3, platform="web\rapp")),  # an escaped CR inside a JSON string
+        _line(_impression("h7", 70, position=2.5)),  # strict typing (issue 16): a bad_value, not rounded to 3
+        _line({**_impression("h8", 80), "user_id": {"id": "u"}}),  # an object where an id belongs: bad_value
+        _line({**_impression("h9", 90), "prompt_text": "[a string, not an array]"}),
         _line(_impression("h4", 40, latency_ms="1d")),
         _line(_impression("h5", 50, solicited=" true")),
         _line({**_feedback("h2", "thumbs_sideways", 21)}),
@@ -277,13 +280,14 @@ def test_messy_and_hostile_jsonl_give_the_same_warehouse(jsonl_runs):
     inputs, ((duck_wh, duck), (spark_wh, spark_run)) = jsonl_runs
     _assert_same_run(duck, spark_run)
     rejected = duck["rejected"]
-    assert rejected["unparseable_row"] >= 5 and rejected["bad_timestamp"] >= 3 and rejected["bad_value"] == 2
+    assert rejected["unparseable_row"] >= 5 and rejected["bad_timestamp"] >= 3 and rejected["bad_value"] == 4
     assert rejected["conflicting_impression"] == 1 and rejected["orphan_feedback"] >= 1 and rejected["missing_field"] >= 2
     _assert_same_warehouse(duck_wh, spark_wh, exact_payloads=True)
     hand = read_feedback(spark_wh).filter(pl.col("exposure_id").str.starts_with("h")).sort("exposure_id")
     assert hand.select("exposure_id", "position", "observed", "label").rows() == [
-        ("h1", 0, True, 1), ("h2", 2, True, 0), ("h3", 3, True, 0),
+        ("h1", 0, True, 1), ("h2", 2, True, 0), ("h3", 3, True, 0), ("h9", 0, False, None),
     ]
+    assert hand["prompt_text"].to_list()[3] == "[a string, not an array]"
     assert hand["platform"].to_list()[2] == "web\rapp" and hand["n_late_events"].to_list()[1] == 1
 
 
@@ -440,18 +444,18 @@ def test_hostile_file_and_warehouse_names_are_read_literally(spark, tmp_path):
         neighbours.append(logs / name)
         pl.DataFrame(rows).write_parquet(logs / name) if name.endswith(".parquet") else (logs / name).write_text("".join(_line(r) + "\n" for r in rows))
     own = {}
-    for k, name in enumerate(("b[c].jsonl", "star*.parquet", "q? x.jsonl", "{a,b}.jsonl")):
+    for k, name in enumerate(("b[c] {a,b}.jsonl", "star*.parquet", "q? x.jsonl")):
         own[name] = logs / name
         rows = [_impression(f"own-{k}"), _feedback(f"own-{k}", "thumbs_up", 1)]
         pl.DataFrame(rows).write_parquet(own[name]) if name.endswith(".parquet") else own[name].write_text("".join(_line(r) + "\n" for r in rows))
     _ingest(neighbours, tmp_path / "whh1", "duckdb")
     neighbour = read_feedback(tmp_path / "whh1")
-    first, last = list(own.values())[:3], list(own.values())[3:]
-    runs = {engine: [_ingest(first, tmp_path / wh, engine), _ingest(last, tmp_path / wh, engine)]
+    # One file per run: later runs read the warehouse's events (Delta file list) through links too.
+    runs = {engine: [_ingest([path], tmp_path / wh, engine) for path in own.values()]
             for engine, wh in (("spark", "whh[1]"), ("duckdb", "w h*?{x}"))}
-    assert [r["accepted"] for r in runs["spark"]] == [6, 2] and [r["duplicates"] for r in runs["spark"]] == [0, 0]
+    assert [r["accepted"] for r in runs["spark"]] == [2, 2, 2] and [r["duplicates"] for r in runs["spark"]] == [0, 0, 0]
     spark_wh, duck_wh = tmp_path / "whh[1]", tmp_path / "w h*?{x}"
-    assert sorted(read_feedback(spark_wh)["exposure_id"]) == [f"own-{k}" for k in range(4)]
+    assert sorted(read_feedback(spark_wh)["exposure_id"]) == [f"own-{k}" for k in range(3)]
     assert read_feedback(spark_wh).equals(read_feedback(duck_wh))
     assert sorted(set(read_events(spark_wh)["source_file"])) == sorted(str(p.resolve()) for p in own.values())
     assert read_feedback(tmp_path / "whh1").equals(neighbour)

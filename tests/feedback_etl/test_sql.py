@@ -374,6 +374,15 @@ def test_adapter_langfuse(duck):
     assert out["s3"]["event_time"] == "2026-01-05T10:00:00Z"  # no score time: the trace's
     assert out["s5"]["event_type"] == "score:user-feedback=meh"  # undecodable vote -> unknown type
     assert out["row6"]["parse_ok"] is False and sorted(r["row_number"] for r in out.values()) == [1, 2, 3, 4, 5, 6]
+    assert duck.execute('SELECT COUNT(*) FROM "adapter_warnings"').fetchone()[0] == 0  # no trace lists score ids
+
+
+def test_adapter_langfuse_checks_count_listed_score_ids_no_score_carries(duck):
+    page_trace = {"id": "tr2", "timestamp": "2026-01-05T10:00:00Z", "userId": "u1", "scores": ["s1", "s9", "s9", "s8"]}
+    score = {"id": "s1", "traceId": "tr2", "name": "user-feedback", "value": 1, "dataType": "NUMERIC", "source": "API"}
+    _adapter(duck, "langfuse", [page_trace, score])
+    messages = [m for (m,) in duck.execute('SELECT "message" FROM "adapter_warnings"').fetchall()]
+    assert len(messages) == 1 and messages[0].startswith("2 score id(s) listed by the traces are in no score read")
 
 
 def test_adapter_langsmith(duck):

@@ -157,8 +157,12 @@ def test_history_and_vacuum(tmp_path, batches):
     dry = runner.invoke(app, ["vacuum", str(wh), "--older-than", "0h", "--dry-run"])
     assert dry.exit_code == 0 and "feedback: would delete 1 file(s)" in dry.output
     assert read_feedback(wh, version=old).height > 0  # a dry run deleted nothing
+    stray = wh / "feedback" / "killed-run" / "part-00000.parquet"  # what a kill -9 before the commit leaves
+    stray.parent.mkdir()
+    shutil.copy(feedback_dataset(wh).files[0], stray)
     done = runner.invoke(app, ["vacuum", str(wh), "--older-than", "0h"])
-    assert done.exit_code == 0 and "feedback: deleted 1 file(s)" in done.output
+    assert done.exit_code == 0 and "feedback: deleted 2 file(s)" in done.output
+    assert not stray.exists()
     with pytest.raises(WarehouseError, match="vacuumed"):
         read_feedback(wh, version=old)
     assert read_feedback(wh).height == 3

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from feedback_etl.io import read_feedback
+from feedback_etl.io import read_feedback, write_feedback
 from propensity import read_metrics, read_scores
 from propensity.models.casecontrol import keep_mask, parse_memory, plan_rows, sample_rates
 from propensity.models.fit import PropensityConfig, fit_propensity
@@ -126,6 +126,27 @@ def test_sampled_fit_matches_full_fit_within_sampling_noise(full_and_sampled: tu
     assert metrics["ece"] <= ece_tol, (metrics["ece"], ece_tol)
     assert read_metrics(full, "vote")["ece"] <= ece_tol
     assert np.abs(p_sampled - p_full).mean() <= mad_tol, (np.abs(p_sampled - p_full).mean(), mad_tol)
+
+
+def test_solicited_rows_are_left_out_as_in_the_full_fit(warehouse: Path, tmp_path: Path) -> None:
+    """Solicited (randomized-slice) rows: not sampled, scored with the slice's response rate, out of
+    the diagnostics, exactly as the in-memory fit treats them."""
+    full, sampled = tmp_path / "full", tmp_path / "sampled"
+    shutil.copytree(warehouse, full)
+    feedback = read_feedback(full).with_columns(solicited=pl.col("exposure_id").hash(seed=1) % 10 == 0)
+    write_feedback(feedback, full / "feedback")
+    shutil.copytree(full, sampled)
+    whole = fit_propensity(full, PropensityConfig(n_jobs=1)).metrics
+    part = fit_propensity(sampled, PropensityConfig(n_jobs=1, max_rows=MAX_ROWS, batch_rows=500)).metrics
+    solicited = feedback.sort("exposure_id")["solicited"].to_numpy()
+    rate = float(feedback.filter(pl.col("solicited"))["observed"].mean())
+    assert part["sampling"]["sampled"] and part["solicited_excluded"] and part["n_solicited"] == int(solicited.sum())
+    for key in ("n_exposures", "n_observed", "n_solicited", "solicited_response_rate", "observed_rate"):
+        assert part[key] == whole[key], key
+    assert part["solicited_response_rate"] == pytest.approx(rate)
+    scores = read_scores(sampled, "vote")["propensity"].to_numpy()
+    np.testing.assert_allclose(scores[solicited], max(rate, 0.05))
+    assert part["sampling"]["n_sample_observed"] == whole["n_observed"]
 
 
 def test_cli_options_reach_the_fit(warehouse: Path, tmp_path: Path) -> None:

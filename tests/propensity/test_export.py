@@ -372,8 +372,8 @@ def test_pair_loss_is_unbiased_for_the_clean_order_over_pairs_built_from_votes()
     the pair loss l(Delta, 1 - eps) unbiased for l(Delta, y*): exactly for bce, and 1 - eps is the
     posterior mean of y* (the mse gradient's target). The old export (eps = the reversed share given
     that the clean labels differ, 0.027 here) with the forward correction [(1 - eps) l(+) - eps l(-)] /
-    (1 - 2 eps) ignored the ~30% tied pairs: its mean target was ~0.97 against E[y*] ~ 0.83, hundreds
-    of standard errors away."""
+    (1 - 2 eps) ignored the ~29% tied pairs: it weighted l(+) by 1.03 and l(-) by -0.03 (a target
+    above 1) against E[y*] = 0.84, hundreds of standard errors away."""
     import torch
 
     from rm_train.losses import base_loss, pair_loss
@@ -387,7 +387,7 @@ def test_pair_loss_is_unbiased_for_the_clean_order_over_pairs_built_from_votes()
     frame = pl.DataFrame({
         "exposure_id": [f"e{i:06d}" for i in range(n)], "prompt_id": [f"q{i // per_prompt}" for i in range(n)],
         "split": "train", "channel": "vote", "response_id": [f"r{i}" for i in range(n)], "observed": observed,
-        "label": pl.Series(np.where(observed, np.where(flip, 1 - r_star, r_star), None), dtype=pl.Int8),
+        "label": pl.Series(np.where(flip, 1 - r_star, r_star).astype(np.int8)).set(pl.Series(~observed), None),
         "propensity": 0.5, "rho01": rho01, "rho10": rho10, "prompt_text": "q?", "response_text": "a",
     })
     pairs, summary = build_pairs(frame, scheme="ips", clip=None)

@@ -159,7 +159,8 @@ def test_scores_file_follows_its_contract(mnar: dict) -> None:
     np.testing.assert_allclose(unvoted["propensity"].to_numpy(), unvoted["propensity_context"].to_numpy())
     assert scores["propensity"].min() >= 0.05 and scores["propensity"].max() <= 1.0
     report = json.loads((mnar["wh"] / "propensity" / "label_aware.json").read_text())
-    assert report["context"]["refit"] is True  # solicited votes are not organic feedback
+    # `propensity fit` already left the solicited rows out (issue 15): no refit needed.
+    assert report["context"]["refit"] is False and report["context"]["source"] == "propensity/scores.parquet"
     assert report["slice"]["labelled"] == int(feedback["solicited"].sum()) == report["slice"]["with_gold_label"]
 
 

@@ -67,3 +67,24 @@ def test_export_writes_trl_pairs_beside_ours(warehouse: Path, tmp_path: Path) ->
     expected = ours.filter(pl.col("split") == "train")
     texts = {TEXT_TEMPLATE.format(prompt=p or "", response=c) for p, c in zip(expected["prompt_text"], expected["chosen_text"])}
     assert {p + c for p, c in zip(train["prompt"], train["chosen"])} == texts
+
+
+def test_trl_reward_trainer_reads_the_pairs(tiny_backbone: Path, tmp_path: Path) -> None:
+    """One step of TRL's RewardTrainer on pairs_trl-shaped rows (tiny random BERT, no download)."""
+    pytest.importorskip("trl")
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    table = trl_pairs(_pairs())["train"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=1)
+    args = RewardConfig(output_dir=str(tmp_path / "rm"), per_device_train_batch_size=2, max_steps=1, report_to="none",
+                        use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=64,
+                        eos_token="[SEP]")  # a BERT vocabulary has no EOS; TRL appends one
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_polars(table), processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert any("loss" in entry and entry["loss"] > 0 for entry in trainer.state.log_history)

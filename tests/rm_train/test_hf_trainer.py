@@ -84,7 +84,11 @@ def test_trainer_compute_loss_is_the_causalrm_loss(tiny_backbone: Path) -> None:
     assert float(loss) == pytest.approx(float(pointwise_objective("causalrm-ips", logit, targets)), rel=1e-6)
     assert "crm_label" in batch  # compute_loss worked on a copy: the batch itself is intact
     with torch.no_grad():
-        assert float(causalrm_loss(model, batch, "naive", "mse")[0]) >= 0
+        naive = float(causalrm_loss(model, batch, "naive", "mse")[0])
+    # Closed form (issue 22: this was `>= 0`): the naive loss averages (sigmoid(f) - r)^2 over the
+    # two observed rows only; the unobserved third row carries none.
+    expected = float(((torch.sigmoid(logit[:2]) - torch.tensor([1.0, 0.0])) ** 2).mean())
+    assert naive == pytest.approx(expected, rel=1e-6)
 
 
 def test_finetune_errors(small_dataset: Path, tiny_backbone: Path, tmp_path: Path) -> None:

@@ -142,3 +142,18 @@ def test_sequence_classifier_scores_the_template_and_exports(sequence_classifier
     assert summary["kind"] == "sequence-classifier" and not summary["trust_remote_code"]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["causalrm"]["template"] == "{prompt}\n\n{response}" and config["causalrm"]["max_length"] == 48
+
+
+def test_model_config_finds_the_warehouse_embedding_settings(tmp_path: Path) -> None:
+    """`weights export` joins WH/embeddings into data.parquet: the head records WH's meta.json."""
+    from rm_train.data import FeatureSpec
+    from rm_train.train import _embedding_meta
+
+    wh, dataset = tmp_path / "wh", tmp_path / "dataset"
+    (wh / "embeddings").mkdir(parents=True)
+    dataset.mkdir()
+    (wh / "embeddings" / "meta.json").write_text(json.dumps({"model": "m", "pooling": "mean", "dim": 32}))
+    manifest = {"input": {"warehouse": str(wh)}}
+    assert _embedding_meta(dataset, manifest, FeatureSpec(embedding_dim=32))["model"] == "m"
+    assert _embedding_meta(dataset, manifest, FeatureSpec(embedding_dim=16)) is None  # other vectors: not these
+    assert _embedding_meta(dataset, manifest, FeatureSpec(numeric=["x"])) is None  # no text embedding at all

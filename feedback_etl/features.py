@@ -1,0 +1,322 @@
+"""Custom context columns (issue 17): the feature contract from raw events to the feedback table.
+
+What drives who gives feedback (a plan tier, an app version, a country, an experiment arm, the
+turn number...) is logged by every product, but not in the canonical columns. A custom feature is
+
+* declared in the mapping file's ``[features]`` table (``plan_tier = "categorical"``, or
+  ``turn = {type = "numeric", source = "meta.turn"}``), or
+* an extra raw-event column picked up with ``causalrm ingest --keep-extra-columns`` (its type is
+  inferred: boolean when every value is true/false, numeric when every value is a number, else
+  categorical).
+
+The flow (DuckDB engine; the Spark engine refuses custom features with one line):
+
+1. the canonical readers (``feedback_etl.sources``) add a ``context`` column to ``raw_events``: a
+   JSON object of each feature's raw value as text (:func:`context_sql`);
+2. staging keeps it beside the typed row (:func:`capture_context`) and the accepted events carry
+   it to ``WH/events`` (:func:`attach_context`: the ``context`` column, null without features);
+3. the feedback build gives each feature a typed column of the feedback table, taken from the
+   exposure's impression (:func:`add_feature_columns`): declared types are checked (a value that
+   does not parse is one error naming file, row and column), categorical columns are capped in
+   distinct values, all-null and constant columns are warned about;
+4. :func:`validate_feedback` validates the contract columns with ``FeedbackTable`` and the
+   features with a pandera schema of their declared types; the manifest records each feature.
+
+Features accumulate across runs: a column declared in one batch and absent in another is null for
+the other batch's exposures (the manifest's ``tables.features`` keeps every feature's type).
+Propensity fits read them with :func:`read_feature_frame` and use them by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+
+import duckdb
+import polars as pl
+
+from feedback_etl.mapping import CONTEXT_COLUMN, FieldMapping, check_feature_name, check_source_column, contract_columns, json_path
+from schemas.errors import ConfigError, InputFileError
+
+log = logging.getLogger(__name__)
+
+# An extra column picked up by --keep-extra-columns gets its type from the data.
+INFERRED = "inferred"
+# Distinct values a categorical feature may hold: more is an id, not a context (use an entity feature).
+DEFAULT_MAX_LEVELS = 1000
+_POLARS_TYPES: dict[str, pl.DataType] = {"categorical": pl.String(), "numeric": pl.Float64(), "boolean": pl.Boolean()}
+
+
+def with_extra_columns(mapping: FieldMapping, unknown_columns: dict[str, list[str]]) -> tuple[FieldMapping, list[str]]:
+    """``mapping`` plus every extra raw-event column (``--keep-extra-columns``) as an inferred feature.
+
+    Returns the mapping and warnings for extra columns that cannot be features (their names).
+    Declared features and columns that are the source of a declared feature are left as declared.
+    """
+    features = dict(mapping.features)
+    sources = {source for _, source in features.values()} | {source.split(".")[0] for _, source in features.values()}
+    skipped: list[str] = []
+    for column in sorted({c for columns in unknown_columns.values() for c in columns}):
+        if column in features or column in sources:
+            continue
+        try:
+            check_feature_name(column, where="--keep-extra-columns")
+            check_source_column(column, where="--keep-extra-columns")
+        except ConfigError:
+            skipped.append(column)
+            continue
+        features[column] = (INFERRED, column)
+    warnings = [
+        f"--keep-extra-columns: {len(skipped)} extra column(s) {skipped[:5]} cannot be feature names; "
+        "declare them in the mapping's [features] table with a name and source = \"...\""
+    ] if skipped else []
+    return replace(mapping, features=MappingProxyType(features)), warnings
+
+
+def check_engine(engine: str, mapping: FieldMapping, keep_extra_columns: bool) -> None:
+    """The Spark engine does not carry custom features yet: one line instead of a silent drop."""
+    if engine != "duckdb" and (mapping.features or keep_extra_columns):
+        raise ConfigError(
+            f"custom feature columns ([features] table or --keep-extra-columns) are not supported by the {engine} engine",
+            where=f"--engine {engine}",
+            fix="ingest with --engine duckdb to keep them, or drop the [features] table and --keep-extra-columns",
+        )
+
+
+# ---------------------------------------------------------------- reading: raw -> context
+
+
+def context_sql(mapping: FieldMapping, reference) -> str | None:
+    """SQL for the ``context`` column of a canonical slice of ``raw_events``, None without features.
+
+    ``reference(source)`` is the SQL of one feature's raw value (any type; cast to text here):
+    for JSON Lines a path into the record, for Parquet / CSV the column (or a nested path).
+    """
+    if not mapping.features:
+        return None
+    pairs = ", ".join(f"'{name}', CAST({reference(source)} AS VARCHAR)" for name, (_, source) in mapping.features.items())
+    return f"CAST(json_object({pairs}) AS VARCHAR)"
+
+
+def jsonl_reference(source: str) -> str:
+    """A feature's raw value in a JSON Lines record (the ``record`` column), as text."""
+    return f"json_extract_string(\"record\", '{json_path(source)}')"
+
+
+# ---------------------------------------------------------------- staging: keep context beside the typed rows
+
+
+def capture_context(conn: duckdb.DuckDBPyConnection, *, append: bool) -> bool:
+    """Copy the ``context`` of the current ``raw_events`` slice into ``feature_context``.
+
+    Returns whether the slice had a context column (no features: nothing is copied)."""
+    columns = {row[0] for row in conn.execute('DESCRIBE "raw_events"').fetchall()}
+    if CONTEXT_COLUMN not in columns:
+        return False
+    select = 'SELECT "source_file", "row_number", "context" FROM "raw_events" WHERE "context" IS NOT NULL'
+    if append and _has_table(conn, "feature_context"):
+        conn.execute(f'INSERT INTO "feature_context" {select}')
+    else:
+        conn.execute(f'CREATE OR REPLACE TEMP TABLE "feature_context" AS {select}')
+    return True
+
+
+def attach_context(conn: duckdb.DuckDBPyConnection) -> None:
+    """Give ``new_events`` its ``context`` column (last, as in ``WH/events``): null without features."""
+    if _has_table(conn, "feature_context"):
+        conn.execute(
+            """CREATE OR REPLACE TEMP TABLE "new_events_context" AS
+            SELECT n.*, c."context" FROM "new_events" AS n
+            LEFT JOIN (
+                SELECT "source_file", "row_number", ANY_VALUE("context") AS "context"
+                FROM "feature_context" GROUP BY 1, 2
+            ) AS c ON c."source_file" = n."source_file" AND c."row_number" = n."row_number"
+            """
+        )
+    else:
+        conn.execute('CREATE OR REPLACE TEMP TABLE "new_events_context" AS SELECT *, CAST(NULL AS VARCHAR) AS "context" FROM "new_events"')
+    conn.execute('DROP TABLE "new_events"')
+    conn.execute('ALTER TABLE "new_events_context" RENAME TO "new_events"')
+
+
+def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(conn.execute("SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
+
+
+# ---------------------------------------------------------------- the feedback table's feature columns
+
+
+def resolve_features(mapping: FieldMapping, recorded: dict | None) -> dict[str, dict]:
+    """Every feature of the warehouse: earlier runs' (``tables.features`` of the manifest) and this run's.
+
+    A type declared in this run's mapping wins; an inferred column keeps the type it was given
+    first, so a batch cannot flip a column's type. Returns name -> {"type", "source", "origin"}.
+    """
+    features = {name: {**spec, "origin": "earlier run"} for name, spec in (recorded or {}).items()}
+    for name, (kind, source) in mapping.features.items():
+        if kind == INFERRED and name in features:
+            continue
+        features[name] = {"type": kind, "source": source, "origin": "extra column" if kind == INFERRED else "declared"}
+    return features
+
+
+def add_feature_columns(
+    conn: duckdb.DuckDBPyConnection, features: dict[str, dict], *, max_levels: int = DEFAULT_MAX_LEVELS
+) -> tuple[dict[str, dict], list[str]]:
+    """Append one typed column per feature to ``feedback_mart`` (from each exposure's impression).
+
+    Returns the features kept (name -> type, source, origin, non_null, distinct) and warnings.
+
+    Raises
+    ------
+    InputFileError : a declared numeric or boolean feature holds a value of another type (naming
+        the file, row and column of the first one).
+    ConfigError : a declared categorical feature has more than ``max_levels`` distinct values.
+    """
+    if not features:
+        return {}, []
+    conn.execute(
+        """CREATE OR REPLACE TEMP TABLE "impression_context" AS
+        SELECT "exposure_id", "context", "source_file", "row_number" FROM "all_events"
+        WHERE "event_type" = 'impression' AND "context" IS NOT NULL"""
+    )
+    warnings: list[str] = []
+    kept: dict[str, dict] = {}
+    expressions: list[str] = []
+    for name, spec in features.items():
+        raw = f"NULLIF(TRIM(json_extract_string(\"context\", '$.\"{name}\"')), '')"
+        kind = spec["type"]
+        if kind == INFERRED:
+            kind = _infer_type(conn, raw)
+        else:
+            _check_values(conn, name, spec, kind, raw)
+        typed = _typed(raw, kind)
+        non_null, distinct = conn.execute(f'SELECT COUNT({typed}), COUNT(DISTINCT {typed}) FROM "impression_context"').fetchone()
+        if kind == "categorical" and distinct > max_levels:
+            if spec["origin"] == "declared":
+                raise ConfigError(
+                    f"categorical feature {name!r} has {distinct:,} distinct values, more than the cap of {max_levels:,}",
+                    where=f"features table, column {name}",
+                    fix="an id is not a context column: pass it as --user-features / --item-features at fit time, "
+                    "declare it numeric, or raise --max-feature-levels",
+                )
+            warnings.append(f"extra column {name!r} has {distinct:,} distinct values (cap {max_levels:,}): not kept as a feature")
+            continue
+        if non_null == 0:
+            warnings.append(f"feature {name!r} is null on every exposure (source {spec['source']!r} absent?): it carries no information")
+        elif distinct == 1:
+            warnings.append(f"feature {name!r} holds one value on every exposure that has it: it carries little information")
+        kept[name] = {"type": kind, "source": spec["source"], "origin": spec["origin"], "non_null": int(non_null), "distinct": int(distinct)}
+        expressions.append(f'{typed} AS "{name}"')
+    for message in warnings:
+        log.warning("ingest features: %s", message)
+    if expressions:
+        conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE "feedback_mart_features" AS
+            SELECT m.*, {", ".join(expressions)}
+            FROM "feedback_mart" AS m
+            LEFT JOIN "impression_context" AS c ON c."exposure_id" = m."exposure_id"
+            """
+        )
+        conn.execute('DROP TABLE "feedback_mart"')
+        conn.execute('ALTER TABLE "feedback_mart_features" RENAME TO "feedback_mart"')
+    conn.execute('DROP TABLE "impression_context"')
+    return kept, warnings
+
+
+def _typed(raw: str, kind: str) -> str:
+    if kind == "numeric":
+        return f"CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END"
+    if kind == "boolean":
+        return f"CASE LOWER({raw}) WHEN 'true' THEN TRUE WHEN '1' THEN TRUE WHEN 'false' THEN FALSE WHEN '0' THEN FALSE END"
+    return raw
+
+
+def _infer_type(conn: duckdb.DuckDBPyConnection, raw: str) -> str:
+    values, booleans, numbers = conn.execute(
+        f"""SELECT COUNT({raw}), COUNT(*) FILTER (WHERE LOWER({raw}) IN ('true', 'false')),
+               COUNT(*) FILTER (WHERE isfinite(TRY_CAST({raw} AS DOUBLE)))
+        FROM "impression_context" """
+    ).fetchone()
+    if values and booleans == values:
+        return "boolean"
+    if values and numbers == values:
+        return "numeric"
+    return "categorical"
+
+
+def _check_values(conn: duckdb.DuckDBPyConnection, name: str, spec: dict, kind: str, raw: str) -> None:
+    """The first value of a declared numeric / boolean feature that is not of its type: one error."""
+    if kind == "categorical":
+        return
+    bad = f"{raw} IS NOT NULL AND {_typed(raw, kind)} IS NULL"
+    row = conn.execute(
+        f'SELECT "source_file", "row_number", {raw} FROM "impression_context" WHERE {bad} ORDER BY 1, 2 LIMIT 1'
+    ).fetchone()
+    if row is not None:
+        source_file, row_number, value = row
+        raise InputFileError(
+            f"feature {name!r} is declared {kind} but holds {str(value)[:40]!r}",
+            where=f"{source_file}, row {row_number}, column {spec['source']}",
+            fix=f"fix the value, or declare {name} categorical in the mapping's [features] table",
+        )
+
+
+# ---------------------------------------------------------------- validation and reading back
+
+
+def feature_schema(types: dict[str, str]):
+    """A pandera schema of the feature columns: each nullable, of its declared type, numbers finite."""
+    import pandera.polars as pa
+
+    columns = {}
+    for name, kind in types.items():
+        checks = [pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite() | pl.col(data.key).is_null()), name="finite")] if kind == "numeric" else []
+        columns[name] = pa.Column(_POLARS_TYPES[kind], nullable=True, coerce=True, checks=checks)
+    return pa.DataFrameSchema(columns, strict=True, name="FeedbackFeatures")
+
+
+def validate_feedback(frame: pl.DataFrame, types: dict[str, str] | None = None) -> pl.DataFrame:
+    """Validate a feedback frame: contract columns with ``FeedbackTable``, features with their types.
+
+    Raises
+    ------
+    TableValidationError : either part breaks its contract.
+    """
+    from feedback_etl import io
+    from schemas.validation import validate_table
+
+    if not types:
+        return io.validate_feedback(frame)
+    contract = contract_columns()
+    base = io.validate_feedback(frame.select(contract))
+    extra = validate_table(frame.select(list(types)), feature_schema(types), "feedback (custom features)")
+    return base.hstack(extra)
+
+
+def feature_types(frame: pl.DataFrame | dict) -> dict[str, str]:
+    """name -> categorical | numeric | boolean of the custom feature columns in a frame (or schema)."""
+    schema = frame.schema if isinstance(frame, pl.DataFrame) else frame
+    contract = set(contract_columns())
+    types = {}
+    for name, dtype in schema.items():
+        if name in contract or name == CONTEXT_COLUMN:
+            continue
+        types[name] = "boolean" if dtype == pl.Boolean else "numeric" if dtype.is_numeric() else "categorical"
+    return types
+
+
+def read_feature_frame(warehouse: str | Path, *, version: int | str | None = None) -> pl.DataFrame | None:
+    """``exposure_id`` and every custom feature column of the feedback table, None when it has none."""
+    import pyarrow.dataset  # noqa: F401  (the dataset's module)
+
+    from feedback_etl import io
+
+    dataset = io.feedback_dataset(warehouse, version=version)
+    schema = pl.from_arrow(dataset.schema.empty_table()).schema
+    names = list(feature_types(dict(schema)))
+    if not names:
+        return None
+    return pl.from_arrow(dataset.to_table(columns=["exposure_id", *names]))
