@@ -341,6 +341,9 @@ def ingest(
             f"feedback table: {fb['exposures']:,} exposures, {fb['observed']:,} observed ({rate:.3f}) -> {warehouse}/feedback",
             soft_wrap=True,
         )
+    if run.get("features"):  # custom context columns (issue 17, docs/features.md)
+        out.print("custom features: " + ", ".join(f"{name} ({spec['type']})" for name, spec in run["features"].items()),
+                  highlight=False, soft_wrap=True)
     for warning in run.get("warnings", []):
         err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
@@ -447,7 +450,7 @@ def propensity_fit(
     model: Annotated[PropensityModel, typer.Option(help="lightgbm (default), mlp (torch; uses embeddings well) or logistic (baseline).")] = PropensityModel.LIGHTGBM,
     folds: Annotated[int, typer.Option(help="Cross-fitting folds, grouped by user_id: each exposure is scored by a model that never saw it.")] = 5,
     calibration: Annotated[Calibration, typer.Option(help="Calibration of the scores, cross-fitted like the model.")] = Calibration.ISOTONIC,
-    clip: Annotated[float, typer.Option(help="Propensity floor in (0, 1): weights are at most 1/clip. Clipped rows are counted in metrics.json.")] = 0.05,
+    clip: Annotated[Optional[float], typer.Option(help="Propensity floor in (0, 1): weights are at most 1/clip. Default: derived from the data, min(0.05, rate/2, 1% quantile of observed rows' propensities), never above the observed rate. Clipped rows are counted in metrics.json.")] = None,
     channel: Annotated[list[Channel], typer.Option(help="Feedback channel; repeat for several (one model each).")] = [Channel.VOTE],  # noqa: B006
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment and the models.")] = 0,
     embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Use WH/embeddings as features when `causalrm embed` has produced them.")] = True,
@@ -458,6 +461,9 @@ def propensity_fit(
     memory_limit: Annotated[str, typer.Option(help="Memory budget of the fit (e.g. 4GB, 512MB); sets the default --max-rows.")] = "4GB",
     features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns to use (default: the contract's context and user-history columns plus every custom feature column; docs/features.md).")] = None,
     exclude_features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns to leave out.")] = None,
+    user_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Parquet or CSV keyed by user_id: its other columns become features, joined at fit time (and again by `propensity score`; docs/features.md).")] = None,
+    item_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Parquet or CSV keyed by prompt_id or response_id: its other columns become features, joined at fit time.")] = None,
+    id_encodings: Annotated[Optional[str], typer.Option(help="Comma-separated id columns (user_id, prompt_id, response_id) used as features through out-of-fold feedback-rate encodings fitted inside the cross-fitting folds.")] = None,
 ) -> None:
     """Fit cross-fitted, calibrated propensities P(feedback | exposure) and write WH/propensity/
     (scores.parquet, metrics.json, models/<channel>/)."""
@@ -474,15 +480,28 @@ def propensity_fit(
                 max_rows=max_rows, memory_limit=memory_limit,
                 features=parse_feature_list(features, where="--features"),
                 exclude_features=parse_feature_list(exclude_features, where="--exclude-features") or (),
+                user_features=str(user_features) if user_features else None,
+                item_features=str(item_features) if item_features else None,
+                id_encodings=parse_feature_list(id_encodings, where="--id-encodings") or (),
             )
             result = fit_propensity(warehouse, cfg, progress=sys.stderr.isatty())
             m, c, w = result.metrics, result.clip, result.metrics["weights"]
             out.print(
                 f"{name}: {m['n_exposures']:,} exposures, {m['n_observed']:,} with feedback; AUC {m['auc']:.3f}, "
                 f"ECE {m['ece']:.4f}, ESS/N {w['ess_ratio']:.3f}, max weight {w['max']:.1f}; clipped {c.n_clipped:,} "
-                f"({c.share_clipped:.2%}) at {c.floor:g}; {len(m['warnings'])} warning(s) (logged above, in metrics.json)",
+                f"({c.share_clipped:.2%}) at {c.floor:g}" + (" (from the data)" if clip is None else "")
+                + f", {c.n_clipped_observed:,} of them observed ({c.share_clipped_observed:.2%} of observed rows); "
+                f"{len(m['warnings'])} warning(s) (logged above, in metrics.json)",
                 highlight=False, soft_wrap=True,
             )
+            sampling = m.get("sampling") or {}
+            if sampling.get("sampled"):
+                out.print(
+                    f"{name}: {sampling['n_rows']:,} rows > --max-rows {sampling['max_rows']:,}: fitted on a case-control sample of "
+                    f"{sampling['n_sample']:,} (observed rows kept at rate {sampling['rate_observed']:.3g}, the others at "
+                    f"{sampling['rate_unobserved']:.3g}; corrected), every exposure scored in batches",
+                    highlight=False, soft_wrap=True,
+                )
         out.print(f"wrote {result.scores_path}, {result.metrics_path}, {result.models_path.parent}/", highlight=False, soft_wrap=True)
     except CausalRMError as exc:
         _fail(exc)

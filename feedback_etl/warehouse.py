@@ -239,8 +239,10 @@ def check_layout(warehouse: Path) -> None:
     Raises
     ------
     WarehouseError : one line saying to run ``causalrm migrate``.
+    ConfigError : a path delta-rs cannot open (a ``%XX`` sequence in it).
     """
     warehouse = Path(warehouse)
+    _delta_uri(None, warehouse, check_only=True)
     old = [n for n in DELTA_TABLES if (warehouse / n).is_dir() and not is_delta_table(warehouse / n) and any((warehouse / n).iterdir())]
     if old:
         raise WarehouseError(
@@ -344,7 +346,7 @@ def snapshot(warehouse: Path, table: str, version: int | str | datetime | None =
     from deltalake import DeltaTable
 
     with literal_paths() as links:
-        uri = str(links.folder(path))
+        uri = _delta_uri(links, path)
         try:
             delta = DeltaTable(uri, version=wanted if isinstance(wanted, int) else None)
             if isinstance(wanted, datetime):
@@ -368,6 +370,26 @@ def snapshot(warehouse: Path, table: str, version: int | str | datetime | None =
     return Snapshot(table, current, files, schema)
 
 
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _delta_uri(links, path: Path, *, check_only: bool = False) -> str:
+    """The plain link delta-rs opens a table through (it reads a path as a URL).
+
+    Raises
+    ------
+    ConfigError : the real path holds a ``%XX`` sequence, which delta-rs decodes even there.
+    """
+    real = Path(path).resolve()
+    if _PERCENT_ESCAPE.search(str(real)):
+        raise ConfigError(
+            f"the warehouse path {str(real)!r} contains a %XX sequence, which delta-rs (the Delta Lake library) decodes",
+            where=str(path),
+            fix="rename the folder (or its parent) so that no % is followed by two hex digits",
+        )
+    return "" if check_only else str(links.folder(path))
+
+
 def _data_files(delta, path: Path) -> tuple[Path, ...]:
     """The snapshot's data files as paths under ``path`` (delta-rs resolves the link and names
     them by a partly percent-encoded URL of the real folder; the part after the table root is
@@ -381,7 +403,7 @@ def _data_files(delta, path: Path) -> tuple[Path, ...]:
         if not uri.startswith(root):
             raise WarehouseError(f"data file {uri} lies outside its table", where=str(path))
         files.append(path / unquote(uri[len(root):]))
-    return tuple(files)
+    return tuple(sorted(files))  # run folders are named by start time: oldest first
 
 
 def latest_version(warehouse: Path, table: str) -> int | None:
@@ -392,7 +414,7 @@ def latest_version(warehouse: Path, table: str) -> int | None:
     from deltalake import DeltaTable
 
     with literal_paths() as links:
-        return DeltaTable(str(links.folder(path))).version()
+        return DeltaTable(_delta_uri(links, path)).version()
 
 
 # ---------------------------------------------------------------- Delta tables: writing
@@ -489,7 +511,7 @@ def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
         note = CommitProperties(custom_metadata={RUN_ID_KEY: write.run_id})
         path.mkdir(parents=True, exist_ok=True)
         with literal_paths() as links:
-            uri = str(links.folder(path))
+            uri = _delta_uri(links, path)
             if exists:
                 delta = DeltaTable(uri)
                 current = pa.schema(delta.schema().to_arrow())
@@ -542,7 +564,7 @@ def roll_back_uncommitted(warehouse: Path, manifest: dict) -> list[str]:
             continue
         committed = versions.get(table)
         with literal_paths() as links:
-            delta = DeltaTable(str(links.folder(path)))
+            delta = DeltaTable(_delta_uri(links, path))
             latest = delta.version()
             note = CommitProperties(custom_metadata={RUN_ID_KEY: "rollback"})
             if committed is not None and latest > committed:
@@ -570,7 +592,7 @@ def history(warehouse: Path) -> list[dict]:
         if not is_delta_table(path):
             continue
         with literal_paths() as links:
-            entries = DeltaTable(str(links.folder(path))).history()
+            entries = DeltaTable(_delta_uri(links, path)).history()
         latest = max((int(e["version"]) for e in entries), default=None)
         current = latest if committed is None else committed.get(table)
         for entry in entries:
@@ -627,7 +649,7 @@ def vacuum(warehouse: Path, older_than: str = "7d", *, dry_run: bool = False) ->
             if not is_delta_table(path):
                 continue
             with literal_paths() as links:
-                delta = DeltaTable(str(links.folder(path)))
+                delta = DeltaTable(_delta_uri(links, path))
                 committed = committed_versions(warehouse) or {}
                 keep = [committed[table]] if table in committed else None
                 files = delta.vacuum(

@@ -12,7 +12,11 @@ Missing Not at Random"):
 
 1. g: one AdamW step on its own objective, the CausalRM-IPS loss with the bounded MSE base
    (``losses.imputation_loss``) on the batch, so y_hat targets E[r* | x] over all exposures;
-2. f: one AdamW step on the DR loss with e_i = l(f(x_i), y_hat_i), y_hat detached.
+2. f: one AdamW step on the DR loss with e_i = E_{y ~ Bernoulli(y_hat_i)} l(f(x_i), y), y_hat detached.
+
+g is cross-fitted by user fold (issue 15, :class:`_CrossFitImputer`): two heads, each trained on
+the rows of one half of the users and imputing the other half, so y_hat_i never comes from a head
+that took a step on row i's label.
 
 Why alternate rather than minimise one joint sum: the DR objective is small when y_hat agrees with f,
 so letting its gradient reach g would pull the imputation towards the reward model instead of towards
@@ -275,7 +279,7 @@ class _Objective:
         rank-averaged gradient is the single process's gradient of the batch mean.
         """
         with _autocast(device):
-            logit = imputer(batch).float()
+            logit, imputed = imputer(batch).float()  # own-fold head (trained here), other fold's (imputes)
         if world_size == 1:
             loss = imputation_loss(logit, batch["label"], batch["weight"], batch["rho01"], batch["rho10"],
                                    denoise=self.cfg.loss == "causalrm-dr")
@@ -286,7 +290,7 @@ class _Objective:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.detach(), torch.sigmoid(logit.detach())
+        return loss.detach(), torch.sigmoid(imputed.detach())
 
     @torch.no_grad()
     def split_loss(self, model, imputer, rows: TensorRows, device: torch.device, batch_size: int = 8192,
@@ -308,7 +312,7 @@ class _Objective:
             y_hat = None
             if imputer is not None:
                 with _autocast(device):
-                    y_hat = torch.sigmoid(imputer(batch).float())
+                    y_hat = torch.sigmoid(imputer(batch)[1].float())  # the cross-fitted imputation
             if self.nonnegative:
                 positive, negative, weight = self.parts(model, batch, device, y_hat)
                 total += positive.sum()
@@ -369,8 +373,9 @@ def _prepare_rows(frame: pl.DataFrame, cfg: TrainConfig, spec: FeatureSpec | Non
         return prepared
     if cfg.loss in OBSERVED_ONLY:
         train, val = train.filter(pl.col("observed")), val.filter(pl.col("observed"))
-    prepared["train"] = TensorRows({**feature_tensors(train, spec), **target_tensors(train)})
-    prepared["val"] = TensorRows({**feature_tensors(val, spec), **target_tensors(val)}) if val.height else None
+    folds = _imputation_folds if cfg.doubly_robust else (lambda part: {})
+    prepared["train"] = TensorRows({**feature_tensors(train, spec), **target_tensors(train), **folds(train)})
+    prepared["val"] = TensorRows({**feature_tensors(val, spec), **target_tensors(val), **folds(val)}) if val.height else None
     return prepared
 
 
@@ -385,6 +390,35 @@ def _small_validation_warning(cfg: TrainConfig, prepared: dict[str, Any], val_pa
         return None
     return (f"validation split {cfg.val_split!r} holds only {count:,} {unit} (< {MIN_VALIDATION_ROWS}): early stopping "
             f"and best_val_loss rest on few labels and may pick an arbitrary epoch; export more data or train fewer epochs")
+
+
+def _imputation_folds(frame: pl.DataFrame) -> dict[str, torch.Tensor]:
+    """``imputation_fold`` (float32 0/1, shape (n,)): the user's fold for the cross-fitted imputation
+    head, from a seeded hash of user_id (a user's rows share a fold)."""
+    fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % 2).cast(pl.Float32)
+    return {"imputation_fold": torch.from_numpy(fold.to_numpy().copy())}
+
+
+class _CrossFitImputer(torch.nn.Module):
+    """The DR imputation head g, cross-fitted by user fold (issue 15): two heads; head k trains on the
+    rows of fold k and imputes the rows of the other fold, so no row's y_hat comes from a head that
+    took a step on that row's label (a high-capacity head, e.g. with ID features, could otherwise
+    memorise the observed labels, and y_hat would then depend on the row's own r and o, which breaks
+    the DR argument).
+
+    ``forward`` returns shape (2, n): row 0 the logit of the row's own-fold head (the one trained on
+    it), row 1 the other fold's (the imputation). One module, so DDP, dropout sharding and the
+    optimiser treat it as one head.
+    """
+
+    def __init__(self, spec: FeatureSpec, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList([_new_head(spec, cfg), _new_head(spec, cfg)])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        second_fold = batch["imputation_fold"] > 0.5
+        first, second = self.heads[0](batch), self.heads[1](batch)
+        return torch.stack([torch.where(second_fold, second, first), torch.where(second_fold, first, second)])
 
 
 def _new_head(spec: FeatureSpec, cfg: TrainConfig) -> RewardHead:
@@ -454,7 +488,7 @@ def _train(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) 
             warnings.append(small)
 
     model = _new_head(spec, cfg).to(device)
-    imputer = _new_head(spec, cfg).to(device) if cfg.doubly_robust else None
+    imputer = _CrossFitImputer(spec, cfg).to(device) if cfg.doubly_robust else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     imputer_optimizer = torch.optim.AdamW(imputer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if imputer else None
     train_model, train_imputer = model, imputer

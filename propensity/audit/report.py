@@ -573,8 +573,9 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
 
     reliability, ece = reliability_with_intervals(p, observed)
     # Every context column, custom ones included (issue 17): balance is checked on what selection may depend on.
-    with_context = with_custom_features(frame, warehouse)
-    smd = covariate_balance(with_context, observed, p_weights, features=select_features(with_context))
+    # Chosen on the feedback columns alone: the frame also holds the propensity, which is no covariate.
+    chosen = select_features(with_custom_features(feedback, warehouse))
+    smd = covariate_balance(with_custom_features(frame, warehouse), observed, p_weights, features=chosen)
     worst = max(smd, key=lambda s: abs(s["after"])) if smd else None
     noise = _read_all_noise(warehouse)
     own_noise = next((n for n in noise if n["channel"] == cfg.channel), None)

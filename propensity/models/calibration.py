@@ -220,3 +220,34 @@ def clip_propensity(
         share_clipped_observed=n_obs_clipped / n_obs if n_obs else 0.0,
     )
     return clipped, report
+
+
+# The floor of a fit without --clip (issue 17): derived from the data, never above the observed rate.
+MAX_DEFAULT_FLOOR = 0.05
+FLOOR_QUANTILE = 0.01
+
+
+def default_floor(propensity: np.ndarray, observed: np.ndarray) -> float:
+    """The propensity floor a fit uses when none is given.
+
+    ``min(0.05, rate / 2, max(rate / 100, q))`` where ``rate`` is the observed feedback rate and
+    ``q`` the 1% quantile of the calibrated propensities of observed rows (the rows that carry
+    weights). So about 1% of observed rows at most are clipped (more only on ties, e.g. an
+    isotonic plateau), the floor is at most half the observed rate (a fixed 0.05 above a 2.4%
+    rate clipped every row and made the weights constant: issue 17), weights are at most 100
+    times the mean weight 1/rate, and on common rates (>= 10%) with good overlap it is the
+    former fixed default 0.05.
+
+    Parameters
+    ----------
+    propensity : calibrated, unclipped propensities, array of shape (n_rows,).
+    observed : bool array of shape (n_rows,).
+    """
+    p = np.asarray(propensity, dtype=np.float64)
+    o = np.asarray(observed, dtype=bool)
+    rate = float(o.mean()) if len(o) else 0.0
+    if rate <= 0.0:
+        return MAX_DEFAULT_FLOOR
+    quantile = float(np.quantile(p[o], FLOOR_QUANTILE))
+    floor = min(MAX_DEFAULT_FLOOR, rate / 2, max(rate / 100, quantile))
+    return float(max(floor, 1e-6))

@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,19 +20,22 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from propensity.models.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate
+from propensity.models.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate, default_floor, MAX_DEFAULT_FLOOR
 from propensity.models.casecontrol import RowPlan, fit_case_control, parse_memory, row_plan
 from propensity.models.score import load_fold_models  # noqa: F401  (public here too: propensity.models.fit.load_fold_models)
 from propensity.models.crossfit import _take, cross_fit, group_folds
 from propensity.diagnostics import propensity_diagnostics
 from propensity.models.estimators import ESTIMATORS, make_estimator
 from propensity.models.custom_features import select_features, with_custom_features
+from propensity.models.entity_features import check_id_columns, full_encodings, join_entity_features, load_side_tables, oof_encoder
 from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import models_dir, read_metrics, replace_dir, write_metrics, write_scores
 from schemas.errors import ConfigError, EstimationError, WarehouseError
 from schemas.feedback import CHANNELS
 
 log = logging.getLogger(__name__)
+# Share of observed rows clipped above which a fit warns (their weights are capped: bias).
+OBSERVED_CLIP_WARNING = 0.03
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +67,9 @@ class PropensityConfig:
     model: str = "lightgbm"
     folds: int = 5
     calibration: str = "isotonic"
-    clip: float = 0.05
+    # None: derived from the data (propensity.models.calibration.default_floor, issue 17); the fit
+    # records the floor it used as ``clip`` in metrics.json and the model spec.
+    clip: float | None = None
     seed: int = 0
     use_embeddings: bool = True
     n_jobs: int = 0
@@ -77,12 +82,17 @@ class PropensityConfig:
     # Feature columns (issue 17): None = the contract's context plus every custom column; exclude drops some.
     features: tuple[str, ...] | None = None
     exclude_features: tuple[str, ...] = ()
+    # Entity side features and out-of-fold id encodings (propensity.models.entity_features).
+    user_features: str | None = None
+    item_features: str | None = None
+    id_encodings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A TOML / metrics.json list becomes a tuple (the config stays hashable and comparable).
         if self.features is not None:
             object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "exclude_features", tuple(self.exclude_features))
+        object.__setattr__(self, "id_encodings", check_id_columns(self.id_encodings))
         if self.channel not in CHANNELS:
             raise ConfigError(f"unknown channel {self.channel!r}", where="--channel", fix=f"use one of {sorted(CHANNELS)}")
         if self.model not in ESTIMATORS:
@@ -91,7 +101,7 @@ class PropensityConfig:
             raise ConfigError(f"unknown calibration {self.calibration!r}", where="--calibration", fix=f"use one of {list(CALIBRATIONS)}")
         if self.folds < 2:
             raise ConfigError(f"folds must be >= 2, got {self.folds}", where="--folds", fix="use --folds 5")
-        if not 0.0 < self.clip < 1.0:
+        if self.clip is not None and not 0.0 < self.clip < 1.0:
             raise ConfigError(
                 f"clip must be in (0, 1), got {self.clip}", where="--clip", fix="use e.g. --clip 0.05 (1e-4 clips almost nothing)"
             )
@@ -198,11 +208,23 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     started = time.perf_counter()
     plan = row_plan(warehouse, cfg)
     if plan.sampled:  # more rows than the fit may hold: case-control sample, streamed scoring (issue 23)
+        if cfg.features is not None or cfg.exclude_features or cfg.user_features or cfg.item_features or cfg.id_encodings:
+            raise ConfigError(
+                f"a case-control fit ({plan.n_rows:,} rows > --max-rows {plan.max_rows:,}) uses the contract's context columns only",
+                where="--features / --exclude-features / --user-features / --item-features / --id-encodings",
+                fix="raise --max-rows / --memory-limit so the table is fitted whole, or drop these options",
+            )
+        if cfg.clip is None:  # no scores yet to take a quantile of: min(0.05, rate / 2) from one streamed column
+            cfg = replace(cfg, clip=_sampled_floor(warehouse, cfg))
         return _fit_sampled(warehouse, cfg, plan, started, progress)
     feedback = read_feedback(warehouse)  # names a missing contract column itself (WarehouseError)
     observed = _check_target(feedback, cfg, warehouse)
     embeddings = read_embeddings(warehouse) if cfg.use_embeddings else None
     feedback = with_custom_features(feedback, warehouse)  # custom context columns (issue 17)
+    side_warnings: list[str] = []
+    side_tables = load_side_tables(cfg.user_features, cfg.item_features)
+    if side_tables:  # --user-features / --item-features, joined at fit time
+        feedback, _, _, side_warnings = join_entity_features(feedback, side_tables)
     categorical, numeric = select_features(feedback, cfg.features, cfg.exclude_features)
     X, feature_names, categorical_names = build_features(feedback, embeddings, categorical=categorical, numeric=numeric)
     folds = group_folds(feedback["user_id"].to_numpy(), cfg.folds, cfg.seed)
@@ -220,11 +242,18 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     # solicited rows get the slice's response rate (observed by design).
     fit_rows, solicited = _organic_rows(feedback, cfg)
     with _fold_progress(progress, cfg.folds, f"propensity {cfg.channel}") as advance:
-        fitted = cross_fit(cfg.estimator(), _take(model_input, fit_rows), observed[fit_rows], folds[fit_rows], on_fold_done=advance)
+        # Out-of-fold id encodings are fitted inside the folds (the augment hook), never on a row's own label.
+        ids = {name: feedback[name].to_numpy()[fit_rows] for name in cfg.id_encodings}
+        augment = oof_encoder(ids, observed[fit_rows], folds[fit_rows]) if ids else None
+        fitted = cross_fit(cfg.estimator(), _take(model_input, fit_rows), observed[fit_rows], folds[fit_rows], augment=augment,
+                           on_fold_done=advance)
     calibrated_fit, calibrators = cross_calibrate(fitted.oof, observed[fit_rows], folds[fit_rows], cfg.calibration)
     slice_rate = float(observed[solicited].mean()) if solicited.any() else None
     calibrated, raw = np.full(len(observed), slice_rate or 0.0), np.full(len(observed), slice_rate or 0.0)
     calibrated[fit_rows], raw[fit_rows] = calibrated_fit, fitted.oof
+    floor_source = "--clip" if cfg.clip is not None else "data"
+    if cfg.clip is None:  # the floor that fits the data, recorded as the config's clip from here on
+        cfg = replace(cfg, clip=default_floor(calibrated_fit, observed[fit_rows]))
     propensity, clip_report = clip_propensity(calibrated, cfg.clip, 1.0, observed=observed)
     _log_clipping(cfg, clip_report)
 
@@ -240,8 +269,9 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         "solicited_excluded": bool(solicited.any()),
         "n_solicited": int(solicited.sum()),
         "solicited_response_rate": slice_rate,
-        "clipping": clip_report.to_dict(),
-        "warnings": _warnings(cfg, clip_report, diagnostics),
+        "clipping": {**clip_report.to_dict(), "floor_source": floor_source},
+        "warnings": _warnings(cfg, clip_report, diagnostics) + side_warnings,
+        "id_encodings": list(cfg.id_encodings),
         "features": feature_names if embeddings is None else [n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)],
         "categorical_features": categorical_names,
         "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in feature_names)),
@@ -264,7 +294,11 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
             "fold": folds.astype(np.int32),
         }
     )
-    models_path = _write_models(warehouse, cfg, fitted.models, calibrators, X, feature_names, categorical_names, design_names)
+    encodings = {"id_encodings": full_encodings(ids, observed[fit_rows])} if ids else {}
+    if side_tables:  # scoring joins these columns from the same files, on these keys
+        encodings.update(side_columns=[n for t in side_tables for n in (*t.categorical, *t.numeric)],
+                         side_keys=list(dict.fromkeys(t.key for t in side_tables)))
+    models_path = _write_models(warehouse, cfg, fitted.models, calibrators, X, feature_names, categorical_names, design_names, encodings or None)
     scores_path = write_scores(warehouse, cfg.channel, scores)
     metrics_path = write_metrics(warehouse, cfg.channel, diagnostics)
     log.info("propensity %s: AUC %.3f, ECE %.4f, ESS/N %.3f", cfg.channel, diagnostics["auc"], diagnostics["ece"], diagnostics["weights"]["ess_ratio"])
@@ -303,6 +337,17 @@ def _fit_sampled(warehouse: Path, cfg: PropensityConfig, plan: RowPlan, started:
     )
 
 
+def _sampled_floor(warehouse: Path, cfg: PropensityConfig) -> float:
+    """The data-derived floor of a case-control fit: ``min(0.05, observed rate / 2)`` (see ``default_floor``)."""
+    import pyarrow.compute as pc
+
+    from feedback_etl.io import feedback_dataset
+
+    column = feedback_dataset(warehouse).to_table(columns=[cfg.target])[cfg.target]
+    rate = float(pc.mean(pc.cast(column, "double")).as_py() or 0.0)
+    return float(max(min(MAX_DEFAULT_FLOOR, rate / 2), 1e-6)) if rate > 0 else MAX_DEFAULT_FLOOR
+
+
 def _organic_rows(feedback: pl.DataFrame, cfg: PropensityConfig) -> tuple[np.ndarray, np.ndarray]:
     """(indices of the rows the context model is fitted on, solicited mask): the vote channel leaves
     out solicited (randomized-slice) exposures; the implicit channels are never solicited."""
@@ -334,6 +379,13 @@ def _warnings(cfg: PropensityConfig, report: ClipReport, diagnostics: dict[str, 
         )
     if report.share_clipped > 0.10:
         found.append(f"{report.share_clipped:.1%} of propensities were clipped at {cfg.clip:g}: weak overlap or a floor too high")
+    if report.share_clipped_observed > OBSERVED_CLIP_WARNING:
+        # Clipped observed rows carry capped weights: their share is the bias the floor buys (issue 17).
+        found.append(
+            f"{report.n_clipped_observed:,} observed rows ({report.share_clipped_observed:.1%}) have propensities below the floor "
+            f"{cfg.clip:g} and carry capped weights; fix: lower the floor (e.g. --clip {max(cfg.clip / 4, 1e-4):.2g}, or leave "
+            "--clip out to derive it from the data) or add the features that explain who gives feedback (docs/features.md)"
+        )
     ess_ratio = diagnostics["weights"]["ess_ratio"]
     if ess_ratio is not None and ess_ratio < 0.1:
         found.append(f"effective sample size is {ess_ratio:.1%} of the observed rows: a few weights dominate")

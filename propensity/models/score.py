@@ -60,6 +60,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 
+from propensity.models.entity_features import append_encodings, with_side_features
 from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import (
     SCORES_LAYOUTS,
@@ -161,7 +162,10 @@ def _feature_columns(spec: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, 
 def scoring_columns(spec: dict[str, Any]) -> list[str]:
     """The feedback-table columns scoring reads: exposure_id and the fit's feature columns."""
     categorical, numeric, _ = _feature_columns(spec)
-    return ["exposure_id", *categorical, *numeric]
+    # Side-feature columns come from the fit's files (joined on their keys), not from the table (issue 17).
+    side = set(spec.get("side_columns") or ())
+    keys = [k for k in (*(spec.get("side_keys") or ()), *(spec.get("id_encodings") or {})) if k not in (*categorical, *numeric)]
+    return ["exposure_id", *[c for c in (*categorical, *numeric) if c not in side], *dict.fromkeys(keys)]
 
 
 def uses_embeddings(spec: dict[str, Any]) -> bool:
@@ -210,6 +214,7 @@ def scoring_features(
     InputFileError : a feature column is missing.
     """
     categorical, numeric, embedding_dim = _feature_columns(spec)
+    feedback = with_side_features(feedback, spec)  # --user-features / --item-features of the fit (issue 17)
     if embedding_dim:
         if embeddings is None and "embedding" in feedback.columns:
             embeddings = feedback.select("exposure_id", "embedding")
@@ -233,14 +238,14 @@ def scoring_features(
         )
     unseen = {name: int(((X[name].cat.codes.to_numpy() < 0) & feedback[name].is_not_null().to_numpy()).sum()) for name in categorical_names}
     if spec["model"] == "lightgbm":
-        return X, unseen
+        return append_encodings(X, feedback, spec), unseen
     matrix, design_names = design_matrix(X, categorical_names, dtype=np.float64)
     if spec.get("design_names") is not None and design_names != list(spec["design_names"]):
         raise WarehouseError(
             "the one-hot design matrix differs from the fit's", where="models/config.json",
             fix="refit the propensity models with this version of causalrm",
         )
-    return matrix, unseen
+    return append_encodings(matrix, feedback, spec), unseen
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -452,10 +457,10 @@ def fit_scores(models_warehouse: Path, channel: str) -> pl.DataFrame:
 
 
 def feedback_files(warehouse: Path) -> list[Path]:
-    """The Parquet files of the feedback table's committed version (``feedback_etl.io.feedback_dataset``)."""
-    from feedback_etl.io import feedback_dataset
+    """The Parquet files of the feedback table's committed version (``feedback_etl.io.feedback_files``)."""
+    from feedback_etl.io import feedback_files as committed_files
 
-    files = sorted(Path(f) for f in feedback_dataset(warehouse).files)
+    files = sorted(Path(f) for f in committed_files(warehouse))
     if not files:
         raise WarehouseError(
             "warehouse has no feedback table", where=str(warehouse / "feedback"),
@@ -566,6 +571,7 @@ def _score_local(
         for path in files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.chunk_rows, columns=columns):
                 frame = pl.from_arrow(batch).join(fit, on="exposure_id", how="left", maintain_order="left")
+                frame = with_side_features(frame, spec)  # the fit's --user-features / --item-features (issue 17)
                 for name, n in unseen_levels(frame, spec).items():
                     unseen[name] += n
                 scored = score_batch(frame, spec, models, calibrators, embeddings)

@@ -494,10 +494,6 @@ def _require_labelled_channel(channel: str) -> None:
         )
 
 
-# Columns the estimator itself joins to the feedback rows: never features of the proxy.
-_NOT_CONTEXT = frozenset({"propensity", "propensity_raw", "fold", "weight", "true_label", "embedding", "audit_label"})
-
-
 def proxy_scores(
     feedback: pl.DataFrame,
     config: NoiseConfig,
@@ -505,6 +501,7 @@ def proxy_scores(
     weight: np.ndarray,
     fold: np.ndarray | None = None,
     embeddings: pl.DataFrame | None = None,
+    custom: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Cross-fitted proxy scores of P(r=1 | x) for every exposure, and the proxy's diagnostics.
 
@@ -525,10 +522,6 @@ def proxy_scores(
     label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
     users = feedback["user_id"].to_numpy()
     fold = group_folds(users, config.n_folds, config.seed) if fold is None else np.asarray(fold)
-    from feedback_etl.features import feature_types
-
-    # Custom context columns (issue 17) joined by the warehouse reader; not the columns joined here.
-    custom = feature_types({n: t for n, t in feedback.schema.items() if n not in _NOT_CONTEXT})
     features, names = build_proxy_features(
         feedback, embeddings if config.use_embeddings else None, text=config.text_features, standardize=config.proxy == "logistic",
         custom=custom,
@@ -547,8 +540,12 @@ def estimate_noise_frame(
     fold: np.ndarray | None = None,
     embeddings: pl.DataFrame | None = None,
     audit: pl.DataFrame | None = None,
+    custom: dict[str, str] | None = None,
 ) -> dict:
     """Estimate rho01 / rho10 from an in-memory feedback frame (no file I/O).
+
+    ``custom`` names the custom context columns of ``feedback`` the proxy model uses (name ->
+    categorical | numeric | boolean; issue 17); other extra columns of the frame are never features.
 
     Parameters
     ----------
@@ -618,7 +615,7 @@ def estimate_noise_frame(
         else:
             weight = 1.0 / np.asarray(propensity, dtype=np.float64)
         label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
-        score, result["proxy"] = proxy_scores(feedback, config, weight=weight, fold=fold, embeddings=embeddings)
+        score, result["proxy"] = proxy_scores(feedback, config, weight=weight, fold=fold, embeddings=embeddings, custom=custom)
         auc = result["proxy"]["auc_observed"]
         if auc < 0.6:
             result["warnings"].append(
@@ -798,7 +795,11 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
         fold = joined["fold"].to_numpy() if usable else None
         source = str(scores_path(warehouse))
     embeddings = read_embeddings(warehouse) if (config.method == "anchor" and config.use_embeddings) else None
-    result = estimate_noise_frame(feedback, config, propensity=propensity, fold=fold, embeddings=embeddings, audit=audit)
+    from feedback_etl.features import feature_types
+
+    custom = feature_types(dict(feedback.schema))  # the contract's columns plus custom ones only, here
+    result = estimate_noise_frame(feedback, config, propensity=propensity, fold=fold, embeddings=embeddings, audit=audit,
+                                  custom=custom)
     result["warehouse"] = str(warehouse)
     result["propensity_source"] = source
     result["embeddings"] = embeddings is not None

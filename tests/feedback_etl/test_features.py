@@ -134,3 +134,18 @@ def test_parquet_and_csv_inputs_carry_features(tmp_path):
     frame.write_csv(csv_dir / "a.csv")
     ingest(IngestConfig(inputs=(str(csv_dir / "a.csv"),), warehouse=str(tmp_path / "wh_csv"), mapping=str(mapping)))
     assert read_feature_frame(tmp_path / "wh_csv")["plan"].null_count() == 0
+
+
+def test_simulator_extra_context_is_off_by_default_and_ingests_when_on(tmp_path):
+    from feedback_etl.simulator import SimulationConfig, simulate
+
+    simulate(SimulationConfig(out=str(tmp_path / "plain"), n_exposures=1_000, seed=2))
+    plain = pl.read_parquet(tmp_path / "plain" / "events" / "*.parquet")
+    assert not {"plan_tier", "app_version", "turn"} & set(plain.columns)
+    simulate(SimulationConfig(out=str(tmp_path / "ctx"), n_exposures=1_000, seed=2, extra_context=True))
+    run = ingest(IngestConfig(inputs=(str(tmp_path / "ctx" / "events"),), warehouse=str(tmp_path / "wh"), keep_extra_columns=True))
+    assert {n: s["type"] for n, s in run["features"].items()} == {"app_version": "numeric", "plan_tier": "categorical", "turn": "numeric"}
+    frame = read_feature_frame(tmp_path / "wh").join(read_feedback(tmp_path / "wh").select("exposure_id", "user_id"), on="exposure_id")
+    assert frame["plan_tier"].null_count() == 0 and set(frame["plan_tier"]) <= {"free", "plus", "pro"}
+    assert frame.group_by("user_id").agg(pl.col("plan_tier").n_unique())["plan_tier"].max() == 1  # a user's tier is fixed
+    assert frame["turn"].min() >= 1 and frame["turn"].max() <= 8

@@ -93,6 +93,14 @@ def test_hostile_file_and_warehouse_names_are_read_literally(tmp_path, fmt):
     assert rows == {p.name: 1 for p in own.values()} | {p.name: 3 for p in neighbours}
 
 
+def test_a_warehouse_path_delta_rs_would_decode_is_refused_before_reading(tmp_path, batches):
+    from schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="%XX sequence"):
+        _run(tmp_path / "wh%20x", batches["one"])
+    assert not (tmp_path / "wh%20x" / "feedback").exists()
+
+
 def test_tmpdir_with_pattern_characters_is_one_clear_error(tmp_path, monkeypatch):
     from feedback_etl.paths import literal_paths
     from schemas.errors import ConfigError
@@ -260,6 +268,7 @@ def kill_setup(tmp_path_factory, messy_logs):
             "states": {name: (read_feedback(p), read_events(p).drop("run_id")) for name, p in (("before", base), ("after", after))}}
 
 
+@pytest.mark.slow  # 8 child processes (~30 s on 2 cores); the deterministic kill points above are fast
 def test_kill_9_at_random_moments_leaves_a_committed_version(kill_setup):
     """The small version of benchmarks/reliability (60 trials there): 8 ingests killed with
     SIGKILL at random moments; a reader then sees exactly the previous or the new committed

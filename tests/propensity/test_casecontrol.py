@@ -154,6 +154,7 @@ def test_cli_options_reach_the_fit(warehouse: Path, tmp_path: Path) -> None:
     shutil.copytree(warehouse, wh)
     result = runner.invoke(app, ["propensity", "fit", str(wh), "--threads", "1", "--max-rows", "4000", "--memory-limit", "2GB"])
     assert result.exit_code == 0, result.output
+    assert "fitted on a case-control sample of" in result.output.replace("\n", " ")
     sampling = read_metrics(wh, "vote")["sampling"]
     assert sampling["sampled"] is True and sampling["max_rows"] == 4_000 and sampling["memory_limit"] == "2GB"
 

@@ -31,3 +31,35 @@ def test_small_validation_split_is_flagged(weighted_dataset: Path, tmp_path: Pat
     # The 8,000-exposure fixture's val split holds ~10% of users at a ~20% vote rate: < 300 votes.
     flagged = [w for w in metrics["warnings"] if "validation split" in w]
     assert flagged and f"(< {MIN_VALIDATION_ROWS})" in flagged[0], metrics["warnings"]
+
+
+def test_cross_fitted_imputation_never_sees_the_rows_it_imputes() -> None:
+    """Issue 15.6: the DR imputation head is cross-fitted by user fold. Train the imputer on a batch
+    whose fold-0 labels are one draw, then (same seed) on the same batch with every fold-0 label
+    flipped: the y_hat of fold-0 rows is identical (it comes from the head trained on fold 1 only),
+    while fold-1 rows' y_hat moves. A single head taking its step on the batch it imputes (the old
+    trainer) fails the first assertion: with ID features it can memorise the rows' own labels."""
+    from rm_train.data import FeatureSpec
+    from rm_train.train import _CrossFitImputer, _Objective
+
+    n = 256
+    generator = torch.Generator().manual_seed(0)
+    fold = (torch.arange(n) % 2).float()
+    labels = (torch.rand(n, generator=generator) < 0.5).float()
+    spec = FeatureSpec(embedding_dim=0, ids=["user_id"], vocab={"user_id": [str(i) for i in range(n)]})
+    cfg = _cfg(loss="causalrm-dr", hidden=(), id_features=("user_id",))
+
+    def imputed_after_training(label: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        imputer = _CrossFitImputer(spec, cfg)
+        optimizer = torch.optim.AdamW(imputer.parameters(), lr=0.05)
+        batch = {"ids": torch.arange(1, n + 1).reshape(n, 1), "label": label, "observed": torch.ones(n), "weight": torch.ones(n),
+                 "rho01": torch.zeros(n), "rho10": torch.zeros(n), "imputation_fold": fold}
+        for _ in range(30):
+            _, y_hat = _Objective(cfg, None, torch.device("cpu")).imputation_step(imputer, optimizer, batch, torch.device("cpu"))
+        return y_hat
+
+    flipped = torch.where(fold == 0, 1 - labels, labels)
+    before, after = imputed_after_training(labels), imputed_after_training(flipped)
+    assert torch.equal(before[fold == 0], after[fold == 0])
+    assert not torch.equal(before[fold == 1], after[fold == 1])
