@@ -444,10 +444,10 @@ def _pipeline(
 
     def write_events() -> int:
         validate = lambda frame: io.validate_table(frame, StagedEvent, "events")  # noqa: E731
-        # The schema of an empty batch: the first run creates the table even when it accepts nothing.
-        empty = conn.sql('SELECT * FROM "new_events" LIMIT 0').to_arrow_table()
-        writes["events"].set_schema(next(io.validated_batches([empty], validate, run_id=run_id)).schema)
         if counts["accepted"] == 0:
+            # The schema of an empty batch: the first run creates the table even when it accepts nothing.
+            empty = conn.sql('SELECT * FROM "new_events" LIMIT 0').to_arrow_table()
+            writes["events"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate, run_id=run_id))).schema)
             return 0
         _check_unique(conn, "new_events", "event_id", "events")
         reader = conn.sql('SELECT * FROM "new_events"').to_arrow_reader(cfg.batch_rows)
@@ -455,9 +455,9 @@ def _pipeline(
 
     def write_rejects() -> int:
         validate = lambda frame: io.validate_table(frame, RejectsTable, "rejects")  # noqa: E731
-        empty = conn.sql('SELECT * FROM "rejects" LIMIT 0').to_arrow_table()
-        writes["rejects"].set_schema(next(io.validated_batches([empty], validate)).schema)
         if counts["rejected_total"] == 0:
+            empty = conn.sql('SELECT * FROM "rejects" LIMIT 0').to_arrow_table()
+            writes["rejects"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate))).schema)
             return 0
         reader = conn.sql('SELECT * FROM "rejects" ORDER BY "source_file", "row_number"').to_arrow_reader(cfg.batch_rows)
         return sum(writes["rejects"].write(t) for t in io.validated_batches(reader, validate))
@@ -629,7 +629,6 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
     table first. Memory stays bounded by one batch (or the largest day).
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
-    write.set_schema(io.to_arrow(features.validate_feedback(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl(), types)).schema)
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
@@ -646,7 +645,9 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
             'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last',
             params={"first": days[0], "last": days[-1]},
         ).pl()
-        write.write(io.to_arrow(features.validate_feedback(frame, types).sort("exposure_id")))
+        write.write(features.validate_feedback(frame, types).sort("exposure_id"))
+    if not groups:  # no exposure: the table is emptied, with the schema of a validated empty frame
+        write.set_schema(io.to_arrow(features.validate_feedback(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl(), types)).schema)
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'

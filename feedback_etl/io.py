@@ -184,9 +184,9 @@ def read_rejects(warehouse: str | Path) -> pl.DataFrame:
     return pl.from_arrow(snap.dataset().to_table()).sort("run_id", "source_file", "row_number")
 
 
-def validated_batches(batches, validate, *, run_id: str | None = None) -> "Iterator[pyarrow.Table]":
-    """Validate each Arrow record batch (a collected frame, full data) and yield it as Arrow,
-    with a ``run_id`` column appended when given.
+def validated_batches(batches, validate, *, run_id: str | None = None) -> Iterator[pl.DataFrame]:
+    """Validate each Arrow record batch (a collected frame, full data) and yield the validated
+    frame, with a ``run_id`` column appended when given.
 
     ``validate`` maps a polars frame to the validated frame (raising TableValidationError);
     batches come from a DuckDB query and go on to :func:`feedback_etl.warehouse.write_table`, so
@@ -196,4 +196,4 @@ def validated_batches(batches, validate, *, run_id: str | None = None) -> "Itera
         frame = validate(pl.from_arrow(batch))
         if run_id is not None:
             frame = frame.with_columns(run_id=pl.lit(run_id, dtype=pl.String))
-        yield to_arrow(frame)
+        yield frame

@@ -27,7 +27,7 @@ calls :func:`fit_case_control` otherwise:
 5. **Scoring pass**: every exposure, batch by batch, by the model and calibrator of its user's
    fold (cross-fitting keeps its meaning: no model scores a user it was trained on), clipped at
    the floor; one Parquet part per batch, committed with :func:`propensity.io.commit_score_parts`.
-   Memory: the sample, one batch, and four numbers per exposure for the diagnostics.
+   Memory: the sample, one batch, and 19 bytes per exposure for the diagnostics.
 6. **Diagnostics** on every exposure (AUC, ECE, reliability, weights, clipping); the balance table
    on a uniform sample of the exposures (the case-control sample thinned to one keep rate,
    ``min(s0, s1)``, for both classes), reported as such under ``balance.sample``.
@@ -65,8 +65,11 @@ BYTES_PER_ROW = 800
 BYTES_PER_EMBEDDING_DIM = 12
 # Interpreter, libraries and LightGBM's fixed buffers.
 BASE_BYTES = 400 * 2**20
-# Held for every exposure by a case-control fit: observed, calibrated and raw score, fold.
-BYTES_PER_STREAMED_ROW = 24
+# Held for every exposure by a case-control fit: observed flag, calibrated and raw score, fold
+# (19 bytes), the clipped propensity (8) and the diagnostics' transient copies (AUC sorts the scores
+# twice, the reliability table bins them): the 30M-exposure benchmark peaked 0.5 GB above a 4GB
+# budget planned at 24 bytes per exposure.
+BYTES_PER_STREAMED_ROW = 80
 MIN_SAMPLE_ROWS = 10_000
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(K|M|G|T)i?B\s*", re.IGNORECASE)
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -426,7 +429,12 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     score_columns = ["exposure_id", "user_id", target, *categorical, *numeric, *flag_columns]
     staging = propensity_dir(warehouse) / f".fit-{cfg.channel}.{uuid.uuid4().hex}.tmp"
     staging.mkdir(parents=True)
-    observed_all, calibrated_all, raw_all, fold_all, organic_all = [], [], [], [], []
+    # Per-exposure arrays for the diagnostics, filled batch by batch in place (no lists to concatenate:
+    # a copy of each would double them at the end).
+    n = summary.n_rows
+    observed_all, organic = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+    calibrated_all, raw_all, fold_all = np.empty(n), np.empty(n), np.empty(n, dtype=np.int16)
+    offset = 0
     try:
         parts = []
         for frame in stream_rows(warehouse, dataset, score_columns, cfg.batch_rows, embeddings=use_embeddings,
@@ -445,24 +453,25 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
                 "fold": pl.Series(fold, dtype=pl.Int32),
             }).write_parquet(part)
             parts.append(part)
-            observed_all.append(frame[target].fill_null(False).cast(pl.Boolean).to_numpy())
-            calibrated_all.append(calibrated)
-            raw_all.append(raw)
-            fold_all.append(fold)
-            organic_all.append(~solicited)
+            rows = slice(offset, offset + frame.height)
+            observed_all[rows] = frame[target].fill_null(False).cast(pl.Boolean).to_numpy()
+            calibrated_all[rows], raw_all[rows], fold_all[rows], organic[rows] = calibrated, raw, fold, ~solicited
+            offset += frame.height
+        if offset != n:
+            raise WarehouseError(
+                f"the feedback table changed while it was read ({n:,} rows counted, {offset:,} scored)",
+                where=str(warehouse / "feedback"), fix="run `causalrm propensity fit` again once the ingest is done",
+            )
         scores_path = commit_score_parts(warehouse, cfg.channel, parts)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    observed_all = np.concatenate(observed_all)
-    propensity, clip_report = clip_propensity(np.concatenate(calibrated_all), floor, 1.0, observed=observed_all)
+    propensity, clip_report = clip_propensity(calibrated_all, floor, 1.0, observed=observed_all)
     del calibrated_all
-    organic = np.concatenate(organic_all)
 
     # 6. diagnostics on every organic exposure (the rows the model describes); balance from the uniform sample above
-    diagnostics = propensity_diagnostics(
-        observed_all[organic], propensity[organic], propensity_raw=np.concatenate(raw_all)[organic],
-        folds=np.concatenate(fold_all)[organic], n_bins=cfg.reliability_bins,
-    )
+    if not organic.all():  # copies only when there are solicited rows to leave out
+        observed_all, propensity, raw_all, fold_all = observed_all[organic], propensity[organic], raw_all[organic], fold_all[organic]
+    diagnostics = propensity_diagnostics(observed_all, propensity, propensity_raw=raw_all, folds=fold_all, n_bins=cfg.reliability_bins)
     diagnostics["balance"] = balance
     diagnostics["solicited_excluded"] = bool(summary.n_solicited)
     diagnostics["n_solicited"] = summary.n_solicited

@@ -134,6 +134,7 @@ def test_manifest_round_trips_and_describes_the_inputs(wh: Path, exported: tuple
     noise = manifest["noise"]
     assert (noise["rho01"], noise["rho10"], noise["rho01_ci"], noise["assumed_zero"]) == (0.2, 0.1, [0.17, 0.23], False)
     assert manifest["files"] == {"data": "data.parquet", "pairs": "pairs.parquet"}
+    assert manifest["format"] == "parquet" and manifest["propensity"]["source"] == "propensity/scores.parquet"
 
 
 def test_dataset_loads_in_datasets_polars_and_pandas(exported: tuple[Path, dict], tmp_path: Path) -> None:
@@ -223,6 +224,7 @@ def test_no_noise_estimate_fails_unless_no_noise(warehouse: Path, tmp_path: Path
         export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "ds")))
     manifest = export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "ds"), no_noise=True))
     assert manifest["noise"]["assumed_zero"] is True and "--no-noise" in manifest["noise"]["note"]
+    assert (manifest["noise"]["rho01"], manifest["noise"]["rho10"]) == (0.0, 0.0)
     data = read_weighted_dataset(tmp_path / "ds")
     assert (data["rho01"] == 0).all() and (data["rho10"] == 0).all()
 
@@ -404,3 +406,30 @@ def test_pair_loss_is_unbiased_for_the_clean_order_over_pairs_built_from_votes()
     assert abs(error.mean()) < 4 * error.std() / np.sqrt(len(error))
     assert summary["expected_tied_share"] == pytest.approx((target == 0.5).mean(), abs=0.02)
     assert summary["expected_misordered_share"] == pytest.approx((target == 0).mean(), abs=0.01)
+
+
+# ---------------------------------------------------------------- found by mutation testing (issue 22)
+
+
+def test_pair_prior_is_kept_inside_001_099() -> None:
+    """pi = (mean vote - rho10) / (1 - rho01 - rho10) per noise segment, clipped to [0.01, 0.99]:
+    a segment voting up more often than 1 - rho01 would give pi > 1 (and a degenerate posterior)."""
+    from propensity.weights.export import _clean_positive_rate
+
+    observed = pl.DataFrame({"label": [1, 1, 1, 1, 0, 0, 0, 1], "rho01": [0.2] * 4 + [0.1] * 4, "rho10": [0.1] * 4 + [0.3] * 4})
+    prior = dict(_clean_positive_rate(observed).select("rho01", "prior").iter_rows())
+    assert prior[0.2] == pytest.approx(0.99)  # (1 - 0.1) / 0.7 = 1.29, clipped
+    assert prior[0.1] == pytest.approx(0.01)  # (0.25 - 0.3) / 0.6 < 0, clipped
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5, None])
+def test_propensities_outside_0_1_are_refused(wh: Path, tmp_path: Path, bad) -> None:
+    from propensity.io import read_scores
+    from propensity.weights.export import _read_scores
+
+    copy = tmp_path / "wh"
+    shutil.copytree(wh, copy)
+    scores = read_scores(copy, "vote")
+    write_scores(copy, "vote", scores.with_columns(propensity=pl.when(pl.int_range(pl.len()) == 0).then(bad).otherwise(pl.col("propensity"))))
+    with pytest.raises(InputFileError, match=r"outside \(0, 1\]"):
+        _read_scores(copy, "vote")

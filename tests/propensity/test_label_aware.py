@@ -199,6 +199,7 @@ def test_cli_slice_flows_to_weights_and_audit(mnar: dict, tmp_path: Path) -> Non
     np.testing.assert_allclose(data["weight"].to_numpy(), np.where(data["observed"].to_numpy(), 1 / data["p"].to_numpy(), 0.0))
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["propensity"]["kind"] == "label-aware" and manifest["propensity"]["label_aware"]["label_factors"]
+    assert manifest["propensity"]["source"] == "propensity/scores_label_aware.parquet"
 
     report = runner.invoke(app, ["audit", str(wh), "--out", str(tmp_path / "report.html"), "--strict"])
     assert report.exit_code == 1 and "differs from the randomized slice" in report.output, report.output
