@@ -61,7 +61,8 @@ class LiteralPaths:
         return self._link("f", target, "".join(suffixes))
 
     def folder(self, path: str | Path) -> Path:
-        """A link to a folder (which may not exist yet: the link resolves once it does)."""
+        """A link to a folder. Link an existing folder and name new ones under the link: an engine
+        cannot create a folder through a link whose target does not exist yet."""
         return self._link("d", Path(path).absolute(), "")
 
     def _link(self, kind: str, target: Path, suffix: str) -> Path:

@@ -9,7 +9,8 @@ Per exposure i (one response shown to one user):
   context modulation by platform, position and response length (``context_effects``) and, with
   ``extra_context``, by three custom context columns the canonical contract lacks: ``plan_tier``
   and ``app_version`` (per user) and ``turn`` (per exposure) -- declare them in a mapping's
-  ``[features]`` table or ingest with ``--keep-extra-columns`` (issue 17, docs/features.md);
+  ``[features]`` table or ingest with ``--keep-extra-columns`` (issue 17, docs/features.md); the
+  tier also shifts the clean label, P(y_true = 1) = clip(r* + {-0.15, 0, +0.15}, 0, 1);
 * observed o_i ~ Bernoulli(p_i) (always 1 on a randomized, solicited slice);
 * observed label r_i = y_true_i flipped with rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0);
 * implicit channels copy / regenerate / share with their own reward-dependent propensities.
@@ -70,6 +71,9 @@ PLAN_TIER_FACTOR = np.array([0.4, 1.0, 2.5])
 APP_VERSIONS = np.array(["1.9", "2.4", "3.1"], dtype=object)
 APP_VERSION_FACTOR = np.array([0.5, 1.0, 2.0])
 TURN_FACTOR = 1.15  # per turn after the first (turns 1..8)
+# ... and users of a higher tier like answers more: P(y_true = 1) = clip(r* + shift, 0, 1). So the
+# tiers that vote most also skew the labels, and only weights that see the tier undo the skew.
+PLAN_TIER_LABEL_SHIFT = np.array([-0.15, 0.0, 0.15])
 START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 _US = 1_000_000
 
@@ -184,7 +188,8 @@ class _World:
         position = rng.integers(0, 4, n)
         model = rng.integers(0, len(MODELS), n)
         r_star = self.pool.r_star[item]
-        y_true = (rng.random(n) < r_star).astype(np.int8)
+        liking = np.clip(r_star + PLAN_TIER_LABEL_SHIFT[self.user_plan[user]], 0.0, 1.0) if cfg.extra_context else r_star
+        y_true = (rng.random(n) < liking).astype(np.int8)
         base = cfg.alpha ** (self.max_r - r_star)
         # Missing not at random beyond the features (issue 11): users who liked the answer react
         # label_effect times as often, whatever its context. 1.0 = selection on r* and context only.

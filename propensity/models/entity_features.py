@@ -64,9 +64,9 @@ def read_entity_features(path: str | Path, *, keys: Sequence[str], option: str) 
     where = f"{option} {path}"
     try:
         if path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(path, glob=False)  # a literal path (issue 16)
         elif path.suffix == ".csv":
-            frame = pl.read_csv(path, infer_schema_length=None)
+            frame = pl.read_csv(path, infer_schema_length=None, glob=False)
         else:
             raise InputFileError("side-feature file must be .parquet or .csv", where=where, fix="convert the file")
     except (OSError, pl.exceptions.PolarsError) as exc:

@@ -137,7 +137,8 @@ def score_spark(warehouse: Path, models_wh: Path, cfg: ScoreConfig, spec: dict[s
     spark.conf.set(conf_key, str(cfg.chunk_rows))
     out = staging / "spark"
     try:
-        joined.mapInArrow(score, OUTPUT_SCHEMA).write.mode("overwrite").parquet("file://" + str(engine_folder(out)))
+        # A plain link to the (existing) staging folder; Hadoop creates ``spark`` under it.
+        joined.mapInArrow(score, OUTPUT_SCHEMA).write.mode("overwrite").parquet("file://" + str(engine_folder(out.parent) / out.name))
     except PythonException as exc:
         last = next((line for line in reversed(str(exc).strip().splitlines()) if line.strip()), str(exc))
         raise EstimationError(

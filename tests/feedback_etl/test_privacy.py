@@ -82,3 +82,21 @@ def test_key_errors(monkeypatch, env, name, message):
     monkeypatch.delenv("CRM_MISSING", raising=False)
     with pytest.raises(ConfigError, match=message):
         PrivacyConfig.from_env(name)
+
+
+# ---------------------------------------------------------------- found by mutation testing (issue 22)
+
+
+def test_luhn_check_doubles_digits_above_4():
+    """5105 1051 0510 5100 is a valid card number whose doubled digits exceed 9 (10 -> 1 + 0): it must
+    be redacted, and one digit off must not be."""
+    out, counts = redact(pl.DataFrame({"prompt_text": ["card 5105 1051 0510 5100", "card 5105 1051 0510 5101"]}))
+    assert out["prompt_text"].to_list()[0] == "card [CARD_NUMBER]"
+    assert counts["card_number"] == 1
+
+
+def test_an_all_null_id_column_stays_a_string_column():
+    """Pseudonymising a column with no value keeps its String type (the table schemas need it)."""
+    frame = pl.DataFrame({"user_id": ["alice", "bob"], "session_id": pl.Series([None, None], dtype=pl.Utf8)})
+    out = pseudonymize(frame, KEY)
+    assert out.schema["session_id"] == pl.String and out["session_id"].null_count() == 2

@@ -125,6 +125,8 @@ def test_private_warehouse_holds_no_raw_id_text_or_key(private_warehouse: Path, 
     warehouse is searched for every raw id and text of the input, and for the key."""
     assert_private([private_warehouse], hostile_inputs)
     assert scan([private_warehouse], []).text_files >= 1  # the manifest was read too
+    run = json.loads((private_warehouse / "manifest.json").read_text())["runs"][-1]
+    assert run["privacy"]["reject_payloads"] == "withheld (digest only)" and run["privacy"]["pseudonymized"] is True
     rejects = read_rejects(private_warehouse)
     typing = rejects.filter(pl.col("reason").is_in(["bad_timestamp", "missing_field", "unknown_event_type"]))
     assert typing.height >= 3 and typing["payload"].str.starts_with("withheld ").all()

@@ -36,6 +36,7 @@ def _fit(wh: Path, **kw):
     return fit_propensity(wh, PropensityConfig(folds=3, n_jobs=1, model_params={"n_estimators": 100}, **kw))
 
 
+@pytest.mark.slow
 def test_declaring_the_context_columns_raises_the_context_auc(context_warehouse):
     without = _fit(context_warehouse, exclude_features=CUSTOM).metrics
     with_custom = _fit(context_warehouse).metrics
@@ -65,6 +66,7 @@ def test_select_features_types_custom_columns(context_warehouse):
     assert "app_version" in numeric
 
 
+@pytest.mark.slow
 def test_audit_balance_table_and_noise_proxy_see_the_custom_columns(context_warehouse):
     from propensity.noise._proxy import build_proxy_features
 

@@ -72,6 +72,7 @@ def _fit(wh: Path, **kw):
     return fit_propensity(wh, PropensityConfig(folds=3, n_jobs=1, model_params={"n_estimators": 100}, **kw))
 
 
+@pytest.mark.slow
 def test_user_feature_file_raises_the_auc_and_scoring_joins_it_again(plain_warehouse):
     wh, users = plain_warehouse
     without = _fit(wh).metrics

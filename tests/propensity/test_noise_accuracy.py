@@ -129,3 +129,29 @@ def test_anchor_estimate_within_003_of_the_realised_flip_rates():
     assert TOLERANCE <= 2.5 * se  # the tolerance is not looser than 2.5 standard errors
     assert _within((out["rho01"], out["rho10"]), truth), ((out["rho01"], out["rho10"]), truth)
     assert not _within(CONSTANT_ANSWER, truth), "the accuracy check must reject an estimator that ignores the data"
+
+
+# ------------------------------------------------------------------------ proxy features (found by mutation testing)
+
+
+def test_proxy_features_standardise_numbers_keep_unigrams_and_zero_fill_missing_embeddings():
+    """The linear proxy's numeric columns are z-scored (a constant column becomes 0, not NaN), the
+    bag of words holds single words as well as pairs, and an exposure without an embedding gets a
+    zero vector while the others keep theirs."""
+    from propensity.noise._proxy import build_proxy_features
+
+    frame = pl.DataFrame({
+        "exposure_id": ["a", "b", "c", "d"],
+        "position": [0.0, 1.0, 2.0, 3.0],
+        "latency_ms": [5.0, 5.0, 5.0, 5.0],
+        "response_text": ["great answer", "great answer", "wrong answer", "wrong answer"],
+    })
+    embeddings = pl.DataFrame({"exposure_id": ["a", "c"], "embedding": [[1.0, 2.0], [3.0, 4.0]]})
+    X, names = build_proxy_features(frame, embeddings, text=True, standardize=True)
+    dense = X.toarray()
+    column = {name: dense[:, j] for j, name in enumerate(names)}
+    position = column["position"]
+    assert position.mean() == pytest.approx(0.0) and position.std() == pytest.approx(1.0)
+    np.testing.assert_array_equal(column["latency_ms"], np.zeros(4))
+    assert {"text:great", "text:answer", "text:great answer"} <= set(names)
+    np.testing.assert_array_equal(np.column_stack([column["emb0"], column["emb1"]]), [[1, 2], [0, 0], [3, 4], [0, 0]])
