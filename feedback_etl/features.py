@@ -85,6 +85,16 @@ def check_engine(engine: str, mapping: FieldMapping, keep_extra_columns: bool) -
         )
 
 
+def check_source(source: str, mapping: FieldMapping, keep_extra_columns: bool) -> None:
+    """Custom features are read from canonical raw events; an adapter's source has none to keep."""
+    if source != "canonical" and (mapping.features or keep_extra_columns):
+        raise ConfigError(
+            f"custom feature columns ([features] table or --keep-extra-columns) are read from canonical raw events, not --source {source}",
+            where=f"--source {source}",
+            fix="drop the [features] table / --keep-extra-columns, or export the events in the canonical format with the extra columns",
+        )
+
+
 # ---------------------------------------------------------------- reading: raw -> context
 
 

@@ -237,6 +237,7 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     mapping = load_mapping(cfg.mapping)
     files = discover_inputs(cfg.inputs, cfg.source)
     features.check_engine(cfg.engine, mapping, cfg.keep_extra_columns)
+    features.check_source(cfg.source, mapping, cfg.keep_extra_columns)
     if cfg.engine == "spark":
         _engine_plugin(cfg.engine).check_supported(cfg, files, typed_hook)
     with duckdb.connect() as probe:

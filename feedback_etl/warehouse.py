@@ -491,8 +491,8 @@ class TableWrite:
 def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
     """Commit each table's staged files as one new Delta version; return {table: version}.
 
-    An ``append`` without files commits nothing (the table keeps its version); a table that does
-    not exist yet is created (empty when there are no files). The manifest, written after this,
+    An ``append`` without rows commits nothing (the table keeps its version); a table that does
+    not exist yet is created (empty when there are no rows). Empty files are deleted, not committed. The manifest, written after this,
     is what makes the run's versions the warehouse's (module docstring).
     """
     from deltalake import CommitProperties, DeltaTable
@@ -502,8 +502,13 @@ def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
     for write in writes:
         path = write.warehouse / write.table
         exists = is_delta_table(path)
-        if write.mode == "append" and not write.files and (exists or write.schema is None):
-            if exists:
+        for file, rows in write.files:
+            if not rows:  # empty parts (Spark writes one for no rows) are never committed
+                file.unlink(missing_ok=True)
+        if write.folder.is_dir() and not any(write.folder.rglob("*.parquet")):
+            shutil.rmtree(write.folder, ignore_errors=True)
+        if write.mode == "append" and write.rows == 0 and (exists or write.schema is None):
+            if exists:  # nothing to add (Spark writes one empty file even for no rows): no new version
                 versions[write.table] = int(latest_version(write.warehouse, write.table))
             continue
         if write.schema is None:
@@ -518,6 +523,7 @@ def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
                 stats=json.dumps({"numRecords": rows}),
             )
             for file, rows in write.files
+            if rows
         ]
         note = CommitProperties(custom_metadata={RUN_ID_KEY: write.run_id})
         path.mkdir(parents=True, exist_ok=True)

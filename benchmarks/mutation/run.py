@@ -299,22 +299,41 @@ def run_module(module: str, tests: list[str], *, sample: int, time_box: float, s
     return result
 
 
+def judged_rate(result: ModuleResult) -> tuple[int, int]:
+    """(killed, checked) over numeric mutants once the survivors' judgements count: a survivor
+    judged "test added ..." or "killed outside ..." (each checked by hand: the mutant applied,
+    the test red) counts as killed, an "equivalent" one leaves the denominator, any other
+    (a gap left, metadata, an error path) stays a survivor."""
+    _, killed, checked = result.rate("numeric")
+    for s in result.survivors:
+        if s["kind"] != "numeric":
+            continue
+        judgement = s["judgement"]
+        if judgement.startswith(("test added", "killed outside")):
+            killed += 1
+        elif judgement.startswith(("equivalent", "likely equivalent")):
+            checked -= 1
+    return killed, checked
+
+
 def write_report(results: list[ModuleResult], sql: list[dict] | None, args: argparse.Namespace) -> None:
     RESULTS.mkdir(exist_ok=True)
     lines = ["# Mutation testing results", "",
              f"`python benchmarks/mutation/run.py --sample {args.sample} --time-box {args.time_box:g} --seed {args.seed}` "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Killed = a selected test failed or timed out; "
              "rates over checked mutants (survived and no-tests count against). 95% Wilson interval from the sample.", "",
-             "| module | mutants | sampled | numeric killed | numeric rate (95% CI) | all killed | all rate | run |",
-             "|---|---:|---:|---:|---|---:|---:|---|"]
+             "| module | mutants | sampled | numeric killed | numeric rate (95% CI) | all killed | all rate | after judgements | run |",
+             "|---|---:|---:|---:|---|---:|---:|---|---|"]
     for r in results:
         rate, killed, checked = r.rate("numeric")
         lo, hi = wilson(killed, checked)
         all_killed = sum(r.rate(k)[1] for k in ("numeric", "message"))
         all_checked = sum(r.rate(k)[2] for k in ("numeric", "message"))
         all_rate = all_killed / all_checked if all_checked else math.nan
+        j_killed, j_checked = judged_rate(r)
+        judged = f"{j_killed}/{j_checked} ({j_killed / j_checked:.0%})" if j_checked else "-"
         lines.append(f"| `{r.module}` | {r.mutants} | {r.sampled} | {killed}/{checked} | {rate:.0%} ({lo:.0%}-{hi:.0%}) | "
-                     f"{all_killed}/{all_checked} | {all_rate:.0%} | {r.outcome}, {r.seconds / 60:.0f} min |")
+                     f"{all_killed}/{all_checked} | {all_rate:.0%} | {judged} | {r.outcome}, {r.seconds / 60:.0f} min |")
         detail = [f"# Survivors: `{r.module}`", "", f"Tests: {', '.join(f'`{t}`' for t in r.tests)}", ""]
         for s in r.survivors:
             detail += [f"## `{s['name']}` ({s['status']}, {s['kind']})", "", f"Judgement: {s['judgement']}", ""]
@@ -327,9 +346,33 @@ def write_report(results: list[ModuleResult], sql: list[dict] | None, args: argp
         lines += [f"| `{m['file']}` | {m['description']} | {'yes' if m['caught'] else '**no**'} |" for m in sql]
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     payload = {"python": [{**r.__dict__, "survivors": [{k: v for k, v in s.items() if k != "diff"} for s in r.survivors]} for r in results],
-               "sql": sql}
+               "sql": sql, "args": {"sample": args.sample, "time_box": args.time_box, "seed": args.seed}}
     (RESULTS / "summary.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print("\n".join(lines))
+
+
+def report_only(args: argparse.Namespace) -> int:
+    """Rebuild results/ from the last run's summary.json and the current judgements.toml."""
+    payload = json.loads((RESULTS / "summary.json").read_text(encoding="utf-8"))
+    judgements = load_judgements()
+    diffs = {}
+    for md in RESULTS.glob("*.md"):
+        for block in md.read_text(encoding="utf-8").split("\n## `")[1:]:
+            name = block.split("`", 1)[0]
+            if "```diff" in block:
+                diffs[name] = block.split("```diff\n", 1)[1].split("\n```", 1)[0]
+    results = []
+    for item in payload["python"]:
+        result = ModuleResult(**{k: item[k] for k in ("module", "tests", "mutants", "sampled", "outcome", "counts", "seconds")})
+        for s in item["survivors"]:
+            judgement = judgements.get(s["name"], s["judgement"] if s["kind"] == "message" else "UNJUDGED")
+            result.survivors.append({**s, "judgement": judgement, "diff": diffs.get(s["name"], "")})
+        results.append(result)
+    run_args = payload.get("args") or {}
+    for key in ("sample", "time_box", "seed"):
+        setattr(args, key, run_args.get(key, getattr(args, key)))
+    write_report(results, payload["sql"], args)
+    return 0
 
 
 def main() -> int:
@@ -340,7 +383,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sql-only", action="store_true")
     parser.add_argument("--no-sql", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report of the last run with the current judgements")
     args = parser.parse_args()
+    if args.report_only:
+        return report_only(args)
     results = []
     if not args.sql_only:
         for module in args.modules:

@@ -53,7 +53,6 @@ import numpy as np
 import polars as pl
 
 from schemas.errors import ConfigError, EstimationError, WarehouseError
-from schemas.feedback import CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
 
 log = logging.getLogger(__name__)
 
@@ -319,13 +318,17 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     from propensity.io import commit_score_parts, propensity_dir
     from propensity.models.calibration import clip_propensity, cross_calibrate
     from propensity.models.crossfit import assign_user_folds, cross_fit
+    from propensity.models.custom_features import select_features
     from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
     from propensity.models.score import predict_calibrated, scoring_features, shift_logit
 
     started = time.perf_counter()
     dataset = feedback_dataset(warehouse)  # one snapshot (a literal file list) for all three passes
     target = cfg.target
-    categorical, numeric = tuple(CONTEXT_CATEGORICAL), tuple(CONTEXT_NUMERIC)
+    # The same feature columns as an in-memory fit: the contract's context plus the table's custom
+    # columns (issue 17), narrowed by --features / --exclude-features; the first rows only feed
+    # select_features' warning about constant columns.
+    categorical, numeric = select_features(pl.from_arrow(dataset.head(10_000)), cfg.features, cfg.exclude_features)
     present = set(dataset.schema.names)
     missing = [c for c in ("exposure_id", "user_id", target, *categorical, *numeric) if c not in present]
     if missing:

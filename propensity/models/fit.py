@@ -208,10 +208,11 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     started = time.perf_counter()
     plan = row_plan(warehouse, cfg)
     if plan.sampled:  # more rows than the fit may hold: case-control sample, streamed scoring (issue 23)
-        if cfg.features is not None or cfg.exclude_features or cfg.user_features or cfg.item_features or cfg.id_encodings:
+        if cfg.user_features or cfg.item_features or cfg.id_encodings:
             raise ConfigError(
-                f"a case-control fit ({plan.n_rows:,} rows > --max-rows {plan.max_rows:,}) uses the contract's context columns only",
-                where="--features / --exclude-features / --user-features / --item-features / --id-encodings",
+                f"a case-control fit ({plan.n_rows:,} rows > --max-rows {plan.max_rows:,}) uses the feedback table's own "
+                "columns only (contract context and custom features)",
+                where="--user-features / --item-features / --id-encodings",
                 fix="raise --max-rows / --memory-limit so the table is fitted whole, or drop these options",
             )
         if cfg.clip is None:  # no scores yet to take a quantile of: min(0.05, rate / 2) from one streamed column

@@ -149,3 +149,19 @@ def test_simulator_extra_context_is_off_by_default_and_ingests_when_on(tmp_path)
     assert frame["plan_tier"].null_count() == 0 and set(frame["plan_tier"]) <= {"free", "plus", "pro"}
     assert frame.group_by("user_id").agg(pl.col("plan_tier").n_unique())["plan_tier"].max() == 1  # a user's tier is fixed
     assert frame["turn"].min() >= 1 and frame["turn"].max() <= 8
+
+
+def test_all_null_and_constant_features_are_warnings_not_failures(tmp_path):
+    logs = _write_jsonl(tmp_path / "a.jsonl", _events(6, extra=lambda k: {"arm": "control"}))
+    mapping = _mapping(tmp_path, '[features]\narm = "categorical"\nmissing = {type = "numeric", source = "meta.nothing"}\n')
+    run = ingest(IngestConfig(inputs=(str(logs),), warehouse=str(tmp_path / "wh"), mapping=str(mapping)))
+    assert any("'missing' is null on every exposure" in w for w in run["warnings"])
+    assert any("'arm' holds one value" in w for w in run["warnings"])
+    assert read_feature_frame(tmp_path / "wh")["missing"].null_count() == 6
+
+
+def test_adapter_sources_refuse_custom_features_in_one_line(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user_id,item_id,rating\nu1,i1,4\n")
+    with pytest.raises(ConfigError, match="read from canonical raw events, not --source ratings"):
+        ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), source="ratings", keep_extra_columns=True))

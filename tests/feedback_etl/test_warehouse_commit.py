@@ -177,3 +177,48 @@ def test_a_staging_folder_without_the_commit_marker_is_discarded_not_rolled_forw
     (staging / COMMIT_MARKER).write_text("2026-01-05T00:00:00+00:00")
     assert recover(wh) == ["rolled forward committed run 20260105T000000000000Z-dead01"]
     assert read_feedback(wh).equals(read_feedback(other))
+
+
+# ---------------------------------------------------------------- found by mutation testing (issue 22)
+
+
+def test_a_run_writing_several_parts_per_table_commits_them_all(tmp_path: Path) -> None:
+    """batch_rows splits a table's rows into several Parquet parts of one run (one folder): every
+    part is committed and read back."""
+    rows = [_event(f"i{k}", f"x{k}", k / 100) for k in range(2_500)]
+    wh = tmp_path / "wh"
+    ingest(IngestConfig(inputs=(str(_write(tmp_path / "many.jsonl", rows)),), warehouse=str(wh), threads=1, batch_rows=1_000))
+    assert read_events(wh).height == 2_500 and read_feedback(wh).height == 2_500
+    assert len(list((wh / "events").rglob("*.parquet"))) >= 3
+
+
+def test_warehouse_versions_as_of_a_feedback_version_number(tmp_path: Path, batches: dict) -> None:
+    """`--as-of N` names a version of the feedback table: the versions of every table that run
+    committed come back."""
+    from feedback_etl.io import warehouse_versions
+
+    wh = tmp_path / "wh"
+    _run(wh, batches["base"])
+    first = committed_versions(wh)
+    _run(wh, batches["next"])
+    assert warehouse_versions(wh, as_of=first["feedback"]) == first
+    assert warehouse_versions(wh) == committed_versions(wh) != first
+
+
+def test_migrate_refuses_a_folder_that_is_not_a_warehouse_and_one_already_migrated(tmp_path: Path, batches: dict) -> None:
+    from feedback_etl.warehouse import migrate
+    from schemas.errors import WarehouseError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WarehouseError, match="not a causalrm warehouse"):
+        migrate(empty)
+    manifest_only = tmp_path / "manifest_only"
+    manifest_only.mkdir()
+    (manifest_only / "manifest.json").write_text('{"format_version": 2, "runs": [], "tables": {}}')
+    with pytest.raises(WarehouseError, match="nothing to migrate"):
+        migrate(manifest_only)
+    wh = tmp_path / "wh"
+    _run(wh, batches["base"])
+    with pytest.raises(WarehouseError, match="nothing to migrate"):
+        migrate(wh)

@@ -149,6 +149,23 @@ def test_solicited_rows_are_left_out_as_in_the_full_fit(warehouse: Path, tmp_pat
     assert part["sampling"]["n_sample_observed"] == whole["n_observed"]
 
 
+def test_custom_feature_columns_are_used_as_in_the_full_fit(warehouse: Path, tmp_path: Path) -> None:
+    full, sampled = tmp_path / "full", tmp_path / "sampled"
+    shutil.copytree(warehouse, full)
+    feedback = read_feedback(full).with_columns(
+        plan_tier=pl.when(pl.col("exposure_id").hash(seed=2) % 3 == 0).then(pl.lit("pro")).otherwise(pl.lit("free")),
+        turn=(pl.col("exposure_id").hash(seed=3) % 7).cast(pl.Int64),
+    )
+    write_feedback(feedback, full / "feedback")
+    shutil.copytree(full, sampled)
+    whole = fit_propensity(full, PropensityConfig(n_jobs=1)).metrics
+    part = fit_propensity(sampled, PropensityConfig(n_jobs=1, max_rows=MAX_ROWS)).metrics
+    assert part["sampling"]["sampled"] and "plan_tier" in part["features"] and "turn" in part["features"]
+    assert part["features"] == whole["features"] and part["categorical_features"] == whole["categorical_features"]
+    spec = json.loads((sampled / "propensity" / "models" / "vote" / "config.json").read_text())
+    assert spec["categorical_levels"]["plan_tier"] == ["free", "pro"]
+
+
 def test_cli_options_reach_the_fit(warehouse: Path, tmp_path: Path) -> None:
     wh = tmp_path / "wh"
     shutil.copytree(warehouse, wh)

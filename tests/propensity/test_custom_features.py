@@ -80,3 +80,27 @@ def test_audit_balance_table_and_noise_proxy_see_the_custom_columns(context_ware
     _, plain = build_proxy_features(frame, text=False)
     assert not any(n.startswith(("plan_tier", "turn")) for n in plain)
     assert np.isfinite(report["estimates"]["ips"]["estimate"]) if "estimates" in report else True
+
+
+@pytest.mark.slow
+def test_label_aware_outcome_model_uses_the_custom_columns(tmp_path, monkeypatch):
+    import propensity.models.features as features_module
+    from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware
+
+    simulate(SimulationConfig(out=str(tmp_path / "logs"), n_exposures=3_000, n_users=750, seed=1, extra_context=True,
+                              randomized_slice=0.1))
+    ingest(IngestConfig(inputs=(str(tmp_path / "logs" / "events"),), warehouse=str(tmp_path / "wh"), keep_extra_columns=True))
+    _fit(tmp_path / "wh", exclude_features=("turn",))
+    built = []
+    original = features_module.build_features
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        built.append(result[1])
+        return result
+
+    monkeypatch.setattr(features_module, "build_features", spy)
+    report = fit_label_aware(tmp_path / "wh", LabelAwareConfig(bootstrap=20, n_jobs=1)).report
+    # The context fit's choice: its custom columns, less the one it excluded.
+    assert built and {"plan_tier", "app_version"} <= set(built[0]) and "turn" not in built[0]
+    assert report["estimates"]["label_aware_snips"]["estimate"] is not None

@@ -164,6 +164,7 @@ def test_read_audit_formats(tmp_path, suffix):
     [
         ("a.csv", pl.DataFrame({"exposure_id": ["a"], "label": [1]}), "lacks column(s) true_label"),
         ("a.csv", pl.DataFrame({"exposure_id": ["a", "b"], "true_label": [1, 2]}), "other than 0/1"),
+        ("a.csv", pl.DataFrame({"exposure_id": ["a", "b"], "true_label": ["1", "yes"]}), "other than 0/1"),
         ("a.csv", pl.DataFrame({"exposure_id": ["a", "a"], "true_label": [1, 0]}), "both true labels"),
         ("a.txt", pl.DataFrame({"exposure_id": ["a"], "true_label": [1]}), "unknown audit file format"),
     ],
