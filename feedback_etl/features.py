@@ -147,7 +147,9 @@ def attach_context(conn: duckdb.DuckDBPyConnection) -> None:
         )
     else:
         conn.execute('CREATE OR REPLACE TEMP TABLE "new_events_context" AS SELECT *, CAST(NULL AS VARCHAR) AS "context" FROM "new_events"')
-    conn.execute('DROP TABLE "new_events"')
+    # ``new_events`` is a view over the staging tables (ingest.stage) or, for other callers, a table.
+    is_view = conn.execute("SELECT COUNT(*) FROM duckdb_views() WHERE view_name = 'new_events'").fetchone()[0]
+    conn.execute('DROP VIEW "new_events"' if is_view else 'DROP TABLE "new_events"')
     conn.execute('ALTER TABLE "new_events_context" RENAME TO "new_events"')
 
 

@@ -30,6 +30,8 @@ import hashlib
 import logging
 import re
 import shutil
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from feedback_etl import features, io
 from feedback_etl.mapping import FieldMapping, load_mapping
 from feedback_etl.run_checks import check_run
 from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
-from feedback_etl.sqlfiles import run_sql
+from feedback_etl.sqlfiles import load_sql, run_sql
 from feedback_etl.warehouse import (
     LOCK_NAME,
     MANIFEST_VERSION,
@@ -62,8 +64,6 @@ from feedback_etl.warehouse import (
     write_json,
 )
 from schemas.errors import ConfigError, InputFileError, ReconciliationError, RejectReason, TableValidationError
-from schemas.rejects import RejectsTable
-from schemas.staged_event import StagedEvent
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,8 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     TableValidationError : an output table breaks its contract (nothing is written).
     """
     started = datetime.now(timezone.utc)
+    if cfg.engine != "spark":
+        _import_models_in_background()
     warehouse = Path(cfg.warehouse)
     mapping = load_mapping(cfg.mapping)
     files = discover_inputs(cfg.inputs, cfg.source)
@@ -254,6 +256,21 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
         if not existed:
             _remove_if_only_lock(warehouse)
         raise
+
+
+def _import_models() -> None:
+    import schemas.feedback  # noqa: F401
+    import schemas.rejects  # noqa: F401
+    import schemas.staged_event  # noqa: F401
+    import schemas.validation  # noqa: F401
+
+
+def _import_models_in_background() -> None:
+    """Import the pandera models (pandera pulls in pandas and pyspark.pandas: ~1.3 s) in a thread,
+    while DuckDB reads and stages the input with the GIL released; the writes import them again
+    (a no-op, or a wait on the import lock until the thread is done). Issue 19: ingest start-up."""
+    if "schemas.staged_event" not in sys.modules:
+        threading.Thread(target=_import_models, name="causalrm-import-models", daemon=True).start()
 
 
 def _run(
@@ -444,7 +461,10 @@ def _pipeline(
     )
 
     def write_events() -> int:
-        validate = lambda frame: io.validate_table(frame, StagedEvent, "events")  # noqa: E731
+        from schemas.staged_event import StagedEvent  # pandera: imported when first needed (issue 19)
+        from schemas.validation import validate_table
+
+        validate = lambda frame: validate_table(frame, StagedEvent, "events")  # noqa: E731
         if counts["accepted"] == 0:
             # The schema of an empty batch: the first run creates the table even when it accepts nothing.
             empty = conn.sql('SELECT * FROM "new_events" LIMIT 0').to_arrow_table()
@@ -455,7 +475,10 @@ def _pipeline(
         return sum(writes["events"].write(t) for t in io.validated_batches(reader, validate, run_id=run_id))
 
     def write_rejects() -> int:
-        validate = lambda frame: io.validate_table(frame, RejectsTable, "rejects")  # noqa: E731
+        from schemas.rejects import RejectsTable
+        from schemas.validation import validate_table
+
+        validate = lambda frame: validate_table(frame, RejectsTable, "rejects")  # noqa: E731
         if counts["rejected_total"] == 0:
             empty = conn.sql('SELECT * FROM "rejects" LIMIT 0').to_arrow_table()
             writes["rejects"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate))).schema)
@@ -525,7 +548,8 @@ def stage(
     steps.run("stg_duplicates", lambda: run_sql(conn, "staging/stg_duplicates", into="duplicates"))
     steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
     steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
-    steps.run("stg_new_events", lambda: run_sql(conn, "staging/stg_new_events", into="new_events"))
+    # A view: the accepted rows are materialised once, with their context column (issue 19).
+    steps.run("stg_new_events", lambda: conn.execute('CREATE OR REPLACE TEMP VIEW "new_events" AS ' + load_sql("staging/stg_new_events")))
     steps.run("context", lambda: features.attach_context(conn))
     steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
     return hook_report

@@ -10,8 +10,9 @@ import polars as pl
 
 from feedback_etl.warehouse import Snapshot, snapshot, write_table
 from schemas.errors import WarehouseError
-from schemas.feedback import FeedbackTable
-from schemas.validation import validate_table
+
+# The pandera models (schemas.feedback, schemas.validation) are imported where used: pandera
+# pulls in pandas and pyspark.pandas, about 1.3 s of start-up (issue 19).
 
 if TYPE_CHECKING:
     import pyarrow
@@ -23,6 +24,9 @@ def feedback_dir(warehouse: str | Path) -> Path:
 
 def validate_feedback(frame: pl.DataFrame) -> pl.DataFrame:
     """Validate a collected feedback frame on its full data (lazy=True reports every failure)."""
+    from schemas.feedback import FeedbackTable
+    from schemas.validation import validate_table
+
     return validate_table(frame, FeedbackTable, "feedback")
 
 
@@ -90,6 +94,8 @@ def read_feedback(warehouse: str | Path, *, validate: bool = True, version: int 
     root = feedback_dir(warehouse)
     frame = pl.from_arrow(feedback_dataset(warehouse, version=version).to_table())
     frame = frame.with_columns(pl.col("impression_date").cast(pl.Date)).sort("exposure_id")
+    from schemas.feedback import FeedbackTable
+
     contract = list(FeedbackTable.to_schema().columns)
     missing = [c for c in contract if c not in frame.columns]
     if missing:

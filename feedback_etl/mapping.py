@@ -45,7 +45,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-from schemas.raw_event import EVENT_TYPES, KNOWN_COLUMNS
+from schemas.event_columns import EVENT_TYPES, KNOWN_COLUMNS
 
 # Letters, digits, underscore, hyphen, dot and space; must start with a letter or underscore.
 SOURCE_COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-. ]{0,127}$")

@@ -42,7 +42,7 @@ from feedback_etl.features import context_sql, jsonl_reference
 from feedback_etl.paths import engine_file
 from feedback_etl.sqlfiles import SQL_DIR, run_sql
 from schemas.errors import ConfigError, InputFileError
-from schemas.raw_event import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
+from schemas.event_columns import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
 
 SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "langsmith", "openai-chat", "ratings")
 # Adapters of tracing / chat-log exports (issue 18): records -> kinds -> feedback -> canonical events.

@@ -12,31 +12,15 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
-EVENT_TYPES: tuple[str, ...] = (
-    "impression",
-    "thumbs_up",
-    "thumbs_down",
-    "vote_cleared",
-    "copy",
-    "regenerate",
-    "share",
+# The names live in schemas.event_columns (no pandera import); re-exported here.
+from schemas.event_columns import (  # noqa: F401
+    EVENT_TYPES,
+    IMPRESSION_OPTIONAL,
+    IMPRESSION_REQUIRED,
+    KNOWN_COLUMNS,
+    REQUIRED_COLUMNS,
+    VOTE_EVENT_TYPES,
 )
-VOTE_EVENT_TYPES: tuple[str, ...] = ("thumbs_up", "thumbs_down", "vote_cleared")
-
-# Columns every row must carry, and those an impression must carry in addition.
-REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "event_time", "event_type", "exposure_id")
-IMPRESSION_REQUIRED: tuple[str, ...] = ("user_id", "session_id", "prompt_id", "response_id", "model_id")
-IMPRESSION_OPTIONAL: dict[str, pl.DataType] = {
-    "prompt_text": pl.Utf8(),
-    "response_text": pl.Utf8(),
-    "position": pl.Int32(),
-    "platform": pl.Utf8(),
-    "locale": pl.Utf8(),
-    "latency_ms": pl.Float64(),
-    # Randomized feedback slice (issue 11): feedback was solicited at random for this exposure.
-    "solicited": pl.Boolean(),
-}
-KNOWN_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + IMPRESSION_REQUIRED + tuple(IMPRESSION_OPTIONAL)
 
 
 class RawEvent(pa.DataFrameModel):

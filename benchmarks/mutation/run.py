@@ -301,7 +301,7 @@ def run_module(module: str, tests: list[str], *, sample: int, time_box: float, s
 
 def judged_rate(result: ModuleResult) -> tuple[int, int]:
     """(killed, checked) over numeric mutants once the survivors' judgements count: a survivor
-    judged "test added ..." or "killed outside ..." (each checked by hand: the mutant applied,
+    judged "test added ...", "killed outside ..." or "killed by ..." (each checked by hand: the mutant applied,
     the test red) counts as killed, an "equivalent" one leaves the denominator, any other
     (a gap left, metadata, an error path) stays a survivor."""
     _, killed, checked = result.rate("numeric")
@@ -309,7 +309,7 @@ def judged_rate(result: ModuleResult) -> tuple[int, int]:
         if s["kind"] != "numeric":
             continue
         judgement = s["judgement"]
-        if judgement.startswith(("test added", "killed outside")):
+        if judgement.startswith(("test added", "killed outside", "killed by")):
             killed += 1
         elif judgement.startswith(("equivalent", "likely equivalent")):
             checked -= 1

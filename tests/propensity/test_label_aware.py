@@ -161,6 +161,8 @@ def test_scores_file_follows_its_contract(mnar: dict) -> None:
     report = json.loads((mnar["wh"] / "propensity" / "label_aware.json").read_text())
     # `propensity fit` already left the solicited rows out (issue 15): no refit needed.
     assert report["context"]["refit"] is False and report["context"]["source"] == "propensity/scores.parquet"
+    assert report["slice"]["response_rate"] == 1.0  # simulated solicitations are always answered
+    assert report["estimator"].endswith("(label model none: naive Bayes p(x) P(r | o=1, s) / P(r | s))")
     assert report["slice"]["labelled"] == int(feedback["solicited"].sum()) == report["slice"]["with_gold_label"]
 
 
@@ -324,3 +326,17 @@ def test_default_label_model_removes_the_bias_on_mnar_logs(mnar: dict, tmp_path:
     # The context features barely predict the vote here (the simulator's reward lives in the text):
     # m_1(x) stays near the organic up-vote share, on the right side of it.
     assert result.report["outcome_model"]["mean"] > 0.5
+
+
+def test_refit_context_always_refits_on_organic_rows(mnar: dict, tmp_path: Path) -> None:
+    """refit_context="always" refits the context model on the organic rows (mutation testing found
+    the refit branch unexercised once `propensity fit` left solicited rows out by itself), and the
+    estimate stays on the truth's side of the context-only one."""
+    wh = tmp_path / "wh"
+    shutil.copytree(mnar["wh"], wh)
+    result = fit_label_aware(wh, LabelAwareConfig(slice=str(mnar["root"] / "logs" / "slice.parquet"), label_model="none",
+                                                  refit_context="always", bootstrap=20, n_jobs=1))
+    assert result.report["context"]["refit"] is True and result.report["context"]["n_organic"] == int((~mnar["truth"]["solicited"]).sum())
+    truth = mnar["truth"].filter(~pl.col("solicited"))["y_true"].mean()
+    est = result.report["estimates"]
+    assert abs(_clean(est["label_aware_snips"]["estimate"]) - truth) < abs(_clean(est["context_snips"]["estimate"]) - truth)

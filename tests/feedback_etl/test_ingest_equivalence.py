@@ -1,0 +1,205 @@
+"""Ingest results stay identical row for row while the pipeline is made faster (issue 19).
+
+The reference below was produced by the pipeline as committed before the speed work (git
+6b91143), on the simulator's messy logs (seed 11, messiness 0.6): a first run, then a ``--force``
+rerun of the same files (everything a duplicate of the warehouse). Each table is compared as a
+digest of its rows sorted by key (``run_id`` dropped, ``source_file`` reduced to its file name),
+plus the run's counts. A change here means the warehouse contents changed, not only the speed:
+regenerate the reference only for an intended change of the rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from feedback_etl.ingest import IngestConfig, ingest
+from feedback_etl.io import read_events, read_feedback, read_rejects
+from feedback_etl.simulator import SimulationConfig, simulate
+
+KEYS = {"events": ["event_id"], "rejects": ["source_file", "row_number", "reason"], "feedback": ["exposure_id"]}
+READ = {"events": read_events, "rejects": read_rejects, "feedback": read_feedback}
+COUNTS = ("rows_read", "accepted", "accepted_by_type", "rejected", "duplicates", "late_events", "feedback")
+
+REFERENCE = json.loads("""
+{
+ "jsonl": {
+  "first": {
+   "counts": {
+    "accepted": 3189,
+    "accepted_by_type": {
+     "copy": 325,
+     "impression": 2000,
+     "regenerate": 197,
+     "share": 22,
+     "thumbs_down": 294,
+     "thumbs_up": 315,
+     "vote_cleared": 36
+    },
+    "duplicates": 108,
+    "feedback": {
+     "copied": 325,
+     "days": 14,
+     "exposures": 2000,
+     "observed": 412,
+     "rebuilt": true,
+     "regenerated": 197,
+     "shared": 22
+    },
+    "late_events": 56,
+    "rejected": {
+     "bad_timestamp": 3,
+     "bad_value": 0,
+     "conflicting_impression": 0,
+     "missing_field": 6,
+     "orphan_feedback": 18,
+     "unknown_event_type": 2,
+     "unparseable_row": 4
+    },
+    "rows_read": 3330
+   },
+   "tables": {
+    "events": "e6f1cc0e99419bde",
+    "feedback": "93b2b6eebb684715",
+    "rejects": "b2ee5539222f552c"
+   }
+  },
+  "force": {
+   "counts": {
+    "accepted": 0,
+    "accepted_by_type": {},
+    "duplicates": 3297,
+    "feedback": {
+     "copied": 325,
+     "days": 14,
+     "exposures": 2000,
+     "observed": 412,
+     "rebuilt": true,
+     "regenerated": 197,
+     "shared": 22
+    },
+    "late_events": 0,
+    "rejected": {
+     "bad_timestamp": 3,
+     "bad_value": 0,
+     "conflicting_impression": 0,
+     "missing_field": 6,
+     "orphan_feedback": 18,
+     "unknown_event_type": 2,
+     "unparseable_row": 4
+    },
+    "rows_read": 3330
+   },
+   "tables": {
+    "events": "e6f1cc0e99419bde",
+    "feedback": "93b2b6eebb684715",
+    "rejects": "d960b3181d57e385"
+   }
+  }
+ },
+ "parquet": {
+  "first": {
+   "counts": {
+    "accepted": 8100,
+    "accepted_by_type": {
+     "copy": 844,
+     "impression": 5000,
+     "regenerate": 487,
+     "share": 52,
+     "thumbs_down": 806,
+     "thumbs_up": 780,
+     "vote_cleared": 131
+    },
+    "duplicates": 214,
+    "feedback": {
+     "copied": 844,
+     "days": 14,
+     "exposures": 5000,
+     "observed": 979,
+     "rebuilt": true,
+     "regenerated": 487,
+     "shared": 52
+    },
+    "late_events": 167,
+    "rejected": {
+     "bad_timestamp": 19,
+     "bad_value": 0,
+     "conflicting_impression": 0,
+     "missing_field": 22,
+     "orphan_feedback": 30,
+     "unknown_event_type": 14,
+     "unparseable_row": 0
+    },
+    "rows_read": 8399
+   },
+   "tables": {
+    "events": "9acc3650666d62da",
+    "feedback": "95860f90a67cb9fa",
+    "rejects": "6ebac06f3a7c91c3"
+   }
+  },
+  "force": {
+   "counts": {
+    "accepted": 0,
+    "accepted_by_type": {},
+    "duplicates": 8314,
+    "feedback": {
+     "copied": 844,
+     "days": 14,
+     "exposures": 5000,
+     "observed": 979,
+     "rebuilt": true,
+     "regenerated": 487,
+     "shared": 52
+    },
+    "late_events": 0,
+    "rejected": {
+     "bad_timestamp": 19,
+     "bad_value": 0,
+     "conflicting_impression": 0,
+     "missing_field": 22,
+     "orphan_feedback": 30,
+     "unknown_event_type": 14,
+     "unparseable_row": 0
+    },
+    "rows_read": 8399
+   },
+   "tables": {
+    "events": "9acc3650666d62da",
+    "feedback": "95860f90a67cb9fa",
+    "rejects": "8c797e8fad2087d5"
+   }
+  }
+ }
+}
+""")
+
+
+def _digest(frame: pl.DataFrame, key: list[str]) -> str:
+    frame = frame.drop("run_id", strict=False)
+    if "source_file" in frame.columns:
+        frame = frame.with_columns(pl.col("source_file").str.split("/").list.last())
+    return hashlib.sha256(frame.sort(key).write_csv().encode()).hexdigest()[:16]
+
+
+def _runs(events_dir: Path, warehouse: Path) -> dict:
+    result = {}
+    for step, force in (("first", False), ("force", True)):
+        run = ingest(IngestConfig(inputs=(str(events_dir),), warehouse=str(warehouse), force=force, window="1d"))
+        json_counts = json.loads(json.dumps({k: run[k] for k in COUNTS}))
+        tables = {name: _digest(READ[name](warehouse), KEYS[name]) for name in KEYS}
+        result[step] = {"counts": json_counts, "tables": tables}
+    return result
+
+
+def test_messy_parquet_logs_ingest_identically(messy_logs: Path, tmp_path: Path) -> None:
+    assert _runs(messy_logs / "events", tmp_path / "wh") == REFERENCE["parquet"]
+
+
+def test_messy_jsonl_logs_ingest_identically(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    simulate(SimulationConfig(out=str(logs), n_exposures=2_000, messiness=0.6, seed=11, format="jsonl"))
+    assert _runs(logs / "events", tmp_path / "wh") == REFERENCE["jsonl"]
