@@ -30,8 +30,6 @@ import hashlib
 import logging
 import re
 import shutil
-import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,7 +39,7 @@ from typing import Any, Callable
 
 import duckdb
 
-from feedback_etl import features, io
+from feedback_etl import features, io, sql_checks
 from feedback_etl.mapping import FieldMapping, load_mapping
 from feedback_etl.run_checks import check_run
 from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
@@ -233,8 +231,6 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     TableValidationError : an output table breaks its contract (nothing is written).
     """
     started = datetime.now(timezone.utc)
-    if cfg.engine != "spark":
-        _import_models_in_background()
     warehouse = Path(cfg.warehouse)
     mapping = load_mapping(cfg.mapping)
     files = discover_inputs(cfg.inputs, cfg.source)
@@ -256,21 +252,6 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
         if not existed:
             _remove_if_only_lock(warehouse)
         raise
-
-
-def _import_models() -> None:
-    import schemas.feedback  # noqa: F401
-    import schemas.rejects  # noqa: F401
-    import schemas.staged_event  # noqa: F401
-    import schemas.validation  # noqa: F401
-
-
-def _import_models_in_background() -> None:
-    """Import the pandera models (pandera pulls in pandas and pyspark.pandas: ~1.3 s) in a thread,
-    while DuckDB reads and stages the input with the GIL released; the writes import them again
-    (a no-op, or a wait on the import lock until the thread is done). Issue 19: ingest start-up."""
-    if "schemas.staged_event" not in sys.modules:
-        threading.Thread(target=_import_models, name="causalrm-import-models", daemon=True).start()
 
 
 def _run(
@@ -461,24 +442,23 @@ def _pipeline(
     )
 
     def write_events() -> int:
-        from schemas.staged_event import StagedEvent  # pandera: imported when first needed (issue 19)
-        from schemas.validation import validate_table
-
-        validate = lambda frame: validate_table(frame, StagedEvent, "events")  # noqa: E731
+        # Every row checked in SQL against the StagedEvent contract, batches cast to its types
+        # (sql_checks: the same rules as the pandera model, without importing pandera; issue 19).
+        validate = lambda frame: sql_checks.conform(frame, "events")  # noqa: E731
         if counts["accepted"] == 0:
             # The schema of an empty batch: the first run creates the table even when it accepts nothing.
+            sql_checks.validate_relation(conn, "new_events", "events")
             empty = conn.sql('SELECT * FROM "new_events" LIMIT 0').to_arrow_table()
             writes["events"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate, run_id=run_id))).schema)
             return 0
         _check_unique(conn, "new_events", "event_id", "events")
+        sql_checks.validate_relation(conn, "new_events", "events", skip_unique=True)
         reader = conn.sql('SELECT * FROM "new_events"').to_arrow_reader(cfg.batch_rows)
         return sum(writes["events"].write(t) for t in io.validated_batches(reader, validate, run_id=run_id))
 
     def write_rejects() -> int:
-        from schemas.rejects import RejectsTable
-        from schemas.validation import validate_table
-
-        validate = lambda frame: validate_table(frame, RejectsTable, "rejects")  # noqa: E731
+        validate = lambda frame: sql_checks.conform(frame, "rejects")  # noqa: E731
+        sql_checks.validate_relation(conn, "rejects", "rejects")
         if counts["rejected_total"] == 0:
             empty = conn.sql('SELECT * FROM "rejects" LIMIT 0').to_arrow_table()
             writes["rejects"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate))).schema)
@@ -654,6 +634,11 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
     table first. Memory stays bounded by one batch (or the largest day).
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
+    if types:  # custom features (issue 17): contract and feature columns validated with pandera, per frame
+        validate = lambda frame: features.validate_feedback(frame, types)  # noqa: E731
+    else:  # every row in SQL against FeedbackTable's rules, frames cast to its types (issue 19)
+        sql_checks.validate_relation(conn, "feedback_mart", "feedback", skip_unique=True)
+        validate = lambda frame: sql_checks.conform(frame, "feedback")  # noqa: E731
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
@@ -667,12 +652,13 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
         size += rows
     for days in groups:
         frame = conn.sql(
-            'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last',
+            # Sorted by the engine (parallel, key column only), not as a full-width polars frame (issue 19).
+            'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
             params={"first": days[0], "last": days[-1]},
         ).pl()
-        write.write(features.validate_feedback(frame, types).sort("exposure_id"))
+        write.write(validate(frame))
     if not groups:  # no exposure: the table is emptied, with the schema of a validated empty frame
-        write.set_schema(io.to_arrow(features.validate_feedback(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl(), types)).schema)
+        write.set_schema(io.to_arrow(validate(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl())).schema)
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'

@@ -3,7 +3,7 @@
 The reference below was produced by the pipeline as committed before the speed work (git
 6b91143), on the simulator's messy logs (seed 11, messiness 0.6): a first run, then a ``--force``
 rerun of the same files (everything a duplicate of the warehouse). Each table is compared as a
-digest of its rows sorted by key (``run_id`` dropped, ``source_file`` reduced to its file name),
+digest of its schema and its rows sorted by key (``run_id`` dropped, ``source_file`` reduced to its file name),
 plus the run's counts. A change here means the warehouse contents changed, not only the speed:
 regenerate the reference only for an intended change of the rules.
 """
@@ -62,9 +62,9 @@ REFERENCE = json.loads("""
     "rows_read": 3330
    },
    "tables": {
-    "events": "e6f1cc0e99419bde",
-    "feedback": "93b2b6eebb684715",
-    "rejects": "b2ee5539222f552c"
+    "events": "6bc26baf06551b7a",
+    "feedback": "f0dbe7233ee0498e",
+    "rejects": "c9fb7f7d07061d65"
    }
   },
   "force": {
@@ -94,9 +94,9 @@ REFERENCE = json.loads("""
     "rows_read": 3330
    },
    "tables": {
-    "events": "e6f1cc0e99419bde",
-    "feedback": "93b2b6eebb684715",
-    "rejects": "d960b3181d57e385"
+    "events": "6bc26baf06551b7a",
+    "feedback": "f0dbe7233ee0498e",
+    "rejects": "e3b6f8d7cb8781b3"
    }
   }
  },
@@ -136,9 +136,9 @@ REFERENCE = json.loads("""
     "rows_read": 8399
    },
    "tables": {
-    "events": "9acc3650666d62da",
-    "feedback": "95860f90a67cb9fa",
-    "rejects": "6ebac06f3a7c91c3"
+    "events": "b80e738ade0f4f70",
+    "feedback": "ad5e416050209957",
+    "rejects": "77d5ea92a5a7a191"
    }
   },
   "force": {
@@ -168,9 +168,9 @@ REFERENCE = json.loads("""
     "rows_read": 8399
    },
    "tables": {
-    "events": "9acc3650666d62da",
-    "feedback": "95860f90a67cb9fa",
-    "rejects": "8c797e8fad2087d5"
+    "events": "b80e738ade0f4f70",
+    "feedback": "ad5e416050209957",
+    "rejects": "0232ab435128ba34"
    }
   }
  }
@@ -182,7 +182,7 @@ def _digest(frame: pl.DataFrame, key: list[str]) -> str:
     frame = frame.drop("run_id", strict=False)
     if "source_file" in frame.columns:
         frame = frame.with_columns(pl.col("source_file").str.split("/").list.last())
-    return hashlib.sha256(frame.sort(key).write_csv().encode()).hexdigest()[:16]
+    return hashlib.sha256((str(frame.schema) + frame.sort(key).write_csv()).encode()).hexdigest()[:16]
 
 
 def _runs(events_dir: Path, warehouse: Path) -> dict:
