@@ -256,8 +256,11 @@ def _pipeline(
         "feedback": summary["exposures"],
         "feedback_window_seconds": cfg.window_seconds,
         "feedback_summary": summary,
+        # The Spark engine refuses custom features (check_supported), so its runs record none, as DuckDB's do.
+        "features": {},
     }
     counts["feedback"] = {"rebuilt": True, **summary}
+    counts["features"] = {}
     counts["spark"] = {"version": spark.version, "master": spark.sparkContext.master}
     return counts, new_tables
 
