@@ -559,27 +559,28 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
     )
     parsed = F.when(F.col("readable"), F.from_json(F.col("line"), schema, _JSON_OPTIONS))
     numbered = numbered.select("*", parsed.alias("record"))
-    parse_ok = (
+    numbered = numbered.select("*", (
         F.col("readable")
         & F.col("record").isNotNull()
         & F.col(f"record.{_CORRUPT}").isNull()
         & F.col("line").rlike(r"\}\s*$")
-    )
-    values = [
-        F.when(
-            parse_ok,
-            F.get_json_object(F.col("line"), _spark_json_path(path_segments(sources[c]))) if "." in sources[c]
-            else F.col("record").getField(sources[c]),
-        )
+    ).alias("__parse_ok"))
+    parse_ok = F.col("__parse_ok")
+    raw_values = [
+        F.get_json_object(F.col("line"), _spark_json_path(path_segments(sources[c]))) if "." in sources[c]
+        else F.col("record").getField(sources[c])
         for c in CANONICAL_COLUMNS
     ]
+    values = [F.when(parse_ok, value) for value in raw_values]
     fields = [value.alias(c) for value, c in zip(values, CANONICAL_COLUMNS)]
     payload_type = "STRUCT<none: STRING>"  # never serialised: payload_text holds the raw line
     # An object or array where a canonical column wants a scalar is a bad_value (issue 16), told
     # from a string that merely starts with { or [ by a second look at such values only.
+    # The first such column: array_compact + element_at, not COALESCE over CASEs, which Catalyst's
+    # conditional rewrites expanded branch by branch until the plan outgrew the driver's heap.
     kinds = [F.when(_is_json_container(F.col("line"), path_segments(sources[c]), value), F.lit(c))
-             for value, c in zip(values, CANONICAL_COLUMNS)]
-    nested = F.when(parse_ok, F.coalesce(*kinds))
+             for value, c in zip(raw_values, CANONICAL_COLUMNS)]
+    nested = F.when(parse_ok, F.element_at(F.array_compact(F.array(*kinds)), 1))
     return numbered.select(
         *_head(f),
         "row_number",
