@@ -431,7 +431,10 @@ def run_adapter_sql(conn: duckdb.DuckDBPyConnection, source: str, mapping: Field
     }
     run_sql(conn, f"adapters/{name}_records", into=f"{name}_records")
     run_sql(conn, f"adapters/{name}_feedback", into="source_feedback")
-    run_sql(conn, f"adapters/{name}", params, into="adapter_events")
+    run_sql(conn, f"adapters/{name}", params, into="adapter_rows")
+    # ``name`` comes from EXPORT_ADAPTERS (fixed names), never from user input.
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "export_records" AS SELECT * FROM "{name}_records"')
+    run_sql(conn, "adapters/export_events", into="adapter_events")
     # Warnings the adapter can tell (read by ingest.reconcile into the run's warnings).
     if (SQL_DIR / "adapters" / f"{name}_checks.sql").is_file():
         run_sql(conn, f"adapters/{name}_checks", into="adapter_warnings")

@@ -1,8 +1,8 @@
 -- adapters/langfuse: Langfuse public-API exports (traces, scores, observations) -> canonical raw events.
 --
 -- Grain: one row per canonical event: one impression per trace record, one event per organic score
--- whose name the mapping assigns to a channel; plus one row per record that is no Langfuse object.
--- Key: "event_id"; ("file_index", "row_number") numbers the rows of each file.
+-- whose name the mapping assigns to a channel (adapters/export_events adds one row per record that
+-- is no Langfuse object and numbers the rows of each file). Key: "event_id".
 -- Inputs: "langfuse_records" (adapters/langfuse_records), "source_feedback" (adapters/langfuse_feedback).
 -- Traces (Trace / TraceWithDetails / TraceWithFullDetails): exposure_id = id, event_time =
 -- timestamp, user_id = userId, session_id = sessionId (the trace id when absent), prompt_id = md5 of
@@ -129,41 +129,9 @@ feedback AS (
     WHERE s."role" = 'organic'
       AND s."channel" IS NOT NULL
       AND (s."channel" = 'vote' OR s."polarity" = 'up')
-),
-
-unparseable AS (
-    SELECT
-        "file_index", "source_file", "row_number", CAST(0 AS BIGINT) AS "order_in_record",
-        CAST(NULL AS VARCHAR) AS "event_id", CAST(NULL AS VARCHAR) AS "event_time",
-        CAST(NULL AS VARCHAR) AS "event_type", CAST(NULL AS VARCHAR) AS "exposure_id",
-        CAST(NULL AS VARCHAR) AS "user_id", CAST(NULL AS VARCHAR) AS "session_id",
-        CAST(NULL AS VARCHAR) AS "prompt_id", CAST(NULL AS VARCHAR) AS "response_id",
-        CAST(NULL AS VARCHAR) AS "model_id", CAST(NULL AS VARCHAR) AS "prompt_text",
-        CAST(NULL AS VARCHAR) AS "response_text", CAST(NULL AS VARCHAR) AS "platform",
-        CAST("record" AS VARCHAR) AS "payload",
-        FALSE AS "parse_ok"
-    FROM records
-    WHERE "kind" = 'unparseable'
-),
-
-events AS (
-    SELECT * FROM impressions
-    UNION ALL
-    SELECT * FROM feedback
-    UNION ALL
-    SELECT * FROM unparseable
 )
 
-SELECT
-    "file_index", "source_file",
-    ROW_NUMBER() OVER (PARTITION BY "file_index" ORDER BY "row_number", "order_in_record", "event_id") AS "row_number",
-    "event_id", "event_time", "event_type", "exposure_id", "user_id", "session_id", "prompt_id",
-    "response_id", "model_id", "prompt_text", "response_text",
-    CAST(NULL AS VARCHAR) AS "position",
-    "platform",
-    CAST(NULL AS VARCHAR) AS "locale",
-    CAST(NULL AS VARCHAR) AS "latency_ms",
-    CAST(NULL AS VARCHAR) AS "solicited",
-    "payload",
-    "parse_ok"
-FROM events
+-- Impressions and feedback rows; adapters/export_events adds the unparseable records and numbers the rows.
+SELECT * FROM impressions
+UNION ALL
+SELECT * FROM feedback

@@ -1,9 +1,9 @@
 -- adapters/langsmith: LangSmith runs and feedback exports -> canonical raw events.
 --
 -- Grain: one row per canonical event: one impression per root run (no parent_run_id), one event
--- per organic feedback whose key the mapping assigns to a channel; plus one row per record that
--- is neither a run nor feedback. Key: "event_id"; ("file_index", "row_number") numbers the rows of
--- each file.
+-- per organic feedback whose key the mapping assigns to a channel (adapters/export_events adds one
+-- row per record that is neither a run nor feedback and numbers the rows of each file).
+-- Key: "event_id".
 -- Inputs: "langsmith_records" (adapters/langsmith_records), "source_feedback"
 -- (adapters/langsmith_feedback). Parameters: $user_path, $session_path (JSON paths of the run's
 -- user and session: the mapping's [fields] user_id / session_id, default extra.metadata.user_id
@@ -110,41 +110,9 @@ feedback AS (
     WHERE s."role" = 'organic'
       AND s."channel" IS NOT NULL
       AND (s."channel" = 'vote' OR s."polarity" = 'up')
-),
-
-unparseable AS (
-    SELECT
-        "file_index", "source_file", "row_number", CAST(0 AS BIGINT) AS "order_in_record",
-        CAST(NULL AS VARCHAR) AS "event_id", CAST(NULL AS VARCHAR) AS "event_time",
-        CAST(NULL AS VARCHAR) AS "event_type", CAST(NULL AS VARCHAR) AS "exposure_id",
-        CAST(NULL AS VARCHAR) AS "user_id", CAST(NULL AS VARCHAR) AS "session_id",
-        CAST(NULL AS VARCHAR) AS "prompt_id", CAST(NULL AS VARCHAR) AS "response_id",
-        CAST(NULL AS VARCHAR) AS "model_id", CAST(NULL AS VARCHAR) AS "prompt_text",
-        CAST(NULL AS VARCHAR) AS "response_text", CAST(NULL AS VARCHAR) AS "platform",
-        CAST("record" AS VARCHAR) AS "payload",
-        FALSE AS "parse_ok"
-    FROM records
-    WHERE "kind" = 'unparseable'
-),
-
-events AS (
-    SELECT * FROM impressions
-    UNION ALL
-    SELECT * FROM feedback
-    UNION ALL
-    SELECT * FROM unparseable
 )
 
-SELECT
-    "file_index", "source_file",
-    ROW_NUMBER() OVER (PARTITION BY "file_index" ORDER BY "row_number", "order_in_record", "event_id") AS "row_number",
-    "event_id", "event_time", "event_type", "exposure_id", "user_id", "session_id", "prompt_id",
-    "response_id", "model_id", "prompt_text", "response_text",
-    CAST(NULL AS VARCHAR) AS "position",
-    "platform",
-    CAST(NULL AS VARCHAR) AS "locale",
-    CAST(NULL AS VARCHAR) AS "latency_ms",
-    CAST(NULL AS VARCHAR) AS "solicited",
-    "payload",
-    "parse_ok"
-FROM events
+-- Impressions and feedback rows; adapters/export_events adds the unparseable records and numbers the rows.
+SELECT * FROM impressions
+UNION ALL
+SELECT * FROM feedback
