@@ -277,6 +277,8 @@ def ingest(
     audit_out: Annotated[Optional[Path], typer.Option(help="langfuse / langsmith: write the gold labels (Langfuse ANNOTATION scores, LangSmith audit_keys) as an audit file (exposure_id, true_label) for `causalrm noise estimate --method audit --audit FILE`.")] = None,
     keep_extra_columns: Annotated[bool, typer.Option("--keep-extra-columns", help="canonical source: keep every extra raw-event column as a custom context feature of the feedback table (type inferred; docs/features.md).")] = False,
     max_feature_levels: Annotated[int, typer.Option(min=2, help="Most distinct values a categorical custom feature may hold (more is an id: an error for a declared column, a warning and no column for an extra one).")] = 1000,
+    user_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="ratings source: the users' side features, kept as feature columns: a whitespace matrix in the ratings matrix's line order (.ascii/.txt/.dat, names from <stem>_map.txt) or a CSV/Parquet keyed by user_id (docs/features.md).")] = None,
+    item_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="ratings source: the items' side features: a matrix with one line per rating-matrix column, or a CSV/Parquet keyed by item_id.")] = None,
 ) -> None:
     """Ingest raw interaction logs into a warehouse: staged events, rejects and the feedback table."""
     from feedback_etl.ingest import IngestConfig, ingest as run_ingest
@@ -289,6 +291,7 @@ def ingest(
             mapping=str(mapping) if mapping else None, window=window, rating_threshold=rating_threshold,
             force=force, memory_limit=memory_limit, threads=threads, engine=engine.value, allow_empty=allow_empty,
             keep_extra_columns=keep_extra_columns, max_feature_levels=max_feature_levels,
+            user_features=str(user_features) if user_features else None, item_features=str(item_features) if item_features else None,
         )
         if not privacy.pseudonymized:
             err.print(
@@ -464,6 +467,7 @@ def propensity_fit(
     user_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Parquet or CSV keyed by user_id: its other columns become features, joined at fit time (and again by `propensity score`; docs/features.md).")] = None,
     item_features: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Parquet or CSV keyed by prompt_id or response_id: its other columns become features, joined at fit time.")] = None,
     id_encodings: Annotated[Optional[str], typer.Option(help="Comma-separated id columns (user_id, prompt_id, response_id) used as features through out-of-fold feedback-rate encodings fitted inside the cross-fitting folds.")] = None,
+    id_embeddings: Annotated[Optional[str], typer.Option(help="Comma-separated id columns (user_id, prompt_id, response_id) given learned embeddings by the MLP (--model mlp): hashed buckets, so unseen ids work; learned inside the cross-fitting folds (docs/features.md).")] = None,
 ) -> None:
     """Fit cross-fitted, calibrated propensities P(feedback | exposure) and write WH/propensity/
     (scores.parquet, metrics.json, models/<channel>/)."""
@@ -483,6 +487,7 @@ def propensity_fit(
                 user_features=str(user_features) if user_features else None,
                 item_features=str(item_features) if item_features else None,
                 id_encodings=parse_feature_list(id_encodings, where="--id-encodings") or (),
+                id_embeddings=parse_feature_list(id_embeddings, where="--id-embeddings") or (),
             )
             result = fit_propensity(warehouse, cfg, progress=sys.stderr.isatty())
             m, c, w = result.metrics, result.clip, result.metrics["weights"]
@@ -552,6 +557,9 @@ def propensity_fit_label_aware(
     seed: Annotated[int, typer.Option(help="Seed of the outcome model and the bootstrap.")] = 0,
     threads: Annotated[Optional[int], typer.Option(min=1, help="LightGBM threads (default: all cores).")] = None,
     n_jobs: Annotated[Optional[int], typer.Option("--n-jobs", hidden=True, help="Deprecated: --threads.")] = None,
+    label_column: Annotated[str, typer.Option(help="Label the selection depends on: label (the binary vote) or a multi-level outcome column, e.g. rating (kept by --source ratings; the --slice file then needs a rating column). Weights stay per exposure (docs/slice.md).")] = "label",
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the fit may hold in memory (default: what --memory-limit allows). A larger table is fitted on its organic votes and slice rows and scored in batches, with the same results (docs/propensity-memory.md).")] = None,
+    memory_limit: Annotated[str, typer.Option(help="Memory budget of the fit (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
 ) -> None:
     """Label-aware propensities P(feedback | exposure, label) from a randomized slice; writes
     WH/propensity/scores_label_aware.parquet, label_aware.json and slice.parquet."""
@@ -561,7 +569,8 @@ def propensity_fit_label_aware(
         _deprecated("--n-jobs", "--threads")
     try:
         cfg = LabelAwareConfig(slice=str(slice_file) if slice_file else None, label_model=label_model.value, strata=strata,
-                               bootstrap=bootstrap, clip=clip, min_slice=min_slice, seed=seed, n_jobs=threads or n_jobs or 0)
+                               bootstrap=bootstrap, clip=clip, min_slice=min_slice, seed=seed, n_jobs=threads or n_jobs or 0,
+                               label_column=label_column, max_rows=max_rows, memory_limit=memory_limit)
         result = fit_label_aware(warehouse, cfg)
     except CausalRMError as exc:
         _fail(exc)
@@ -573,8 +582,14 @@ def propensity_fit_label_aware(
 
     factors = ", ".join((f"{f['stratum']} " if r["strata"] else "") + f"{f['relative_propensity_up_vs_down']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
                         for f in r["label_factors"])
-    out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; label factor P(vote | x, up) / P(vote | x, down) = {factors}",
-              highlight=False, soft_wrap=True)
+    levels = r.get("label_values")
+    if levels:
+        factors = "; ".join(", ".join(f"{v:g}: {f:.2f}" for v, f in zip(levels["values"], row)) for row in levels["relative_propensity"])
+        out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; P(rated | x, {levels['column']}) relative to the lowest value: "
+                  f"{factors}", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; label factor P(vote | x, up) / P(vote | x, down) = {factors}",
+                  highlight=False, soft_wrap=True)
     out.print(f"mean label: naive {fmt('naive')}, context SNIPS {fmt('context_snips')}, label-aware SNIPS {fmt('label_aware_snips')}, "
               f"slice {fmt('slice')}", highlight=False, soft_wrap=True)
     noise = r.get("noise_from_slice")
@@ -661,6 +676,8 @@ def weights_export(
     propensity: Annotated[PropensityKind, typer.Option(help="context (P(o=1 | x), propensity fit) or label-aware (P(o=1 | x, r), propensity fit-label-aware).")] = PropensityKind.CONTEXT,
     pairs_format: Annotated[str, typer.Option(help="causalrm (pairs.parquet) or trl (also pairs_trl/{train,val,test}: prompt / chosen / rejected for TRL's RewardTrainer; weights dropped).")] = "causalrm",
     as_of: Annotated[Optional[str], typer.Option(help="Time travel: a feedback table version (`causalrm history WH`) or an ISO timestamp (the warehouse as the last ingest by then left it). Default: the current version.")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the export may hold in memory (default: what --memory-limit allows). A larger table is joined and sorted out of core by DuckDB and written in batches; same output.")] = None,
+    memory_limit: Annotated[str, typer.Option(help="Memory budget of the export (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
 ) -> None:
     """Write the weighted dataset a reward-model trainer reads (one row per exposure, weight 0 when unobserved)."""
     from propensity.weights.export import ExportConfig, export_weighted_dataset
@@ -669,7 +686,7 @@ def weights_export(
         cfg = ExportConfig(
             warehouse=str(warehouse), out=str(out_dir), channel=channel.value, scheme=scheme.value, clip=clip, format=fmt.value,
             pairs=pairs, max_pairs_per_prompt=max_pairs_per_prompt, no_noise=no_noise, segment_noise=segment_noise, seed=seed,
-            propensity=propensity.value, pairs_format=pairs_format, as_of=as_of,
+            propensity=propensity.value, pairs_format=pairs_format, as_of=as_of, max_rows=max_rows, memory_limit=memory_limit,
         )
         manifest = export_weighted_dataset(cfg)
     except CausalRMError as exc:
@@ -701,6 +718,8 @@ def audit(
     channel: Annotated[Channel, typer.Option(help="Channel whose propensities and weights are audited (noise rates: every channel).")] = Channel.VOTE,
     clip: Annotated[Optional[float], typer.Option(help="Propensity floor of the audited weights 1/max(p, clip); match the export's --clip.")] = None,
     propensity: Annotated[PropensityKind, typer.Option(help="Propensities of the audited weights: context or label-aware (match the export's --propensity).")] = PropensityKind.CONTEXT,
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the audit may hold in memory (default: what --memory-limit allows). Above it, every number still covers every exposure, but the balance and segment tables use a uniform sample of this many exposures (said in the report).")] = None,
+    memory_limit: Annotated[str, typer.Option(help="Memory budget of the audit (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
 ) -> None:
     """Selection-bias audit: a self-contained HTML report (+ report.json) and guardrails that can fail a pipeline."""
     from propensity.audit.report import AuditConfig, Thresholds, run_audit
@@ -708,7 +727,7 @@ def audit(
     try:
         limits = Thresholds.from_toml(thresholds) if thresholds else Thresholds()
         result = run_audit(AuditConfig(warehouse=str(warehouse), out=str(out_html), channel=channel.value, clip=clip, thresholds=limits,
-                                       propensity=propensity.value))
+                                       propensity=propensity.value, max_rows=max_rows, memory_limit=memory_limit))
     except CausalRMError as exc:
         _fail(exc)
     counts = {s: sum(g.status == s for g in result.guardrails) for s in ("pass", "breach", "skipped")}
@@ -727,6 +746,13 @@ def audit(
 # ---------------------------------------------------------------- train, predict, evaluate (trainer)
 def _columns(value: Optional[str]) -> tuple[str, ...]:
     return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
+
+
+def _id_l2_values(value: Optional[str]) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _columns(value))
+    except ValueError:
+        raise ConfigError(f"--id-l2 must be comma-separated numbers, got {value!r}", where="--id-l2", fix="e.g. --id-l2 0.001,0.01,0.1")
 
 
 @app.command("train")
@@ -750,6 +776,8 @@ def train_cmd(
     numeric_features: Annotated[Optional[str], typer.Option(help="Numeric feature columns, comma-separated (standardised).")] = None,
     categorical_features: Annotated[Optional[str], typer.Option(help="Categorical feature columns, comma-separated (learned embeddings).")] = None,
     id_features: Annotated[Optional[str], typer.Option(help="ID columns with factorised embeddings, e.g. user_id,response_id (weighted MF).")] = None,
+    id_l2: Annotated[Optional[str], typer.Option(help="L2 weight of the ID factors and biases (standard MF), e.g. 0.01; comma-separated values train one model each and keep the lowest debiased validation loss (docs/train.md).")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Validate on this seeded random share of all exposures instead of the dataset's user splits (every user then trains: what matrix factorisation needs).")] = None,
     label_column: Annotated[str, typer.Option(help="Label column; another than `label` (e.g. y_true from --truth) counts as clean: rho = 0.")] = "label",
     truth: Annotated[Optional[Path], typer.Option(help="Parquet joined on exposure_id to supply --label-column (oracle runs).")] = None,
     all_observed: Annotated[bool, typer.Option("--all-observed", help="Treat every exposure as observed with weight 1 (oracle: with --label-column y_true --truth).")] = False,
@@ -801,12 +829,16 @@ def train_cmd(
             embedding=None if embeddings else False, numeric_features=_columns(numeric_features),
             categorical_features=_columns(categorical_features), id_features=_columns(id_features),
             label_column=label_column, truth=str(truth) if truth else None, all_observed=all_observed,
+            id_l2=_id_l2_values(id_l2), val_fraction=val_fraction,
         )
         metrics = train(dataset, cfg, out_dir, progress=sys.stderr.isatty())
     except CausalRMError as exc:
         _fail(exc)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
+    if metrics.get("id_l2_search"):
+        out.print("--id-l2 search (validation loss): " + ", ".join(f"{r['id_l2']:g} {r['best_val_loss']:.5f}" for r in metrics["id_l2_search"])
+                  + f"; kept {metrics['id_l2']:g}", highlight=False, soft_wrap=True)
     out.print(
         f"trained {loss} ({base_loss}) on {metrics['n_train_rows']:,} rows ({metrics['n_observed_train']:,} observed): best epoch "
         f"{metrics['best_epoch'] + 1}/{len(metrics['epochs'])}, val loss {metrics['best_val_loss']:.4f}, "

@@ -9,7 +9,7 @@ turn number...) is logged by every product, but not in the canonical columns. A 
   inferred: boolean when every value is true/false, numeric when every value is a number, else
   categorical).
 
-The flow (DuckDB engine; the Spark engine refuses custom features with one line):
+The flow (DuckDB engine; ``feedback_etl.spark_ingest`` runs the same steps on Spark):
 
 1. the canonical readers (``feedback_etl.sources``) add a ``context`` column to ``raw_events``: a
    JSON object of each feature's raw value as text (:func:`context_sql`);
@@ -47,6 +47,10 @@ INFERRED = "inferred"
 # Distinct values a categorical feature may hold: more is an id, not a context (use an entity feature).
 DEFAULT_MAX_LEVELS = 1000
 _POLARS_TYPES: dict[str, pl.DataType] = {"categorical": pl.String(), "numeric": pl.Float64(), "boolean": pl.Boolean()}
+# Outcome columns: kept in the feedback table beside the binary label (the ``ratings`` source's raw
+# rating, issue 17), read by ``fit-label-aware --label-column``, never a model feature (they exist only
+# where feedback was given, so a propensity model would read the answer off them).
+OUTCOME_COLUMNS: tuple[str, ...] = ("rating",)
 
 
 def with_extra_columns(mapping: FieldMapping, unknown_columns: dict[str, list[str]]) -> tuple[FieldMapping, list[str]]:
@@ -75,9 +79,13 @@ def with_extra_columns(mapping: FieldMapping, unknown_columns: dict[str, list[st
     return replace(mapping, features=MappingProxyType(features)), warnings
 
 
+# Engines that carry custom features: DuckDB here, Spark in feedback_etl.spark_ingest (same steps).
+FEATURE_ENGINES: tuple[str, ...] = ("duckdb", "spark")
+
+
 def check_engine(engine: str, mapping: FieldMapping, keep_extra_columns: bool) -> None:
-    """The Spark engine does not carry custom features yet: one line instead of a silent drop."""
-    if engine != "duckdb" and (mapping.features or keep_extra_columns):
+    """An engine that does not carry custom features refuses them: one line instead of a silent drop."""
+    if engine not in FEATURE_ENGINES and (mapping.features or keep_extra_columns):
         raise ConfigError(
             f"custom feature columns ([features] table or --keep-extra-columns) are not supported by the {engine} engine",
             where=f"--engine {engine}",
@@ -125,7 +133,12 @@ def capture_context(conn: duckdb.DuckDBPyConnection, *, append: bool) -> bool:
     columns = {row[0] for row in conn.execute('DESCRIBE "raw_events"').fetchall()}
     if CONTEXT_COLUMN not in columns:
         return False
-    select = 'SELECT "source_file", "row_number", "context" FROM "raw_events" WHERE "context" IS NOT NULL'
+    # Keyed by (file, row, event id): an adapter makes several events of one source row (a rating
+    # matrix line holds a user's every item), each with its own context.
+    select = (
+        'SELECT "source_file", "row_number", CAST("event_id" AS VARCHAR) AS "event_id", "context" '
+        'FROM "raw_events" WHERE "context" IS NOT NULL'
+    )
     if append and _has_table(conn, "feature_context"):
         conn.execute(f'INSERT INTO "feature_context" {select}')
     else:
@@ -140,9 +153,9 @@ def attach_context(conn: duckdb.DuckDBPyConnection) -> None:
             """CREATE OR REPLACE TEMP TABLE "new_events_context" AS
             SELECT n.*, c."context" FROM "new_events" AS n
             LEFT JOIN (
-                SELECT "source_file", "row_number", ANY_VALUE("context") AS "context"
-                FROM "feature_context" GROUP BY 1, 2
-            ) AS c ON c."source_file" = n."source_file" AND c."row_number" = n."row_number"
+                SELECT "source_file", "row_number", "event_id", ANY_VALUE("context") AS "context"
+                FROM "feature_context" GROUP BY 1, 2, 3
+            ) AS c ON c."source_file" = n."source_file" AND c."row_number" = n."row_number" AND c."event_id" = n."event_id"
             """
         )
     else:
@@ -314,7 +327,7 @@ def feature_types(frame: pl.DataFrame | dict) -> dict[str, str]:
     contract = set(contract_columns())
     types = {}
     for name, dtype in schema.items():
-        if name in contract or name == CONTEXT_COLUMN:
+        if name in contract or name == CONTEXT_COLUMN or name in OUTCOME_COLUMNS:
             continue
         types[name] = "boolean" if dtype == pl.Boolean else "numeric" if dtype.is_numeric() else "categorical"
     return types
@@ -332,3 +345,25 @@ def read_feature_frame(warehouse: str | Path, *, version: int | str | None = Non
     if not names:
         return None
     return pl.from_arrow(dataset.to_table(columns=["exposure_id", *names]))
+
+
+def read_outcome_column(warehouse: str | Path, name: str, *, version: int | str | None = None) -> pl.DataFrame:
+    """``exposure_id`` and the outcome column ``name`` (e.g. ``rating``) of the feedback table.
+
+    Raises
+    ------
+    ConfigError : ``name`` is no outcome column, or the feedback table does not hold it.
+    """
+    import pyarrow.dataset  # noqa: F401  (the dataset's module)
+
+    from feedback_etl import io
+
+    if name not in OUTCOME_COLUMNS:
+        raise ConfigError(f"{name!r} is not an outcome column", where="--label-column", fix=f"use one of {', '.join(OUTCOME_COLUMNS)}")
+    dataset = io.feedback_dataset(warehouse, version=version)
+    if name not in dataset.schema.names:
+        raise ConfigError(
+            f"the feedback table has no {name!r} column", where=f"{warehouse}, --label-column {name}",
+            fix="ingest with --source ratings, whose adapter keeps the raw rating beside the binary label",
+        )
+    return pl.from_arrow(dataset.to_table(columns=["exposure_id", name]))

@@ -13,6 +13,7 @@ stg_orphans                 feedback without an impression (rule 5)
 stg_new_events              what this run adds to ``WH/events/``
 stg_rejects                 what it adds to ``WH/rejects/``
 reconcile                   rows read = accepted + rejected + duplicates, or the run fails (rule 7)
+marts/user_splits           each user's split: kept from the committed feedback table, new users balanced in rows
 marts/feedback              the feedback table, rebuilt from all events (rules 2-4, history, split)
 write + commit              validate every table on its full data, write aside, swap atomically
 ==========================  ====================================================================
@@ -138,6 +139,9 @@ class IngestConfig:
     # Custom context columns (issue 17, docs/features.md): extra raw-event columns become features.
     keep_extra_columns: bool = False
     max_feature_levels: int = 1000
+    # ratings source: side-feature files of the users / items (feedback_etl.side_features), kept as features.
+    user_features: str | None = None
+    item_features: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, (str, Path)) or not self.inputs:
@@ -156,6 +160,12 @@ class IngestConfig:
             if not ok:
                 raise ConfigError(message, where=where)
         parse_window(self.window)
+        if (self.user_features or self.item_features) and self.source != "ratings":
+            raise ConfigError(
+                f"ingest --user-features / --item-features read side files of a ratings log, not --source {self.source}",
+                where="--user-features / --item-features",
+                fix="pass side-feature files to `causalrm propensity fit --user-features/--item-features` instead (docs/features.md)",
+            )
         if self.engine == "spark" and self.source != "canonical":
             raise ConfigError(
                 f"the Spark engine reads canonical logs only, not --source {self.source}",
@@ -236,6 +246,8 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     files = discover_inputs(cfg.inputs, cfg.source)
     features.check_engine(cfg.engine, mapping, cfg.keep_extra_columns)
     features.check_source(cfg.source, mapping, cfg.keep_extra_columns)
+    if cfg.source == "ratings":  # the raw rating and the side files' columns (issue 17)
+        mapping = _with_ratings_features(mapping, cfg)
     if cfg.engine == "spark":
         _engine_plugin(cfg.engine).check_supported(cfg, files, typed_hook)
     with duckdb.connect() as probe:
@@ -425,14 +437,19 @@ def _pipeline(
     committed by ``_run``); ``staging`` holds scratch files only."""
     window = timedelta(seconds=cfg.window_seconds)
     steps.run("register", lambda: register_warehouse_events(conn, warehouse))
+    previous_feedback = snapshot(warehouse, "feedback")  # its users keep their split; read before this run writes
     parts, source_relations = steps.run(
-        "read", lambda: raw_event_parts(conn, files, cfg.source, mapping, rating_threshold=cfg.rating_threshold)
+        "read", lambda: raw_event_parts(conn, files, cfg.source, mapping, rating_threshold=cfg.rating_threshold,
+                                        side_tables=_side_tables(cfg))
     )
     hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook)
 
     counts = steps.run("reconcile", lambda: reconcile(conn, source_relations))
-    # The typed copy of the input is no longer needed; free its memory before the mart.
-    conn.execute('DROP TABLE "typed_events"')
+    if _has_relation(conn, "new_events"):
+        # new_events is a table (custom context columns): free the typed copy before the mart.
+        conn.execute('DROP TABLE "typed_events"')
+    else:
+        _keep_accepted_only(conn)
     conn.execute(
         'CREATE OR REPLACE TEMP VIEW "all_events" AS '
         'SELECT * FROM "warehouse_events" UNION ALL SELECT * FROM "new_events"'
@@ -442,19 +459,17 @@ def _pipeline(
     )
 
     def write_events() -> int:
-        # Every row checked in SQL against the StagedEvent contract, batches cast to its types
-        # (sql_checks: the same rules as the pandera model, without importing pandera; issue 19).
-        validate = lambda frame: sql_checks.conform(frame, "events")  # noqa: E731
+        # Every row checked in SQL against the StagedEvent contract (sql_checks: the same rules as
+        # the pandera model, without importing pandera), then written by DuckDB itself (issue 19).
+        # The schema of an empty batch: the first run creates the table even when it accepts nothing.
+        select, schema = _contract_select(conn, "new_events", "events", run_id=run_id)
+        writes["events"].set_schema(schema)
         if counts["accepted"] == 0:
-            # The schema of an empty batch: the first run creates the table even when it accepts nothing.
             sql_checks.validate_relation(conn, "new_events", "events")
-            empty = conn.sql('SELECT * FROM "new_events" LIMIT 0').to_arrow_table()
-            writes["events"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate, run_id=run_id))).schema)
             return 0
         _check_unique(conn, "new_events", "event_id", "events")
         sql_checks.validate_relation(conn, "new_events", "events", skip_unique=True)
-        reader = conn.sql('SELECT * FROM "new_events"').to_arrow_reader(cfg.batch_rows)
-        return sum(writes["events"].write(t) for t in io.validated_batches(reader, validate, run_id=run_id))
+        return writes["events"].copy(conn, f'SELECT {select} FROM "new_events"', schema, {"run_id": run_id})
 
     def write_rejects() -> int:
         validate = lambda frame: sql_checks.conform(frame, "rejects")  # noqa: E731
@@ -468,6 +483,8 @@ def _pipeline(
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
+    # Each user's split, balanced in rows; users of the committed feedback table keep theirs (issue 15).
+    steps.run("marts/user_splits", lambda: build_user_splits(conn, previous_feedback))
     steps.run("marts/feedback", lambda: run_sql(conn, "marts/feedback", {"window": window}, into="feedback_mart"))
     wanted = features.resolve_features(mapping, tables.get("features"))
     kept, feature_warnings = steps.run(
@@ -491,6 +508,26 @@ def _pipeline(
     if hook_report is not None:
         counts["privacy"] = hook_report
     return counts, new_tables
+
+
+def _side_tables(cfg: IngestConfig) -> list:
+    from feedback_etl.side_features import read_side_tables
+
+    return read_side_tables(cfg.user_features, cfg.item_features) if cfg.source == "ratings" else []
+
+
+def _with_ratings_features(mapping: FieldMapping, cfg: IngestConfig) -> FieldMapping:
+    """``mapping`` plus the ratings source's feature columns: ``rating`` (the outcome column) and the
+    side files' columns (read here first, so a bad file fails before the warehouse is touched)."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from feedback_etl.sources import ratings_features
+
+    tables = _side_tables(cfg)
+    origin = {name: table.path for table in tables for name in table.types}
+    added = {name: (kind, origin.get(name, "ratings adapter")) for name, kind in ratings_features(tables).items()}
+    return replace(mapping, features=MappingProxyType({**mapping.features, **added}))
 
 
 def stage(
@@ -528,9 +565,10 @@ def stage(
     steps.run("stg_duplicates", lambda: run_sql(conn, "staging/stg_duplicates", into="duplicates"))
     steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
     steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
-    # A view: the accepted rows are materialised once, with their context column (issue 19).
+    # A view over typed_events (issue 19): the accepted rows are not copied. With custom context
+    # columns they are materialised once, with their context column (features.attach_context).
     steps.run("stg_new_events", lambda: conn.execute('CREATE OR REPLACE TEMP VIEW "new_events" AS ' + load_sql("staging/stg_new_events")))
-    steps.run("context", lambda: features.attach_context(conn))
+    steps.run("context", lambda: _attach_context(conn))
     steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
     return hook_report
 
@@ -551,6 +589,24 @@ def register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) 
     else:
         nulls = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {nulls} WHERE FALSE')
+
+
+def build_user_splits(conn: duckdb.DuckDBPyConnection, feedback: Any = None) -> None:
+    """The temp table ``user_splits`` (sql/marts/user_splits.sql) over ``all_events``: the users of
+    ``feedback`` (the committed feedback table's ``warehouse.snapshot``, None on a first run) keep
+    their split (``previous_splits``), new users are assigned balanced in rows."""
+    if feedback is not None and feedback.files:
+        conn.register("previous_feedback_files", feedback.dataset())
+        conn.execute(
+            'CREATE OR REPLACE TEMP VIEW "previous_splits" AS '
+            'SELECT DISTINCT CAST("user_id" AS VARCHAR) AS "user_id", CAST("split" AS VARCHAR) AS "split" FROM "previous_feedback_files"'
+        )
+    else:
+        conn.execute(
+            'CREATE OR REPLACE TEMP VIEW "previous_splits" AS '
+            'SELECT CAST(NULL AS VARCHAR) AS "user_id", CAST(NULL AS VARCHAR) AS "split" WHERE FALSE'
+        )
+    run_sql(conn, "marts/user_splits", into="user_splits")
 
 
 def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> dict:
@@ -608,11 +664,66 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
     }
 
 
+def _keep_accepted_only(conn: duckdb.DuckDBPyConnection) -> None:
+    """Once reconciled, delete from ``typed_events`` every row ``stg_new_events`` leaves out (the
+    same predicates), so that the view ``new_events`` becomes a plain projection of it: each of its
+    later scans (validation, write, the mart) skips the anti-joins (issue 19)."""
+    conn.execute(
+        """DELETE FROM "typed_events" AS t
+        WHERE t."reject_reason" IS NOT NULL
+           OR EXISTS (SELECT 1 FROM "duplicates" AS d WHERE d."file_index" = t."file_index" AND d."row_number" = t."row_number")
+           OR EXISTS (SELECT 1 FROM "impression_losers" AS l WHERE l."file_index" = t."file_index" AND l."row_number" = t."row_number")
+           OR EXISTS (SELECT 1 FROM "orphans" AS o WHERE o."file_index" = t."file_index" AND o."row_number" = t."row_number")"""
+    )
+    columns = ", ".join(f'"{name}"' for name in _EVENT_COLUMNS if name != "context")
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT {columns}, CAST(NULL AS VARCHAR) AS "context" FROM "typed_events"')
+
+
+def _attach_context(conn: duckdb.DuckDBPyConnection) -> None:
+    """``new_events`` gets its ``context`` column: joined and materialised when the input had custom
+    context columns (:func:`features.attach_context`), else a null column on the view (no copy)."""
+    if _has_relation(conn, "feature_context"):
+        features.attach_context(conn)
+        return
+    conn.execute(
+        'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT *, CAST(NULL AS VARCHAR) AS "context" FROM (\n'
+        + load_sql("staging/stg_new_events") + '\n) AS "accepted"'
+    )
+
+
 def _has_relation(conn, name: str) -> bool:
     """Whether a temp table or view ``name`` exists (DuckDB; the Spark engine runs no adapter)."""
     if not isinstance(conn, duckdb.DuckDBPyConnection):
         return False
     return bool(conn.execute("SELECT COUNT(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
+
+
+# Arrow type of a contract column (as polars writes it) -> the DuckDB type that writes it.
+_ARROW_TO_DUCKDB: dict[str, str] = {
+    "large_string": "VARCHAR", "string": "VARCHAR", "int8": "TINYINT", "int32": "INTEGER", "int64": "BIGINT",
+    "double": "DOUBLE", "bool": "BOOLEAN", "date32[day]": "DATE", "timestamp[us, tz=UTC]": "TIMESTAMP WITH TIME ZONE",
+}
+
+
+def _contract_select(conn: duckdb.DuckDBPyConnection, relation: str, table: str, *, run_id: str | None = None):
+    """``relation``'s columns cast to ``table``'s contract types as a DuckDB select list, and the
+    Arrow schema the warehouse commits for them (that of a validated polars batch: large strings,
+    ``run_id`` last when given, as ``io.validated_batches`` writes it). With ``run_id`` the select
+    list ends with the parameter ``$run_id``."""
+    empty = conn.sql(f'SELECT * FROM "{relation}" LIMIT 0').to_arrow_table()
+    schema = io.to_arrow(next(io.validated_batches([empty], lambda f: sql_checks.conform(f, table), run_id=run_id))).schema
+    current = dict(conn.execute(f'SELECT column_name, column_type FROM (DESCRIBE "{relation}")').fetchall())
+    columns = []
+    for field_ in schema:
+        if field_.name == "run_id" and run_id is not None:
+            columns.append('CAST($run_id AS VARCHAR) AS "run_id"')
+            continue
+        kind = _ARROW_TO_DUCKDB.get(str(field_.type))
+        if kind is None:
+            raise TableValidationError(table, 1, f"column {field_.name} has type {field_.type}, which the DuckDB writer does not map")
+        quoted = f'"{field_.name}"'
+        columns.append(quoted if current[field_.name] == kind else f"CAST({quoted} AS {kind}) AS {quoted}")
+    return ", ".join(columns), schema
 
 
 def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, table: str) -> None:
@@ -650,13 +761,24 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
             size = 0
         groups[-1].append(day)
         size += rows
-    for days in groups:
-        frame = conn.sql(
-            # Sorted by the engine (parallel, key column only), not as a full-width polars frame (issue 19).
-            'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
-            params={"first": days[0], "last": days[-1]},
-        ).pl()
-        write.write(validate(frame))
+    if types:
+        for days in groups:
+            frame = conn.sql(
+                # Sorted by the engine (parallel), not as a full-width polars frame (issue 19).
+                'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
+                params={"first": days[0], "last": days[-1]},
+            ).pl()
+            write.write(validate(frame))
+    else:  # validated above on every row: DuckDB writes each group's file itself (issue 19)
+        select, schema = _contract_select(conn, "feedback_mart", "feedback")
+        write.set_schema(schema)
+        for days in groups:
+            write.copy(
+                conn,
+                f'SELECT {select} FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
+                schema,
+                {"first": days[0], "last": days[-1]},
+            )
     if not groups:  # no exposure: the table is emptied, with the schema of a validated empty frame
         write.set_schema(io.to_arrow(validate(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl())).schema)
     exposures, observed, copied, regenerated, shared = conn.execute(

@@ -40,6 +40,7 @@ import duckdb
 from feedback_etl.mapping import FieldMapping, json_path, path_segments
 from feedback_etl.features import context_sql, jsonl_reference
 from feedback_etl.paths import engine_file
+from feedback_etl.side_features import SideTable
 from feedback_etl.sqlfiles import SQL_DIR, run_sql
 from schemas.errors import ConfigError, InputFileError
 from schemas.event_columns import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
@@ -358,6 +359,7 @@ def raw_event_parts(
     mapping: FieldMapping,
     *,
     rating_threshold: float,
+    side_tables: "list[SideTable] | None" = None,
 ) -> tuple[list[str], list[str]]:
     """SELECT statements, each a slice of ``raw_events``, plus the relations of source records.
 
@@ -397,15 +399,51 @@ def raw_event_parts(
             run_sql(conn, "adapters/ratings_triples", params, into="adapter_events_triples")
             parts.append('SELECT * FROM "adapter_events_triples"')
             relations.append("source_triples")
-        conn.execute(f'CREATE OR REPLACE TEMP VIEW "adapter_events" AS {" UNION ALL ".join(parts)}')
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "adapter_events_rated" AS {" UNION ALL ".join(parts)}')
+        _ratings_context(conn, side_tables or [])
     else:  # pragma: no cover - IngestConfig validates the source
         raise ConfigError(f"unknown source {source!r}")
     canonical = ", ".join(_identifier(c) for c in CANONICAL_COLUMNS)
     packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in CANONICAL_COLUMNS)
+    context = ', "context"' if source == "ratings" else ""
     part = f"""SELECT "file_index", "source_file", "row_number", "parse_ok", "payload" AS "payload_text",
-               STRUCT_PACK({packed}) AS "payload", CAST(NULL AS VARCHAR) AS "nested_column", {canonical}
+               STRUCT_PACK({packed}) AS "payload", CAST(NULL AS VARCHAR) AS "nested_column", {canonical}{context}
         FROM "adapter_events" """
     return [part], relations
+
+
+def ratings_features(side_tables: "list[SideTable]") -> dict[str, str]:
+    """The feature columns a ratings ingest adds: the outcome column ``rating`` and each side file's
+    columns, name -> type (the ``[features]`` types of docs/features.md)."""
+    return {"rating": "numeric", **{name: kind for table in side_tables for name, kind in table.types.items()}}
+
+
+def _ratings_context(conn: duckdb.DuckDBPyConnection, side_tables: "list[SideTable]") -> None:
+    """``adapter_events``: the ratings adapter's events, impressions with a ``context`` JSON object
+    holding the exposure's raw rating (from its first vote) and its user's and item's side features
+    (the feature contract of feedback_etl.features; issue 17)."""
+    from feedback_etl.side_features import JOIN_COLUMN
+
+    joins, pairs = [], ["'rating', CAST(r.\"rating\" AS VARCHAR)"]
+    for k, table in enumerate(side_tables):
+        relation = f"side_features_{k}"
+        conn.register(relation, table.frame.to_arrow())
+        alias = f"s{k}"
+        joins.append(f'LEFT JOIN "{relation}" AS {alias} ON {alias}."key" = a.{_identifier(JOIN_COLUMN[table.entity])}')
+        pairs += [f"{_literal(name)}, CAST({alias}.{_identifier(name)} AS VARCHAR)" for name in table.types]
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP VIEW "adapter_events" AS
+        WITH ratings AS (
+            SELECT "exposure_id", arg_min("rating_value", "row_number") AS "rating"
+            FROM "adapter_events_rated" WHERE "rating_value" IS NOT NULL
+            GROUP BY "exposure_id"
+        )
+        SELECT a.* EXCLUDE ("rating_value"),
+               CASE WHEN a."event_type" = 'impression' THEN CAST(json_object({", ".join(pairs)}) AS VARCHAR) END AS "context"
+        FROM "adapter_events_rated" AS a
+        LEFT JOIN ratings AS r ON r."exposure_id" = a."exposure_id"
+        {" ".join(joins)}"""
+    )
 
 
 def run_export_adapter(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: str, mapping: FieldMapping) -> None:

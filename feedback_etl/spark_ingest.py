@@ -54,9 +54,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import polars as pl
 
+from feedback_etl import features
 from feedback_etl.ingest import _EVENT_COLUMNS, IngestConfig, _Steps, reconcile
 from feedback_etl.io import validate_feedback
-from feedback_etl.mapping import FieldMapping, path_segments
+from feedback_etl.mapping import CONTEXT_COLUMN, FieldMapping, path_segments
 from feedback_etl.sources import CANONICAL_COLUMNS, InputFile
 from feedback_etl.paths import engine_file, engine_folder, is_plain
 from feedback_etl.warehouse import TableWrite, snapshot
@@ -193,6 +194,7 @@ def _pipeline(
         return cache.keep(frame, view) if view else frame.collect()
 
     steps.run("register", lambda: _register_warehouse_events(spark, warehouse))
+    previous_feedback = snapshot(warehouse, "feedback")  # its users keep their split; read before this run writes
     parts = steps.run("read", lambda: _read_inputs(spark, files, mapping))
 
     def type_events() -> None:
@@ -205,6 +207,11 @@ def _pipeline(
             typed.append(spark.sql(spark_sql("staging/stg_events_typed")))
         try:  # the inputs are read here
             cache.keep(reduce(lambda a, b: a.unionByName(b), typed), "typed_events")
+            # Custom context columns (issue 17): each row's raw values beside it, as features.capture_context.
+            contexts = [part.select("source_file", "row_number", "context").where("context IS NOT NULL")
+                        for part in parts if CONTEXT_COLUMN in part.columns]
+            if contexts:
+                cache.keep(reduce(lambda a, b: a.unionByName(b), contexts), "feature_context")
         except (PySparkException, Py4JJavaError) as exc:
             raise InputFileError(
                 f"cannot read input: {str(exc).strip().splitlines()[0][:300]}",
@@ -217,9 +224,9 @@ def _pipeline(
     steps.run("stg_impression_losers", lambda: run("staging/stg_impression_losers", view="impression_losers"))
     steps.run("stg_orphans", lambda: run("staging/stg_orphans", view="orphans"))
     new_events = steps.run("stg_new_events", lambda: run("staging/stg_new_events", view="new_events"))
-    # WH/events carries custom context columns (issue 17); this engine refuses them, so it is null.
-    new_events = new_events.selectExpr("*", "CAST(NULL AS STRING) AS `context`")
-    new_events.createOrReplaceTempView("new_events")
+    # WH/events carries custom context columns (issue 17): the context of each accepted row, as
+    # features.attach_context gives it (null without features).
+    new_events = steps.run("context", lambda: _attach_context(spark, cache, new_events))
     rejects = steps.run("stg_rejects", lambda: run("staging/stg_rejects", {"run_id": run_id}, view="rejects"))
 
     counts = steps.run("reconcile", lambda: reconcile(_SparkConnection(spark), []))
@@ -246,8 +253,15 @@ def _pipeline(
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
+    # Each user's split, balanced in rows; users of the committed feedback table keep theirs (issue 15).
+    steps.run("marts/user_splits", lambda: (_register_previous_splits(spark, warehouse, previous_feedback), run("marts/user_splits", view="user_splits")))
     mart = steps.run("marts/feedback", lambda: run("marts/feedback", {"window": window}, view="feedback_mart", conform=FeedbackTable))
-    summary = steps.run("write_feedback", lambda: _write_feedback(mart, writes["feedback"]))
+    wanted = features.resolve_features(mapping, tables.get("features"))
+    mart, kept, feature_warnings = steps.run(
+        "features", lambda: _add_feature_columns(spark, cache, mart, wanted, max_levels=cfg.max_feature_levels)
+    )
+    types = {name: spec["type"] for name, spec in kept.items()}
+    summary = steps.run("write_feedback", lambda: _write_feedback(mart, writes["feedback"], types))
 
     totals = spark.sql("SELECT COUNT(*) FROM all_events").collect()[0][0]
     new_tables = {
@@ -256,11 +270,11 @@ def _pipeline(
         "feedback": summary["exposures"],
         "feedback_window_seconds": cfg.window_seconds,
         "feedback_summary": summary,
-        # The Spark engine refuses custom features (check_supported), so its runs record none, as DuckDB's do.
-        "features": {},
+        "features": {name: {"type": spec["type"], "source": spec["source"]} for name, spec in kept.items()},
     }
     counts["feedback"] = {"rebuilt": True, **summary}
-    counts["features"] = {}
+    counts["features"] = kept
+    counts["_adapter_warnings"] = [*counts.get("_adapter_warnings", []), *feature_warnings]
     counts["spark"] = {"version": spark.version, "master": spark.sparkContext.master}
     return counts, new_tables
 
@@ -283,7 +297,8 @@ def _run_settings(spark: "SparkSession") -> Iterator[None]:
             else:
                 spark.conf.set(key, value)
         for view in ("raw_events", "event_type_map", "warehouse_events", "typed_events", "duplicates",
-                     "impression_losers", "orphans", "new_events", "rejects", "all_events", "feedback_mart"):
+                     "impression_losers", "orphans", "new_events", "rejects", "all_events", "previous_splits", "user_splits", "feedback_mart",
+                     "feature_context", "new_events_context", "impression_context", "feedback_mart_features"):
             spark.catalog.dropTempView(view)
 
 
@@ -395,6 +410,21 @@ def _register_warehouse_events(spark: "SparkSession", warehouse: Path) -> None:
     frame.createOrReplaceTempView("warehouse_events")
 
 
+def _register_previous_splits(spark: "SparkSession", warehouse: Path, feedback: Any) -> None:
+    """``previous_splits`` (user_id, split): the users of the committed feedback table (``feedback``,
+    its snapshot taken before this run wrote anything; None on a first run), who keep their split
+    (sql/marts/user_splits.sql)."""
+    from pyspark.sql import functions as F
+
+    if feedback is not None and feedback.files:
+        table = engine_folder(warehouse / "feedback")
+        frame = spark.read.parquet(*[_uri(table / f.relative_to(warehouse / "feedback")) for f in feedback.files])
+        frame = frame.select(F.col("user_id").cast("string").alias("user_id"), F.col("split").cast("string").alias("split")).distinct()
+    else:
+        frame = _rows(spark, [], {"user_id": "STRING", "split": "STRING"})
+    frame.createOrReplaceTempView("previous_splits")
+
+
 def _rows(spark: "SparkSession", rows: list[tuple], types: dict[str, str]) -> "DataFrame":
     """A small literal table, built inside the JVM. Not ``createDataFrame(list)``: that makes a
     Python RDD, whose jobs start Python workers and whose unknown size rules out broadcast joins
@@ -443,6 +473,8 @@ def _parquet_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) ->
     columns = list(frame.columns)
     frame = frame.select("*", F.col("_metadata.row_index").alias("__row_index"))
     selected = [_parquet_column(frame, mapping.column(c), columns).alias(c) for c in CANONICAL_COLUMNS]
+    # Custom context columns (issue 17): the raw values as one JSON object (features.context_sql).
+    context = _context(mapping, lambda source: _parquet_column(frame, source, columns))
     return frame.select(
         *_head(f),
         (F.col("__row_index") + 1).cast("bigint").alias("row_number"),
@@ -451,6 +483,7 @@ def _parquet_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) ->
         F.struct(*[_quoted(c).alias(c) for c in columns]).alias("payload"),
         _parquet_nested_column(frame, mapping, columns).alias("nested_column"),
         *selected,
+        *([context.alias(CONTEXT_COLUMN)] if context is not None else []),
     )
 
 
@@ -581,6 +614,8 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
     kinds = [F.when(_is_json_container(F.col("line"), path_segments(sources[c]), value), F.lit(c))
              for value, c in zip(raw_values, CANONICAL_COLUMNS)]
     nested = F.when(parse_ok, F.element_at(F.array_compact(F.array(*kinds)), 1))
+    # Custom context columns (issue 17): each feature's raw value read from the line by its path.
+    context = _context(mapping, lambda source: F.get_json_object(F.col("line"), _spark_json_path(path_segments(source))))
     return numbered.select(
         *_head(f),
         "row_number",
@@ -589,6 +624,7 @@ def _jsonl_part(spark: "SparkSession", f: InputFile, mapping: FieldMapping) -> "
         F.lit(None).cast(payload_type).alias("payload"),
         nested.alias("nested_column"),
         *fields,
+        *([F.when(parse_ok, context).alias(CONTEXT_COLUMN)] if context is not None else []),
     )
 
 
@@ -657,8 +693,9 @@ def _sql_value(value: object) -> str:
     return repr(value)
 
 
-def _validate(frame: "DataFrame", model, table: str) -> None:
-    """Aggregate checks on every row, then the pandera model on a sample (module docstring).
+def _validate(frame: "DataFrame", model, table: str, types: dict[str, str] | None = None) -> None:
+    """Aggregate checks on every row, then the pandera model on a sample (module docstring);
+    ``types``: custom feature columns of the feedback table, checked with ``features.validate_feedback``.
 
     Raises
     ------
@@ -674,7 +711,9 @@ def _validate(frame: "DataFrame", model, table: str) -> None:
     rows = int(row["__rows"])
     sample = frame if rows <= SAMPLE_ROWS else frame.sample(fraction=min(1.0, 1.2 * SAMPLE_ROWS / rows), seed=0).limit(SAMPLE_ROWS)
     collected = pl.from_arrow(sample.toArrow())
-    if table == "feedback":
+    if table == "feedback" and types:
+        features.validate_feedback(collected, types)
+    elif table == "feedback":
         validate_feedback(collected)
     else:
         validate_table(collected, model, table)
@@ -698,12 +737,13 @@ def _write(frame: "DataFrame", write: TableWrite) -> None:
         write.adopt(parts, pq.read_schema(parts[0]))
 
 
-def _write_feedback(mart: "DataFrame", write: TableWrite) -> dict:
+def _write_feedback(mart: "DataFrame", write: TableWrite, types: dict[str, str] | None = None) -> dict:
     """Validate the feedback table and write its files, rows grouped by impression_date and sorted
-    by exposure_id within each file (as the DuckDB engine writes it)."""
+    by exposure_id within each file (as the DuckDB engine writes it). ``types``: the custom feature
+    columns after the contract's (issue 17), validated with their declared types."""
     from pyspark.sql import functions as F
 
-    _validate(mart, FeedbackTable, "feedback")
+    _validate(mart, FeedbackTable, "feedback", types)
     row = mart.agg(
         F.count(F.lit(1)), F.count_if("observed"), F.count_if("copied"), F.count_if("regenerated"), F.count_if("shared"),
         F.count_distinct("impression_date"),
@@ -715,3 +755,131 @@ def _write_feedback(mart: "DataFrame", write: TableWrite) -> dict:
         "exposures": int(row[0]), "observed": int(row[1]), "copied": int(row[2]),
         "regenerated": int(row[3]), "shared": int(row[4]), "days": days,
     }
+
+
+# ---------------------------------------------------------------- custom context columns (issue 17)
+#
+# The DuckDB engine's feedback_etl.features, step for step: the readers add ``context`` (each
+# feature's raw value as text, one JSON object), staging keeps it beside the typed rows and
+# WH/events carries it, and the feedback build gives each feature a typed column from the
+# exposure's impression. Types, inference, the checks, the level cap and the warnings are the
+# same; the expressions are written for Spark so they answer as DuckDB's do (a numeric value is a
+# finite DOUBLE that DuckDB would read too: Java's 1d / 1f suffixes are not numbers).
+
+
+def _context(mapping: FieldMapping, reference) -> "Column | None":
+    """``context`` of a raw slice (features.context_sql): ``to_json`` of a struct of each feature's
+    raw value as text, nulls kept (RUN_CONF); None without features."""
+    from pyspark.sql import functions as F
+
+    if not mapping.features:
+        return None
+    return F.to_json(F.struct(*[reference(source).cast("string").alias(name) for name, (_, source) in mapping.features.items()]))
+
+
+def _attach_context(spark: "SparkSession", cache: "_Cache", new_events: "DataFrame") -> "DataFrame":
+    """``new_events`` with its ``context`` column last (features.attach_context), under that view."""
+    if "feature_context" not in cache.views:
+        frame = new_events.selectExpr("*", "CAST(NULL AS STRING) AS `context`")
+    else:
+        frame = spark.sql(
+            """SELECT n.*, c.`context` FROM new_events AS n
+            LEFT JOIN (SELECT `source_file`, `row_number`, ANY_VALUE(`context`) AS `context` FROM feature_context GROUP BY 1, 2) AS c
+            ON c.`source_file` = n.`source_file` AND c.`row_number` = n.`row_number`"""
+        )
+        frame = cache.keep(frame, "new_events_context")
+    frame.createOrReplaceTempView("new_events")
+    return frame
+
+
+def _raw_feature(name: str) -> "Column":
+    from pyspark.sql import functions as F
+
+    value = F.trim(F.get_json_object(F.col("context"), _spark_json_path([name])))
+    return F.when(value != "", value)
+
+
+def _finite_double(raw: "Column") -> "Column":
+    """DuckDB's ``CASE WHEN isfinite(TRY_CAST(raw AS DOUBLE)) THEN ... END`` on Spark."""
+    from pyspark.sql import functions as F
+
+    from feedback_etl.sql_translate import DOUBLE_SUFFIX
+
+    number = raw.try_cast("double")
+    finite = number.isNotNull() & ~F.isnan(number) & (F.abs(number) != float("inf")) & ~raw.rlike(DOUBLE_SUFFIX)
+    return F.when(finite, number)
+
+
+def _typed_feature(raw: "Column", kind: str) -> "Column":
+    """features._typed on Spark."""
+    from pyspark.sql import functions as F
+
+    if kind == "numeric":
+        return _finite_double(raw)
+    if kind == "boolean":
+        lowered = F.lower(raw)
+        return F.when(lowered.isin("true", "1"), F.lit(True)).when(lowered.isin("false", "0"), F.lit(False))
+    return raw
+
+
+def _add_feature_columns(
+    spark: "SparkSession", cache: "_Cache", mart: "DataFrame", wanted: dict[str, dict], *, max_levels: int
+) -> tuple["DataFrame", dict[str, dict], list[str]]:
+    """features.add_feature_columns on Spark: (the mart with one typed column per kept feature, the
+    features kept, warnings). Raises as it does (InputFileError, ConfigError)."""
+    from pyspark.sql import functions as F
+
+    if not wanted:
+        return mart, {}, []
+    context = cache.keep(spark.sql(
+        """SELECT `exposure_id`, `context`, `source_file`, `row_number` FROM all_events
+        WHERE `event_type` = 'impression' AND `context` IS NOT NULL"""
+    ), "impression_context")
+    warnings: list[str] = []
+    kept: dict[str, dict] = {}
+    columns: list["Column"] = []
+    for name, spec in wanted.items():
+        raw = _raw_feature(name)
+        kind = spec["type"]
+        if kind == features.INFERRED:
+            values, booleans, numbers = context.agg(
+                F.count(raw), F.count_if(F.lower(raw).isin("true", "false")), F.count(_finite_double(raw))
+            ).collect()[0]
+            kind = "boolean" if values and booleans == values else "numeric" if values and numbers == values else "categorical"
+        elif kind != "categorical":
+            bad = context.where(raw.isNotNull() & _typed_feature(raw, kind).isNull())
+            row = bad.orderBy("source_file", "row_number").select("source_file", "row_number", raw.alias("value")).limit(1).collect()
+            if row:
+                raise InputFileError(
+                    f"feature {name!r} is declared {kind} but holds {str(row[0]['value'])[:40]!r}",
+                    where=f"{row[0]['source_file']}, row {row[0]['row_number']}, column {spec['source']}",
+                    fix=f"fix the value, or declare {name} categorical in the mapping's [features] table",
+                )
+        typed = _typed_feature(raw, kind)
+        non_null, distinct = context.agg(F.count(typed), F.count_distinct(typed)).collect()[0]
+        if kind == "categorical" and distinct > max_levels:
+            if spec["origin"] == "declared":
+                raise ConfigError(
+                    f"categorical feature {name!r} has {distinct:,} distinct values, more than the cap of {max_levels:,}",
+                    where=f"features table, column {name}",
+                    fix="an id is not a context column: pass it as --user-features / --item-features at fit time, "
+                    "declare it numeric, or raise --max-feature-levels",
+                )
+            warnings.append(f"extra column {name!r} has {distinct:,} distinct values (cap {max_levels:,}): not kept as a feature")
+            continue
+        if non_null == 0:
+            warnings.append(f"feature {name!r} is null on every exposure (source {spec['source']!r} absent?): it carries no information")
+        elif distinct == 1:
+            warnings.append(f"feature {name!r} holds one value on every exposure that has it: it carries little information")
+        kept[name] = {"type": kind, "source": spec["source"], "origin": spec["origin"], "non_null": int(non_null), "distinct": int(distinct)}
+        columns.append(typed.cast(_FEATURE_TYPES[kind]).alias(name))
+    for message in warnings:
+        log.warning("ingest features: %s", message)
+    if columns:
+        impressions = context.select(F.col("exposure_id").alias("__context_exposure_id"), "context")
+        joined = mart.join(impressions, mart["exposure_id"] == impressions["__context_exposure_id"], how="left")
+        mart = cache.keep(joined.select(*[mart[c] for c in mart.columns], *columns), "feedback_mart_features")
+    return mart, kept, warnings
+
+
+_FEATURE_TYPES = {"categorical": "STRING", "numeric": "DOUBLE", "boolean": "BOOLEAN"}

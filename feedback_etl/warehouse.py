@@ -464,6 +464,20 @@ class TableWrite:
         self.files.append((path, table.num_rows))
         return table.num_rows
 
+    def copy(self, conn, query: str, schema: pa.Schema, params: dict | None = None) -> int:
+        """Write the rows of a DuckDB ``query`` as the next Parquet part, straight from the engine
+        (``COPY ... TO``: no Arrow or polars copy, memory bounded by DuckDB's limit; issue 19).
+        ``schema`` is the Arrow schema to commit (the query's columns cast to the contract's
+        types: DuckDB writes plain strings where polars writes large ones, and readers open the
+        files with the table's schema, as for Spark's files). Returns the rows written."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"part-{len(self.files):05d}.parquet"
+        target = str(path).replace("'", "''")
+        rows = int(conn.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params or {}).fetchone()[0])
+        self.schema = self.schema or schema
+        self.files.append((path, rows))
+        return rows
+
     def adopt(self, paths: Iterable[Path], schema: pa.Schema) -> int:
         """Take Parquet files already written under :attr:`folder`; returns their rows."""
         import pyarrow.parquet as pq

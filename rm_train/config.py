@@ -62,6 +62,12 @@ class TrainConfig:
     numeric_features: tuple[str, ...] = ()
     categorical_features: tuple[str, ...] = ()
     id_features: tuple[str, ...] = ()
+    # L2 weight of the ID factors and biases (standard MF, rm_train.heads.RewardHead.id_penalty); several
+    # values: one model each, the lowest debiased validation loss wins (issue 17). Empty: no penalty.
+    id_l2: tuple[float, ...] = ()
+    # Validate on a seeded random share of all exposures instead of the dataset's user splits: MF
+    # learns nothing for a user it never trains on, so its validation rows are held-out ratings.
+    val_fraction: float | None = None
     categorical_dim: int = 8
     id_dim: int = 16
     label_column: str = "label"
@@ -87,6 +93,18 @@ class TrainConfig:
                               fix="keep the embedding or name feature columns")
         if self.train_split == self.val_split:
             raise ConfigError("train_split and val_split must differ")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}", where="--val-fraction", fix="e.g. --val-fraction 0.1")
+        if self.val_fraction is not None and self.pairs:
+            raise ConfigError("--val-fraction splits exposures, not pairs", where="--val-fraction", fix="drop --pairs or --val-fraction")
+        object.__setattr__(self, "id_l2", tuple(float(v) for v in self.id_l2))
+        if any(not v >= 0 for v in self.id_l2):
+            raise ConfigError(f"id_l2 values must be >= 0, got {list(self.id_l2)}", where="--id-l2", fix="pass e.g. 0.01 or 0.001,0.01,0.1")
+        if self.id_l2 and not self.id_features:
+            raise ConfigError("--id-l2 regularises ID factors, but no --id-features are given", where="--id-l2",
+                              fix="add --id-features user_id,response_id, or drop --id-l2")
+        if self.id_l2 and self.pairs:
+            raise ConfigError("--id-l2 is applied to pointwise training only", where="--id-l2", fix="drop --pairs or --id-l2")
 
     @property
     def doubly_robust(self) -> bool:

@@ -6,6 +6,8 @@ logit(x) = MLP([e(x), z(x), E_c(x)]) + sum_j b_j[id_j] + sum_{j<k} <V_j[id_j], V
 With the text embedding e(x) alone this is the paper's MLP head on frozen LLM embeddings; with two
 ID columns alone (user_id, response_id) and no MLP input it is exactly (weighted) matrix
 factorisation, global bias + user bias + item bias + <u, v>, as used for ratings logs such as Coat.
+Standard MF regularises the factors and biases of the rows it sees (Koren, Bell & Volinsky, 2009):
+:meth:`RewardHead.id_penalty` is that L2 term, added to the loss with weight ``--id-l2``.
 """
 
 from __future__ import annotations
@@ -82,3 +84,21 @@ class RewardHead(nn.Module):
             biases = torch.cat([table(ids[:, j]) for j, table in enumerate(self.id_bias)], dim=-1).sum(-1)
             logit = logit + pairwise + biases
         return logit
+
+    def id_penalty(self, batch: dict[str, torch.Tensor], row_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Standard MF's L2 term on a batch: sum over ID columns j of ||V_j[id_j]||^2 + b_j[id_j]^2,
+        averaged over the rows (weighted by ``row_weight``, shape (batch,), when given).
+
+        Only the looked-up rows are penalised, so a frequent user is shrunk in proportion to how often it
+        appears, as in SGD matrix factorisation; 0 (a tensor) without ID columns.
+        """
+        if not self.id_factors:
+            return torch.zeros((), device=next(self.parameters()).device)
+        ids = batch["ids"]
+        per_row = sum(
+            factors(ids[:, j]).square().sum(-1) + bias(ids[:, j]).square().squeeze(-1)
+            for j, (factors, bias) in enumerate(zip(self.id_factors, self.id_bias))
+        )
+        if row_weight is None:
+            return per_row.mean()
+        return (per_row * row_weight).sum() / row_weight.sum().clamp(min=1e-12)

@@ -61,9 +61,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,9 @@ class _Objective:
 def _prepare_rows(frame: pl.DataFrame, cfg: TrainConfig, spec: FeatureSpec | None = None,
                   dataset: str | Path | None = None) -> dict[str, Any]:
     """Split the dataset into training and validation tensors for the configured loss."""
+    if cfg.val_fraction is not None:  # every exposure in play: a seeded random share validates (MF practice)
+        held = np.random.default_rng([cfg.seed, 17]).random(frame.height) < cfg.val_fraction
+        frame = frame.with_columns(split=pl.Series(np.where(held, cfg.val_split, cfg.train_split)))
     train = frame.filter(pl.col("split") == cfg.train_split)
     val = frame.filter(pl.col("split") == cfg.val_split)
     if train.height == 0:
@@ -456,10 +460,42 @@ def train(dataset: str | Path, cfg: TrainConfig, out: str | Path, *, progress: b
     dict : the metrics written to ``out/metrics.json``.
     """
     out = Path(out)
+    if len(cfg.id_l2) > 1:
+        return _train_id_l2_grid(dataset, cfg, out, progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 writes (and swaps) the model
         return _train(dataset, cfg, out, progress=progress)
     with build_aside(out) as work:
         return _train(dataset, cfg, work, progress=progress)
+
+
+def _train_id_l2_grid(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) -> dict[str, Any]:
+    """One model per ``cfg.id_l2`` value; the one with the lowest validation loss (the debiased loss of
+    the configured estimator on the val split, without the penalty) becomes ``out``. Its metrics.json
+    records every value's best validation loss under ``id_l2_search``."""
+    if int(os.environ.get("RANK", "0")) != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("an --id-l2 grid runs in one process", where="--id-l2", fix="give one value under torchrun")
+    search: list[dict[str, Any]] = []
+    with build_aside(out) as work:
+        best: tuple[float, Path, dict[str, Any]] | None = None
+        for value in cfg.id_l2:
+            candidate = work / f"id_l2_{len(search)}"  # inside the building folder: gone with it on an error
+            metrics = _train(dataset, replace(cfg, id_l2=(value,)), candidate, progress=progress)
+            search.append({"id_l2": value, "best_val_loss": metrics["best_val_loss"], "best_epoch": metrics["best_epoch"]})
+            log.info("id_l2 %g: best validation loss %.5f", value, metrics["best_val_loss"])
+            if best is None or metrics["best_val_loss"] < best[0]:
+                if best is not None:
+                    shutil.rmtree(best[1], ignore_errors=True)
+                best = (metrics["best_val_loss"], candidate, metrics)
+            else:
+                shutil.rmtree(candidate, ignore_errors=True)
+        assert best is not None
+        _, chosen, metrics = best
+        metrics = {**metrics, "id_l2": search[[s["best_val_loss"] for s in search].index(best[0])]["id_l2"], "id_l2_search": search}
+        for path in chosen.iterdir():
+            shutil.move(str(path), work / path.name)
+        shutil.rmtree(chosen, ignore_errors=True)
+        _write_json(work / "metrics.json", metrics)
+    return metrics
 
 
 def _train(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) -> dict[str, Any]:
@@ -540,6 +576,8 @@ def _train(dataset: str | Path, cfg: TrainConfig, out: Path, *, progress: bool) 
                     else:
                         # DDP averages gradients over ranks: scale by W / (global normaliser), see the module docstring.
                         loss = terms.sum() * (dist.world_size / dist.all_sum(rows.sum()).clamp(min=1e-12))
+                if cfg.id_l2 and cfg.id_l2[0] > 0:  # standard MF's L2 on the batch's ID factors and biases (issue 17)
+                    loss = loss + cfg.id_l2[0] * model.id_penalty(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -67,8 +67,9 @@ def _child(kind: str, args: argparse.Namespace) -> None:
         ))
         extra = {"rows_read": run["rows_read"], "exposures": run["feedback"]["exposures"], "timings_s": run["timings_s"]}
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kind": kind, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, **extra}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"kind": kind, "seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_mb": usage.ru_maxrss / 1024, **extra}))
 
 
 def _tree_rss_mb(root: int) -> float:
@@ -108,6 +109,16 @@ def _measure(kind: str, input_dir: Path, out_dir: Path, args: argparse.Namespace
     return {**json.loads(stdout.strip().splitlines()[-1]), "tree_peak_rss_mb": peak}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median wall time (its timings and peak RSS with it); peak RSS is the maximum."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    median = dict(ordered[len(ordered) // 2])
+    median["cpu_s"] = sorted(r["cpu_s"] for r in runs)[len(runs) // 2]
+    median["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    median["tree_peak_rss_mb"] = max(r["tree_peak_rss_mb"] for r in runs)
+    return median
+
+
 def _simulate(events: int, target: Path) -> dict:
     from feedback_etl.simulator import SimulationConfig, simulate
 
@@ -125,6 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads / Spark local[N] (default: all cores)")
     parser.add_argument("--engines", nargs="+", default=["duckdb"], choices=["duckdb", "spark"], help="ingest engines to run")
     parser.add_argument("--results", default=str(Path(__file__).with_name("results.json")))
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved floor / ingest pairs per size; medians reported")
     parser.add_argument("--child", choices=["floor", "ingest"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -142,9 +154,19 @@ def main() -> None:
         summary = _simulate(events, logs)
         run_dir = work / f"run-{label}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        floor = _measure("floor", logs / "events", run_dir / "floor", args)
-        results = {engine: _measure("ingest", logs / "events", run_dir / f"ingest-{engine}", args, engine) for engine in args.engines}
+        # Interleaved pairs (floor, then each engine), so both see the same machine load; medians.
+        pairs = []
+        for k in range(args.repeat):
+            floor_k = _measure("floor", logs / "events", run_dir / f"floor-{k}", args)
+            results_k = {e: _measure("ingest", logs / "events", run_dir / f"ingest-{e}-{k}", args, e) for e in args.engines}
+            pairs.append((floor_k, results_k))
+            shutil.rmtree(run_dir, ignore_errors=True)
+        floor = _median_run([p[0] for p in pairs])
+        results = {e: _median_run([p[1][e] for p in pairs]) for e in args.engines}
         result = results[args.engines[0]]
+        first = args.engines[0]
+        pair_ratios = sorted(p[1][first]["seconds"] / p[0]["seconds"] for p in pairs)
+        cpu_ratios = sorted(p[1][first]["cpu_s"] / p[0]["cpu_s"] for p in pairs)
         row = {
             "size": label,
             "events": summary["counts"]["rows_written"],
@@ -155,6 +177,12 @@ def main() -> None:
             "ingest_s": round(result["seconds"], 2),
             "ingest_peak_rss_mb": round(result["peak_rss_mb"]),
             "ratio_to_floor": round(result["seconds"] / floor["seconds"], 2),
+            "repeat": args.repeat,
+            "median_pair_ratio": round(pair_ratios[len(pair_ratios) // 2], 2),
+            "median_pair_cpu_ratio": round(cpu_ratios[len(cpu_ratios) // 2], 2),
+            "floor_cpu_s": round(floor["cpu_s"], 2),
+            "ingest_cpu_s": round(result["cpu_s"], 2),
+            "ingest_cpu_s_per_m_events": round(result["cpu_s"] / summary["counts"]["rows_written"] * 1e6, 2),
             "events_per_s": round(summary["counts"]["rows_written"] / result["seconds"]),
             "timings_s": result["timings_s"],
             "engines": {
@@ -174,11 +202,13 @@ def main() -> None:
     meta = {"cpu_count": os.cpu_count(), "memory_limit": args.memory_limit, "threads": args.threads or os.cpu_count(),
             "engines": args.engines}
     Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print("\n| events | exposures | input MB | floor s | ingest s | ingest / floor | events/s | peak RSS MB (ingest / floor) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| events | exposures | input MB | floor s | ingest s | ingest / floor (median of pairs) | CPU ratio | "
+          "ingest CPU s / M events | events/s | peak RSS MB (ingest / floor) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['events']:,} | {r['exposures']:,} | {r['input_mb']} | {r['floor_s']} | {r['ingest_s']} | "
-              f"{r['ratio_to_floor']} | {r['events_per_s']:,} | {r['ingest_peak_rss_mb']:,} / {r['floor_peak_rss_mb']:,} |")
+              f"{r['median_pair_ratio']} | {r['median_pair_cpu_ratio']} | {r['ingest_cpu_s_per_m_events']} | "
+              f"{r['events_per_s']:,} | {r['ingest_peak_rss_mb']:,} / {r['floor_peak_rss_mb']:,} |")
     if len(args.engines) > 1 or args.engines != ["duckdb"]:
         print("\n| events | engine | ingest s | events/s | ingest / floor | peak RSS MB (process tree) |")
         print("| ---: | --- | ---: | ---: | ---: | ---: |")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import math
 import os
@@ -54,15 +55,18 @@ MUTMUT = str(Path(PYTHON).with_name("mutmut"))
 # are included only where they are the module's guard.
 PRIVACY_SCAN = "tests/feedback_etl/test_privacy_scan.py::"
 DELTA = "tests/feedback_etl/test_warehouse_delta.py::"
+PRIVACY_INGEST = "tests/feedback_etl/test_privacy_ingest.py::"
 MODULES: dict[str, list[str]] = {
     "rm_train/losses.py": ["tests/rm_train/test_losses.py"],
     "propensity/models/crossfit.py": ["tests/propensity/test_crossfit.py"],
-    "propensity/models/calibration.py": ["tests/propensity/test_crossfit.py", "tests/propensity/test_fit.py"],
+    "propensity/models/calibration.py": ["tests/propensity/test_crossfit.py", "tests/propensity/test_fit.py",
+                                         "tests/propensity/test_floor.py"],
     "propensity/weights/export.py": ["tests/propensity/test_export.py"],
     "feedback_etl/privacy.py": ["tests/feedback_etl/test_privacy.py"] + [PRIVACY_SCAN + name for name in (
         "test_the_fixture_rejects_impressions_that_carry_ids_and_text",
         "test_scan_finds_ids_and_texts_in_every_table_of_a_plain_warehouse",
-        "test_private_warehouse_holds_no_raw_id_text_or_key")],
+        "test_private_warehouse_holds_no_raw_id_text_or_key")] + [PRIVACY_INGEST + name for name in (
+        "test_redaction_counts_on_planted_examples", "test_text_modes_in_the_warehouse")],
     "propensity/noise/_proxy.py": ["tests/propensity/test_noise_accuracy.py", "tests/propensity/test_noise.py"],
     "propensity/noise/estimate.py": ["tests/propensity/test_noise.py", "tests/propensity/test_noise_accuracy.py"],
     "feedback_etl/warehouse.py": ["tests/feedback_etl/test_warehouse_commit.py"] + [DELTA + name for name in (
@@ -86,8 +90,11 @@ def _slug(module: str) -> str:
     return module.replace("/", "_").removesuffix(".py")
 
 
-def prepare(module: str, tests: list[str]) -> Path:
-    """A scratch copy of the repository with mutmut configured for one module."""
+def prepare(module: str, tests: list[str], from_head: tuple[str, ...] = ()) -> Path:
+    """A scratch copy of the repository with mutmut configured for one module.
+
+    ``from_head``: files taken as last committed instead of from the working tree (another
+    change in progress that breaks the module's tests, say)."""
     work = WORK / _slug(module)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -98,6 +105,9 @@ def prepare(module: str, tests: list[str]) -> Path:
             shutil.copytree(source, work / name, ignore=ignore)
         elif source.is_file():
             shutil.copy2(source, work / name)
+    for name in from_head:
+        committed = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=ROOT, capture_output=True, check=True).stdout
+        (work / name).write_bytes(committed)
     config = {
         "source_paths": ["feedback_etl", "propensity", "rm_train", "schemas"],
         "only_mutate": [module],
@@ -251,6 +261,11 @@ class ModuleResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     survivors: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # When it was measured and on which code: HEAD plus a hash of the mutated file as it was
+    # (other work may have changed it since the last commit).
+    measured: str = ""
+    code: str = ""
+    seed: int | None = None
 
     def rate(self, kind: str) -> tuple[float, int, int]:
         c = self.counts.get(kind, {})
@@ -275,16 +290,21 @@ def load_judgements() -> dict[str, str]:
     return {k: v for section in tomllib.loads(path.read_text(encoding="utf-8")).values() for k, v in section.items()}
 
 
-def run_module(module: str, tests: list[str], *, sample: int, time_box: float, seed: int) -> ModuleResult:
+def run_module(module: str, tests: list[str], *, sample: int, time_box: float, seed: int,
+               from_head: tuple[str, ...] = ()) -> ModuleResult:
     started = time.monotonic()
-    work = prepare(module, tests)
+    work = prepare(module, tests, from_head)
     names = generate(work)
     chosen = sorted(random.Random(f"{seed}:{module}").sample(names, sample)) if 0 < sample < len(names) else names
     print(f"{module}: {len(names)} mutants, running {len(chosen)} against {', '.join(tests)}", flush=True)
     outcome = run_mutants(work, chosen, time_box)
+    if "failed to collect stats" in (work / "mutmut.log").read_text(encoding="utf-8", errors="replace"):
+        outcome = "NOT RUN: the module's tests fail on the unmutated code (see _work/<module>/mutmut.log)"
     codes = read_results(work)
     kinds = classify(work, module, chosen)
-    result = ModuleResult(module, tests, len(names), len(chosen), outcome)
+    result = ModuleResult(module, tests, len(names), len(chosen), outcome,
+                          measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), code=_code_version(module) + (f"; as committed: {', '.join(Path(f).name for f in from_head)}" if from_head else ""),
+                          seed=seed)
     judgements = load_judgements()
     for name in chosen:
         status = STATUS.get(codes.get(name), "suspicious")
@@ -297,6 +317,13 @@ def run_module(module: str, tests: list[str], *, sample: int, time_box: float, s
                                      "diff": show(work, name) if kinds[name] == "numeric" else ""})
     result.seconds = time.monotonic() - started
     return result
+
+
+def _code_version(module: str) -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", module], cwd=ROOT).returncode != 0
+    digest = hashlib.sha256((ROOT / module).read_bytes()).hexdigest()[:10]
+    return f"{head}{' + uncommitted edits' if dirty else ''} (file sha256 {digest})"
 
 
 def judged_rate(result: ModuleResult) -> tuple[int, int]:
@@ -317,13 +344,14 @@ def judged_rate(result: ModuleResult) -> tuple[int, int]:
 
 
 def write_report(results: list[ModuleResult], sql: list[dict] | None, args: argparse.Namespace) -> None:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     lines = ["# Mutation testing results", "",
              f"`python benchmarks/mutation/run.py --sample {args.sample} --time-box {args.time_box:g} --seed {args.seed}` "
-             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Killed = a selected test failed or timed out; "
+             f"(report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; a run of some modules keeps the others' "
+             "last rows, see *measured on*). Killed = a selected test failed or timed out; "
              "rates over checked mutants (survived and no-tests count against). 95% Wilson interval from the sample.", "",
-             "| module | mutants | sampled | numeric killed | numeric rate (95% CI) | all killed | all rate | after judgements | run |",
-             "|---|---:|---:|---:|---|---:|---:|---|---|"]
+             "| module | mutants | sampled | numeric killed | numeric rate (95% CI) | all killed | all rate | after judgements | run | measured on |",
+             "|---|---:|---:|---:|---|---:|---:|---|---|---|"]
     for r in results:
         rate, killed, checked = r.rate("numeric")
         lo, hi = wilson(killed, checked)
@@ -333,7 +361,8 @@ def write_report(results: list[ModuleResult], sql: list[dict] | None, args: argp
         j_killed, j_checked = judged_rate(r)
         judged = f"{j_killed}/{j_checked} ({j_killed / j_checked:.0%})" if j_checked else "-"
         lines.append(f"| `{r.module}` | {r.mutants} | {r.sampled} | {killed}/{checked} | {rate:.0%} ({lo:.0%}-{hi:.0%}) | "
-                     f"{all_killed}/{all_checked} | {all_rate:.0%} | {judged} | {r.outcome}, {r.seconds / 60:.0f} min |")
+                     f"{all_killed}/{all_checked} | {all_rate:.0%} | {judged} | {r.outcome}, {r.seconds / 60:.0f} min | "
+                     f"{r.measured or '-'}, {r.code or '-'}, seed {args.seed if r.seed is None else r.seed} |")
         detail = [f"# Survivors: `{r.module}`", "", f"Tests: {', '.join(f'`{t}`' for t in r.tests)}", ""]
         for s in r.survivors:
             detail += [f"## `{s['name']}` ({s['status']}, {s['kind']})", "", f"Judgement: {s['judgement']}", ""]
@@ -351,9 +380,12 @@ def write_report(results: list[ModuleResult], sql: list[dict] | None, args: argp
     print("\n".join(lines))
 
 
-def report_only(args: argparse.Namespace) -> int:
-    """Rebuild results/ from the last run's summary.json and the current judgements.toml."""
-    payload = json.loads((RESULTS / "summary.json").read_text(encoding="utf-8"))
+def load_previous() -> tuple[list[ModuleResult], list[dict] | None, dict]:
+    """The last report's module results (with the current judgements), SQL set and arguments."""
+    path = RESULTS / "summary.json"
+    if not path.exists():
+        return [], None, {}
+    payload = json.loads(path.read_text(encoding="utf-8"))
     judgements = load_judgements()
     diffs = {}
     for md in RESULTS.glob("*.md"):
@@ -362,20 +394,27 @@ def report_only(args: argparse.Namespace) -> int:
             if "```diff" in block:
                 diffs[name] = block.split("```diff\n", 1)[1].split("\n```", 1)[0]
     results = []
+    keys = ("module", "tests", "mutants", "sampled", "outcome", "counts", "seconds", "measured", "code", "seed")
     for item in payload["python"]:
-        result = ModuleResult(**{k: item[k] for k in ("module", "tests", "mutants", "sampled", "outcome", "counts", "seconds")})
+        result = ModuleResult(**{k: item[k] for k in keys if k in item})
         for s in item["survivors"]:
             judgement = judgements.get(s["name"], s["judgement"] if s["kind"] == "message" else "UNJUDGED")
             result.survivors.append({**s, "judgement": judgement, "diff": diffs.get(s["name"], "")})
         results.append(result)
-    run_args = payload.get("args") or {}
+    return results, payload.get("sql"), payload.get("args") or {}
+
+
+def report_only(args: argparse.Namespace) -> int:
+    """Rebuild results/ from the last run's summary.json and the current judgements.toml."""
+    results, sql, run_args = load_previous()
     for key in ("sample", "time_box", "seed"):
         setattr(args, key, run_args.get(key, getattr(args, key)))
-    write_report(results, payload["sql"], args)
+    write_report(results, sql, args)
     return 0
 
 
 def main() -> int:
+    global RESULTS  # noqa: PLW0603 - one report folder per process
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modules", nargs="*", default=list(MODULES), help="modules to mutate (default: all of MODULES)")
     parser.add_argument("--sample", type=int, default=30, help="mutants sampled per module (0 = all)")
@@ -384,21 +423,32 @@ def main() -> int:
     parser.add_argument("--sql-only", action="store_true")
     parser.add_argument("--no-sql", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report of the last run with the current judgements")
+    parser.add_argument("--from-head", nargs="*", default=[],
+                        help="files copied as committed (HEAD) instead of from the working tree, e.g. another change in progress")
+    parser.add_argument("--results", type=Path, default=HERE / "results",
+                        help="report folder (default results/; e.g. results/seed1 for a fresh sample that tests were not written against)")
     args = parser.parse_args()
+    RESULTS = args.results.resolve()
     if args.report_only:
         return report_only(args)
+    # A run of some modules keeps the other modules' last rows (and the last SQL set), so that
+    # modules can be measured one at a time.
+    previous, sql, _ = load_previous()
+    kept = {r.module: r for r in previous if r.module in MODULES}
     results = []
     if not args.sql_only:
         for module in args.modules:
-            results.append(run_module(module, MODULES[module], sample=args.sample, time_box=args.time_box, seed=args.seed))
-            write_report(results, None, args)
-    sql = None
+            result = run_module(module, MODULES[module], sample=args.sample, time_box=args.time_box, seed=args.seed,
+                                from_head=tuple(args.from_head))
+            results.append(result)
+            kept[module] = result
+            write_report([kept[m] for m in MODULES if m in kept], sql, args)
     if not args.no_sql:
         sys.path.insert(0, str(HERE))
         from sql_mutants import run_sql_mutants
 
         sql = run_sql_mutants()
-    write_report(results, sql, args)
+    write_report([kept[m] for m in MODULES if m in kept], sql, args)
     missed_sql = sql is not None and not all(m["caught"] for m in sql)
     low = [r.module for r in results if not r.rate("numeric")[0] >= 0.85]
     if low:

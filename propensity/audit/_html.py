@@ -466,6 +466,8 @@ def render_html(report: dict[str, Any]) -> str:
             _fig_segments(report["segments"], "up_share", h["up_share"]), "vote balance by segment",
             "Share of up-votes among the votes of each segment (95% Wilson intervals); the dashed line is the overall share."))
     sections.append(_segment_tables_html(report["segments"]))
+    sample_note = '<p class="note">' + esc((report.get("sample") or {}).get("note") or "") + "</p>" if report.get("sample") else ""
+    sections.append(sample_note)
 
     prop = report["propensity"]
     sections.append("<h2>Propensities</h2>")
@@ -505,6 +507,7 @@ def render_html(report: dict[str, Any]) -> str:
             "and after (filled) weighting by 1/p. Weighting should pull every feature inside the dashed guardrail."))
         smd_rows = [[esc(b["feature"]), f"{b['before']:+.3f}", f"{b['after']:+.3f}"] for b in report["balance"]]
         sections.append(f"<details><summary>SMD table</summary>{_table(['feature', 'SMD before', 'SMD after'], smd_rows)}</details>")
+        sections.append(sample_note)
     else:
         sections.append("<h2>Covariate balance</h2>")
         sections.append('<p class="note">No context feature varies across exposures in this warehouse: balance cannot be checked.</p>')

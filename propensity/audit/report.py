@@ -135,6 +135,12 @@ class AuditConfig:
     propensity : the propensities of the audited weights (match the export's ``--propensity``):
         ``context`` or ``label-aware`` (weights, balance, estimates and guardrails use P(o=1 | x, r);
         the calibration checks stay on the context model, the only one predicting o from x alone).
+    max_rows : feedback rows the audit may hold in memory (None: what ``memory_limit`` allows). Above
+        it the audit streams: every number over all exposures from narrow columns, the balance table
+        and the segment tables on a uniform sample of ``max_rows`` exposures (``report["sample"]``; issue 23).
+    memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
+    batch_rows : rows per batch when streaming.
+    seed : seed of the sample's hash draw.
     """
 
     warehouse: str
@@ -143,8 +149,17 @@ class AuditConfig:
     clip: float | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     propensity: str = "context"
+    max_rows: int | None = None
+    memory_limit: str = "4GB"
+    batch_rows: int = 200_000
+    seed: int = 0
 
     def __post_init__(self) -> None:
+        from propensity.models.casecontrol import parse_memory
+
+        parse_memory(self.memory_limit)
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}", where="--max-rows", fix="use e.g. --max-rows 2000000")
         if self.propensity not in ("context", "label-aware"):
             raise ConfigError(f"unknown propensity kind {self.propensity!r}", where="audit config", fix="use context or label-aware")
         if self.propensity == "label-aware" and self.channel != "vote":
@@ -538,28 +553,38 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
     ------
     WarehouseError : no feedback table, no propensity scores for the channel, or no observed rows.
     """
-    from feedback_etl.io import read_feedback
+    from feedback_etl.io import feedback_dataset, read_feedback
 
     warehouse = Path(cfg.warehouse)
-    feedback = read_feedback(warehouse)
-    scores = _read_scores(warehouse, cfg.channel)
+    plan = audit_plan(feedback_dataset(warehouse).count_rows(), cfg)
+    is_vote = cfg.channel == "vote"
     metrics = _read_metrics(warehouse, cfg.channel)
-    frame = feedback.join(scores.select("exposure_id", "propensity"), on="exposure_id", how="left")
+    sample_note = None
+    if plan["streamed"]:
+        # Issue 23: every number over all exposures from a narrow streamed read; balance and segments on a sample.
+        from propensity.audit._streamed import read_audit_inputs
+
+        inputs = read_audit_inputs(warehouse, cfg.channel, plan, label_aware=is_vote, seed=cfg.seed, batch_rows=cfg.batch_rows)
+        frame, label_aware, sample, sample_note = inputs.frame, inputs.label_aware, inputs.sample, inputs.sample_note
+    else:
+        feedback = read_feedback(warehouse)
+        scores = _read_scores(warehouse, cfg.channel)
+        frame = feedback.join(scores.select("exposure_id", "propensity"), on="exposure_id", how="left")
     missing = frame["propensity"].null_count()
     if missing:
         raise WarehouseError(
             f"{missing:,} of {frame.height:,} exposures have no {cfg.channel!r} propensity", where="propensity/scores.parquet",
             fix=f"rerun `causalrm propensity fit {warehouse} --channel {cfg.channel}` after the latest ingest",
         )
-    is_vote = cfg.channel == "vote"
-    if not is_vote:
+    if not is_vote and not plan["streamed"]:
         frame = frame.with_columns(observed=pl.col(CHANNELS[cfg.channel]), label=pl.lit(None, dtype=pl.Int8))
     observed = frame["observed"].to_numpy().astype(bool)
     if not observed.any():
         raise WarehouseError(f"channel {cfg.channel!r} has no observed rows", where=str(warehouse), fix="check the channel and the ingest")
     p = frame["propensity"].to_numpy()
     fit_clip = _fit_clip(metrics)
-    label_aware = _label_aware_propensity(warehouse, feedback, frame) if is_vote else None
+    if not plan["streamed"]:
+        label_aware = _label_aware_propensity(warehouse, feedback, frame) if is_vote else None
     if cfg.propensity == "label-aware" and label_aware is None:
         raise WarehouseError("warehouse has no label-aware propensities", where=str(warehouse / "propensity"),
                              fix=f"run `causalrm propensity fit-label-aware {warehouse}` first, or audit --propensity context")
@@ -574,8 +599,15 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
     reliability, ece = reliability_with_intervals(p, observed)
     # Every context column, custom ones included (issue 17): balance is checked on what selection may depend on.
     # Chosen on the feedback columns alone: the frame also holds the propensity, which is no covariate.
-    chosen = select_features(with_custom_features(feedback, warehouse))
-    smd = covariate_balance(with_custom_features(frame, warehouse), observed, p_weights, features=chosen)
+    if plan["streamed"]:
+        # The sample's weights as the full table's: the same propensity kind and clip.
+        p_sample = sample["label_aware_propensity"].to_numpy() if cfg.propensity == "label-aware" else sample["propensity"].to_numpy()
+        p_sample = np.maximum(p_sample, cfg.clip) if cfg.clip else p_sample
+        chosen = select_features(sample.select(inputs.feedback_columns))
+        smd = covariate_balance(sample, sample["observed"].to_numpy().astype(bool), p_sample, features=chosen)
+    else:
+        chosen = select_features(with_custom_features(feedback, warehouse))
+        smd = covariate_balance(with_custom_features(frame, warehouse), observed, p_weights, features=chosen)
     worst = max(smd, key=lambda s: abs(s["after"])) if smd else None
     noise = _read_all_noise(warehouse)
     own_noise = next((n for n in noise if n["channel"] == cfg.channel), None)
@@ -643,12 +675,28 @@ def build_report(cfg: AuditConfig) -> dict[str, Any]:
             "clipped_share": clipped_share,
             "histogram": {"edges": w_edges.tolist(), "counts": _histogram(w_obs, w_edges)},
         },
-        "segments": segment_tables(frame, with_labels=is_vote),
+        "segments": segment_tables(sample if plan["streamed"] else frame, with_labels=is_vote),
         "balance": smd,
+        # Issue 23: None when every section covers every exposure; else which sections used a sample.
+        "sample": sample_note,
+        "memory": {k: v for k, v in plan.items() if k != "memory_limit_bytes"},
         "noise": noise,
         "estimates": estimates,
         "slice_comparison": comparison,
     }
+
+
+def audit_plan(n_rows: int, cfg: AuditConfig) -> dict[str, Any]:
+    """Whether the audit reads the table whole or streams it: the threshold of ``propensity fit``
+    (:func:`propensity.models.casecontrol.plan_rows`), ``cfg.max_rows`` capping it; a streamed audit
+    computes its balance table and segments on a uniform sample of ``max_rows`` exposures."""
+    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+
+    limit = parse_memory(cfg.memory_limit)
+    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
+    cap = int(whole if cfg.max_rows is None else min(cfg.max_rows, whole))
+    return {"streamed": n_rows > cap, "n_rows": n_rows, "max_rows": cap, "max_rows_option": cfg.max_rows,
+            "memory_limit": cfg.memory_limit, "memory_limit_bytes": limit}
 
 
 def run_audit(cfg: AuditConfig) -> AuditResult:

@@ -45,7 +45,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +298,7 @@ class CaseControlFit:
     categorical_names: list[str]
     scores_path: Path
     models_path: Path
+    warnings: list[str] = field(default_factory=list)  # the side-feature files' key checks
 
 
 def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Callable[..., Path],
@@ -319,6 +320,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     from propensity.models.calibration import clip_propensity, cross_calibrate
     from propensity.models.crossfit import assign_user_folds, cross_fit
     from propensity.models.custom_features import select_features
+    from propensity.models.entity_features import SideKeyCounter, check_side_columns, join_side_columns, load_side_tables
     from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
     from propensity.models.score import predict_calibrated, scoring_features, shift_logit
 
@@ -327,10 +329,17 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     target = cfg.target
     # The same feature columns as an in-memory fit: the contract's context plus the table's custom
     # columns (issue 17), narrowed by --features / --exclude-features; the first rows only feed
-    # select_features' warning about constant columns.
-    categorical, numeric = select_features(pl.from_arrow(dataset.head(10_000)), cfg.features, cfg.exclude_features)
+    # select_features' warning about constant columns. Side-feature files (--user-features /
+    # --item-features) are joined to every batch on their keys, as the in-memory fit joins them whole.
     present = set(dataset.schema.names)
-    missing = [c for c in ("exposure_id", "user_id", target, *categorical, *numeric) if c not in present]
+    side_tables = load_side_tables(cfg.user_features, cfg.item_features)
+    check_side_columns(dataset.schema.names, side_tables)
+    side_columns = [n for t in side_tables for n in (*t.categorical, *t.numeric)]
+    side_keys = list(dict.fromkeys(t.key for t in side_tables))
+    head = join_side_columns(pl.from_arrow(dataset.head(10_000)), side_tables)
+    categorical, numeric = select_features(head, cfg.features, cfg.exclude_features)
+    table_features = [c for c in (*categorical, *numeric) if c not in side_columns]
+    missing = [c for c in ("exposure_id", "user_id", target, *table_features, *side_keys, *cfg.id_embeddings) if c not in present]
     if missing:
         raise WarehouseError(
             f"feedback table lacks column(s) {missing}", where=str(warehouse / "feedback"),
@@ -342,8 +351,12 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     solicited_column = "solicited" if cfg.channel == "vote" and "solicited" in present else None
 
     # 1. summary pass -> folds per user (over every row, as group_folds), levels, class counts
-    summary = summarise(dataset, target, categorical, cfg.batch_rows, solicited=solicited_column)
+    summary = summarise(dataset, target, tuple(c for c in categorical if c not in side_columns), cfg.batch_rows,
+                        solicited=solicited_column)
     _check_counts(summary, cfg, warehouse)
+    levels = dict(summary.levels)
+    for table in side_tables:  # a side file's levels are the file's own
+        levels.update({c: sorted(table.frame[c].cast(pl.String).drop_nulls().unique().to_list()) for c in table.categorical})
     user_folds = summary.users.with_columns(
         fold=pl.Series(assign_user_folds(summary.users["n"].to_numpy(), cfg.folds, cfg.seed), dtype=pl.Int32)
     ).select("user_id", "fold")
@@ -354,14 +367,19 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
 
     # 2. sample pass (organic rows only)
     flag_columns = [solicited_column] if solicited_column else []
-    columns = ["exposure_id", "user_id", target, *categorical, *numeric, *flag_columns]
+    # Id columns of learned id embeddings (MLP): hashed per row, so a sample needs nothing from the other rows.
+    id_columns = [c for c in dict.fromkeys((*side_keys, *cfg.id_embeddings)) if c not in ("user_id", *table_features)]
+    columns = ["exposure_id", "user_id", target, *table_features, *flag_columns, *id_columns]
     kept: list[pl.DataFrame] = []
+    side_keys_seen = SideKeyCounter(side_tables)
     for frame in stream_rows(warehouse, dataset, columns, cfg.batch_rows, embeddings=use_embeddings, memory_limit=plan.memory_limit):
+        side_keys_seen.add(frame)
         observed = frame[target].fill_null(False).cast(pl.Boolean).to_numpy()
         keep = keep_mask(frame["exposure_id"], observed, rates, cfg.seed) & ~_solicited(frame, solicited_column)
         rows = frame.filter(pl.Series(keep))
         if rows.height:
-            kept.append(rows)
+            kept.append(join_side_columns(rows, side_tables))
+    side_warnings = side_keys_seen.warnings() if side_tables else []
     sample = pl.concat(kept).sort("exposure_id") if kept else pl.DataFrame()
     del kept
     sample = sample.join(user_folds, on="user_id", how="left", maintain_order="left")
@@ -370,10 +388,15 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     weights = rates.weights(y)
     embeddings = sample.select("exposure_id", "embedding") if use_embeddings else None
     X, feature_names, categorical_names = build_features(
-        sample, embeddings, categorical=categorical, numeric=numeric, levels=summary.levels, numeric_dtype=np.float32
+        sample, embeddings, categorical=categorical, numeric=numeric, levels=levels, numeric_dtype=np.float32
     )
     X_design, design_names = design_matrix(X, categorical_names, dtype=np.float32 if cfg.model == "lightgbm" else np.float64)
     model_input = X if cfg.model == "lightgbm" else X_design
+    id_embedding = cfg.id_embedding_spec()
+    if id_embedding:  # the MLP's id-bucket columns first, as in an in-memory fit
+        from propensity.models.entity_features import bucket_columns
+
+        model_input = np.hstack([bucket_columns(sample, cfg.id_embeddings, id_embedding["buckets"]), X_design])
     log.info(
         "propensity %s: %d exposures (%d observed) > %d rows the fit may hold: case-control sample of %d rows "
         "(observed kept at rate %.4g, unobserved at %.4g), %d features, %d folds, model %s",
@@ -406,7 +429,10 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     }
     models_path = write_models(
         warehouse, cfg, fitted.models, calibrators, X, feature_names, categorical_names, design_names,
-        extra={"logit_shift": rates.logit_shift, "numeric_dtype": "float32", "sampling": sampling},
+        extra={"logit_shift": rates.logit_shift, "numeric_dtype": "float32", "sampling": sampling,
+               **({"id_embeddings": id_embedding} if id_embedding else {}),
+               # scoring joins these columns from the same files, on these keys (as after an in-memory fit)
+               **({"side_columns": side_columns, "side_keys": side_keys} if side_tables else {})},
     )
     # The saved spec drives scoring, so the streamed scores are what `propensity score` computes from the saved models.
     spec = json.loads((models_path / "config.json").read_text())
@@ -429,7 +455,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     del X, X_design, model_input, sample, fitted
 
     # 5. scoring pass: every exposure by its own fold's model and calibrator
-    score_columns = ["exposure_id", "user_id", target, *categorical, *numeric, *flag_columns]
+    score_columns = ["exposure_id", "user_id", target, *table_features, *flag_columns, *id_columns]
     staging = propensity_dir(warehouse) / f".fit-{cfg.channel}.{uuid.uuid4().hex}.tmp"
     staging.mkdir(parents=True)
     # Per-exposure arrays for the diagnostics, filled batch by batch in place (no lists to concatenate:
@@ -482,7 +508,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     sampling["duration_s"] = round(time.perf_counter() - started, 3)
     return CaseControlFit(
         diagnostics=diagnostics, clip=clip_report, sampling=sampling, feature_names=feature_names,
-        categorical_names=categorical_names, scores_path=scores_path, models_path=models_path,
+        categorical_names=categorical_names, scores_path=scores_path, models_path=models_path, warnings=side_warnings,
     )
 
 

@@ -16,6 +16,12 @@ Two ways to tell the model *who* and *what* an exposure is about:
   folds' rows only, and each training row of fold j != k from the rows outside folds j and k. So
   no row's own label reaches its own encoding, and fold k's labels never reach fold k's model.
   New exposures (``propensity score``) are encoded from every fitted row (saved with the models).
+* **Learned id embeddings** (``--id-embeddings user_id,response_id``, MLP model only): each id is
+  hashed into one of ``id_buckets`` buckets (:func:`id_buckets`, a keyed BLAKE2b digest: the same
+  bucket in every process and library version, so unseen ids need no vocabulary) and the MLP learns
+  one vector per bucket (:class:`propensity.models.estimators.MLPPropensity`). The vectors are
+  parameters of the fold models, so they are learned inside the cross-fitting folds like every
+  other weight: fold k's model never sees fold k's rows or labels.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ ITEM_KEYS: tuple[str, ...] = ("prompt_id", "response_id")
 ID_COLUMNS: tuple[str, ...] = ("user_id", "prompt_id", "response_id")
 SMOOTHING = 20.0
 ENCODING_SUFFIX = "_rate_oof"
+# Hash buckets of a learned id embedding (2^16 x 8 floats = 2 MB per id column and fold model).
+ID_BUCKETS = 2**16
+BUCKET_SUFFIX = "_bucket"
 MAX_LEVELS = 1000
 
 
@@ -152,6 +161,64 @@ def join_entity_features(
     return feedback, tuple(categorical), tuple(numeric), warnings
 
 
+def check_side_columns(columns: Sequence[str], tables: Sequence[EntityTable]) -> None:
+    """ConfigError when a side-feature column is already a column of the feedback rows (or of an earlier file)."""
+    taken = set(columns)
+    for table in tables:
+        names = [*table.categorical, *table.numeric]
+        clash = [n for n in names if n in taken]
+        if clash:
+            raise ConfigError(f"side-feature column(s) {clash} already exist in the feedback rows", where=table.path,
+                              fix="rename them in the file (e.g. with a user_ / item_ prefix)")
+        taken.update(names)
+
+
+def join_side_columns(frame: pl.DataFrame, tables: Sequence[EntityTable]) -> pl.DataFrame:
+    """``frame`` with every table's feature columns left-joined on its key, same row order, no checks
+    (one batch of a streamed fit: :class:`SideKeyCounter` checks the keys over all batches)."""
+    for table in tables:
+        frame = frame.join(table.frame.select(table.key, *table.categorical, *table.numeric), on=table.key, how="left",
+                           maintain_order="left")
+    return frame
+
+
+class SideKeyCounter:
+    """The key checks of :func:`join_entity_features`, batch by batch: call :meth:`add` on every
+    batch of the feedback rows, then :meth:`warnings` (which raises when no key matched)."""
+
+    def __init__(self, tables: Sequence[EntityTable]) -> None:
+        self.tables = list(tables)
+        self.n_rows = 0
+        self.n_matched = [0] * len(self.tables)
+        self.used: list[set[str]] = [set() for _ in self.tables]
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self.n_rows += frame.height
+        for i, table in enumerate(self.tables):
+            keys = frame[table.key].cast(pl.String)
+            hit = keys.is_in(table.frame[table.key].implode()).fill_null(False)
+            self.n_matched[i] += int(hit.sum())
+            self.used[i].update(keys.filter(hit).unique().to_list())
+
+    def warnings(self) -> list[str]:
+        found = []
+        for table, n_matched, used in zip(self.tables, self.n_matched, self.used):
+            if n_matched == 0:
+                raise InputFileError(f"no {table.key} of the file matches an exposure", where=f"{table.path}, column {table.key}",
+                                     fix=f"key the file by the warehouse's {table.key} values (pseudonymised ids need the same key)")
+            if n_matched < self.n_rows:
+                found.append(f"{self.n_rows - n_matched:,} of {self.n_rows:,} exposures have no row in {table.path}: their "
+                             "side features are null")
+            if len(used) < table.frame.height:
+                found.append(f"{table.frame.height - len(used):,} of {table.frame.height:,} rows of {table.path} match no exposure")
+            for name in (*table.categorical, *table.numeric):
+                if table.frame[name].drop_nulls().n_unique() <= 1:
+                    found.append(f"side feature {name!r} of {table.path} holds at most one value: it carries no information")
+        for message in found:
+            log.warning("propensity features: %s", message)
+        return found
+
+
 def load_side_tables(user_features: str | None, item_features: str | None) -> list[EntityTable]:
     """The side-feature files of a fit (none, one or both)."""
     tables = []
@@ -162,11 +229,12 @@ def load_side_tables(user_features: str | None, item_features: str | None) -> li
     return tables
 
 
-def check_id_columns(names: Sequence[str]) -> tuple[str, ...]:
-    """``names`` if every one is an id column that can be encoded, else ConfigError."""
+def check_id_columns(names: Sequence[str], *, where: str = "--id-encodings") -> tuple[str, ...]:
+    """``names`` if every one is an id column that can be encoded (or embedded), else ConfigError."""
     unknown = [n for n in names if n not in ID_COLUMNS]
     if unknown:
-        raise ConfigError(f"{unknown} cannot be id-encoded", where="--id-encodings", fix=f"use {', '.join(ID_COLUMNS)}")
+        verb = "embedded" if where == "--id-embeddings" else "id-encoded"
+        raise ConfigError(f"{unknown} cannot be {verb}", where=where, fix=f"use {', '.join(ID_COLUMNS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -288,3 +356,40 @@ def append_encodings(inputs, feedback: pl.DataFrame, spec: dict):
     if isinstance(inputs, pd.DataFrame):
         return pd.concat([inputs, extra.set_axis(inputs.index, axis=0)], axis=1)
     return np.hstack([inputs, extra.to_numpy(dtype=np.float64)])
+
+
+# ---------------------------------------------------------------- hashed ids for learned embeddings
+
+
+def id_buckets(values: pl.Series, buckets: int, *, column: str) -> np.ndarray:
+    """Bucket of every id, an int64 array of shape (n_rows,) in [0, buckets]; a null id gets
+    ``buckets`` (the embedding's "unknown" slot).
+
+    The bucket is a BLAKE2b digest keyed by the column name, modulo ``buckets``: stable across
+    processes and library versions (polars' ``hash`` is not), and computed once per distinct id.
+    """
+    import hashlib
+
+    text = values.cast(pl.String)
+    distinct = text.drop_nulls().unique()
+    key = column.encode()
+    hashed = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8, key=key).digest(), "little") % buckets for v in distinct.to_list()]
+    codes = text.replace_strict(distinct, pl.Series(hashed, dtype=pl.Int64), default=buckets, return_dtype=pl.Int64)
+    return codes.fill_null(buckets).to_numpy().astype(np.int64, copy=False)
+
+
+def bucket_columns(feedback: pl.DataFrame, columns: Sequence[str], buckets: int) -> np.ndarray:
+    """The hashed buckets of ``columns``, a float64 array of shape (n_rows, len(columns)) (bucket
+    numbers are exact in float32 and float64 up to 2^24): the first columns of an MLP's input, so
+    that out-of-fold id encodings can still be appended last (``cross_fit``'s augment hook)."""
+    if not columns:
+        return np.empty((feedback.height, 0))
+    return np.column_stack([id_buckets(feedback[name], buckets, column=name) for name in columns]).astype(np.float64)
+
+
+def prepend_id_buckets(inputs: np.ndarray, feedback: pl.DataFrame, spec: dict) -> np.ndarray:
+    """The model input with the fit's id-bucket columns first (unchanged without id embeddings)."""
+    saved = spec.get("id_embeddings")
+    if not saved:
+        return inputs
+    return np.hstack([bucket_columns(feedback, saved["columns"], int(saved["buckets"])), inputs])

@@ -14,6 +14,7 @@ loads from safe formats (LightGBM text, safetensors, JSON), never pickle.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -445,6 +446,46 @@ def _build_mlp(n_in: int, hidden: tuple[int, ...], dropout: float):
     return nn.Sequential(*layers)
 
 
+@functools.cache
+def _id_embedding_mlp_class():
+    """The torch module of an MLP with learned id embeddings (built on first use: torch is imported lazily)."""
+    import torch
+    from torch import nn
+
+    class IdEmbeddingMLP(nn.Module):
+        """``mlp([x_numeric, E_1[b_1], ..., E_m[b_m]])``: the input's first ``n_ids`` columns are hashed id
+        buckets ``b_j`` in [0, buckets]; bucket ``buckets`` is the "unknown" slot.
+
+        A bucket no training row used (``seen`` is False) is read as unknown, and during training each id
+        is replaced by unknown with probability ``id_dropout``, so the unknown vector is learned: it is
+        what the model says about an id it has not seen (every held-out user, under user-grouped folds).
+        """
+
+        def __init__(self, n_numeric: int, n_ids: int, buckets: int, dim: int, hidden: tuple[int, ...], dropout: float,
+                     id_dropout: float) -> None:
+            super().__init__()
+            self.n_numeric, self.n_ids, self.buckets, self.id_dropout = n_numeric, n_ids, buckets, id_dropout
+            self.embeddings = nn.ModuleList(nn.Embedding(buckets + 1, dim) for _ in range(n_ids))
+            for table in self.embeddings:
+                nn.init.normal_(table.weight, std=0.01)  # small: an id starts near "no information"
+            self.register_buffer("seen", torch.ones(n_ids, buckets + 1, dtype=torch.bool))
+            self.mlp = _build_mlp(n_numeric + n_ids * dim, hidden, dropout)
+
+        def forward(self, x):
+            ids = x[:, : self.n_ids].long()
+            unknown = torch.full_like(ids[:, 0], self.buckets)
+            vectors = []
+            for j, table in enumerate(self.embeddings):
+                bucket = ids[:, j]
+                bucket = torch.where(self.seen[j, bucket], bucket, unknown)
+                if self.training and self.id_dropout > 0:
+                    bucket = torch.where(torch.rand(bucket.shape, device=bucket.device) < self.id_dropout, unknown, bucket)
+                vectors.append(table(bucket))
+            return self.mlp(torch.cat([x[:, self.n_ids :], *vectors], dim=1))
+
+    return IdEmbeddingMLP
+
+
 class MLPPropensity(_BinaryPropensity):
     """Feed-forward network for P(feedback | exposure) on text embeddings plus tabular features.
 
@@ -464,11 +505,21 @@ class MLPPropensity(_BinaryPropensity):
     patience : epochs without validation improvement before stopping.
     device : ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     random_state : seed of initialisation, batching and the validation split.
+    n_id_columns : the first ``n_id_columns`` columns of X are hashed id buckets (integers in
+        [0, id_buckets], from ``propensity.models.entity_features.bucket_columns``; ``id_buckets``
+        means unknown): each gets a learned embedding table of ``id_buckets + 1`` vectors of size
+        ``id_embedding_dim``, concatenated with the standardised other columns (issue 17). A bucket
+        no training row used is read as unknown at prediction time.
+    id_buckets, id_embedding_dim : hash buckets and vector size of each id embedding.
+    id_dropout : probability that a training row's id is replaced by unknown, so that the unknown
+        vector learns the average id (what a held-out user, never seen under user-grouped folds, gets).
+    id_learning_rate_factor : the embeddings' learning rate is ``learning_rate`` times this.
 
     Attributes
     ----------
-    module_ : torch.nn.Sequential on ``device_`` (eval mode)
-    standardization_ : dict of arrays of shape (n_features_in_,) (winsorising bounds, mean, scale)
+    module_ : torch module on ``device_`` (eval mode): ``torch.nn.Sequential``, or the id-embedding
+        module when ``n_id_columns`` > 0
+    standardization_ : dict of arrays of shape (n_features_in_ - n_id_columns,) (winsorising bounds, mean, scale)
     n_epochs_ : epochs run; best_val_loss_ : float or None
     classes_, n_features_in_, device_
     """
@@ -486,6 +537,11 @@ class MLPPropensity(_BinaryPropensity):
         patience: int = 3,
         device: str = "auto",
         random_state: int = 0,
+        n_id_columns: int = 0,
+        id_buckets: int = 2**16,
+        id_embedding_dim: int = 8,
+        id_dropout: float = 0.1,
+        id_learning_rate_factor: float = 10.0,
     ) -> None:
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
@@ -497,18 +553,76 @@ class MLPPropensity(_BinaryPropensity):
         self.patience = patience
         self.device = device
         self.random_state = random_state
+        self.n_id_columns = n_id_columns
+        self.id_buckets = id_buckets
+        self.id_embedding_dim = id_embedding_dim
+        self.id_dropout = id_dropout
+        self.id_learning_rate_factor = id_learning_rate_factor
+
+    def _split_ids(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(numeric columns, id-bucket columns as int64) of a validated X; ValueError for a bucket out of range."""
+        ids = X[:, : self.n_id_columns]
+        bad = ~np.isfinite(ids) | (ids < 0) | (ids > self.id_buckets) | (ids != np.round(ids))
+        if bad.any():
+            row, col = (int(v[0]) for v in np.nonzero(bad))
+            raise ValueError(
+                f"id-bucket column {col} (row {row}) holds {ids[row, col]!r}, not an integer in [0, {self.id_buckets}]: "
+                "build the first n_id_columns columns with propensity.models.entity_features.bucket_columns"
+            )
+        return X[:, self.n_id_columns :], ids.astype(np.int64)
+
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
+        """The float32 network input: the id buckets unchanged, then the standardised numeric columns."""
+        if not self.n_id_columns:
+            return _impute_scale(X, self.standardization_).astype(np.float32)
+        numeric, ids = self._split_ids(X)
+        return np.hstack([ids, _impute_scale(numeric, self.standardization_)]).astype(np.float32)
+
+    def _new_module(self, n_features: int):
+        if not self.n_id_columns:
+            return _build_mlp(n_features, tuple(self.hidden_sizes), self.dropout)
+        return _id_embedding_mlp_class()(
+            n_features - self.n_id_columns, self.n_id_columns, self.id_buckets, self.id_embedding_dim, tuple(self.hidden_sizes),
+            self.dropout, self.id_dropout,
+        )
+
+    def _param_groups(self, module) -> list[dict[str, Any]]:
+        """AdamW parameter groups: the id embeddings learn ``id_learning_rate_factor`` times faster.
+
+        One embedding vector only moves on the few batches that hold its id, while the shared
+        layers move on every batch: at the shared learning rate the vectors barely leave their
+        initialisation in 30 epochs (the usual remedy in recommender models, which give embeddings a
+        larger step or a sparse optimiser)."""
+        if not self.n_id_columns:
+            return [{"params": list(module.parameters())}]
+        return [
+            {"params": list(module.mlp.parameters())},
+            {"params": list(module.embeddings.parameters()), "lr": self.learning_rate * self.id_learning_rate_factor},
+        ]
 
     def fit(self, X: Any, y: Any) -> MLPPropensity:
-        """Fit on X of shape (n_samples, n_features) (numeric; NaN allowed) and y (n_samples,)."""
+        """Fit on X of shape (n_samples, n_features) (numeric; NaN allowed; the first ``n_id_columns``
+        columns hashed id buckets) and y (n_samples,)."""
         import torch
 
         X, _ = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         target = self._encode_target(y)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}", where="MLPPropensity")
+        if not 0 <= self.n_id_columns <= X.shape[1]:
+            raise ConfigError(f"n_id_columns must be in [0, {X.shape[1]}], got {self.n_id_columns}", where="MLPPropensity")
+        if self.n_id_columns and not (1 <= self.id_buckets < 2**24 and self.id_embedding_dim >= 1 and 0.0 <= self.id_dropout < 1.0):
+            raise ConfigError(
+                f"id embeddings need 1 <= id_buckets < 2^24, id_embedding_dim >= 1 and id_dropout in [0, 1); got "
+                f"{self.id_buckets}, {self.id_embedding_dim}, {self.id_dropout}", where="MLPPropensity",
+            )
         self.device_ = _resolve_device(self.device)
-        self.standardization_ = _impute_scale_fit(X)
-        Z = _impute_scale(X, self.standardization_).astype(np.float32)
+        if self.n_id_columns:
+            numeric, ids = self._split_ids(X)
+            self.standardization_ = _impute_scale_fit(numeric)
+        else:
+            self.standardization_ = _impute_scale_fit(X)
+        Z = self._inputs(X)
 
         rng = np.random.default_rng(self.random_state)
         torch_gen = torch.Generator().manual_seed(int(self.random_state))
@@ -528,8 +642,16 @@ class MLPPropensity(_BinaryPropensity):
         # Early stopping needs both classes in a non-trivial validation split.
         use_val = n_val >= 50 and 0 < target[order[:n_val]].sum() < n_val
         val_rows, train_rows = (order[:n_val], order[n_val:]) if use_val else (order[:0], order)
-        module = _build_mlp(Z.shape[1], tuple(self.hidden_sizes), self.dropout).to(self.device_)
-        optimiser = torch.optim.AdamW(module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        module = self._new_module(Z.shape[1])
+        if self.n_id_columns:  # buckets of the rows given to fit; the others are read as unknown
+            ids = Z[:, : self.n_id_columns].astype(np.int64)
+            seen = torch.zeros(self.n_id_columns, self.id_buckets + 1, dtype=torch.bool)
+            for j in range(self.n_id_columns):
+                seen[j, torch.from_numpy(np.unique(ids[:, j]))] = True
+            seen[:, self.id_buckets] = True
+            module.seen.copy_(seen)
+        module = module.to(self.device_)
+        optimiser = torch.optim.AdamW(self._param_groups(module), lr=self.learning_rate, weight_decay=self.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         Zt = torch.from_numpy(Z).to(self.device_)
         yt = torch.from_numpy(target.astype(np.float32)).to(self.device_)
@@ -571,7 +693,7 @@ class MLPPropensity(_BinaryPropensity):
 
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        Z = torch.from_numpy(_impute_scale(X, self.standardization_).astype(np.float32))
+        Z = torch.from_numpy(self._inputs(X))
         out = []
         with torch.no_grad():
             for start in range(0, len(Z), 65_536):
@@ -620,7 +742,7 @@ class MLPPropensity(_BinaryPropensity):
         model.standardization_ = {
             key.removeprefix("standardization."): tensors.pop(key).numpy() for key in list(tensors) if key.startswith("standardization.")
         }
-        module = _build_mlp(meta["n_features_in"], params["hidden_sizes"], params["dropout"])
+        module = model._new_module(meta["n_features_in"])
         module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items()})
         model.module_ = module.to(model.device_).eval()
         model.classes_ = np.asarray(meta["classes"])

@@ -27,7 +27,14 @@ from propensity.models.crossfit import _take, cross_fit, group_folds
 from propensity.diagnostics import propensity_diagnostics
 from propensity.models.estimators import ESTIMATORS, make_estimator
 from propensity.models.custom_features import select_features, with_custom_features
-from propensity.models.entity_features import check_id_columns, full_encodings, join_entity_features, load_side_tables, oof_encoder
+from propensity.models.entity_features import (
+    bucket_columns,
+    check_id_columns,
+    full_encodings,
+    join_entity_features,
+    load_side_tables,
+    oof_encoder,
+)
 from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import models_dir, read_metrics, replace_dir, write_metrics, write_scores
 from schemas.errors import ConfigError, EstimationError, WarehouseError
@@ -86,6 +93,8 @@ class PropensityConfig:
     user_features: str | None = None
     item_features: str | None = None
     id_encodings: tuple[str, ...] = ()
+    # Learned id embeddings of the MLP (hashed buckets, fitted inside the folds like every weight).
+    id_embeddings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A TOML / metrics.json list becomes a tuple (the config stays hashable and comparable).
@@ -93,10 +102,16 @@ class PropensityConfig:
             object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "exclude_features", tuple(self.exclude_features))
         object.__setattr__(self, "id_encodings", check_id_columns(self.id_encodings))
+        object.__setattr__(self, "id_embeddings", check_id_columns(self.id_embeddings, where="--id-embeddings"))
         if self.channel not in CHANNELS:
             raise ConfigError(f"unknown channel {self.channel!r}", where="--channel", fix=f"use one of {sorted(CHANNELS)}")
         if self.model not in ESTIMATORS:
             raise ConfigError(f"unknown propensity model {self.model!r}", where="--model", fix=f"use one of {sorted(ESTIMATORS)}")
+        if self.id_embeddings and self.model != "mlp":
+            raise ConfigError(
+                f"learned id embeddings need the mlp model, not {self.model!r}", where="--id-embeddings",
+                fix="add --model mlp, or use --id-encodings (out-of-fold feedback rates, any model)",
+            )
         if self.calibration not in CALIBRATIONS:
             raise ConfigError(f"unknown calibration {self.calibration!r}", where="--calibration", fix=f"use one of {list(CALIBRATIONS)}")
         if self.folds < 2:
@@ -130,7 +145,17 @@ class PropensityConfig:
             defaults["device"] = self.device
         if self.model == "logistic":
             defaults = {}
-        return make_estimator(self.model, **{**defaults, **dict(self.model_params)})
+        params = {**defaults, **dict(self.model_params)}
+        if self.model == "mlp":  # the design matrix's first columns are the id buckets (or none)
+            params["n_id_columns"] = len(self.id_embeddings)
+        return make_estimator(self.model, **params)
+
+    def id_embedding_spec(self) -> dict[str, Any] | None:
+        """What the saved spec records so that scoring hashes the same columns into the same buckets."""
+        if not self.id_embeddings:
+            return None
+        estimator = self.estimator()
+        return {"columns": list(self.id_embeddings), "buckets": int(estimator.id_buckets), "dim": int(estimator.id_embedding_dim)}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -208,12 +233,12 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     started = time.perf_counter()
     plan = row_plan(warehouse, cfg)
     if plan.sampled:  # more rows than the fit may hold: case-control sample, streamed scoring (issue 23)
-        if cfg.user_features or cfg.item_features or cfg.id_encodings:
+        if cfg.id_encodings:
             raise ConfigError(
-                f"a case-control fit ({plan.n_rows:,} rows > --max-rows {plan.max_rows:,}) uses the feedback table's own "
-                "columns only (contract context and custom features)",
-                where="--user-features / --item-features / --id-encodings",
-                fix="raise --max-rows / --memory-limit so the table is fitted whole, or drop these options",
+                f"a case-control fit ({plan.n_rows:,} rows > --max-rows {plan.max_rows:,}) cannot encode ids out of fold yet",
+                where="--id-encodings",
+                fix="raise --max-rows / --memory-limit so the table is fitted whole, or use learned id embeddings "
+                    "(--model mlp --id-embeddings ...)",
             )
         if cfg.clip is None:  # no scores yet to take a quantile of: min(0.05, rate / 2) from one streamed column
             cfg = replace(cfg, clip=_sampled_floor(warehouse, cfg))
@@ -232,6 +257,9 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
     # LightGBM takes X itself; the design matrix then only feeds the balance diagnostics (float32 is plenty).
     X_design, design_names = design_matrix(X, categorical_names, dtype=np.float32 if cfg.model == "lightgbm" else np.float64)
     model_input = X if cfg.model == "lightgbm" else X_design
+    id_embedding = cfg.id_embedding_spec()
+    if id_embedding:  # hashed id buckets first (the MLP's n_id_columns); label-free, so computed once for all folds
+        model_input = np.hstack([bucket_columns(feedback, cfg.id_embeddings, id_embedding["buckets"]), X_design])
     log.info(
         "propensity %s: %d exposures, %d with feedback, %d features (%s), %d folds, model %s",
         cfg.channel, len(observed), int(observed.sum()), len(feature_names),
@@ -273,6 +301,7 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         "clipping": {**clip_report.to_dict(), "floor_source": floor_source},
         "warnings": _warnings(cfg, clip_report, diagnostics) + side_warnings,
         "id_encodings": list(cfg.id_encodings),
+        "id_embeddings": list(cfg.id_embeddings),
         "features": feature_names if embeddings is None else [n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)],
         "categorical_features": categorical_names,
         "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in feature_names)),
@@ -296,6 +325,8 @@ def fit_propensity(warehouse: str | Path, cfg: PropensityConfig | None = None, *
         }
     )
     encodings = {"id_encodings": full_encodings(ids, observed[fit_rows])} if ids else {}
+    if id_embedding:
+        encodings["id_embeddings"] = id_embedding
     if side_tables:  # scoring joins these columns from the same files, on these keys
         encodings.update(side_columns=[n for t in side_tables for n in (*t.categorical, *t.numeric)],
                          side_keys=list(dict.fromkeys(t.key for t in side_tables)))
@@ -319,7 +350,9 @@ def _fit_sampled(warehouse: Path, cfg: PropensityConfig, plan: RowPlan, started:
         "target": cfg.target,
         **fit.diagnostics,
         "clipping": fit.clip.to_dict(),
-        "warnings": _warnings(cfg, fit.clip, fit.diagnostics),
+        "warnings": _warnings(cfg, fit.clip, fit.diagnostics) + fit.warnings,
+        "id_encodings": [],
+        "id_embeddings": list(cfg.id_embeddings),
         "features": [n for n in fit.feature_names if not n.startswith(EMBEDDING_PREFIX)],
         "categorical_features": fit.categorical_names,
         "embedding_dim": int(sum(n.startswith(EMBEDDING_PREFIX) for n in fit.feature_names)),

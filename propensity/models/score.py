@@ -60,7 +60,7 @@ import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
 
-from propensity.models.entity_features import append_encodings, with_side_features
+from propensity.models.entity_features import append_encodings, prepend_id_buckets, with_side_features
 from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 from propensity.io import (
     SCORES_LAYOUTS,
@@ -164,7 +164,8 @@ def scoring_columns(spec: dict[str, Any]) -> list[str]:
     categorical, numeric, _ = _feature_columns(spec)
     # Side-feature columns come from the fit's files (joined on their keys), not from the table (issue 17).
     side = set(spec.get("side_columns") or ())
-    keys = [k for k in (*(spec.get("side_keys") or ()), *(spec.get("id_encodings") or {})) if k not in (*categorical, *numeric)]
+    id_embedded = (spec.get("id_embeddings") or {}).get("columns") or ()
+    keys = [k for k in (*(spec.get("side_keys") or ()), *(spec.get("id_encodings") or {}), *id_embedded) if k not in (*categorical, *numeric)]
     return ["exposure_id", *[c for c in (*categorical, *numeric) if c not in side], *dict.fromkeys(keys)]
 
 
@@ -205,7 +206,8 @@ def scoring_features(
     Returns
     -------
     inputs : LightGBM: pandas DataFrame of shape (n_rows, n_features) with the fit's columns and
-        categorical levels; MLP / logistic: float64 design matrix of shape (n_rows, n_design).
+        categorical levels; MLP / logistic: float64 design matrix of shape (n_rows, n_design)
+        (an MLP with id embeddings: the hashed id buckets first, see ``MLPPropensity.n_id_columns``).
     unseen : per categorical column, rows with a level the fit never saw (now missing).
 
     Raises
@@ -245,7 +247,8 @@ def scoring_features(
             "the one-hot design matrix differs from the fit's", where="models/config.json",
             fix="refit the propensity models with this version of causalrm",
         )
-    return append_encodings(matrix, feedback, spec), unseen
+    # The MLP's id-bucket columns come first, the id encodings last (as cross_fit's augment hook appended them).
+    return prepend_id_buckets(append_encodings(matrix, feedback, spec), feedback, spec), unseen
 
 
 # ------------------------------------------------------------------------------------ scoring

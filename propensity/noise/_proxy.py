@@ -48,62 +48,112 @@ def build_proxy_features(
     -------
     (X, names): X a CSR matrix of shape (n_rows, n_features), names the feature names.
     """
-    blocks: list[sp.csr_matrix] = []
-    names: list[str] = []
-    custom = custom or {}
-    numeric = [c for c in CONTEXT_NUMERIC if c in frame.columns] + [c for c, kind in custom.items() if kind != "categorical"]
-    if numeric:
-        values = frame.select(pl.col(c).cast(pl.Float64) for c in numeric).to_numpy()
-        if standardize:
-            mean = np.nanmean(values, axis=0)
-            std = np.nanstd(values, axis=0)
-            values = np.nan_to_num((values - mean) / np.where(std > 0, std, 1.0))
-        blocks.append(sp.csr_matrix(values))
-        names += numeric
-    categorical = [c for c in CONTEXT_CATEGORICAL if c in frame.columns] + [c for c, kind in custom.items() if kind == "categorical"]
-    for column in categorical:
-        codes = frame[column].cast(pl.Utf8).fill_null("<null>").to_numpy()
-        levels, inverse = np.unique(codes, return_inverse=True)
-        onehot = sp.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), inverse)), shape=(len(codes), len(levels)))
-        blocks.append(onehot)
-        names += [f"{column}={level}" for level in levels]
-    if text and "response_text" in frame.columns and frame["response_text"].drop_nulls().len() > 0:
-        from sklearn.feature_extraction.text import CountVectorizer
+    featurizer = ProxyFeaturizer.fit(frame, embeddings, text=text, standardize=standardize, custom=custom)
+    return featurizer.transform(frame, embeddings), featurizer.names
 
-        # Vectorise each distinct text once: a response is typically shown many times.
-        texts = frame["response_text"].fill_null("")
-        distinct = texts.unique(maintain_order=True)
-        position = texts.to_frame("t").join(
-            distinct.to_frame("t").with_row_index("i"), on="t", how="left", maintain_order="left"
-        )["i"].to_numpy()
-        docs = distinct.to_list()
-        # min_df keeps n-grams that occur in several distinct responses: rarer ones cannot be learnt
-        # from a few noisy votes and only slow the trees down.
-        vectorizer = CountVectorizer(
-            ngram_range=(1, 2), min_df=min(5, max(1, len(docs) // 200)), max_features=20_000, binary=True, dtype=np.float64
-        )
-        try:
-            bag = vectorizer.fit_transform(docs).tocsr()[position]
-            blocks.append(bag)
-            names += [f"text:{t}" for t in vectorizer.get_feature_names_out()]
-        except ValueError:  # empty vocabulary (all texts blank or stop words)
-            log.info("response_text gives no n-gram features; proxy uses context only")
-    if embeddings is not None and embeddings.height:
-        joined = frame.select("exposure_id").join(embeddings, on="exposure_id", how="left")
-        present = joined["embedding"].is_not_null().to_numpy()
-        dim = len(embeddings["embedding"][0])
-        dense = np.zeros((frame.height, dim), dtype=np.float64)
-        if present.any():
-            dense[present] = np.asarray(joined["embedding"].filter(pl.Series(present)).to_list(), dtype=np.float64)
-        blocks.append(sp.csr_matrix(dense))
-        names += [f"emb{j}" for j in range(dim)]
-    if not blocks:
-        raise EstimationError(
-            "no features for the proxy preference model",
-            where="feedback table",
-            fix="the feedback table needs context columns, response_text or WH/embeddings",
-        )
-    return sp.hstack(blocks, format="csr"), names
+
+class ProxyFeaturizer:
+    """The proxy's feature map, fitted once and applied to any rows (a streamed noise estimate
+    scores every exposure batch by batch with the map fitted on the whole table, issue 23).
+
+    Attributes: ``numeric`` columns (with ``mean`` / ``std`` when standardised), ``levels`` per
+    categorical column, the fitted ``vectorizer`` of response texts (or None), ``embedding_dim``
+    (0: no embeddings) and ``names``, the feature names.
+    """
+
+    def __init__(self, *, numeric: list[str], mean: np.ndarray | None, std: np.ndarray | None, levels: dict[str, np.ndarray],
+                 vectorizer, embedding_dim: int) -> None:
+        self.numeric, self.mean, self.std, self.levels = numeric, mean, std, levels
+        self.vectorizer, self.embedding_dim = vectorizer, embedding_dim
+        self.names = list(numeric) + [f"{c}={level}" for c, values in levels.items() for level in values]
+        if vectorizer is not None:
+            self.names += [f"text:{t}" for t in vectorizer.get_feature_names_out()]
+        self.names += [f"emb{j}" for j in range(embedding_dim)]
+        if not self.names:
+            raise EstimationError(
+                "no features for the proxy preference model",
+                where="feedback table",
+                fix="the feedback table needs context columns, response_text or WH/embeddings",
+            )
+
+    @staticmethod
+    def columns(frame_columns: list[str], custom: dict[str, str] | None) -> tuple[list[str], list[str]]:
+        """(numeric, categorical) feature columns among ``frame_columns``."""
+        custom = custom or {}
+        numeric = [c for c in CONTEXT_NUMERIC if c in frame_columns] + [c for c, kind in custom.items() if kind != "categorical"]
+        categorical = [c for c in CONTEXT_CATEGORICAL if c in frame_columns] + [c for c, kind in custom.items() if kind == "categorical"]
+        return numeric, categorical
+
+    @classmethod
+    def fit(cls, frame: pl.DataFrame, embeddings: pl.DataFrame | None = None, *, text: bool = True, standardize: bool = False,
+            custom: dict[str, str] | None = None) -> "ProxyFeaturizer":
+        """Fit on ``frame`` (every row the features must describe)."""
+        numeric, categorical = cls.columns(frame.columns, custom)
+        mean = std = None
+        if numeric and standardize:
+            values = frame.select(pl.col(c).cast(pl.Float64) for c in numeric).to_numpy()
+            mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        levels = {c: np.unique(frame[c].cast(pl.Utf8).fill_null("<null>").to_numpy()) for c in categorical}
+        docs = None
+        if text and "response_text" in frame.columns and frame["response_text"].drop_nulls().len() > 0:
+            docs = frame["response_text"].fill_null("").unique(maintain_order=True).to_list()
+        dim = len(embeddings["embedding"][0]) if embeddings is not None and embeddings.height else 0
+        return cls.from_parts(numeric=numeric, mean=mean, std=std, levels=levels, docs=docs, embedding_dim=dim)
+
+    @classmethod
+    def from_parts(cls, *, numeric: list[str], mean: np.ndarray | None, std: np.ndarray | None, levels: dict[str, np.ndarray],
+                   docs: list[str] | None, embedding_dim: int) -> "ProxyFeaturizer":
+        """From the whole table's statistics (numeric means / stds, sorted levels, distinct texts)."""
+        vectorizer = None
+        if docs is not None:
+            from sklearn.feature_extraction.text import CountVectorizer
+
+            # min_df keeps n-grams that occur in several distinct responses: rarer ones cannot be learnt
+            # from a few noisy votes and only slow the trees down.
+            vectorizer = CountVectorizer(
+                ngram_range=(1, 2), min_df=min(5, max(1, len(docs) // 200)), max_features=20_000, binary=True, dtype=np.float64
+            )
+            try:
+                vectorizer.fit(docs)
+            except ValueError:  # empty vocabulary (all texts blank or stop words)
+                log.info("response_text gives no n-gram features; proxy uses context only")
+                vectorizer = None
+        return cls(numeric=numeric, mean=mean, std=std, levels=levels, vectorizer=vectorizer, embedding_dim=embedding_dim)
+
+    def transform(self, frame: pl.DataFrame, embeddings: pl.DataFrame | None = None) -> sp.csr_matrix:
+        """Features of ``frame``'s rows, CSR of shape (n_rows, len(names)); ``embeddings`` (exposure_id,
+        embedding) or an ``embedding`` column of ``frame`` give the embedding block."""
+        blocks: list[sp.csr_matrix] = []
+        n = frame.height
+        if self.numeric:
+            values = frame.select(pl.col(c).cast(pl.Float64) for c in self.numeric).to_numpy()
+            if self.mean is not None:
+                values = np.nan_to_num((values - self.mean) / np.where(self.std > 0, self.std, 1.0))
+            blocks.append(sp.csr_matrix(values))
+        for column, levels in self.levels.items():
+            codes = frame[column].cast(pl.Utf8).fill_null("<null>")
+            index = codes.replace_strict(list(levels), list(range(len(levels))), default=-1, return_dtype=pl.Int64).to_numpy()
+            known = index >= 0
+            blocks.append(sp.csr_matrix((np.ones(int(known.sum())), (np.flatnonzero(known), index[known])), shape=(n, len(levels))))
+        if self.vectorizer is not None:
+            # Vectorise each distinct text once: a response is typically shown many times.
+            texts = frame["response_text"].fill_null("")
+            distinct = texts.unique(maintain_order=True)
+            position = texts.to_frame("t").join(
+                distinct.to_frame("t").with_row_index("i"), on="t", how="left", maintain_order="left"
+            )["i"].to_numpy()
+            blocks.append(self.vectorizer.transform(distinct.to_list()).tocsr()[position])
+        if self.embedding_dim:
+            if embeddings is None and "embedding" in frame.columns:
+                embeddings = frame.select("exposure_id", "embedding")
+            dense = np.zeros((n, self.embedding_dim), dtype=np.float64)
+            if embeddings is not None and embeddings.height:
+                joined = frame.select("exposure_id").join(embeddings, on="exposure_id", how="left", maintain_order="left")
+                present = joined["embedding"].is_not_null().to_numpy()
+                if present.any():
+                    dense[present] = np.asarray(joined["embedding"].filter(pl.Series(present)).to_list(), dtype=np.float64)
+            blocks.append(sp.csr_matrix(dense))
+        return sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((n, 0))
 
 
 _LOGISTIC_C: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -174,13 +224,23 @@ def cross_fit_scores(
     -------
     array of shape (n_exposures,): the proxy's score for each exposure (used only to rank).
     """
+    models = fit_proxy_models(features, observed, label, weight, fold, user_id, np.unique(fold), kind=kind, seed=seed)
+    return predict_proxy(models, features, fold)
+
+
+def fit_proxy_models(
+    features: sp.csr_matrix, observed: np.ndarray, label: np.ndarray, weight: np.ndarray, fold: np.ndarray, user_id: np.ndarray,
+    fold_values: np.ndarray, *, kind: str = "lightgbm", seed: int = 0,
+) -> dict[int, object]:
+    """The proxy model of each fold in ``fold_values``, fitted on the observed rows of the other
+    folds (:func:`cross_fit_scores`). The arrays need cover only the observed rows' (a streamed
+    estimate passes those alone, issue 23); unobserved rows never train a proxy."""
     if kind not in PROXY_MODELS:
         raise EstimationError(f"unknown proxy model {kind!r}", where="noise proxy model", fix=f"use one of {', '.join(PROXY_MODELS)}")
     user_id = np.asarray(user_id)
-    scores = np.full(features.shape[0], np.nan)
-    for k in np.unique(fold):
+    models: dict[int, object] = {}
+    for k in fold_values:
         train = observed & (fold != k)
-        test = fold == k
         # Inner split drawn among this fold's training users (a global one would line up with the
         # outer folds: group_folds places the largest users the same way for every seed).
         inner = np.zeros_like(train)
@@ -195,10 +255,19 @@ def cross_fit_scores(
                 )
         w = weight / weight[train].mean()  # mean-1 weights keep LightGBM's min_child_weight meaningful
         if kind == "lightgbm":
-            model = _fit_lightgbm(features[fit], label[fit], w[fit], features[val], label[val], w[val], seed + int(k))
+            models[int(k)] = _fit_lightgbm(features[fit], label[fit], w[fit], features[val], label[val], w[val], seed + int(k))
         else:
-            model = _fit_logistic(
+            models[int(k)] = _fit_logistic(
                 features[fit], label[fit], w[fit], features[val], label[val], w[val], features[train], label[train], w[train]
             )
-        scores[test] = model.predict_proba(features[test])[:, 1]
+    return models
+
+
+def predict_proxy(models: dict[int, object], features: sp.csr_matrix, fold: np.ndarray) -> np.ndarray:
+    """Scores of ``features``' rows, each by the proxy of its fold; array (n_rows,)."""
+    scores = np.full(features.shape[0], np.nan)
+    for k, model in models.items():
+        test = fold == k
+        if test.any():
+            scores[test] = model.predict_proba(features[test])[:, 1]
     return scores

@@ -95,6 +95,11 @@ class NoiseConfig:
     use_embeddings : add WH/embeddings to the proxy's features when present.
     max_ci_width : an interval wider than this is a warning in the output.
     seed : seed of folds, proxy model and bootstrap.
+    max_rows : feedback rows the estimate may hold in memory (None: what ``memory_limit`` allows). A
+        larger table is streamed: the proxy trains on the observed rows and every exposure is scored
+        in batches into compact arrays, with the same estimate (issue 23, ``propensity.noise._streamed``).
+    memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
+    batch_rows : rows per batch when streaming.
     """
 
     channel: str = "vote"
@@ -114,8 +119,14 @@ class NoiseConfig:
     use_embeddings: bool = True
     max_ci_width: float = 0.15
     seed: int = 0
+    max_rows: int | None = None
+    memory_limit: str = "4GB"
+    batch_rows: int = 200_000
 
     def __post_init__(self) -> None:
+        from propensity.models.casecontrol import parse_memory
+
+        parse_memory(self.memory_limit)
         checks = [
             (self.channel in CHANNELS, f"unknown channel {self.channel!r}", f"use one of {', '.join(CHANNELS)}"),
             (self.method in METHODS, f"unknown method {self.method!r}", "use anchor or audit"),
@@ -314,7 +325,9 @@ def anchor_sets(score: np.ndarray, n_top: int, n_bottom: int) -> tuple[np.ndarra
 
 
 def _user_index(user: np.ndarray) -> tuple[np.ndarray, int]:
-    _, index = np.unique(np.asarray(user).astype(str), return_inverse=True)
+    user = np.asarray(user)
+    # Integer user codes (a streamed estimate's, issue 23) are already in user-id order.
+    _, index = np.unique(user if np.issubdtype(user.dtype, np.integer) else user.astype(str), return_inverse=True)
     return index, int(index.max()) + 1 if index.size else 0
 
 
@@ -541,6 +554,8 @@ def estimate_noise_frame(
     embeddings: pl.DataFrame | None = None,
     audit: pl.DataFrame | None = None,
     custom: dict[str, str] | None = None,
+    precomputed: tuple[np.ndarray, dict] | None = None,
+    audit_rows: pl.DataFrame | None = None,
 ) -> dict:
     """Estimate rho01 / rho10 from an in-memory feedback frame (no file I/O).
 
@@ -558,6 +573,11 @@ def estimate_noise_frame(
         None = folds by user_id hash.
     embeddings : optional (exposure_id, embedding) frame for the proxy.
     audit : optional (exposure_id, true_label) frame (see :func:`read_audit`).
+    precomputed : (score, proxy info) of every row, already computed (a streamed estimate scores
+        batch by batch, ``propensity.noise._streamed``; ``feedback`` then holds observed, label,
+        user_id as integer codes in id order and the segment column); None: fit the proxy here.
+    audit_rows : the feedback rows of the audit's exposures (exposure_id, observed, label, segment);
+        None: looked up in ``feedback``.
 
     Returns
     -------
@@ -593,7 +613,7 @@ def estimate_noise_frame(
         raise ConfigError("method audit needs the audit frame", where="estimate_noise_frame", fix="pass audit=read_audit(path)")
     audit_used = None
     if audit is not None:
-        audit_used, audit_counts, audit_warnings = _audit_join(feedback, audit, config.segment_by)
+        audit_used, audit_counts, audit_warnings = _audit_join(feedback if audit_rows is None else audit_rows, audit, config.segment_by)
         if audit_used.height == 0:
             raise IdentifiabilityError(
                 f"none of the {audit.height} audit rows is an observed exposure of this warehouse",
@@ -615,7 +635,8 @@ def estimate_noise_frame(
         else:
             weight = 1.0 / np.asarray(propensity, dtype=np.float64)
         label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
-        score, result["proxy"] = proxy_scores(feedback, config, weight=weight, fold=fold, embeddings=embeddings, custom=custom)
+        score, result["proxy"] = precomputed or proxy_scores(feedback, config, weight=weight, fold=fold, embeddings=embeddings,
+                                                             custom=custom)
         auc = result["proxy"]["auc_observed"]
         if auc < 0.6:
             result["warnings"].append(
@@ -633,9 +654,12 @@ def estimate_noise_frame(
         result["min_anchors"] = config.min_anchors
         result["warnings"] += main["warnings"] + _width_warnings(main, config.max_ci_width)
         if config.segment_by:
-            values = feedback[config.segment_by].cast(pl.Utf8).fill_null("<null>").to_numpy()
-            for value in sorted(set(values.tolist())):
-                mask = values == value
+            # Integer codes of the sorted values (no Python string per row: a streamed estimate has millions).
+            values = feedback[config.segment_by].cast(pl.Utf8).fill_null("<null>")
+            levels = sorted(values.unique().to_list())
+            codes = values.replace_strict(levels, list(range(len(levels))), return_dtype=pl.Int32).to_numpy()
+            for code, value in enumerate(levels):
+                mask = codes == code
                 row = {"segment_by": config.segment_by, "segment": value, "n_exposures": int(mask.sum()), "n_observed": int(observed[mask].sum())}
                 try:
                     seg = segment_anchor_rates(
@@ -765,7 +789,6 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
 
     warehouse = Path(warehouse)
     _require_labelled_channel(config.channel)
-    feedback = with_custom_features(read_feedback(warehouse), warehouse)  # custom context columns (issue 17)
     if config.audit == "slice":
         # Issue 11: the randomized slice's gold labels (``propensity.slice.label_aware.read_slice_audit``).
         from propensity.slice.label_aware import read_slice_audit
@@ -773,6 +796,16 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
         audit = read_slice_audit(warehouse)
     else:
         audit = read_audit(config.audit) if config.audit else _slice_gold_labels(warehouse)
+    from feedback_etl.io import feedback_dataset
+
+    plan = noise_plan(feedback_dataset(warehouse).count_rows(), config)
+    if plan["streamed"]:
+        from propensity.noise._streamed import estimate_streamed
+
+        result = estimate_streamed(warehouse, config, plan, audit)
+        return _finish(warehouse, config, result, str(scores_path(warehouse)) if config.method == "anchor" and config.use_weights else None,
+                       config.method == "anchor" and config.use_embeddings and any((warehouse / "embeddings").glob("*.parquet")), plan)
+    feedback = with_custom_features(read_feedback(warehouse), warehouse)  # custom context columns (issue 17)
     propensity = fold = None
     source = None
     if config.method == "anchor" and config.use_weights:
@@ -800,10 +833,28 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
     custom = feature_types(dict(feedback.schema))  # the contract's columns plus custom ones only, here
     result = estimate_noise_frame(feedback, config, propensity=propensity, fold=fold, embeddings=embeddings, audit=audit,
                                   custom=custom)
+    return _finish(warehouse, config, result, source, embeddings is not None, plan)
+
+
+def noise_plan(n_rows: int, config: NoiseConfig) -> dict:
+    """Whether ``noise estimate`` reads the table whole or streams it: the threshold of ``propensity
+    fit`` (:func:`propensity.models.casecontrol.plan_rows`), ``config.max_rows`` capping it."""
+    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+
+    limit = parse_memory(config.memory_limit)
+    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
+    cap = int(whole if config.max_rows is None else min(config.max_rows, whole))
+    return {"streamed": n_rows > cap, "n_rows": n_rows, "max_rows": cap, "max_rows_option": config.max_rows,
+            "memory_limit": config.memory_limit, "memory_limit_bytes": limit}
+
+
+def _finish(warehouse: Path, config: NoiseConfig, result: dict, source: str | None, used_embeddings: bool, plan: dict) -> dict:
+    """Record the inputs, warn about lost embeddings, write the JSON file(s)."""
     result["warehouse"] = str(warehouse)
     result["propensity_source"] = source
-    result["embeddings"] = embeddings is not None
-    if embeddings is None and config.method == "anchor" and config.use_embeddings and _had_embeddings(noise_path(warehouse, config.channel)):
+    result["embeddings"] = used_embeddings
+    result["memory"] = {k: v for k, v in plan.items() if k != "memory_limit_bytes"}
+    if not used_embeddings and config.method == "anchor" and config.use_embeddings and _had_embeddings(noise_path(warehouse, config.channel)):
         # Issue 16: a failed or deleted `causalrm embed` must not silently weaken the proxy model.
         message = (f"estimated without embeddings although the last {config.channel} estimate used them (WH/embeddings "
                    f"is missing); run `causalrm embed {warehouse}` again, or pass --no-embeddings to do without on purpose")

@@ -125,6 +125,10 @@ class LabelAwareConfig:
     refit_context : ``auto`` (refit on organic rows when solicited rows exist), ``always`` or ``never``.
     n_jobs : LightGBM threads (0 = all cores).
     seed : seed of the outcome model and the bootstrap.
+    max_rows : feedback rows the fit may hold in memory (None: what ``memory_limit`` allows); a larger
+        table is fitted streamed with the same results (issue 23, ``propensity.slice._label_aware_streamed``).
+    memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
+    batch_rows : rows per batch when streaming.
     """
 
     channel: str = "vote"
@@ -138,8 +142,17 @@ class LabelAwareConfig:
     refit_context: str = "auto"
     n_jobs: int = 0
     seed: int = 0
+    max_rows: int | None = None
+    memory_limit: str = "4GB"
+    batch_rows: int = 200_000
+    # A multi-level label (issue 17): an outcome column such as the ratings source's raw ``rating``
+    # (propensity/slice/multilevel.py); "label" is the binary vote.
+    label_column: str = "label"
 
     def __post_init__(self) -> None:
+        from propensity.slice.multilevel import check_label_column
+
+        check_label_column(self.label_column)
         where = "label-aware propensity config"
         checks = [
             (self.channel == "vote", f"label-aware propensities need the vote channel (got {self.channel!r})",
@@ -150,10 +163,15 @@ class LabelAwareConfig:
             (self.clip is None or 0 < self.clip < 1, f"clip must be in (0, 1), got {self.clip}", "e.g. --clip 0.05"),
             (self.min_slice >= 10, f"min_slice must be >= 10, got {self.min_slice}", "e.g. --min-slice 50"),
             (self.refit_context in ("auto", "always", "never"), f"unknown refit_context {self.refit_context!r}", "use auto, always or never"),
+            (self.max_rows is None or self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}", "e.g. --max-rows 2000000"),
+            (self.batch_rows >= 1, f"batch_rows must be >= 1, got {self.batch_rows}", "e.g. 200000"),
         ]
         for ok, what, fix in checks:
             if not ok:
                 raise ConfigError(what, where=where, fix=fix)
+        from propensity.models.casecontrol import parse_memory
+
+        parse_memory(self.memory_limit)
 
 
 # --------------------------------------------------------------------------- the estimator (pure)
@@ -433,36 +451,65 @@ def outcome_probabilities(
     (``train_rows``: indices of organic observed rows). ``model="none"``: the organic up-vote share
     of the row's stratum (from all organic votes; it is a stratum constant, not a fitted score).
     """
-    n = len(folds)
     label = np.asarray(observed_label, dtype=np.int64)
-    m1 = np.empty(n)
+    models = fit_outcome_models(X, label, train_rows, folds, np.unique(folds), model=model, strata=strata, n_strata=n_strata,
+                                seed=seed, n_jobs=n_jobs)
+    m1 = predict_outcome(models, X, folds, strata)
     info: dict[str, Any] = {"model": model}
     if model == "none":
-        for s in range(n_strata):
-            rows = train_rows[strata[train_rows] == s]
-            m1[strata == s] = label[rows].mean() if len(rows) else label[train_rows].mean()
         return np.column_stack([1 - m1, m1]), info
     from sklearn.metrics import roc_auc_score
 
-    from propensity.models.crossfit import _take
-    from propensity.models.estimators import LightGBMPropensity
-
-    train_folds = folds[train_rows]
-    for k in np.unique(folds):
-        fit_rows = train_rows[train_folds != k]
-        y = label[fit_rows]
-        score_rows = np.flatnonzero(folds == k)
-        if y.min() == y.max():
-            m1[score_rows] = y.mean()
-            continue
-        estimator = LightGBMPropensity(n_estimators=100, num_leaves=7, min_child_samples=50, learning_rate=0.05,
-                                       random_state=seed, n_jobs=n_jobs)
-        estimator.fit(_take(X, fit_rows), y)
-        m1[score_rows] = estimator.predict_proba(_take(X, score_rows))[:, 1]
     y_obs = label[train_rows]
     info["auc_organic_votes"] = float(roc_auc_score(y_obs, m1[train_rows])) if 0 < y_obs.sum() < len(y_obs) else None
     info["mean"] = float(m1[train_rows].mean())
     return np.column_stack([1 - m1, m1]), info
+
+
+def fit_outcome_models(
+    X: Any, label: np.ndarray, train_rows: np.ndarray, folds: np.ndarray, fold_values: np.ndarray, *, model: str,
+    strata: np.ndarray, n_strata: int, seed: int = 0, n_jobs: int = 0,
+) -> dict[str, Any]:
+    """The outcome model of each fold in ``fold_values`` (trained on the organic votes of the other
+    folds; a constant when they hold one label), or per-stratum up-vote shares for ``model="none"``.
+    ``X`` / ``label`` / ``folds`` / ``strata`` cover at least ``train_rows``: the in-memory fit passes
+    the whole table, a streamed one its organic votes and slice rows (issue 23)."""
+    if model == "none":
+        shares = np.empty(n_strata)
+        for s in range(n_strata):
+            rows = train_rows[strata[train_rows] == s]
+            shares[s] = label[rows].mean() if len(rows) else label[train_rows].mean()
+        return {"model": "none", "shares": shares}
+    from propensity.models.crossfit import _take
+    from propensity.models.estimators import LightGBMPropensity
+
+    train_folds = folds[train_rows]
+    per_fold: dict[int, Any] = {}
+    for k in fold_values:
+        fit_rows = train_rows[train_folds != k]
+        y = label[fit_rows]
+        if y.min() == y.max():
+            per_fold[int(k)] = float(y.mean())
+            continue
+        estimator = LightGBMPropensity(n_estimators=100, num_leaves=7, min_child_samples=50, learning_rate=0.05,
+                                       random_state=seed, n_jobs=n_jobs)
+        per_fold[int(k)] = estimator.fit(_take(X, fit_rows), y)
+    return {"model": model, "folds": per_fold}
+
+
+def predict_outcome(models: dict[str, Any], X: Any, folds: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """m_1(x) for rows of ``X``, each by the model of its fold (:func:`fit_outcome_models`), array (n,)."""
+    if models["model"] == "none":
+        return models["shares"][np.asarray(strata, dtype=np.int64)]
+    from propensity.models.crossfit import _take
+
+    m1 = np.empty(len(folds))
+    for k, fitted in models["folds"].items():
+        rows = np.flatnonzero(folds == k)
+        if not len(rows):
+            continue
+        m1[rows] = fitted if isinstance(fitted, float) else fitted.predict_proba(_take(X, rows))[:, 1]
+    return m1
 
 
 # --------------------------------------------------------------------------- slice I/O
@@ -720,7 +767,9 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
 
     Reads ``WH/feedback``, ``WH/propensity/scores.parquet`` + ``metrics.json`` (the context fit:
     its folds, and its config when the context model is refitted on organic rows),
-    ``WH/embeddings`` (when the context fit used them) and ``cfg.slice``.
+    ``WH/embeddings`` (when the context fit used them) and ``cfg.slice``. A table with more rows
+    than ``cfg.max_rows`` / ``cfg.memory_limit`` allow is fitted streamed, with the same results
+    (``propensity.slice._label_aware_streamed``, issue 23).
 
     Raises
     ------
@@ -728,13 +777,21 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     IdentifiabilityError : too few slice rows per stratum, or a stratum's slice lacks a label value.
     EstimationError : no organic votes of both labels.
     """
-    from feedback_etl.io import read_embeddings, read_feedback
+    from feedback_etl.io import feedback_dataset, read_embeddings, read_feedback
     from propensity.models.custom_features import select_features, with_custom_features
     from propensity.models.features import build_features, design_matrix
 
     cfg = cfg or LabelAwareConfig()
     warehouse = Path(warehouse)
     started = time.perf_counter()
+    plan = label_aware_plan(feedback_dataset(warehouse).count_rows(), cfg)
+    if plan["streamed"]:
+        if cfg.label_column != "label":
+            raise ConfigError(
+                f"a multi-level label ({cfg.label_column!r}) is not supported above the memory budget yet", where="--label-column",
+                fix="raise --memory-limit / --max-rows, or fit on the binary vote",
+            )
+        return _fit_label_aware_streamed(warehouse, cfg, plan, started)
     feedback = read_feedback(warehouse)
     if feedback.is_empty():
         raise WarehouseError("feedback table is empty", where=str(warehouse / "feedback"), fix="ingest logs first")
@@ -758,6 +815,76 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
         folds = group_folds(feedback["user_id"].to_numpy(), n_folds, cfg.seed)
         joined = joined.with_columns(fold=pl.Series(folds.astype(np.int32)))
     slice_file = read_slice_file(cfg.slice) if cfg.slice else None
+    prepared = _prepare_rows(feedback, slice_file, cfg, warehouse)
+    strata, levels = _strata_codes(feedback, cfg.strata)
+    slice_rows = _slice_rows(feedback, prepared)
+    label_values = None  # the binary vote; a multi-level label's values otherwise
+    if cfg.label_column != "label":
+        from dataclasses import replace
+
+        from propensity.slice.multilevel import multilevel_labels
+
+        label, slice_label, label_values = multilevel_labels(warehouse, feedback, cfg.label_column, cfg.slice, prepared.labelled,
+                                                             prepared.observed)
+        prepared = replace(prepared, label=label, slice_label=slice_label)
+    per_stratum = _check_slice_strata(strata, slice_rows, levels, cfg)
+
+    context_cfg = _context_config(metrics)
+    embeddings = read_embeddings(warehouse) if context_cfg.use_embeddings else None
+    # The context fit's feature columns, custom context columns included (issue 17).
+    with_context = with_custom_features(feedback, warehouse)
+    chosen_categorical, chosen_numeric = select_features(with_context, context_cfg.features, context_cfg.exclude_features)
+    X, _, categorical = build_features(with_context, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
+    X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
+    folds = joined["fold"].to_numpy()
+    context, context_info = _organic_context(feedback, joined, metrics, prepared.organic, cfg, X, X_design)
+    floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
+    if label_values is None:
+        outcome, outcome_info = outcome_probabilities(
+            X, prepared.label, np.flatnonzero(prepared.observed), folds, model=cfg.label_model, strata=strata,
+            n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs,
+        )
+    else:
+        from propensity.slice.multilevel import multiclass_outcome
+
+        outcome, outcome_info = multiclass_outcome(
+            X, prepared.label, np.flatnonzero(prepared.observed), folds, len(label_values), model=cfg.label_model, strata=strata,
+            n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs,
+        )
+    result = estimate_label_aware(
+        context=context, outcome=outcome, organic=prepared.organic, observed=prepared.observed, label=prepared.label,
+        slice_rows=slice_rows, slice_label=prepared.slice_label, strata=strata, n_strata=len(levels), label_values=label_values,
+        floor=floor, bootstrap=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,
+    )
+    out = _score_rows(
+        feedback["exposure_id"], prepared, context, result.propensity_by_label, result.propensity_by_label_raw,
+        result.interval_by_label, folds, floor=floor, channel=cfg.channel, multilevel=label_values is not None,
+    ).sort("exposure_id")
+    report = _report(cfg, result, prepared, levels, per_stratum, strata[slice_rows], feedback, context_info, outcome_info, floor,
+                     started, memory=plan, label_values=label_values)
+    spath = label_aware_scores_path(warehouse)
+    _write_atomic(spath, out.write_parquet)
+    return _write_outputs(warehouse, cfg, out, report, prepared.slice_frame, result)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Rows:
+    """Per-row inputs of the estimator over a frame of feedback rows (the whole table, or a streamed
+    fit's organic votes and slice rows) and the slice built from them."""
+
+    organic: np.ndarray
+    observed: np.ndarray
+    label: np.ndarray
+    slice_frame: pl.DataFrame
+    slice_counts: dict[str, Any]
+    labelled: pl.DataFrame
+    slice_label: np.ndarray
+    response_rate: float
+    warnings: list[str]
+
+
+def _prepare_rows(feedback: pl.DataFrame, slice_file: pl.DataFrame | None, cfg: LabelAwareConfig, warehouse: Path) -> _Rows:
+    """The slice and the organic votes of ``feedback``, with the refusals of an unusable slice."""
     slice_frame, slice_counts = build_slice(feedback, slice_file)
     warnings: list[str] = []
     if slice_counts.get("file_not_in_warehouse"):
@@ -776,7 +903,6 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     if unanswered:
         warnings.append(f"{unanswered:,} of {slice_counts['flagged']:,} solicited exposures went unanswered (response rate "
                         f"{response_rate:.1%}); assumed missing completely at random")
-
     organic = ~feedback["solicited"].to_numpy().astype(bool)
     observed = feedback["observed"].to_numpy().astype(bool) & organic
     label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
@@ -785,10 +911,17 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
             f"organic votes hold one class only ({int(observed.sum()):,} votes)", where=str(warehouse / "feedback"),
             fix="the label term needs organic up- and down-votes",
         )
-    strata, levels = _strata_codes(feedback, cfg.strata)
+    return _Rows(organic=organic, observed=observed, label=label, slice_frame=slice_frame, slice_counts=slice_counts,
+                 labelled=labelled, slice_label=labelled["label"].to_numpy().astype(np.int64), response_rate=response_rate,
+                 warnings=warnings)
+
+
+def _slice_rows(feedback: pl.DataFrame, prepared: _Rows) -> np.ndarray:
     index = {eid: i for i, eid in enumerate(feedback["exposure_id"].to_list())}
-    slice_rows = np.array([index[e] for e in labelled["exposure_id"].to_list()], dtype=np.int64)
-    slice_label = labelled["label"].to_numpy().astype(np.int64)
+    return np.array([index[e] for e in prepared.labelled["exposure_id"].to_list()], dtype=np.int64)
+
+
+def _check_slice_strata(strata: np.ndarray, slice_rows: np.ndarray, levels: list[str], cfg: LabelAwareConfig) -> np.ndarray:
     per_stratum = np.bincount(strata[slice_rows], minlength=len(levels))
     short = [f"{levels[s]} ({per_stratum[s]})" for s in range(len(levels)) if per_stratum[s] < cfg.min_slice]
     if short:
@@ -796,26 +929,59 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
             f"too few labelled slice rows per stratum (need {cfg.min_slice}): {', '.join(short)}", where="randomized slice",
             fix="collect a larger slice, use fewer or no --strata, or lower --min-slice",
         )
+    return per_stratum
 
-    context_cfg = _context_config(metrics)
-    embeddings = read_embeddings(warehouse) if context_cfg.use_embeddings else None
-    # The context fit's feature columns, custom context columns included (issue 17).
-    with_context = with_custom_features(feedback, warehouse)
-    chosen_categorical, chosen_numeric = select_features(with_context, context_cfg.features, context_cfg.exclude_features)
-    X, _, categorical = build_features(with_context, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
-    X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
-    folds = joined["fold"].to_numpy()
-    context, context_info = _organic_context(feedback, joined, metrics, organic, cfg, X, X_design)
-    floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
-    outcome, outcome_info = outcome_probabilities(
-        X, label, np.flatnonzero(observed), folds, model=cfg.label_model, strata=strata, n_strata=len(levels),
-        seed=cfg.seed, n_jobs=cfg.n_jobs,
-    )
-    result = estimate_label_aware(
-        context=context, outcome=outcome, organic=organic, observed=observed, label=label, slice_rows=slice_rows,
-        slice_label=slice_label, strata=strata, n_strata=len(levels), floor=floor, bootstrap=cfg.bootstrap,
-        confidence=cfg.confidence, seed=cfg.seed,
-    )
+
+def _score_rows(
+    exposure_id: pl.Series, rows: _Rows, context: np.ndarray, by_label: np.ndarray, by_label_raw: np.ndarray,
+    interval: np.ndarray | None, folds: np.ndarray, *, floor: float, channel: str,
+    lo_hi: tuple[np.ndarray, np.ndarray] | None = None, multilevel: bool = False,
+) -> pl.DataFrame:
+    """Rows of ``scores_label_aware.parquet`` (module docstring) from the per-row arrays; ``lo_hi``
+    gives the interval columns directly (a streamed batch) instead of ``interval``."""
+    organic, observed, label, response_rate = rows.organic, rows.observed, rows.label, rows.response_rate
+    n = len(exposure_id)
+    index = np.arange(n)
+    own = np.where(observed, label, 0)
+    p_context = np.clip(np.nan_to_num(context, nan=1.0), floor, 1.0)
+    p_own = by_label[index, own]
+    propensity = np.where(~organic, response_rate, np.where(observed, p_own, p_context))
+    raw = np.where(~organic, response_rate, np.where(observed, by_label_raw[index, own], np.nan_to_num(context, nan=1.0)))
+    if lo_hi is None:
+        lo = np.where(observed, interval[index, own, 0], np.nan)
+        hi = np.where(observed, interval[index, own, 1], np.nan)
+    else:
+        lo, hi = lo_hi
+    by_vote = by_label[:, :2]
+    if multilevel:
+        # Weights read the column of a row's binary vote (propensity_for_labels); with a multi-level label
+        # an observed row's own value fixes its vote, so both columns hold its own-value propensity.
+        by_vote = np.repeat(np.where(observed, p_own, p_context)[:, None], 2, axis=1)
+    return pl.DataFrame({
+        "exposure_id": exposure_id,
+        "channel": pl.Series([channel] * n, dtype=pl.Utf8),
+        "propensity": propensity,
+        "propensity_raw": raw,
+        "fold": np.asarray(folds).astype(np.int32),
+        "propensity_context": np.where(organic, p_context, response_rate),
+        "propensity_label0": np.where(organic, by_vote[:, 0], response_rate),
+        "propensity_label1": np.where(organic, by_vote[:, 1], response_rate),
+        "propensity_lo": pl.Series(lo, dtype=pl.Float64).fill_nan(None),
+        "propensity_hi": pl.Series(hi, dtype=pl.Float64).fill_nan(None),
+        "solicited": ~organic,
+    })
+
+
+def _report(
+    cfg: LabelAwareConfig, result: LabelAwareEstimate, prepared: _Rows, levels: list[str], per_stratum: np.ndarray,
+    slice_strata: np.ndarray, votes: pl.DataFrame, context_info: dict[str, Any], outcome_info: dict[str, Any], floor: float,
+    started: float, *, memory: dict[str, Any], label_values: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """``label_aware.json`` (module docstring); ``votes`` holds at least every observed row (exposure_id, observed, label)."""
+    from propensity.diagnostics import kish_ess
+    from propensity.io import json_safe
+
+    warnings = list(prepared.warnings)
     if not result.tilt.converged:
         warnings.append("the slice's moment equations did not converge to tolerance; the label factors are approximate")
     failed = result.estimates["bootstrap"]["failed"]
@@ -824,44 +990,21 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     if result.clipped["share_clipped"] > 0.05:
         warnings.append(f"{result.clipped['share_clipped']:.1%} of organic votes have a label-aware propensity clipped to "
                         f"[{floor:g}, 1]: the label effect is strong or the floor high")
-
-    n = feedback.height
-    rows = np.arange(n)
-    own = np.where(observed, label, 0)
-    p_context = np.clip(np.nan_to_num(context, nan=1.0), floor, 1.0)
-    p_own = result.propensity_by_label[rows, own]
-    propensity = np.where(~organic, response_rate, np.where(observed, p_own, p_context))
-    raw = np.where(~organic, response_rate, np.where(observed, result.propensity_by_label_raw[rows, own], np.nan_to_num(context, nan=1.0)))
-    lo = np.where(observed, result.interval_by_label[rows, own, 0], np.nan)
-    hi = np.where(observed, result.interval_by_label[rows, own, 1], np.nan)
-    out = pl.DataFrame({
-        "exposure_id": feedback["exposure_id"],
-        "channel": pl.Series([cfg.channel] * n, dtype=pl.Utf8),
-        "propensity": propensity,
-        "propensity_raw": raw,
-        "fold": folds.astype(np.int32),
-        "propensity_context": np.where(organic, p_context, response_rate),
-        "propensity_label0": np.where(organic, result.propensity_by_label[:, 0], response_rate),
-        "propensity_label1": np.where(organic, result.propensity_by_label[:, 1], response_rate),
-        "propensity_lo": pl.Series(lo).fill_nan(None),
-        "propensity_hi": pl.Series(hi).fill_nan(None),
-        "solicited": ~organic,
-    }).sort("exposure_id")
-
+    slice_label = prepared.slice_label
     factor = result.tilt.relative_propensity[:, 1]
     rep = result.tilt_replicates
     factor_b = rep[:, :, 0] / rep[:, :, 1]
     factor_ci = _percentile(factor_b, cfg.confidence)
     label_factors = [
-        {"stratum": levels[s], "n_slice": int(per_stratum[s]), "slice_up_share": float(slice_label[strata[slice_rows] == s].mean()),
+        {"stratum": levels[s], "n_slice": int(per_stratum[s]), "slice_up_share": float(slice_label[slice_strata == s].mean()),
          "relative_propensity_up_vs_down": float(factor[s]), "ci": [float(factor_ci[0, s]), float(factor_ci[1, s])],
          "gamma": result.tilt.gamma[s].tolist()}
         for s in range(len(levels))
     ]
-    noise_from_slice = _slice_noise(slice_frame, feedback, cfg.confidence)
+    observed = prepared.observed
+    own = np.where(observed, prepared.label, 0)
+    p_own = result.propensity_by_label[np.arange(len(own)), own]
     w_obs = 1.0 / p_own[observed]
-    from propensity.diagnostics import kish_ess
-
     ess = kish_ess(w_obs)
     report = {
         "schema": "causalrm.label_aware/1",
@@ -872,33 +1015,176 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
         "assumptions": list(ASSUMPTIONS),
         "strata": cfg.strata,
         "label_factors": label_factors,
-        "slice": {**slice_counts, "labelled": labelled.height, "response_rate": response_rate,
-                  "with_gold_label": int(slice_frame["true_label"].is_not_null().sum())},
+        "slice": {**prepared.slice_counts, "labelled": prepared.labelled.height, "response_rate": prepared.response_rate,
+                  "with_gold_label": int(prepared.slice_frame["true_label"].is_not_null().sum())},
         "context": context_info,
         "outcome_model": outcome_info,
         "estimates": result.estimates,
         "weights": {"n_observed": int(observed.sum()), "ess": ess, "ess_over_n": ess / max(1, int(observed.sum())),
                     "max": float(w_obs.max()), "mean": float(w_obs.mean())},
         "clipping": result.clipped,
-        "noise_from_slice": noise_from_slice,
+        "noise_from_slice": _slice_noise(prepared.slice_frame, votes, cfg.confidence),
+        # Issue 23: whether the table was read whole or streamed (the estimates are the same).
+        "memory": memory,
         "warnings": warnings,
         "config": asdict(cfg),
+        "label_values": None if label_values is None else {
+            "column": cfg.label_column, "values": label_values.tolist(),
+            "relative_propensity": result.tilt.relative_propensity.tolist(),  # per stratum, P(o | x, r) / P(o | x, r_0)
+        },
         "duration_s": round(time.perf_counter() - started, 3),
     }
-    from propensity.io import json_safe
+    return json_safe(report)
 
-    report = json_safe(report)
-    for message in warnings:
+
+def _write_outputs(warehouse: Path, cfg: LabelAwareConfig, out: pl.DataFrame, report: dict[str, Any], slice_frame: pl.DataFrame,
+                   result: LabelAwareEstimate) -> LabelAwareResult:
+    """Write the slice and the report (the scores are already written) and log the summary."""
+    for message in report["warnings"]:
         log.warning("label-aware %s: %s", cfg.channel, message)
     spath, rpath, lpath = label_aware_scores_path(warehouse), label_aware_report_path(warehouse), slice_path(warehouse)
-    _write_atomic(spath, out.write_parquet)
     _write_atomic(lpath, slice_frame.write_parquet)
     _write_atomic(rpath, lambda p: p.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8"))
     e = result.estimates
     log.info("label-aware: factor up/down %s; mean label naive %.3f, context SNIPS %.3f, label-aware SNIPS %.3f, slice %.3f",
-             ", ".join(f"{f['stratum']} {f['relative_propensity_up_vs_down']:.2f}" for f in label_factors),
+             ", ".join(f"{f['stratum']} {f['relative_propensity_up_vs_down']:.2f}" for f in report["label_factors"]),
              e["naive"]["estimate"], e["context_snips"]["estimate"], e["label_aware_snips"]["estimate"], e["slice"]["estimate"])
     return LabelAwareResult(scores=out, report=report, scores_path=spath, report_path=rpath, slice_path=lpath)
+
+
+def label_aware_plan(n_rows: int, cfg: LabelAwareConfig) -> dict[str, Any]:
+    """Whether ``fit-label-aware`` reads the table whole or streams it: the threshold of
+    ``propensity fit`` (:func:`propensity.models.casecontrol.plan_rows`), ``max_rows`` capping it."""
+    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+
+    limit = parse_memory(cfg.memory_limit)
+    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
+    cap = int(whole if cfg.max_rows is None else min(cfg.max_rows, whole))
+    return {"streamed": n_rows > cap, "n_rows": n_rows, "max_rows": cap, "max_rows_option": cfg.max_rows,
+            "memory_limit": cfg.memory_limit, "memory_limit_bytes": limit}
+
+
+def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict[str, Any], started: float) -> LabelAwareResult:
+    """The fit of :func:`fit_label_aware` on a table above the memory budget (module
+    ``propensity.slice._label_aware_streamed``): the same estimator on the organic votes and the
+    slice, then every exposure scored in batches."""
+    import pyarrow.parquet as pq
+
+    from propensity.models.custom_features import select_features
+    from propensity.models.features import build_features
+    from propensity.slice._label_aware_streamed import check_streamable, strata_codes, streamed_inputs
+
+    try:
+        metrics = read_metrics(warehouse, cfg.channel)
+    except WarehouseError:
+        metrics = None
+    context_cfg = _context_config(metrics)
+    slice_file = read_slice_file(cfg.slice) if cfg.slice else None
+    with streamed_inputs(warehouse, channel=cfg.channel, embeddings=context_cfg.use_embeddings, slice_ids=slice_file,
+                         memory_limit_bytes=plan["memory_limit_bytes"] // 2) as inputs:
+        head = pl.from_arrow(inputs.con.sql("SELECT * FROM joined LIMIT 10000").to_arrow_table())
+        if cfg.strata is not None and cfg.strata not in head.columns:
+            raise ConfigError(f"unknown strata column {cfg.strata!r}", where="--strata", fix="use a feedback column, e.g. platform or model_id")
+        # The feedback table's own columns only: the joined score / fold / slice columns are no features.
+        categorical, numeric = select_features(head.select(inputs.columns), context_cfg.features, context_cfg.exclude_features)
+        del head
+        facts = inputs.facts(categorical, cfg.strata)
+        has_solicited = facts.n_organic < facts.n_rows
+        refit = cfg.refit_context == "always" or (
+            cfg.refit_context == "auto" and has_solicited and not bool((metrics or {}).get("solicited_excluded")))
+        check_streamable(facts, refit=refit, warehouse=warehouse)
+
+        # 1. the core rows: organic votes, solicited rows, slice-file rows, sorted by exposure_id
+        needed = ["observed", "label", "solicited", "propensity", "fold", *categorical, *numeric,
+                  *([cfg.strata] if cfg.strata else []), *(["embedding"] if context_cfg.use_embeddings and inputs.has_embeddings else [])]
+        core = pl.concat(list(inputs.batches(
+            cfg.batch_rows, needed, where="coalesce(solicited, false) OR coalesce(observed, false) OR _in_slice_file")))
+        prepared = _prepare_rows(core, slice_file, cfg, warehouse)
+        levels = facts.strata_levels
+        strata = strata_codes(core, cfg.strata, levels)
+        slice_rows = _slice_rows(core, prepared)
+        per_stratum = _check_slice_strata(strata, slice_rows, levels, cfg)
+        embedding = core.select("exposure_id", "embedding") if "embedding" in core.columns else None
+        X, _, _ = build_features(core, embedding, categorical=categorical, numeric=numeric, levels=facts.categorical_levels)
+        folds = core["fold"].to_numpy()
+        context = core["propensity"].to_numpy().astype(np.float64)
+        floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
+
+        # 2. the estimator on the core rows (its results do not depend on the other rows)
+        train_rows = np.flatnonzero(prepared.observed)
+        models = fit_outcome_models(X, prepared.label, train_rows, folds, np.array(facts.folds), model=cfg.label_model,
+                                    strata=strata, n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
+        m1 = predict_outcome(models, X, folds, strata)
+        outcome_info = _outcome_info(cfg.label_model, prepared.label[train_rows], m1[train_rows])
+        del X
+        result = estimate_label_aware(
+            context=context, outcome=np.column_stack([1 - m1, m1]), organic=prepared.organic, observed=prepared.observed,
+            label=prepared.label, slice_rows=slice_rows, slice_label=prepared.slice_label, strata=strata, n_strata=len(levels),
+            floor=floor, bootstrap=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,
+        )
+        result.estimates["n_organic"] = facts.n_organic  # the estimator saw the core rows; this count is the table's
+        own = np.where(prepared.observed, prepared.label, 0)
+        index = np.arange(core.height)
+        intervals = pl.DataFrame({
+            "exposure_id": core["exposure_id"],
+            "_lo": np.where(prepared.observed, result.interval_by_label[index, own, 0], np.nan),
+            "_hi": np.where(prepared.observed, result.interval_by_label[index, own, 1], np.nan),
+        }).filter(pl.Series(prepared.observed))
+        votes = core.select("exposure_id", "observed", "label")
+        context_info = {"source": "propensity/scores.parquet", "refit": False}
+        report = _report(cfg, result, prepared, levels, per_stratum, strata[slice_rows], votes, context_info, outcome_info, floor,
+                         started, memory={**plan, "core_rows": core.height,
+                                          "note": "the estimator ran on the organic votes and the slice rows; every exposure was "
+                                                  "scored in batches of batch_rows"})
+        del core
+
+        # 3. scoring pass: every exposure, sorted by exposure_id, written batch by batch
+        first: list[pl.DataFrame] = []
+
+        def write(path: Path) -> None:
+            writer = None
+            try:
+                for batch in inputs.batches(cfg.batch_rows, needed):
+                    embedding = batch.select("exposure_id", "embedding") if "embedding" in batch.columns else None
+                    X_b, _, _ = build_features(batch, embedding, categorical=categorical, numeric=numeric, levels=facts.categorical_levels)
+                    strata_b = strata_codes(batch, cfg.strata, levels)
+                    folds_b = batch["fold"].to_numpy()
+                    m1_b = predict_outcome(models, X_b, folds_b, strata_b)
+                    organic = ~batch["solicited"].to_numpy().astype(bool)
+                    rows = _Rows(organic=organic, observed=batch["observed"].to_numpy().astype(bool) & organic,
+                                 label=batch["label"].fill_null(0).to_numpy().astype(np.int64), slice_frame=prepared.slice_frame,
+                                 slice_counts={}, labelled=prepared.labelled, slice_label=prepared.slice_label,
+                                 response_rate=prepared.response_rate, warnings=[])
+                    context_b = batch["propensity"].to_numpy().astype(np.float64)
+                    raw = tilted_propensity(np.nan_to_num(np.where(organic, context_b, np.nan), nan=1.0),
+                                            np.column_stack([1 - m1_b, m1_b]), result.tilt, strata_b)
+                    bounds = batch.select("exposure_id").join(intervals, on="exposure_id", how="left", maintain_order="left")
+                    out = _score_rows(batch["exposure_id"], rows, context_b, np.clip(raw, floor, 1.0), raw, None, folds_b,
+                                      floor=floor, channel=cfg.channel,
+                                      lo_hi=(bounds["_lo"].fill_null(np.nan).to_numpy(), bounds["_hi"].fill_null(np.nan).to_numpy()))
+                    table = out.to_arrow(compat_level=pl.CompatLevel.oldest())
+                    if writer is None:
+                        writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                        first.append(out.head(0))
+                    writer.write_table(table.cast(writer.schema))
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        _write_atomic(label_aware_scores_path(warehouse), write)
+    return _write_outputs(warehouse, cfg, first[0] if first else pl.DataFrame(), report, prepared.slice_frame, result)
+
+
+def _outcome_info(model: str, y_obs: np.ndarray, m1_obs: np.ndarray) -> dict[str, Any]:
+    """What ``label_aware.json`` records about the outcome model (as :func:`outcome_probabilities`)."""
+    info: dict[str, Any] = {"model": model}
+    if model == "none":
+        return info
+    from sklearn.metrics import roc_auc_score
+
+    info["auc_organic_votes"] = float(roc_auc_score(y_obs, m1_obs)) if 0 < y_obs.sum() < len(y_obs) else None
+    info["mean"] = float(m1_obs.mean())
+    return info
 
 
 def _slice_noise(slice_frame: pl.DataFrame, feedback: pl.DataFrame, confidence: float) -> dict[str, Any] | None:

@@ -101,6 +101,11 @@ class ExportConfig:
     propensity : ``context`` (``scores.parquet``, P(o=1 | x)) or ``label-aware``
         (``scores_label_aware.parquet``, P(o=1 | x, r) from ``causalrm propensity fit-label-aware``:
         an organic vote's propensity at its own label, a solicited one's the slice response rate).
+    max_rows : feedback rows the export may hold in memory (None: what ``memory_limit`` allows). A
+        larger table is streamed: DuckDB joins and sorts it out of core and the rows are written
+        batch by batch, with the same output (issue 23, :func:`export_plan`).
+    memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
+    batch_rows : rows per batch when streaming.
     """
 
     warehouse: str
@@ -117,6 +122,9 @@ class ExportConfig:
     propensity: str = "context"
     pairs_format: str = "causalrm"
     as_of: str | None = None
+    max_rows: int | None = None
+    memory_limit: str = "4GB"
+    batch_rows: int = 200_000
 
     def __post_init__(self) -> None:
         where = "weights export config"
@@ -149,6 +157,13 @@ class ExportConfig:
             raise ConfigError(f"unknown pairs format {self.pairs_format!r}", where=where, fix="use causalrm or trl")
         if self.pairs_format != "causalrm" and not self.pairs:
             raise ConfigError(f"--pairs-format {self.pairs_format} needs --pairs", where=where, fix="add --pairs")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}", where="--max-rows", fix="use e.g. --max-rows 2000000")
+        if self.batch_rows < 1:
+            raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}", where="batch_rows")
+        from propensity.models.casecontrol import parse_memory
+
+        parse_memory(self.memory_limit)
         if Path(self.out).resolve() == Path(self.warehouse).resolve():
             raise ConfigError("the dataset folder cannot be the warehouse itself", where=self.out, fix="pass another --out")
 
@@ -301,20 +316,57 @@ def build_weighted_frame(
     missing = frame["propensity"].null_count()
     if missing:
         sample = frame.filter(pl.col("propensity").is_null())["exposure_id"].head(3).to_list()
-        raise WarehouseError(
-            f"{missing:,} of {frame.height:,} exposures have no {channel!r} propensity (e.g. {sample})",
-            where="propensity/scores.parquet",
-            fix=f"rerun `causalrm propensity fit WH --channel {channel}` after the latest ingest",
-        )
+        raise _missing_propensity(missing, frame.height, sample, channel)
+    frame = weighted_rows(frame, channel=channel, scheme=scheme, clip=clip, rho01=rho01, rho10=rho10)
+    if embeddings is not None:
+        frame = frame.join(embeddings.select("exposure_id", "embedding"), on="exposure_id", how="left")
+        lacking = frame["embedding"].null_count()
+        if lacking:
+            raise _lacking_embeddings(lacking, frame.height)
+    return frame.sort("exposure_id")
+
+
+def _missing_propensity(missing: int, total: int, sample: list[str], channel: str) -> WarehouseError:
+    return WarehouseError(
+        f"{missing:,} of {total:,} exposures have no {channel!r} propensity (e.g. {sample})",
+        where="propensity/scores.parquet",
+        fix=f"rerun `causalrm propensity fit WH --channel {channel}` after the latest ingest",
+    )
+
+
+def _lacking_embeddings(lacking: int, total: int) -> WarehouseError:
+    return WarehouseError(
+        f"{lacking:,} of {total:,} exposures have no embedding", where="embeddings/",
+        fix="rerun `causalrm embed WH` after the latest ingest (or remove WH/embeddings to export without)",
+    )
+
+
+def weighted_rows(
+    frame: pl.DataFrame, *, channel: str, scheme: str, clip: float | None, rho01: float, rho10: float,
+    snips_scale: dict[str, float] | None = None,
+) -> pl.DataFrame:
+    """Feedback rows with their ``propensity`` -> dataset rows (pure): observed / label / channel,
+    weight, rho01 / rho10, the dataset's columns in order (``embedding`` last when present).
+
+    Parameters
+    ----------
+    snips_scale : for ``snips`` on a batch of a larger table (issue 23): N_s / sum_{j in s} o_j / p_j
+        per split, computed over the whole table; the batch's weights are o / p times it. None:
+        normalise within ``frame`` (:func:`compute_weights`).
+    """
     if channel == "vote":
         observed, label = pl.col("observed"), pl.col("label")
     else:
         observed = pl.col(CHANNELS[channel])
         label = pl.when(observed).then(pl.lit(IMPLICIT_LABEL[channel]))
     frame = frame.with_columns(observed=observed, label=label.cast(pl.Int8), channel=pl.lit(channel))
-    weights = compute_weights(
-        frame["propensity"].to_numpy(), frame["observed"].to_numpy(), frame["split"].to_numpy(), scheme=scheme, clip=clip
-    )
+    propensity, observed_rows, split = frame["propensity"].to_numpy(), frame["observed"].to_numpy(), frame["split"].to_numpy()
+    if snips_scale is None:
+        weights = compute_weights(propensity, observed_rows, split, scheme=scheme, clip=clip)
+    else:
+        # compute_weights' snips is w = o / p, then w *= N_s / total_s: the same two operations.
+        weights = compute_weights(propensity, observed_rows, scheme="ips")
+        weights = weights * frame["split"].replace_strict(snips_scale, default=1.0, return_dtype=pl.Float64).to_numpy()
     frame = frame.with_columns(
         weight=pl.Series(weights, dtype=pl.Float64),
         rho01=pl.lit(float(rho01), dtype=pl.Float64),
@@ -325,16 +377,7 @@ def build_weighted_frame(
         "propensity", "weight", "rho01", "rho10", "solicited", "prompt_text", "response_text",
         *CONTEXT_CATEGORICAL, *CONTEXT_NUMERIC,
     ]
-    frame = frame.select(columns)
-    if embeddings is not None:
-        frame = frame.join(embeddings.select("exposure_id", "embedding"), on="exposure_id", how="left")
-        lacking = frame["embedding"].null_count()
-        if lacking:
-            raise WarehouseError(
-                f"{lacking:,} of {frame.height:,} exposures have no embedding", where="embeddings/",
-                fix="rerun `causalrm embed WH` after the latest ingest (or remove WH/embeddings to export without)",
-            )
-    return frame.sort("exposure_id")
+    return frame.select(columns + (["embedding"] if "embedding" in frame.columns else []))
 
 
 def build_pairs(
@@ -648,21 +691,26 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     IdentifiabilityError : rho01 + rho10 >= 1.
     TableValidationError : the rows break the WeightedDataset contract.
     """
-    from feedback_etl.io import feedback_files, read_embeddings, read_feedback, warehouse_versions
+    from feedback_etl.io import feedback_dataset, feedback_files, read_embeddings, read_feedback, warehouse_versions
 
     warehouse = Path(cfg.warehouse)
     out = Path(cfg.out)
     # The warehouse tables' versions, pinned (issue 16): --as-of rebuilds a past dataset exactly.
     table_versions = warehouse_versions(warehouse, as_of=cfg.as_of)
-    feedback = read_feedback(warehouse, version=table_versions["feedback"])
-    scores = _read_scores(warehouse, cfg.channel)
+    dataset = feedback_dataset(warehouse, version=table_versions["feedback"])
+    plan = export_plan(dataset.count_rows(), cfg)
+    feedback = scores = None
+    if not plan.sampled:
+        feedback = read_feedback(warehouse, version=table_versions["feedback"])
+        scores = _read_scores(warehouse, cfg.channel)
     metrics = _read_metrics(warehouse, cfg.channel)
     label_aware = None
     if cfg.propensity == "label-aware":
         # Issue 11: P(o=1 | x, r) at each row's own vote (propensity.slice.label_aware).
         from propensity.slice.label_aware import propensity_for_labels, read_label_aware_report, read_label_aware_scores
 
-        scores = propensity_for_labels(read_label_aware_scores(warehouse, cfg.channel), feedback)
+        if not plan.sampled:
+            scores = propensity_for_labels(read_label_aware_scores(warehouse, cfg.channel), feedback)
         label_aware = read_label_aware_report(warehouse)
     # Implicit channels are one-class (propensity.noise.estimate refuses them): no flip rates are defined.
     implicit = cfg.channel != "vote"
@@ -679,101 +727,101 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
             f"rho01 + rho10 = {rho01 + rho10:.3f} >= 1: the noise-corrected loss is undefined",
             where=str(_noise_path(warehouse, cfg.channel)), fix="re-estimate the noise rates (larger anchor quantile or an audit set)",
         )
-    embeddings = read_embeddings(warehouse)
-    frame = build_weighted_frame(
-        feedback, scores, channel=cfg.channel, scheme=cfg.scheme, clip=cfg.effective_clip, rho01=rho01, rho10=rho10, embeddings=embeddings
-    )
-    noise_segments = None
-    if noise and cfg.segment_noise:
-        frame, noise_segments = segment_noise_rates(frame, noise, rho01, rho10)
-    frame = validate_weighted_dataset(frame)
-    if frame["observed"].sum() == 0:
-        raise WarehouseError(f"channel {cfg.channel!r} has no observed rows", where=str(warehouse), fix="check the channel name and the ingest")
-
+    has_embeddings = any((warehouse / "embeddings").glob("*.parquet"))
     fit_clip = _fit_clip(metrics)
     floor = max(x for x in (fit_clip, cfg.effective_clip, 0.0) if x is not None) or None
-    propensity, observed, weight = frame["propensity"].to_numpy(), frame["observed"].to_numpy(), frame["weight"].to_numpy()
-    split = frame["split"].to_numpy()
-    by_split: dict[str, Any] = {}
-    rows_by_split: dict[str, Any] = {}
-    for s in SPLITS:
-        rows = split == s
-        rows_by_split[s] = {
-            "rows": int(rows.sum()),
-            "observed": int(observed[rows].sum()),
-            "positive": int(((frame["label"].to_numpy() == 1) & rows).sum()),
-        }
-        if rows.any():
-            by_split[s] = weight_summary(weight[rows], observed[rows], propensity[rows], floor)
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "channel": cfg.channel,
-        "label_source": "vote (1 = thumbs up)" if cfg.channel == "vote" else f"implicit: observed = {CHANNELS[cfg.channel]}, label = {IMPLICIT_LABEL[cfg.channel]}",
-        "format": cfg.format,
-        "files": {"data": f"data.{cfg.format}", "pairs": f"pairs.{cfg.format}" if cfg.pairs else None},
-        "columns": {
-            "categorical": list(CONTEXT_CATEGORICAL),
-            "numeric": list(CONTEXT_NUMERIC),
-            "text": ["prompt_text", "response_text"],
-            "embedding_dim": int(len(frame["embedding"][0])) if "embedding" in frame.columns else None,
-        },
-        "input": {
-            "warehouse": str(warehouse.resolve()),
-            "files": {
-                str(p.relative_to(warehouse)): _sha256(p)
-                for p in _input_files(warehouse, cfg.channel, feedback_files(warehouse, version=table_versions["feedback"]))
-            },
-            "table_versions": table_versions,
-            "as_of": cfg.as_of,
-        },
-        "propensity": {
-            "kind": cfg.propensity,
-            "source": "propensity/scores.parquet" if label_aware is None else "propensity/scores_label_aware.parquet",
-            "fit_clip": fit_clip,
-            "metrics": metrics,
-            "label_aware": None if label_aware is None else {
-                k: label_aware.get(k) for k in ("estimator", "assumptions", "strata", "label_factors", "slice", "context", "clipping", "estimates", "warnings")
-            },
-        },
-        "noise": (
-            {**noise, "assumed_zero": False, "source": str(_noise_path(warehouse, cfg.channel).relative_to(warehouse)),
-             "per_row": noise_segments or "overall rates on every row"}
-            if noise
-            else {"channel": cfg.channel, "rho01": 0.0, "rho10": 0.0, "assumed_zero": True, "source": None,
-                  "note": (f"implicit channel {cfg.channel!r} is one-class: flip rates are undefined, rho01 = rho10 = 0"
-                           if implicit else "no noise estimate: exported with --no-noise, rho01 = rho10 = 0")}
-        ),
-        "weights": {
-            "scheme": cfg.scheme,
-            "formula": WEIGHT_FORMULA[cfg.scheme],
-            "clip": cfg.effective_clip,
-            **weight_summary(weight, observed, propensity, floor),
-            "by_split": by_split,
-        },
-        "rows": {
-            "total": frame.height,
-            "observed": int(observed.sum()),
-            "positive": int((frame["label"] == 1).sum()),
-            "by_split": rows_by_split,
-        },
-        "pairs": None,
-        "config": asdict(cfg),
-    }
-    previous_dim = _previous_embedding_dim(out)
-    if embeddings is None and previous_dim:
-        # Issue 16: a failed or deleted `causalrm embed` must not silently drop the column.
-        message = (f"exported without an embedding column although the dataset in {out} had {previous_dim}-dim "
-                   f"embeddings (WH/embeddings is missing); run `causalrm embed {warehouse}` again first")
-        log.warning("weights export: %s", message)
-        manifest["warnings"] = [message]
+    data_file = f"data.{cfg.format}"
 
     staging = _prepare_out(out)
     try:
-        _write_table(frame, staging / manifest["files"]["data"], cfg.format)
+        if plan.sampled:
+            rows = _write_rows_streamed(cfg, warehouse, dataset, staging / data_file, noise, rho01, rho10, plan)
+        else:
+            frame = build_weighted_frame(
+                feedback, scores, channel=cfg.channel, scheme=cfg.scheme, clip=cfg.effective_clip, rho01=rho01, rho10=rho10,
+                embeddings=read_embeddings(warehouse),
+            )
+            del feedback, scores
+            noise_segments = None
+            if noise and cfg.segment_noise:
+                frame, noise_segments = segment_noise_rates(frame, noise, rho01, rho10)
+            frame = validate_weighted_dataset(frame)
+            if frame["observed"].sum() == 0:
+                raise _no_observed_rows(cfg.channel, warehouse)
+            _write_table(frame, staging / data_file, cfg.format)
+            rows = _RowsWritten.of_frame(frame, noise_segments, keep=_observed_columns(cfg.pairs))
+            del frame
+        by_split = {s: weight_summary(part["weight"].to_numpy(), np.ones(part.height, dtype=bool), part["propensity"].to_numpy(), floor)
+                    for s in SPLITS if rows.by_split[s]["rows"]
+                    for part in [rows.observed.filter(pl.col("split") == s)]}
+        manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "channel": cfg.channel,
+            "label_source": "vote (1 = thumbs up)" if cfg.channel == "vote" else f"implicit: observed = {CHANNELS[cfg.channel]}, label = {IMPLICIT_LABEL[cfg.channel]}",
+            "format": cfg.format,
+            "files": {"data": data_file, "pairs": f"pairs.{cfg.format}" if cfg.pairs else None},
+            "columns": {
+                "categorical": list(CONTEXT_CATEGORICAL),
+                "numeric": list(CONTEXT_NUMERIC),
+                "text": ["prompt_text", "response_text"],
+                "embedding_dim": rows.embedding_dim,
+            },
+            "input": {
+                "warehouse": str(warehouse.resolve()),
+                "files": {
+                    str(p.relative_to(warehouse)): _sha256(p)
+                    for p in _input_files(warehouse, cfg.channel, feedback_files(warehouse, version=table_versions["feedback"]))
+                },
+                "table_versions": table_versions,
+                "as_of": cfg.as_of,
+            },
+            "propensity": {
+                "kind": cfg.propensity,
+                "source": "propensity/scores.parquet" if label_aware is None else "propensity/scores_label_aware.parquet",
+                "fit_clip": fit_clip,
+                "metrics": metrics,
+                "label_aware": None if label_aware is None else {
+                    k: label_aware.get(k) for k in ("estimator", "assumptions", "strata", "label_factors", "slice", "context", "clipping", "estimates", "warnings")
+                },
+            },
+            "noise": (
+                {**noise, "assumed_zero": False, "source": str(_noise_path(warehouse, cfg.channel).relative_to(warehouse)),
+                 "per_row": rows.noise_segments or "overall rates on every row"}
+                if noise
+                else {"channel": cfg.channel, "rho01": 0.0, "rho10": 0.0, "assumed_zero": True, "source": None,
+                      "note": (f"implicit channel {cfg.channel!r} is one-class: flip rates are undefined, rho01 = rho10 = 0"
+                               if implicit else "no noise estimate: exported with --no-noise, rho01 = rho10 = 0")}
+            ),
+            "weights": {
+                "scheme": cfg.scheme,
+                "formula": WEIGHT_FORMULA[cfg.scheme],
+                "clip": cfg.effective_clip,
+                **weight_summary(rows.observed["weight"].to_numpy(), np.ones(rows.observed.height, dtype=bool),
+                                 rows.observed["propensity"].to_numpy(), floor),
+                "by_split": by_split,
+            },
+            "rows": {
+                "total": rows.total,
+                "observed": rows.observed.height,
+                "positive": rows.positive,
+                "by_split": rows.by_split,
+            },
+            "pairs": None,
+            # Issue 23: whether the rows were read whole or streamed (the output is the same).
+            "memory": plan.to_dict(),
+            "config": asdict(cfg),
+        }
+        previous_dim = _previous_embedding_dim(out)
+        if not has_embeddings and previous_dim:
+            # Issue 16: a failed or deleted `causalrm embed` must not silently drop the column.
+            message = (f"exported without an embedding column although the dataset in {out} had {previous_dim}-dim "
+                       f"embeddings (WH/embeddings is missing); run `causalrm embed {warehouse}` again first")
+            log.warning("weights export: %s", message)
+            manifest["warnings"] = [message]
         if cfg.pairs:
             pairs, pair_summary = build_pairs(
-                frame, scheme=cfg.scheme, clip=cfg.effective_clip, max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed
+                rows.observed, scheme=cfg.scheme, clip=cfg.effective_clip, max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed
             )
             pairs = validate_pairs(pairs)
             _write_table(pairs, staging / manifest["files"]["pairs"], cfg.format)
@@ -794,8 +842,172 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("wrote %s rows (%s observed) to %s", frame.height, manifest["rows"]["observed"], out)
+    log.info("wrote %s rows (%s observed) to %s", manifest["rows"]["total"], manifest["rows"]["observed"], out)
     return manifest
+
+
+def _no_observed_rows(channel: str, warehouse: Path) -> WarehouseError:
+    return WarehouseError(f"channel {channel!r} has no observed rows", where=str(warehouse), fix="check the channel name and the ingest")
+
+
+def _observed_columns(pairs: bool) -> list[str]:
+    """Columns of the observed rows kept for the manifest (and for the pairs, which need their texts)."""
+    columns = ["exposure_id", "split", "label", "propensity", "weight"]
+    if pairs:
+        columns += ["observed", "channel", "prompt_id", "response_id", "rho01", "rho10", "prompt_text", "response_text"]
+    return columns
+
+
+@dataclass(kw_only=True)
+class _RowsWritten:
+    """What the manifest needs from the written rows: counts, the observed rows (a few columns), the
+    embedding dimension and the per-row noise summary."""
+
+    total: int
+    positive: int
+    by_split: dict[str, dict[str, int]]
+    observed: pl.DataFrame
+    embedding_dim: int | None
+    noise_segments: dict[str, Any] | None
+
+    @classmethod
+    def of_frame(cls, frame: pl.DataFrame, noise_segments: dict[str, Any] | None, *, keep: list[str]) -> "_RowsWritten":
+        return cls(
+            total=frame.height, positive=int((frame["label"] == 1).sum()), by_split=_split_counts(frame),
+            observed=frame.filter(pl.col("observed")).select(keep),
+            embedding_dim=int(len(frame["embedding"][0])) if "embedding" in frame.columns and frame.height else None,
+            noise_segments=noise_segments,
+        )
+
+
+def _split_counts(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
+    split = frame["split"]
+    return {s: {"rows": int((split == s).sum()), "observed": int((frame["observed"] & (split == s)).sum()),
+                "positive": int(((frame["label"] == 1) & (split == s)).sum())} for s in SPLITS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportPlan:
+    """Whether ``weights export`` reads the feedback table whole or streams it (issue 23): the
+    fit's memory model (:func:`propensity.models.casecontrol.plan_rows`) with the export's options."""
+
+    n_rows: int
+    max_rows: int
+    sampled: bool  # True: streamed (nothing is sampled: every row is written)
+    memory_limit: str
+    memory_limit_bytes: int
+    max_rows_option: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"streamed": self.sampled, "n_rows": self.n_rows, "max_rows": self.max_rows,
+                "max_rows_option": self.max_rows_option, "memory_limit": self.memory_limit}
+
+
+def export_plan(n_rows: int, cfg: ExportConfig) -> ExportPlan:
+    """Stream when the table has more rows than ``cfg.max_rows`` or than ``cfg.memory_limit`` holds
+    at the fit's bytes per row (the same threshold as ``propensity fit``)."""
+    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+
+    limit = parse_memory(cfg.memory_limit)
+    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
+    cap = int(whole if cfg.max_rows is None else min(cfg.max_rows, whole))
+    return ExportPlan(n_rows=n_rows, max_rows=cap, sampled=n_rows > cap, memory_limit=cfg.memory_limit,
+                      memory_limit_bytes=limit, max_rows_option=cfg.max_rows)
+
+
+class _DataWriter:
+    """``data.parquet`` / ``data.jsonl`` written one batch at a time."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self._parquet: Any = None
+        self._schema: Any = None
+        self._handle: Any = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.fmt == "jsonl":
+            if self._handle is None:
+                self._handle = self.path.open("wb")
+            frame.write_ndjson(self._handle)
+            return
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._parquet is None:
+            self._schema = table.schema
+            self._parquet = pq.ParquetWriter(self.path, self._schema, compression="zstd")
+        self._parquet.write_table(table.cast(self._schema))
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._handle is not None:
+            self._handle.close()
+
+
+def _write_rows_streamed(
+    cfg: ExportConfig, warehouse: Path, dataset: Any, path: Path, noise: dict[str, Any] | None, rho01: float, rho10: float,
+    plan: ExportPlan,
+) -> _RowsWritten:
+    """Write the dataset rows to ``path`` batch by batch (issue 23): DuckDB joins the feedback table,
+    the propensities and the embeddings out of core and sorts by exposure_id; each batch gets its
+    weights (snips with the whole table's per-split sums), noise rates and validation, and is
+    appended to the file. Only the observed rows' few columns are kept for the manifest and pairs.
+
+    Validation is per batch: a duplicate exposure_id across two batches is not caught here (the
+    feedback table's ingest validation guarantees unique ids).
+    """
+    from propensity.weights._stream import joined_inputs
+
+    label_aware = cfg.propensity == "label-aware"
+    with joined_inputs(warehouse, dataset, channel=cfg.channel, label_aware=label_aware,
+                       memory_limit_bytes=plan.memory_limit_bytes // 2) as joined:
+        joined.check_scores(str(scores_path(warehouse)))
+        counts = joined.counts()
+        if counts.missing_propensity:
+            if label_aware:
+                raise WarehouseError(
+                    f"{counts.missing_propensity:,} of {counts.n_rows:,} exposures have no label-aware propensity",
+                    where="propensity/scores_label_aware.parquet", fix="rerun `causalrm propensity fit-label-aware WH` after the latest ingest",
+                )
+            raise _missing_propensity(counts.missing_propensity, counts.n_rows, counts.missing_sample, cfg.channel)
+        if counts.lacking_embedding:
+            raise _lacking_embeddings(counts.lacking_embedding, counts.n_rows)
+        snips_scale = None
+        if cfg.scheme == "snips":
+            snips_scale = {s: (counts.rows_by_split[s] / total if total > 0 else 1.0) for s, total in counts.inverse_propensity_sum.items()}
+        keep = _observed_columns(cfg.pairs)
+        writer = _DataWriter(path, cfg.format)
+        total = positive = 0
+        by_split = {s: {"rows": 0, "observed": 0, "positive": 0} for s in SPLITS}
+        observed: list[pl.DataFrame] = []
+        embedding_dim: int | None = None
+        noise_segments: dict[str, Any] | None = None
+        try:
+            for batch in joined.batches(cfg.batch_rows):
+                rows = weighted_rows(batch, channel=cfg.channel, scheme=cfg.scheme, clip=cfg.effective_clip, rho01=rho01, rho10=rho10,
+                                     snips_scale=snips_scale)
+                del batch
+                if noise and cfg.segment_noise:
+                    rows, segments = segment_noise_rates(rows, noise, rho01, rho10)
+                    if segments is not None:
+                        fallback = (noise_segments or {}).get("rows_on_overall_rates", 0)
+                        noise_segments = {**segments, "rows_on_overall_rates": fallback + segments["rows_on_overall_rates"]}
+                rows = validate_weighted_dataset(rows)
+                writer.write(rows)
+                if embedding_dim is None and "embedding" in rows.columns:
+                    embedding_dim = int(len(rows["embedding"][0]))
+                total += rows.height
+                positive += int((rows["label"] == 1).sum())
+                for s, c in _split_counts(rows).items():
+                    by_split[s] = {k: by_split[s][k] + c[k] for k in c}
+                observed.append(rows.filter(pl.col("observed")).select(keep))
+        finally:
+            writer.close()
+    if not any(part.height for part in observed):
+        raise _no_observed_rows(cfg.channel, warehouse)
+    return _RowsWritten(total=total, positive=positive, by_split=by_split, observed=pl.concat(observed),
+                        embedding_dim=embedding_dim, noise_segments=noise_segments)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -6,7 +6,8 @@
 -- Inputs: "source_records" (one matrix line per record). Parameters: $base_time (TIMESTAMPTZ; the
 -- data has no times, every impression gets base, every vote base + 1 s), $threshold (DOUBLE).
 -- observed = rated (rating > 0); label = 1 when rating >= $threshold (thumbs_up), else 0. The raw
--- rating itself is not kept: the feedback table has no column for it.
+-- rating rides on the vote as "rating_value" (null elsewhere); feedback_etl.sources turns it into the
+-- feedback table's outcome column "rating" (issue 17).
 -- Ids: user u = line - 1, item i = column - 1 (0-based like the matrix); exposure_id
 -- '<file tag>:u<u>:i<i>', so two files (train, test) never share an exposure. A cell that is not a
 -- number becomes one unparseable row.
@@ -55,7 +56,8 @@ impressions AS (
         CAST(NULL AS DOUBLE) AS "latency_ms",
         FALSE AS "solicited",
         CAST(NULL AS VARCHAR) AS "payload",
-        TRUE AS "parse_ok"
+        TRUE AS "parse_ok",
+        CAST(NULL AS DOUBLE) AS "rating_value"
     FROM exposures
 ),
 
@@ -79,7 +81,8 @@ votes AS (
         CAST(NULL AS DOUBLE) AS "latency_ms",
         CAST(NULL AS BOOLEAN) AS "solicited",
         CAST(NULL AS VARCHAR) AS "payload",
-        TRUE AS "parse_ok"
+        TRUE AS "parse_ok",
+        "rating" AS "rating_value"
     FROM exposures
     WHERE "rating" > 0
 ),
@@ -96,7 +99,8 @@ unparseable AS (
         CAST(NULL AS VARCHAR) AS "platform", CAST(NULL AS VARCHAR) AS "locale",
         CAST(NULL AS DOUBLE) AS "latency_ms", CAST(NULL AS BOOLEAN) AS "solicited",
         'line ' || CAST("row_number" AS VARCHAR) || ', column ' || CAST("item_position" AS VARCHAR) || ': ' || "cell" AS "payload",
-        FALSE AS "parse_ok"
+        FALSE AS "parse_ok",
+        CAST(NULL AS DOUBLE) AS "rating_value"
     FROM cells
     WHERE "rating" IS NULL OR "rating" < 0
 )

@@ -5,7 +5,8 @@
 -- rated pair. Key: "event_id".
 -- Inputs: "source_triples" (file_index, source_file, file_tag, row_number, parse_ok, user_id,
 -- item_id, rating as text). Parameters: $base_time (TIMESTAMPTZ), $threshold (DOUBLE).
--- observed = rated; label = 1 when rating >= $threshold. A triple with a missing id or a rating
+-- observed = rated; label = 1 when rating >= $threshold. The raw rating rides on the vote as
+-- "rating_value" (null elsewhere), for the feedback table's outcome column "rating" (issue 17). A triple with a missing id or a rating
 -- that is not a non-negative number becomes one unparseable row. A repeated (user, item) triple
 -- repeats the vote's event_id, so it is counted as a duplicate (the first one wins).
 WITH triples AS (
@@ -53,7 +54,8 @@ impressions AS (
         CAST(NULL AS DOUBLE) AS "latency_ms",
         FALSE AS "solicited",
         CAST(NULL AS VARCHAR) AS "payload",
-        TRUE AS "parse_ok"
+        TRUE AS "parse_ok",
+        CAST(NULL AS DOUBLE) AS "rating_value"
     FROM users AS u
     JOIN items AS i
         ON i."file_index" = u."file_index"
@@ -79,7 +81,8 @@ votes AS (
         CAST(NULL AS DOUBLE) AS "latency_ms",
         CAST(NULL AS BOOLEAN) AS "solicited",
         CAST(NULL AS VARCHAR) AS "payload",
-        TRUE AS "parse_ok"
+        TRUE AS "parse_ok",
+        "rating" AS "rating_value"
     FROM valid
 ),
 
@@ -95,7 +98,8 @@ unparseable AS (
         CAST(NULL AS VARCHAR) AS "platform", CAST(NULL AS VARCHAR) AS "locale",
         CAST(NULL AS DOUBLE) AS "latency_ms", CAST(NULL AS BOOLEAN) AS "solicited",
         "payload",
-        FALSE AS "parse_ok"
+        FALSE AS "parse_ok",
+        CAST(NULL AS DOUBLE) AS "rating_value"
     FROM triples
     WHERE NOT ("parse_ok" AND "user_id" IS NOT NULL AND "item_id" IS NOT NULL
                AND "rating" IS NOT NULL AND "rating" >= 0)

@@ -14,9 +14,9 @@
 --   user_prior_votes = the user's exposures whose final counted vote is up or down and whose
 --     impression and final vote both happened before this impression_time (so votes <= exposures);
 --   user_prior_feedback_rate = user_prior_votes / user_prior_exposures, NULL without prior exposures.
--- split: md5(user_id), first 8 hex digits as an integer, mod 10: 0-7 train, 8 val, 9 test.
--- Portability: DATE_DIFF('microsecond', a, b) is TIMESTAMPDIFF(MICROSECOND, a, b) in Spark, and the
--- hex cast CAST('0x..' AS BIGINT) is CONV(.., 16, 10) there (sqlglot does not translate that one).
+-- split: the user's split from the relation "user_splits" (sql/marts/user_splits.sql, run first:
+--   balanced in rows, a user of the committed feedback table keeps its split).
+-- Portability: DATE_DIFF('microsecond', a, b) is TIMESTAMPDIFF(MICROSECOND, a, b) in Spark.
 -- "all_events" is read directly where needed: a CTE over it read three times would be
 -- materialised, texts and all. The wide columns (texts) join once, at the end.
 WITH impressions AS (
@@ -38,29 +38,18 @@ feedback_events AS (
     WHERE f."event_type" <> 'impression'
 ),
 
-ranked_votes AS (
-    SELECT
-        "exposure_id",
-        "event_type",
-        "event_time",
-        ROW_NUMBER() OVER (
-            PARTITION BY "exposure_id"
-            ORDER BY "event_time" DESC, "event_id" DESC
-        ) AS "vote_recency"
-    FROM feedback_events
-    WHERE "in_window" = 1
-      AND "event_type" IN ('thumbs_up', 'thumbs_down', 'vote_cleared')
-),
-
-final_votes AS (
-    SELECT "exposure_id", "event_type" AS "final_vote", "event_time" AS "final_vote_time"
-    FROM ranked_votes
-    WHERE "vote_recency" = 1
-),
-
 channels AS (
+    -- One aggregate per exposure (issue 19: was a window over the votes joined back): the final
+    -- vote is the in-window vote with the greatest (event_time, event_id), its time the greatest
+    -- in-window vote time. ARG_MAX over a STRUCT key is MAX_BY(.., STRUCT(..)) in Spark.
     SELECT
         "exposure_id",
+        ARG_MAX("event_type", STRUCT_PACK("t" := "event_time", "id" := "event_id")) FILTER (
+            WHERE "in_window" = 1 AND "event_type" IN ('thumbs_up', 'thumbs_down', 'vote_cleared')
+        ) AS "final_vote",
+        MAX("event_time") FILTER (
+            WHERE "in_window" = 1 AND "event_type" IN ('thumbs_up', 'thumbs_down', 'vote_cleared')
+        ) AS "final_vote_time",
         MAX(CASE WHEN "in_window" = 1 AND "event_type" = 'copy' THEN 1 ELSE 0 END) AS "copied",
         MAX(CASE WHEN "in_window" = 1 AND "event_type" = 'regenerate' THEN 1 ELSE 0 END) AS "regenerated",
         MAX(CASE WHEN "in_window" = 1 AND "event_type" = 'share' THEN 1 ELSE 0 END) AS "shared",
@@ -73,17 +62,15 @@ channels AS (
 resolved AS (
     SELECT
         i.*,
-        COALESCE(v."final_vote" IN ('thumbs_up', 'thumbs_down'), FALSE) AS "observed",
-        CASE v."final_vote" WHEN 'thumbs_up' THEN 1 WHEN 'thumbs_down' THEN 0 END AS "label",
-        CASE WHEN v."final_vote" IN ('thumbs_up', 'thumbs_down') THEN v."final_vote_time" END AS "final_vote_time",
+        COALESCE(c."final_vote" IN ('thumbs_up', 'thumbs_down'), FALSE) AS "observed",
+        CASE c."final_vote" WHEN 'thumbs_up' THEN 1 WHEN 'thumbs_down' THEN 0 END AS "label",
+        CASE WHEN c."final_vote" IN ('thumbs_up', 'thumbs_down') THEN c."final_vote_time" END AS "final_vote_time",
         COALESCE(c."copied", 0) = 1 AS "copied",
         COALESCE(c."regenerated", 0) = 1 AS "regenerated",
         COALESCE(c."shared", 0) = 1 AS "shared",
         1 + COALESCE(c."n_window_feedback", 0) AS "n_events",
         COALESCE(c."n_late_events", 0) AS "n_late_events"
     FROM impressions AS i
-    LEFT JOIN final_votes AS v
-        ON v."exposure_id" = i."exposure_id"
     LEFT JOIN channels AS c
         ON c."exposure_id" = i."exposure_id"
 ),
@@ -113,21 +100,6 @@ history AS (
         RANK() OVER (PARTITION BY "user_id" ORDER BY "point_time", "is_vote") AS "point_rank",
         "is_vote"
     FROM history_points
-),
-
-user_splits AS (
-    -- md5 once per user, not once per exposure.
-    SELECT
-        "user_id",
-        CASE
-            WHEN "bucket" < 8 THEN 'train'
-            WHEN "bucket" = 8 THEN 'val'
-            ELSE 'test'
-        END AS "split"
-    FROM (
-        SELECT "user_id", CAST(('0x' || SUBSTRING(MD5("user_id"), 1, 8)) AS BIGINT) % 10 AS "bucket"
-        FROM (SELECT DISTINCT "user_id" FROM impressions) AS users
-    ) AS buckets
 ),
 
 user_history AS (

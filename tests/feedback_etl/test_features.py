@@ -116,10 +116,16 @@ def test_cardinality_cap_names_the_column(tmp_path):
     assert run["features"] == {} and any("'trace' has 12 distinct values" in w for w in run["warnings"])
 
 
-def test_spark_engine_refuses_custom_features_in_one_line(tmp_path):
-    logs = _write_jsonl(tmp_path / "a.jsonl", _events(3))
-    with pytest.raises(ConfigError, match="not supported by the spark engine"):
-        ingest(IngestConfig(inputs=(str(logs),), warehouse=str(tmp_path / "wh"), engine="spark", keep_extra_columns=True))
+def test_an_engine_without_features_refuses_them_in_one_line():
+    """Both engines carry custom features (Spark: tests/feedback_etl/test_spark_features.py); an
+    engine that does not refuses them instead of dropping them silently."""
+    from feedback_etl.features import check_engine
+    from feedback_etl.mapping import load_mapping
+
+    for engine in ("duckdb", "spark"):
+        check_engine(engine, load_mapping(None), True)
+    with pytest.raises(ConfigError, match="not supported by the flink engine"):
+        check_engine("flink", load_mapping(None), True)
 
 
 def test_parquet_and_csv_inputs_carry_features(tmp_path):

@@ -17,6 +17,7 @@ from etl_factory import (
     typed,
 )
 
+from feedback_etl.ingest import build_user_splits
 from feedback_etl.mapping import FieldMapping
 from feedback_etl.sources import CANONICAL_COLUMNS
 from feedback_etl.sqlfiles import SQL_DIR, load_sql, run_sql
@@ -229,6 +230,7 @@ def test_stg_late_events_counts_only_this_runs_late_feedback(duck):
 
 def _mart(duck, events: list[dict], window: timedelta = DAY) -> dict[str, dict]:
     make_table(duck, "all_events", STAGED_TYPES, staged(events))
+    build_user_splits(duck)  # the relation "user_splits" the mart reads (a first run: no earlier splits)
     return {r["exposure_id"]: r for r in run_sql(duck, "marts/feedback", {"window": window}).pl().to_dicts()}
 
 
@@ -279,11 +281,11 @@ def test_mart_columns_split_and_time_parts(duck):
     out = _mart(duck, [impression("x", minutes=0, user="alice", solicited=None)])["x"]
     assert out["impression_date"].isoformat() == "2026-01-05" and out["impression_hour"] == 12
     assert out["response_chars"] == len("hello there") and out["solicited"] is False
-    # split = int(md5(user_id)[:8], 16) % 10: 0-7 train, 8 val, 9 test
-    import hashlib
-
-    bucket = int(hashlib.md5(b"alice").hexdigest()[:8], 16) % 10
-    assert out["split"] == ("train" if bucket < 8 else "val" if bucket == 8 else "test")
+    # split: the user's row of "user_splits" (its rule: tests/feedback_etl/test_user_splits.py)
+    assert out["split"] == duck.execute("""SELECT "split" FROM "user_splits" WHERE "user_id" = 'alice'""").fetchall()[0][0]
+    other = "val" if out["split"] != "val" else "test"
+    duck.execute(f"""UPDATE "user_splits" SET "split" = '{other}'""")
+    assert run_sql(duck, "marts/feedback", {"window": DAY}).pl()["split"].to_list() == [other]
 
 
 # ---------------------------------------------------------------- adapters

@@ -1,33 +1,36 @@
 """SQL rules that the hand-written SQL mutation set (benchmarks/mutation/sql_mutants.py) found
-unguarded (issue 22): every split bucket lands in its split, and an impression resent with a
+unguarded (issue 22): every split bound holds and kept users stay, and an impression resent with a
 different answer text is a conflict, not a repeat."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
 
 from etl_factory import STAGED_TYPES, TYPED_TYPES, impression, make_table, staged, typed
 
+from feedback_etl.ingest import build_user_splits
 from feedback_etl.sqlfiles import run_sql
 
 
-def _bucket(user: str) -> int:
-    return int(hashlib.md5(user.encode()).hexdigest()[:8], 16) % 10
-
-
-def test_mart_split_buckets_7_8_9_are_train_val_test(duck):
-    """Catches the SQL mutant `"bucket" < 8` -> `<= 8` (the val users join train): one user per
-    boundary bucket, found by hashing, must land in train (7), val (8) and test (9)."""
-    users = {}
-    for k in range(1000):
-        users.setdefault(_bucket(f"user{k}"), f"user{k}")
-        if {7, 8, 9} <= set(users):
-            break
-    events = [impression(f"x{b}", user=users[b]) for b in (7, 8, 9)]
+def test_user_splits_equal_users_split_exactly_80_10_10_and_kept_users_stay(duck):
+    """Catches the SQL mutants of sql/marts/user_splits.sql that move a split bound (val users join
+    train) or drop the rule that users of the committed feedback table keep their split: 100 users
+    of one exposure each are 80 / 10 / 10 users exactly (evenly spaced points on the circle), and a
+    user whose previous split was 'test' stays there."""
+    events = [impression(f"x{k}", user=f"user{k}") for k in range(100)]
     make_table(duck, "all_events", STAGED_TYPES, staged(events))
+    build_user_splits(duck)
+    counts = dict(duck.execute('SELECT "split", COUNT(*) FROM "user_splits" GROUP BY 1').fetchall())
+    assert counts == {"train": 80, "val": 10, "test": 10}
+    new_rule = dict(duck.execute('SELECT "user_id", "split" FROM "user_splits"').fetchall())
+    moved = next(u for u, s in new_rule.items() if s == "train")
+    duck.execute('DROP VIEW "previous_splits"')
+    make_table(duck, "previous_splits", {"user_id": "VARCHAR", "split": "VARCHAR"}, [{"user_id": moved, "split": "test"}])
+    run_sql(duck, "marts/user_splits", into="user_splits")
+    kept = dict(duck.execute('SELECT "user_id", "split" FROM "user_splits"').fetchall())
+    assert duck.execute('SELECT COUNT(*) FROM "user_splits"').fetchall()[0][0] == 100 and kept[moved] == "test"
     out = {r["exposure_id"]: r["split"] for r in run_sql(duck, "marts/feedback", {"window": timedelta(days=1)}).pl().to_dicts()}
-    assert out == {"x7": "train", "x8": "val", "x9": "test"}
+    assert len(out) == 100 and out[f"x{moved[4:]}"] == "test"
 
 
 def test_impression_resent_with_another_answer_text_is_a_conflict(duck):

@@ -147,6 +147,17 @@ def test_solicited_rows_are_left_out_as_in_the_full_fit(warehouse: Path, tmp_pat
     scores = read_scores(sampled, "vote")["propensity"].to_numpy()
     np.testing.assert_allclose(scores[solicited], max(rate, 0.05))
     assert part["sampling"]["n_sample_observed"] == whole["n_observed"]
+    assert whole["solicited_excluded"] and whole["n_solicited"] == part["n_solicited"]
+    # The organic rows' propensities agree with the in-memory fit's within the sampling noise of
+    # test_sampled_fit_matches_full_fit_within_sampling_noise (same derivation, organic rows only).
+    organic = ~solicited
+    full_scores = read_scores(full, "vote")["propensity"].to_numpy()
+    p, s0, n = part["observed_rate"], part["sampling"]["rate_unobserved"], int(organic.sum())
+    m = n / 20
+    mad_tol = 4 * 0.8 * p * (1 - p) * math.sqrt(1 / (m * (1 - p) * s0) - 1 / (m * (1 - p)))
+    assert np.abs(scores[organic] - full_scores[organic]).mean() <= mad_tol
+    # Both are models of organic feedback: their mean is the organic feedback rate, not the mixed one.
+    assert abs(scores[organic].mean() - p) <= 3 * math.sqrt(p * (1 - p) / n)
 
 
 def test_custom_feature_columns_are_used_as_in_the_full_fit(warehouse: Path, tmp_path: Path) -> None:

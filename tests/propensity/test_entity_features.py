@@ -124,3 +124,24 @@ def test_keys_matching_nothing_and_name_clashes(plain_warehouse, tmp_path):
     pl.DataFrame({"user_id": feedback["user_id"].unique().to_list(), "platform": "x"}).write_csv(path)
     with pytest.raises(ConfigError, match=r"\['platform'\] already exist"):
         join_entity_features(feedback, [read_entity_features(path, keys=("user_id",), option="--user-features")])
+
+
+def test_a_case_control_fit_joins_the_side_file_too(plain_warehouse, tmp_path):
+    """A table over --max-rows (case-control fit, streamed scoring) uses the user file as the
+    in-memory fit does: same feature list, and the AUC gain of the selection-driving columns."""
+    wh, users = plain_warehouse
+    sampled = tmp_path / "wh"
+    import shutil
+
+    shutil.copytree(wh, sampled)
+    whole = _fit(wh, user_features=str(users)).metrics
+    without = _fit(sampled, max_rows=2_500).metrics
+    part = _fit(sampled, user_features=str(users), max_rows=2_500, batch_rows=700).metrics
+    assert part["sampling"]["sampled"] and part["features"] == whole["features"]
+    assert part["categorical_features"] == whole["categorical_features"]
+    n_pos = part["n_observed"]
+    se = math.sqrt(0.25 * (1 / n_pos + 1 / (N - n_pos)))  # AUC standard error bound (Hanley-McNeil at 0.5)
+    assert part["auc"] - without["auc"] > 3 * se, (without["auc"], part["auc"], se)
+    # Every exposure is scored, and `propensity score` joins the file again for new exposures.
+    assert read_scores(sampled, "vote").height == N
+    assert score_propensity(sampled, "vote").n_exposures == N

@@ -1,0 +1,143 @@
+"""The audit's inputs when the feedback table is larger than its memory budget (issue 23).
+
+One streamed DuckDB pass over the feedback table joined with the channel's propensities (and the
+label-aware ones when fitted) fills compact per-exposure arrays (observed, label, solicited,
+propensity: about 20 bytes an exposure), from which every headline number, the reliability
+diagram, the weights, the histograms and the naive / IPS / SNIPS estimates are computed over all
+exposures, exactly as in memory. The balance table and the segment tables need the feature columns
+of every row; they use a uniform sample of ``max_rows`` exposures instead (a Bernoulli draw on a
+seeded hash of exposure_id), and the report says so under ``sample``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from schemas.errors import WarehouseError
+from schemas.feedback import CHANNELS
+
+_SAMPLE_SALT = 0xA0D1
+# Columns no audit section reads: the texts are most of a feedback row's bytes.
+_TEXT_COLUMNS = ("prompt_text", "response_text")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditInputs:
+    """``frame``: every exposure's observed, label, solicited, propensity (no other column);
+    ``label_aware``: P(o=1 | x, r) at each row's own vote, or None; ``sample``: the sampled rows with
+    every non-text feedback column plus ``propensity`` / ``label_aware_propensity``."""
+
+    frame: pl.DataFrame
+    label_aware: np.ndarray | None
+    sample: pl.DataFrame
+    sample_note: dict[str, Any]
+    feedback_columns: list[str]
+
+
+def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, label_aware: bool, seed: int = 0,
+                      batch_rows: int = 200_000) -> AuditInputs:
+    """Stream the warehouse into :class:`AuditInputs` (module docstring)."""
+    import duckdb
+
+    from feedback_etl.io import feedback_dataset
+    from feedback_etl.paths import literal_paths
+    from propensity.io import scores_layout, scores_path
+    from propensity.models.casecontrol import SampleRates, keep_mask
+    from propensity.slice.label_aware import label_aware_scores_path
+
+    layout = scores_layout(warehouse)
+    path = scores_path(warehouse)
+    if layout is None:
+        raise WarehouseError("warehouse has no propensity scores", where=str(path),
+                             fix=f"run `causalrm propensity fit {warehouse} --channel {channel}` first")
+    score_files = [path] if layout == "file" else sorted((path / f"channel={channel}").glob("part-*.parquet"))
+    la_path = label_aware_scores_path(warehouse)
+    with_label_aware = label_aware and la_path.is_file()
+    dataset = feedback_dataset(warehouse)
+    names = [c for c in dataset.schema.names if c not in _TEXT_COLUMNS]
+    n = int(plan["n_rows"])
+    rate = min(1.0, plan["max_rows"] / n) if n else 1.0
+    observed_all, solicited_all = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    label_all = np.full(n, -1, dtype=np.int8)
+    p_all, la_all = np.full(n, np.nan), (np.full(n, np.nan) if with_label_aware else None)
+    sample_parts: list[pl.DataFrame] = []
+    offset = 0
+
+    def quoted(paths: list[Path], links) -> str:
+        return "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in paths) + "]"
+
+    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-audit-") as spill:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{max(64, plan['memory_limit_bytes'] // 2 // 2**20)}MB'")
+            con.execute("SET temp_directory = ?", [spill])
+            con.register("feedback", dataset)
+            where = f"WHERE channel = '{channel}'" if layout == "file" else ""
+            flag = CHANNELS[channel]
+            observed = 'f."observed"' if channel == "vote" else f'f."{flag}"'
+            label = 'f."label"' if channel == "vote" else "CAST(NULL AS TINYINT)"
+            selected = ", ".join(f'f."{c}"' for c in names if c not in ("observed", "label"))
+            la_join, la_select = "", ""
+            if with_label_aware:
+                la_join = (f"LEFT JOIN (SELECT * FROM read_parquet({quoted([la_path], links)}) WHERE channel = '{channel}') la "
+                           "ON la.exposure_id = f.exposure_id")
+                la_select = (""", CASE WHEN f.solicited THEN la.propensity
+                    WHEN f.observed AND f.label = 1 THEN la.propensity_label1
+                    WHEN f.observed AND f.label = 0 THEN la.propensity_label0
+                    ELSE la.propensity_context END AS label_aware_propensity""")
+            query = f"""
+                SELECT {selected}, {observed} AS observed, {label} AS label, s.propensity{la_select}
+                FROM feedback f
+                LEFT JOIN (SELECT exposure_id, propensity FROM read_parquet({quoted(score_files, links)}) {where}) s
+                    ON s.exposure_id = f.exposure_id
+                {la_join}
+            """
+            for batch in con.sql(query).to_arrow_reader(batch_rows):
+                if not batch.num_rows:
+                    continue
+                frame = pl.from_arrow(batch)
+                rows = slice(offset, offset + frame.height)
+                if offset + frame.height > n:
+                    raise WarehouseError("the feedback table changed while it was read", where=str(warehouse / "feedback"),
+                                         fix="run `causalrm audit` again once the ingest is done")
+                observed_all[rows] = frame["observed"].fill_null(False).to_numpy()
+                label_all[rows] = frame["label"].fill_null(-1).cast(pl.Int8).to_numpy()
+                if "solicited" in frame.columns:
+                    solicited_all[rows] = frame["solicited"].fill_null(False).to_numpy()
+                p_all[rows] = frame["propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                if la_all is not None:
+                    la_all[rows] = frame["label_aware_propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                keep = keep_mask(frame["exposure_id"], observed_all[rows], SampleRates(observed=rate, unobserved=rate), seed,
+                                 salt=_SAMPLE_SALT)
+                if keep.any():
+                    sample_parts.append(frame.filter(pl.Series(keep)))
+                offset += frame.height
+        finally:
+            con.close()
+    if offset != n:
+        raise WarehouseError(f"the feedback table changed while it was read ({n:,} rows counted, {offset:,} read)",
+                             where=str(warehouse / "feedback"), fix="run `causalrm audit` again once the ingest is done")
+    label_series = pl.Series("label", label_all).replace(-1, None)
+    full = pl.DataFrame({
+        "observed": observed_all,
+        "label": label_series.cast(pl.Int8),
+        "solicited": solicited_all,
+        "propensity": pl.Series(p_all).fill_nan(None),
+    })
+    if "solicited" not in names:
+        full = full.drop("solicited")
+    sample = pl.concat(sample_parts, how="vertical_relaxed") if sample_parts else pl.DataFrame()
+    note = {
+        "sections": ["balance", "segments"],
+        "n": sample.height, "rate": rate,
+        "note": f"covariate balance and segment tables on a uniform sample of {sample.height:,} of {n:,} exposures (seeded hash "
+                "of exposure_id); every other number covers every exposure",
+    }
+    return AuditInputs(frame=full, label_aware=la_all, sample=sample, sample_note=note,
+                       feedback_columns=[c for c in names if c in sample.columns])

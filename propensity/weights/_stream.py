@@ -1,0 +1,169 @@
+"""The weighted dataset's inputs read out of core (issue 23): DuckDB joins the feedback table, the
+channel's propensities and the embeddings, and hands back rows sorted by exposure_id in batches.
+
+``weights export`` goes this way when the feedback table is larger than the export's memory budget
+(:func:`propensity.weights.export.export_weighted_dataset`); memory is then DuckDB's (capped at half
+the budget, spilling to a temporary folder beyond it), one batch, and the observed rows' weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from propensity.io import scores_layout, scores_path
+from schemas.errors import InputFileError, WarehouseError
+from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
+
+# The feedback columns a dataset row carries (before the channel's own flag column).
+FEEDBACK_COLUMNS: tuple[str, ...] = (
+    "exposure_id", "user_id", "prompt_id", "response_id", "split", "observed", "label", "solicited",
+    "prompt_text", "response_text", *CONTEXT_CATEGORICAL, *CONTEXT_NUMERIC,
+)
+# Label-aware scores: P(o=1 | x, r) at the row's own vote, as propensity.slice.label_aware.propensity_for_labels.
+_LABEL_AWARE_P = """CASE WHEN f.solicited THEN s.propensity
+    WHEN f.observed AND f.label = 1 THEN s.propensity_label1
+    WHEN f.observed AND f.label = 0 THEN s.propensity_label0
+    ELSE s.propensity_context END"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinedInputs:
+    """Counts of the joined inputs (pass 1): rows, rows without a propensity (and a few of their
+    ids), rows without an embedding, and per split the sum of o / p (the snips denominators)."""
+
+    n_rows: int
+    missing_propensity: int
+    missing_sample: list[str]
+    lacking_embedding: int
+    rows_by_split: dict[str, int]
+    inverse_propensity_sum: dict[str, float]
+
+
+def _score_files(warehouse: Path, channel: str, label_aware: bool) -> tuple[list[Path], bool]:
+    """The Parquet files holding the channel's scores, and whether they carry a ``channel`` column."""
+    if label_aware:
+        from propensity.slice.label_aware import label_aware_scores_path
+
+        path = label_aware_scores_path(warehouse)
+        if not path.is_file():
+            raise WarehouseError("warehouse has no label-aware propensities", where=str(path),
+                                 fix=f"run `causalrm propensity fit-label-aware {warehouse}` first")
+        return [path], True
+    layout = scores_layout(warehouse)
+    path = scores_path(warehouse)
+    fix = f"run `causalrm propensity fit {warehouse} --channel {channel}` first"
+    if layout is None:
+        raise WarehouseError("warehouse has no propensity scores", where=str(path), fix=fix)
+    if layout == "file":
+        return [path], True
+    parts = sorted((path / f"channel={channel}").glob("part-*.parquet"))
+    if not parts:
+        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(path), fix=fix)
+    return parts, False
+
+
+@contextmanager
+def joined_inputs(warehouse: Path, dataset: Any, *, channel: str, label_aware: bool, memory_limit_bytes: int) -> Iterator["_Joined"]:
+    """A DuckDB connection with the view ``joined``: one row per feedback row with its columns,
+    ``propensity`` (null when the channel has none) and ``embedding`` when WH/embeddings exists.
+    The last row of an exposure in the score or embedding files wins, as the in-memory readers."""
+    import duckdb
+
+    from feedback_etl.paths import literal_paths
+
+    score_files, has_channel = _score_files(warehouse, channel, label_aware)
+    embedding_files = sorted((warehouse / "embeddings").glob("*.parquet"))
+    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-export-") as spill:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
+            con.execute("SET temp_directory = ?", [spill])
+            con.register("feedback", dataset)
+            scores = [str(links.file(p)) for p in score_files]
+            score_columns = ("propensity, propensity_label1, propensity_label0, propensity_context" if label_aware else "propensity")
+            where = "WHERE channel = $channel" if has_channel else ""
+            con.execute(f"""
+                CREATE TEMP VIEW scores AS
+                SELECT exposure_id, {score_columns} FROM read_parquet({_list(scores)}, filename = true, file_row_number = true)
+                {where}
+                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+            """.replace("$channel", _quote(channel)))
+            flag = CHANNELS[channel]
+            columns = list(dict.fromkeys([*FEEDBACK_COLUMNS, flag]))
+            selected = ", ".join(f'f."{c}"' for c in columns)
+            p = _LABEL_AWARE_P if label_aware else "s.propensity"
+            embedding_join, embedding = "", ""
+            if embedding_files:
+                files = [str(links.file(p)) for p in embedding_files]
+                con.execute(f"""
+                    CREATE TEMP VIEW embeddings AS
+                    SELECT exposure_id, embedding FROM read_parquet({_list(files)}, filename = true, file_row_number = true)
+                    QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+                """)
+                embedding_join, embedding = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
+            con.execute(f"""
+                CREATE TEMP VIEW joined AS
+                SELECT {selected}, {p} AS propensity{embedding}, f."{flag}" AS _observed
+                FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {embedding_join}
+            """)
+            yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware)
+        finally:
+            con.close()
+
+
+def _list(paths: list[str]) -> str:
+    return "[" + ", ".join(_quote(p) for p in paths) + "]"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _Joined:
+    """The ``joined`` view of :func:`joined_inputs`: its counts and its rows in batches."""
+
+    def __init__(self, con: Any, *, has_embeddings: bool, label_aware: bool) -> None:
+        self.con = con
+        self.has_embeddings = has_embeddings
+        self.label_aware = label_aware
+
+    def check_scores(self, where: str) -> None:
+        """Context propensities must lie in (0, 1] (the in-memory export's check)."""
+        if self.label_aware:
+            return
+        bad = "FROM scores WHERE propensity IS NULL OR NOT (propensity > 0 AND propensity <= 1)"
+        n_bad = self.con.execute(f"SELECT count(*) {bad}").fetchone()[0]
+        if n_bad:
+            sample = [row[0] for row in self.con.execute(f"SELECT propensity {bad} LIMIT 3").fetchall()]
+            raise InputFileError(
+                f"{n_bad:,} propensities outside (0, 1] (e.g. {sample})", where=where,
+                fix="refit with a clipping floor > 0 (`causalrm propensity fit --clip 0.05`)",
+            )
+
+    def counts(self) -> JoinedInputs:
+        lacking = "count(*) FILTER (WHERE embedding IS NULL)" if self.has_embeddings else "0"
+        n, missing, n_lacking = self.con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE propensity IS NULL), {lacking} FROM joined"
+        ).fetchone()
+        sample = [row[0] for row in self.con.execute(
+            "SELECT exposure_id FROM joined WHERE propensity IS NULL ORDER BY exposure_id LIMIT 3").fetchall()] if missing else []
+        per_split = self.con.execute(
+            "SELECT split, count(*), sum(CASE WHEN _observed THEN 1.0 / propensity ELSE 0.0 END) FROM joined GROUP BY split"
+        ).fetchall()
+        return JoinedInputs(n_rows=int(n), missing_propensity=int(missing), missing_sample=sample, lacking_embedding=int(n_lacking),
+                            rows_by_split={str(k): int(c) for k, c, _ in per_split},
+                            inverse_propensity_sum={str(k): float(v or 0.0) for k, _, v in per_split})
+
+    def batches(self, batch_rows: int) -> Iterator[pl.DataFrame]:
+        """Every joined row, sorted by exposure_id, ``batch_rows`` at a time (DuckDB sorts out of core)."""
+        reader = self.con.sql("SELECT * EXCLUDE (_observed) FROM joined ORDER BY exposure_id").to_arrow_reader(batch_rows)
+        for batch in reader:
+            if batch.num_rows:
+                yield pl.from_arrow(batch)
