@@ -622,6 +622,8 @@ def noise_estimate(
     embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Give the proxy WH/embeddings when `causalrm embed` has produced them.")] = True,
     max_ci_width: Annotated[float, typer.Option(help="Warn when an interval is wider than this.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of folds, proxy model and bootstrap.")] = 0,
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the estimate may hold in memory (default: what --memory-limit allows). A larger table is streamed: the proxy trains on the observed rows, every exposure is scored in batches; same estimate (docs/propensity-memory.md).")] = None,
+    memory_limit: Annotated[str, typer.Option(help="Memory budget of the estimate (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
 ) -> None:
     """Estimate flip rates rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0) with intervals; writes WH/noise.json."""
     from propensity.noise.estimate import NoiseConfig, estimate_noise, noise_path
@@ -631,7 +633,7 @@ def noise_estimate(
             channel=channel.value, method=method.value, audit=str(audit) if audit else None, quantile=quantile, min_anchors=min_anchors,
             min_quantile=min_quantile, segment_by=_value(segment_by), bootstrap=bootstrap, confidence=confidence, interval=interval.value,
             use_weights=not no_weights, proxy=proxy.value, n_folds=folds, text_features=not no_text,
-            use_embeddings=embeddings, max_ci_width=max_ci_width, seed=seed,
+            use_embeddings=embeddings, max_ci_width=max_ci_width, seed=seed, max_rows=max_rows, memory_limit=memory_limit,
         )
         result = estimate_noise(warehouse, cfg)
     except CausalRMError as exc:

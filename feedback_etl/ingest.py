@@ -449,7 +449,7 @@ def _pipeline(
         # new_events is a table (custom context columns): free the typed copy before the mart.
         conn.execute('DROP TABLE "typed_events"')
     else:
-        _keep_accepted_only(conn)
+        steps.run("keep_accepted", lambda: _keep_accepted_only(conn))
     conn.execute(
         'CREATE OR REPLACE TEMP VIEW "all_events" AS '
         'SELECT * FROM "warehouse_events" UNION ALL SELECT * FROM "new_events"'
@@ -469,7 +469,15 @@ def _pipeline(
             return 0
         _check_unique(conn, "new_events", "event_id", "events")
         sql_checks.validate_relation(conn, "new_events", "events", skip_unique=True)
-        return writes["events"].copy(conn, f'SELECT {select} FROM "new_events"', schema, {"run_id": run_id})
+        # One part per batch_rows rows of the table under new_events (a rowid range: the scan
+        # reads only that range), so a part holds at most batch_rows events; empty parts are dropped.
+        base, projection = ('"new_events"', "*") if _has_relation(conn, "new_events") else ('"typed_events"', _ACCEPTED)
+        end = int(conn.execute(f"SELECT COALESCE(MAX(rowid), -1) + 1 FROM {base}").fetchone()[0])
+        written = 0
+        for low in range(0, end, cfg.batch_rows):
+            part = f'SELECT {projection} FROM {base} WHERE rowid >= {low} AND rowid < {low + cfg.batch_rows}'
+            written += writes["events"].copy(conn, f'SELECT {select} FROM ({part}) AS "new_events"', schema, {"run_id": run_id})
+        return written
 
     def write_rejects() -> int:
         validate = lambda frame: sql_checks.conform(frame, "rejects")  # noqa: E731
@@ -616,7 +624,9 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
         return int(conn.execute(sql).fetchone()[0])
 
     rows_read = scalar('SELECT COUNT(*) FROM "typed_events"')
-    accepted = scalar('SELECT COUNT(*) FROM "new_events"')
+    # One pass over the accepted rows gives both their number and their types.
+    by_type = dict(conn.execute('SELECT "event_type", COUNT(*) FROM "new_events" GROUP BY 1 ORDER BY 1').fetchall())
+    accepted = int(sum(by_type.values()))
     duplicates = scalar('SELECT COUNT(*) FROM "duplicates"') + scalar(
         'SELECT COUNT(*) FROM "impression_losers" WHERE "same_content"'
     )
@@ -635,7 +645,6 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
             where="ingest reconciliation",
             fix="this is a bug in the ETL; report it with the input files",
         )
-    by_type = dict(conn.execute('SELECT "event_type", COUNT(*) FROM "new_events" GROUP BY 1 ORDER BY 1').fetchall())
     rows_per_file = dict(conn.execute('SELECT "file_index", COUNT(*) FROM "typed_events" GROUP BY 1').fetchall())
     # Per file and reason, with one example detail per reason: what run_checks judges (issue 18).
     rejected_by_file: dict[str, dict[str, int]] = {}
@@ -671,12 +680,20 @@ def _keep_accepted_only(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(
         """DELETE FROM "typed_events" AS t
         WHERE t."reject_reason" IS NOT NULL
-           OR EXISTS (SELECT 1 FROM "duplicates" AS d WHERE d."file_index" = t."file_index" AND d."row_number" = t."row_number")
-           OR EXISTS (SELECT 1 FROM "impression_losers" AS l WHERE l."file_index" = t."file_index" AND l."row_number" = t."row_number")
-           OR EXISTS (SELECT 1 FROM "orphans" AS o WHERE o."file_index" = t."file_index" AND o."row_number" = t."row_number")"""
+           OR EXISTS (
+               SELECT 1 FROM (
+                   SELECT "file_index", "row_number" FROM "duplicates"
+                   UNION ALL SELECT "file_index", "row_number" FROM "impression_losers"
+                   UNION ALL SELECT "file_index", "row_number" FROM "orphans"
+               ) AS d
+               WHERE d."file_index" = t."file_index" AND d."row_number" = t."row_number"
+           )"""
     )
-    columns = ", ".join(f'"{name}"' for name in _EVENT_COLUMNS if name != "context")
-    conn.execute(f'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT {columns}, CAST(NULL AS VARCHAR) AS "context" FROM "typed_events"')
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT {_ACCEPTED} FROM "typed_events"')
+
+
+# new_events as a projection of typed_events once only accepted rows are left in it (no context columns).
+_ACCEPTED = ", ".join(f'"{name}"' for name in _EVENT_COLUMNS if name != "context") + ', CAST(NULL AS VARCHAR) AS "context"'
 
 
 def _attach_context(conn: duckdb.DuckDBPyConnection) -> None:

@@ -8,10 +8,11 @@ the run -- preflight, sha256 skipping, the lock, staging, the atomic commit and 
 the DuckDB engine writes: same rows, same Parquet column names, order and types.
 
 What it reads: canonical Parquet and JSON Lines (``.jsonl``, ``.ndjson``, ``.json``, optionally
-``.gz``), with ``--mapping`` field and event-type renames. ``row_number`` is numbered as DuckDB
-numbers it: Parquet by the file's own row index, JSON Lines by line (blank lines skipped but
-counted; LF or CRLF; a bare CR stays inside its line; a leading UTF-8 BOM is dropped; a line with
-invalid UTF-8 or a NUL byte is an ``unparseable_row``). What it refuses, with one ConfigError
+``.gz``), with ``--mapping`` field and event-type renames and custom feature columns
+(``[features]``, ``--keep-extra-columns``; section "custom context columns" below, issue 17).
+``row_number`` is numbered as DuckDB numbers it: Parquet by the file's own row index, JSON Lines
+by line (blank lines skipped but counted; LF or CRLF; a bare CR stays inside its line; a leading
+UTF-8 BOM is dropped; a line with invalid UTF-8 or a NUL byte is an ``unparseable_row``). What it refuses, with one ConfigError
 before the warehouse is touched: other sources (oasst, langfuse, ratings), CSV inputs, and the
 privacy hook (``--pseudonymize-key-env``, ``--text hash|drop``, ``--redact``, ``--embed``).
 
@@ -254,7 +255,8 @@ def _pipeline(
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
     # Each user's split, balanced in rows; users of the committed feedback table keep theirs (issue 15).
-    steps.run("marts/user_splits", lambda: (_register_previous_splits(spark, warehouse, previous_feedback), run("marts/user_splits", view="user_splits")))
+    steps.run("marts/user_splits", lambda: (
+        _register_previous_splits(spark, warehouse, previous_feedback), run("marts/user_splits", view="user_splits")))
     mart = steps.run("marts/feedback", lambda: run("marts/feedback", {"window": window}, view="feedback_mart", conform=FeedbackTable))
     wanted = features.resolve_features(mapping, tables.get("features"))
     mart, kept, feature_warnings = steps.run(
@@ -297,8 +299,8 @@ def _run_settings(spark: "SparkSession") -> Iterator[None]:
             else:
                 spark.conf.set(key, value)
         for view in ("raw_events", "event_type_map", "warehouse_events", "typed_events", "duplicates",
-                     "impression_losers", "orphans", "new_events", "rejects", "all_events", "previous_splits", "user_splits", "feedback_mart",
-                     "feature_context", "new_events_context", "impression_context", "feedback_mart_features"):
+                     "impression_losers", "orphans", "new_events", "rejects", "all_events", "previous_splits", "user_splits",
+                     "feedback_mart", "feature_context", "new_events_context", "impression_context", "feedback_mart_features"):
             spark.catalog.dropTempView(view)
 
 
@@ -419,7 +421,7 @@ def _register_previous_splits(spark: "SparkSession", warehouse: Path, feedback: 
     if feedback is not None and feedback.files:
         table = engine_folder(warehouse / "feedback")
         frame = spark.read.parquet(*[_uri(table / f.relative_to(warehouse / "feedback")) for f in feedback.files])
-        frame = frame.select(F.col("user_id").cast("string").alias("user_id"), F.col("split").cast("string").alias("split")).distinct()
+        frame = frame.select(*[F.col(c).cast("string").alias(c) for c in ("user_id", "split")]).distinct()
     else:
         frame = _rows(spark, [], {"user_id": "STRING", "split": "STRING"})
     frame.createOrReplaceTempView("previous_splits")

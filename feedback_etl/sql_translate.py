@@ -11,7 +11,7 @@ answer (``tests/feedback_etl/test_spark_ingest.py``):
 
 ======================  ===========================================================================
 ``_hex_cast``           ``CAST('0x' || h AS BIGINT)`` (DuckDB reads hex) -> ``CAST(CONV(h, 16, 10) AS
-                        BIGINT)``: Spark's cast of ``'0x..'`` is NULL (the split bucket of the mart).
+                        BIGINT)``: Spark's cast of ``'0x..'`` is NULL (the split offset in marts/user_splits).
 ``_timestamp_ltz``      ``TIMESTAMP WITH TIME ZONE`` -> ``TIMESTAMP_LTZ``, not sqlglot's bare
                         ``TIMESTAMP``, whose meaning depends on ``spark.sql.timestampType``.
 ``_timestamp_text``     ``CAST(ts AS VARCHAR)`` ends in ``+00`` as DuckDB's does (reject payloads).

@@ -64,6 +64,9 @@ DELTA_TABLES: tuple[str, ...] = ("events", "rejects", "feedback")
 # 1: Parquet folders swapped by renames; 2: Delta tables committed by the manifest.
 MANIFEST_VERSION = 2
 RUN_ID_KEY = "causalrm_run_id"
+# Rows a version added, in its commit info: a commit of staged files (create_write_transaction)
+# carries no operation metrics, so `causalrm history` would have nothing to show.
+ROWS_KEY = "causalrm_rows_added"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([hdw])\s*$")
 _DURATION_HOURS = {"h": 1, "d": 24, "w": 168}
 
@@ -540,6 +543,7 @@ def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
             if rows
         ]
         note = CommitProperties(custom_metadata={RUN_ID_KEY: write.run_id})
+        counted = CommitProperties(custom_metadata={RUN_ID_KEY: write.run_id, ROWS_KEY: write.rows})
         path.mkdir(parents=True, exist_ok=True)
         with literal_paths() as links:
             uri = _delta_uri(links, path)
@@ -552,11 +556,11 @@ def commit_writes(writes: Iterable[TableWrite]) -> dict[str, int]:
 
                     delta.alter.add_columns(Schema.from_arrow(pa.schema(added)).fields, commit_properties=note)
                     delta = DeltaTable(uri)
-                delta.create_write_transaction(actions, write.mode, write.schema, commit_properties=note)
+                delta.create_write_transaction(actions, write.mode, write.schema, commit_properties=counted)
             else:
                 from deltalake import Schema
 
-                create_table_with_add_actions(uri, Schema.from_arrow(write.schema), actions, mode="error", commit_properties=note)
+                create_table_with_add_actions(uri, Schema.from_arrow(write.schema), actions, mode="error", commit_properties=counted)
             versions[write.table] = DeltaTable(uri).version()
     return versions
 
@@ -634,7 +638,7 @@ def history(warehouse: Path) -> list[dict]:
                 "timestamp": datetime.fromtimestamp(entry["timestamp"] / 1000, timezone.utc).isoformat(timespec="milliseconds"),
                 "operation": entry.get("operation"),
                 "run_id": entry.get(RUN_ID_KEY),
-                "rows_added": metrics.get("num_added_rows", metrics.get("numOutputRows")),
+                "rows_added": metrics.get("num_added_rows", metrics.get("numOutputRows", entry.get(ROWS_KEY))),
                 "current": current == int(entry["version"]),
             })
     return rows

@@ -11,12 +11,15 @@ learning for DR (Wang et al., ICML 2019, "Doubly Robust Joint Learning for Recom
 Missing Not at Random"):
 
 1. g: one AdamW step on its own objective, the CausalRM-IPS loss with the bounded MSE base
-   (``losses.imputation_loss``) on the batch, so y_hat targets E[r* | x] over all exposures;
+   (``losses.imputation_loss``, dr-debias-only: plain IPS) on the batch, so y_hat targets E[r* | x]
+   over all exposures;
 2. f: one AdamW step on the DR loss with e_i = E_{y ~ Bernoulli(y_hat_i)} l(f(x_i), y), y_hat detached.
 
-g is cross-fitted by user fold (issue 15, :class:`_CrossFitImputer`): two heads, each trained on
-the rows of one half of the users and imputing the other half, so y_hat_i never comes from a head
-that took a step on row i's label.
+g is cross-fitted by user fold (issue 15, :class:`_CrossFitImputer`): K = ``IMPUTATION_FOLDS`` = 5
+heads; head k trains on the rows of the other K - 1 user folds and imputes fold k, so y_hat_i never
+comes from a head that took a step on row i's label, and every imputation still rests on 80% of the
+users (with 2 folds each half-data head fitted r* worse, test R2 0.61 vs 0.77, and the demo's
+causalrm-dr lost about 0.01 of R2: benchmarks/paper_repro/issue15_dr_demo.md).
 
 Why alternate rather than minimise one joint sum: the DR objective is small when y_hat agrees with f,
 so letting its gradient reach g would pull the imputation towards the reward model instead of towards
@@ -87,7 +90,7 @@ from rm_train.data import (
     target_tensors,
 )
 from rm_train.heads import RewardHead
-from rm_train.losses import OBSERVED_ONLY, bce_parts, imputation_loss, nonnegative_objective, pairwise_terms, pointwise_terms
+from rm_train.losses import OBSERVED_ONLY, bce_parts, nonnegative_objective, pairwise_terms, pointwise_terms
 from schemas.errors import ConfigError, EstimationError
 
 log = logging.getLogger(__name__)
@@ -275,23 +278,25 @@ class _Objective:
                         global_rows: int | None = None, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of g on its own objective; returns (its loss, y_hat detached) for the batch.
 
-        Under DDP (``world_size`` > 1) the batch is this rank's share of a global batch of
-        ``global_rows`` rows and the loss is ``sum(terms) * world_size / global_rows``, so the
-        rank-averaged gradient is the single process's gradient of the batch mean.
+        Every head k takes its step on the batch's rows outside fold k (``losses.imputation_loss`` as
+        per-row terms: causalrm-ips, ips for dr-debias-only, with the MSE base); the loss is
+        ``sum(terms of the training heads) * world_size / (global_rows * (K - 1))``, the mean of the
+        heads' batch means. Under DDP (``world_size`` > 1) the batch is this rank's share of a global
+        batch of ``global_rows`` rows, so the rank-averaged gradient is the single process's.
         """
         with _autocast(device):
-            logit, imputed = imputer(batch).float()  # own-fold head (trained here), other fold's (imputes)
-        if world_size == 1:
-            loss = imputation_loss(logit, batch["label"], batch["weight"], batch["rho01"], batch["rho10"],
-                                   denoise=self.cfg.loss == "causalrm-dr")
-        else:
-            # imputation_loss as per-row terms: causalrm-ips (ips for dr-debias-only) with the MSE base.
-            terms, _ = pointwise_terms("causalrm-ips" if self.cfg.loss == "causalrm-dr" else "ips", logit, batch, base="mse")
-            loss = terms.sum() * (world_size / global_rows)
+            logits = imputer(batch).float()  # (K, n): every fold's head
+        fold = batch["imputation_fold"].long()
+        trains = torch.ones_like(logits)
+        trains[fold, torch.arange(fold.shape[0], device=fold.device)] = 0.0  # head k never steps on fold k
+        loss_name = "causalrm-ips" if self.cfg.loss == "causalrm-dr" else "ips"
+        terms = torch.stack([pointwise_terms(loss_name, logit, batch, base="mse")[0] for logit in logits])
+        rows = fold.shape[0] if global_rows is None else global_rows
+        loss = (terms * trains).sum() * (world_size / (rows * (logits.shape[0] - 1)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.detach(), torch.sigmoid(imputed.detach())
+        return loss.detach(), torch.sigmoid(_imputed_logit(logits.detach(), batch))
 
     @torch.no_grad()
     def split_loss(self, model, imputer, rows: TensorRows, device: torch.device, batch_size: int = 8192,
@@ -313,7 +318,7 @@ class _Objective:
             y_hat = None
             if imputer is not None:
                 with _autocast(device):
-                    y_hat = torch.sigmoid(imputer(batch)[1].float())  # the cross-fitted imputation
+                    y_hat = torch.sigmoid(_imputed_logit(imputer(batch).float(), batch))  # cross-fitted
             if self.nonnegative:
                 positive, negative, weight = self.parts(model, batch, device, y_hat)
                 total += positive.sum()
@@ -396,33 +401,42 @@ def _small_validation_warning(cfg: TrainConfig, prepared: dict[str, Any], val_pa
             f"and best_val_loss rest on few labels and may pick an arbitrary epoch; export more data or train fewer epochs")
 
 
+#: User folds of the cross-fitted DR imputation (the usual K = 5 of cross-fitting, as DoubleML's
+#: default): each imputation rests on (K - 1) / K of the users; K = 2 left half, and the half-data
+#: heads imputed r* visibly worse (issue 15, benchmarks/paper_repro/issue15_dr_demo.md).
+IMPUTATION_FOLDS = 5
+
+
 def _imputation_folds(frame: pl.DataFrame) -> dict[str, torch.Tensor]:
-    """``imputation_fold`` (float32 0/1, shape (n,)): the user's fold for the cross-fitted imputation
-    head, from a seeded hash of user_id (a user's rows share a fold)."""
-    fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % 2).cast(pl.Float32)
+    """``imputation_fold`` (float32 in {0, ..., IMPUTATION_FOLDS - 1}, shape (n,)): the user's fold for
+    the cross-fitted imputation heads, from a seeded hash of user_id (a user's rows share a fold)."""
+    fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % IMPUTATION_FOLDS).cast(pl.Float32)
     return {"imputation_fold": torch.from_numpy(fold.to_numpy().copy())}
 
 
-class _CrossFitImputer(torch.nn.Module):
-    """The DR imputation head g, cross-fitted by user fold (issue 15): two heads; head k trains on the
-    rows of fold k and imputes the rows of the other fold, so no row's y_hat comes from a head that
-    took a step on that row's label (a high-capacity head, e.g. with ID features, could otherwise
-    memorise the observed labels, and y_hat would then depend on the row's own r and o, which breaks
-    the DR argument).
+def _imputed_logit(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The cross-fitted imputation, shape (n,): row i's logit from head ``imputation_fold[i]`` of the
+    (K, n) output of :class:`_CrossFitImputer`."""
+    return logits.gather(0, batch["imputation_fold"].long().unsqueeze(0))[0]
 
-    ``forward`` returns shape (2, n): row 0 the logit of the row's own-fold head (the one trained on
-    it), row 1 the other fold's (the imputation). One module, so DDP, dropout sharding and the
-    optimiser treat it as one head.
+
+class _CrossFitImputer(torch.nn.Module):
+    """The DR imputation head g, cross-fitted by user fold (issue 15): ``IMPUTATION_FOLDS`` heads; head
+    k trains on the rows of the other folds and imputes the rows of fold k, so no row's y_hat comes
+    from a head that took a step on that row's label (a high-capacity head, e.g. with ID features,
+    could otherwise memorise the observed labels, and y_hat would then depend on the row's own r and
+    o, which breaks the DR argument).
+
+    ``forward`` returns every head's logit, shape (K, n) (:func:`_imputed_logit` picks the
+    imputation). One module, so DDP, dropout sharding and the optimiser treat it as one head.
     """
 
-    def __init__(self, spec: FeatureSpec, cfg: TrainConfig) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: TrainConfig, folds: int = IMPUTATION_FOLDS) -> None:
         super().__init__()
-        self.heads = torch.nn.ModuleList([_new_head(spec, cfg), _new_head(spec, cfg)])
+        self.heads = torch.nn.ModuleList([_new_head(spec, cfg) for _ in range(folds)])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        second_fold = batch["imputation_fold"] > 0.5
-        first, second = self.heads[0](batch), self.heads[1](batch)
-        return torch.stack([torch.where(second_fold, second, first), torch.where(second_fold, first, second)])
+        return torch.stack([head(batch) for head in self.heads])
 
 
 def _new_head(spec: FeatureSpec, cfg: TrainConfig) -> RewardHead:

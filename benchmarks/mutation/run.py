@@ -69,7 +69,8 @@ MODULES: dict[str, list[str]] = {
         "test_redaction_counts_on_planted_examples", "test_text_modes_in_the_warehouse")],
     "propensity/noise/_proxy.py": ["tests/propensity/test_noise_accuracy.py", "tests/propensity/test_noise.py"],
     "propensity/noise/estimate.py": ["tests/propensity/test_noise.py", "tests/propensity/test_noise_accuracy.py"],
-    "feedback_etl/warehouse.py": ["tests/feedback_etl/test_warehouse_commit.py"] + [DELTA + name for name in (
+    "feedback_etl/warehouse.py": ["tests/feedback_etl/test_warehouse_commit.py", "tests/feedback_etl/test_warehouse_mutants.py"] + [
+        DELTA + name for name in (
         "test_time_travel_returns_the_exact_earlier_rows", "test_history_and_vacuum",
         "test_a_first_run_killed_before_its_manifest_leaves_no_table_to_read",
         "test_two_writers_at_once_are_serialised_by_the_lock",

@@ -4,18 +4,21 @@ Session 3 changed two things in the mse DR path of ``rm_train/train.py`` / ``rm_
 (the demo's weighted dataset is byte-identical before and after: same propensities, weights, flip
 rates, split):
 
-* ``crossfit``: the imputation head g is two heads cross-fitted by user fold (each trained on half
-  the users, imputing the other half) instead of one head that takes its step on the batch it imputes;
-* ``variance``: the DR imputed error adds y_hat (1 - y_hat) (the DR *value*; the gradient is the same),
+* cross-fitting: the imputation head g became two heads cross-fitted by user fold (each trained on
+  half the users, imputing the other half) instead of one head that takes its step on the batch it
+  imputes; the trainer now uses ``IMPUTATION_FOLDS`` = 5 folds (each imputation rests on 80% of the
+  users), chosen from these runs;
+* variance: the DR imputed error adds y_hat (1 - y_hat) (the DR *value*; the gradient is the same),
   which changes the validation loss and so the early-stopping epoch.
 
-This trains causalrm-dr on one dataset (the demo's, ``examples/demo.sh DIR`` or ``make demo``) with
-each of the four combinations, monkeypatched into the trainer, over several training seeds, and
-reports test R2 vs y_true and vs r*, the stopping epoch, and the imputation head's own test R2 vs r*
-(its y_hat is what the DR loss imputes). ``shared`` + ``no variance`` is the pre-issue-15 trainer
-(at seed 0 it reproduces the old demo's 0.395 bit for bit).
+This trains causalrm-dr on one dataset (the demo's: ``examples/demo.sh DIR`` or ``make demo``) with
+each variant monkeypatched into the trainer, over several training seeds, and reports test R2 vs
+y_true and vs r*, the stopping epoch, the imputation's own test R2 vs r* (the y_hat the DR loss
+imputes), and the reward head's test R2 after every epoch (to separate the training path from the
+epoch early stopping picks). At seed 0, "2 folds + variance" reproduces session 3's demo (0.370)
+and "shared, no variance" the pre-issue-15 demo (0.395), bit for bit.
 
-    .venv/bin/python benchmarks/paper_repro/issue15_dr_demo.py DEMO_DIR [--seeds 0 1 2 3 4] [--out FILE.json]
+    .venv/bin/python benchmarks/paper_repro/issue15_dr_demo.py DEMO_DIR [--seeds 0 1 2] [--variants ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -36,48 +39,67 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-VARIANTS = {  # name: (cross-fitted imputation head, Bernoulli-variance term in the DR value, candidate changes)
-    "crossfit+variance (current)": (True, True, ()),
-    "crossfit, no variance": (True, False, ()),
-    "shared+variance": (False, True, ()),
-    "shared, no variance (pre-issue-15)": (False, False, ()),
-    # Candidates (not in the trainer unless stated in issue15_dr_demo.md):
-    "current + eval-mode y_hat": (True, True, ("eval_imputation",)),
-    "current + held-out mean": (True, True, ("heldout_mean",)),
+#: name: (user folds of the imputation, 1 = one shared head; Bernoulli-variance term in the DR value;
+#: candidate changes that were tried and are not in the trainer)
+VARIANTS = {
+    "5 folds + variance (current)": (5, True, ()),
+    "2 folds + variance (session 3)": (2, True, ()),
+    "2 folds, no variance": (2, False, ()),
+    "shared + variance": (1, True, ()),
+    "shared, no variance (pre-issue-15)": (1, False, ()),
+    "2 folds + variance + eval-mode y_hat": (2, True, ("eval_imputation",)),
+    "2 folds + variance + held-out mean": (2, True, ("heldout_mean",)),
 }
 
 
-class _SharedImputer:
-    """Factory for the pre-issue-15 imputation head: one head, trained on and imputing the same rows
-    (forward returns the same logit twice, in :class:`rm_train.train._CrossFitImputer`'s (2, n) shape)."""
+def _imputer_class(folds: int):
+    """The imputation module for a variant: the trainer's cross-fitted heads with ``folds`` folds, or
+    (``folds`` = 1) the pre-issue-15 single head, trained on and imputing the same rows (its logit
+    repeated in the (K, n) shape the trainer expects, so every row trains it once)."""
+    import torch
 
-    def __new__(cls, spec, cfg):
-        import torch
+    import rm_train.train as trainer
 
-        import rm_train.train as trainer
+    if folds > 1:
+        class CrossFit(trainer._CrossFitImputer):
+            def __init__(self, spec, cfg) -> None:
+                super().__init__(spec, cfg, folds=folds)
 
-        class Shared(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.heads = torch.nn.ModuleList([trainer._new_head(spec, cfg)])
+        return CrossFit
 
-            def forward(self, batch):
-                logit = self.heads[0](batch)
-                return torch.stack([logit, logit])
+    class Shared(torch.nn.Module):
+        def __init__(self, spec, cfg) -> None:
+            super().__init__()
+            self.heads = torch.nn.ModuleList([trainer._new_head(spec, cfg)])
 
-        return Shared()
+        def forward(self, batch):
+            return self.heads[0](batch).expand(trainer.IMPUTATION_FOLDS, -1)
+
+    return Shared
 
 
 @contextlib.contextmanager
-def _variant(crossfit: bool, variance: bool, candidates: tuple[str, ...] = ()):
+def _variant(folds: int, variance: bool, candidates: tuple[str, ...] = ()):
+    import polars as pl
     import torch
 
     import rm_train.losses as losses
     import rm_train.train as trainer
 
-    saved = trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows
-    if not crossfit:
-        trainer._CrossFitImputer = _SharedImputer
+    saved = (trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows,
+             trainer._imputation_folds)
+    fold_count = folds if folds > 1 else trainer.IMPUTATION_FOLDS
+
+    def imputation_folds(frame):
+        fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % fold_count).cast(pl.Float32)
+        return {"imputation_fold": torch.from_numpy(fold.to_numpy().copy())}
+
+    trainer._imputation_folds, trainer._CrossFitImputer = imputation_folds, _imputer_class(folds)
+    if not variance:
+        def imputed_loss(logit, y_hat, kind="mse"):
+            return losses.base_loss(logit, y_hat.detach(), kind)
+
+        losses.imputed_loss = imputed_loss
     if "eval_imputation" in candidates:
         # y_hat for f's step from the imputer in eval mode (no dropout sample), before g's step.
         original_step = saved[2]
@@ -85,39 +107,36 @@ def _variant(crossfit: bool, variance: bool, candidates: tuple[str, ...] = ()):
         def imputation_step(self, imputer, optimizer, batch, device, *args, **kwargs):
             imputer.eval()
             with torch.no_grad():
-                y_hat = torch.sigmoid(imputer(batch)[1].float())
+                y_hat = torch.sigmoid(trainer._imputed_logit(imputer(batch).float(), batch))
             imputer.train()
             loss, _ = original_step(self, imputer, optimizer, batch, device, *args, **kwargs)
             return loss, y_hat
 
         trainer._Objective.imputation_step = imputation_step
     if "heldout_mean" in candidates:
-        # Validation users are in neither fold: impute them with the mean of both heads' probabilities.
-        original_prepare, original_forward = saved[3], trainer._CrossFitImputer.forward
+        # Validation users are in no training fold: impute them with the mean of all heads' probabilities
+        # (marked by fold = -1, which the forward maps to the mean in every row).
+        original_prepare, base = saved[3], trainer._CrossFitImputer
 
         def prepare_rows(frame, cfg, *args, **kwargs):
             prepared = original_prepare(frame, cfg, *args, **kwargs)
             if prepared.get("val") is not None and "imputation_fold" in prepared["val"].tensors:
-                prepared["val"].tensors["imputation_fold"].fill_(0.5)
+                prepared["val"].tensors["imputation_fold"].fill_(-1.0)
             return prepared
 
-        class HeldOut(trainer._CrossFitImputer):
+        class HeldOut(base):
             def forward(self, batch):
-                out = original_forward(self, batch)
-                held_out = (batch["imputation_fold"] - 0.5).abs() < 0.25
-                mean = torch.logit((torch.sigmoid(out[0]) + torch.sigmoid(out[1])) / 2, eps=1e-6)
-                return torch.stack([out[0], torch.where(held_out, mean, out[1])])
+                logits = super().forward(batch)
+                held_out = batch["imputation_fold"] < 0
+                mean = torch.logit(torch.sigmoid(logits).mean(0), eps=1e-6)
+                return torch.where(held_out, mean, logits)
 
         trainer._prepare_rows, trainer._CrossFitImputer = prepare_rows, HeldOut
-    if not variance:
-        def imputed_loss(logit, y_hat, kind="mse"):
-            return losses.base_loss(logit, y_hat.detach(), kind)
-
-        losses.imputed_loss = imputed_loss
     try:
         yield
     finally:
-        trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows = saved
+        (trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows,
+         trainer._imputation_folds) = saved
 
 
 @contextlib.contextmanager
@@ -148,7 +167,7 @@ def _per_epoch_r2(frame, dataset: Path, cfg, y_true, history: list[float]):
         trainer._Objective.split_loss = original
 
 
-def _imputation_r2(model_dir: Path, dataset: Path, truth: Path, cfg, crossfit: bool) -> float:
+def _imputation_r2(model_dir: Path, dataset: Path, truth: Path, cfg) -> float:
     """Test-split R2 of the saved imputation head's y_hat (the cross-fitted one) against r*."""
     import numpy as np
     import polars as pl
@@ -160,12 +179,13 @@ def _imputation_r2(model_dir: Path, dataset: Path, truth: Path, cfg, crossfit: b
 
     frame = load_weighted_dataset(dataset)
     prepared = trainer._prepare_rows(frame, dataclasses.replace(cfg, val_split="test"), dataset=dataset)
-    imputer = (trainer._CrossFitImputer if crossfit else _SharedImputer)(prepared["spec"], cfg)
+    imputer = trainer._CrossFitImputer(prepared["spec"], cfg)  # the variant's (patched in by _variant)
     imputer.load_state_dict(load_file(str(model_dir / "imputation.safetensors")))
     imputer.eval()
     rows = prepared["val"]
     with torch.no_grad():
-        y_hat = torch.sigmoid(imputer(rows[slice(0, len(rows))])[1]).numpy()
+        batch = rows[slice(0, len(rows))]
+        y_hat = torch.sigmoid(trainer._imputed_logit(imputer(batch), batch)).numpy()
     test = frame.filter(pl.col("split") == "test").select("exposure_id")
     r_star = test.join(pl.read_parquet(truth).select("exposure_id", "r_star"), on="exposure_id", how="left")["r_star"].to_numpy()
     return float(1 - ((y_hat - r_star) ** 2).sum() / ((r_star - r_star.mean()) ** 2).sum()) if np.isfinite(r_star).all() else float("nan")
@@ -179,14 +199,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "issue15_dr_demo.json")
     args = parser.parse_args()
 
+    import polars as pl
+
     from rm_train.config import TrainConfig
+    from rm_train.data import load_weighted_dataset
     from rm_train.evaluate import evaluate
     from rm_train.predict import predict
     from rm_train.train import train
-
-    import polars as pl
-
-    from rm_train.data import load_weighted_dataset
 
     dataset, truth = args.demo_dir / "dataset", args.demo_dir / "logs" / "truth.parquet"
     frame = load_weighted_dataset(dataset)
@@ -195,14 +214,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
-            crossfit, variance, candidates = VARIANTS[name]
+            folds, variance, candidates = VARIANTS[name]
             for seed in args.seeds:
                 cfg = TrainConfig(loss="causalrm-dr", seed=seed, device="cpu")
                 model_dir, preds = Path(tmp) / "model", Path(tmp) / "preds.parquet"
                 history: list[float] = []
-                with _variant(crossfit, variance, candidates), _per_epoch_r2(frame, dataset, cfg, y_true, history):
+                with _variant(folds, variance, candidates), _per_epoch_r2(frame, dataset, cfg, y_true, history):
                     trained = train(dataset, cfg, model_dir)
-                    imputation_r2 = _imputation_r2(model_dir, dataset, truth, cfg, crossfit)
+                    imputation_r2 = _imputation_r2(model_dir, dataset, truth, cfg)
                 predict(model_dir, dataset, preds, device="cpu")
                 metrics = evaluate(preds, truth, split="test")
                 rows.append({"variant": name, "seed": seed, "r2_y_true": metrics["r2_y_true"], "r2_r_star": metrics["r2_r_star"],
@@ -219,10 +238,10 @@ def main() -> None:
                                "sd": statistics.stdev(row[key] for row in part) if len(part) > 1 else 0.0}
                          for key in ("r2_y_true", "r2_r_star", "best_epoch", "imputation_r2_r_star",
                                      "r2_y_true_mean_epochs_4_on", "r2_y_true_max_epoch")}
-    print(f"\n{'variant':<36}{'R2 y_true':>18}{'R2 r*':>18}{'best epoch':>14}{'imput. R2 r*':>18}"
+    print(f"\n{'variant':<40}{'R2 y_true':>18}{'R2 r*':>18}{'best epoch':>14}{'imput. R2 r*':>18}"
           f"{'R2 y, epochs 4+':>18}{'R2 y, max epoch':>18}")
     for name, stats in summary.items():
-        print(f"{name:<36}" + "".join(f"{stats[k]['mean']:>11.3f} ± {stats[k]['sd']:.3f}" if k != "best_epoch"
+        print(f"{name:<40}" + "".join(f"{stats[k]['mean']:>11.3f} ± {stats[k]['sd']:.3f}" if k != "best_epoch"
                                        else f"{stats[k]['mean']:>8.1f} ± {stats[k]['sd']:.1f}"
                                        for k in ("r2_y_true", "r2_r_star", "best_epoch", "imputation_r2_r_star",
                                                  "r2_y_true_mean_epochs_4_on", "r2_y_true_max_epoch")))

@@ -13,7 +13,7 @@ slice's response rate is below 1 in the copies).
     nice -n 10 .venv/bin/python benchmarks/propensity/chain_scale.py run /tmp/h5bench/wh1m --label 1M
     nice -n 10 .venv/bin/python benchmarks/propensity/chain_scale.py run /tmp/h5bench/wh1m --label 1M-streamed --step-args '--max-rows 100000'
 
-``--step-args`` go to fit-label-aware, weights export and audit (``--max-rows`` / ``--memory-limit``);
+``--step-args`` go to every step (``--max-rows`` / ``--memory-limit``);
 ``--steps`` picks steps. Appends to benchmarks/propensity/results_chain.json and prints one row per step.
 """
 
@@ -47,9 +47,9 @@ def make(n: int, out: Path, seed: int = 3) -> None:
 def _commands(work: Path, threads: int, step_args: list[str]) -> dict[str, list[str]]:
     t = ["--threads", str(threads)]
     return {
-        "fit": ["propensity", "fit", str(work), "--no-embeddings", *t],
+        "fit": ["propensity", "fit", str(work), "--no-embeddings", *t, *step_args],
         "fit-label-aware": ["propensity", "fit-label-aware", str(work), "--bootstrap", "50", *t, *step_args],
-        "noise": ["noise", "estimate", str(work), "--no-embeddings", "--bootstrap", "50"],
+        "noise": ["noise", "estimate", str(work), "--no-embeddings", "--bootstrap", "50", *step_args],
         "export": ["weights", "export", str(work), "--out", str(work.parent / f"{work.name}-dataset"), *step_args],
         "audit": ["audit", str(work), "--out", str(work.parent / f"{work.name}-audit" / "report.html"), *step_args],
     }
@@ -92,7 +92,7 @@ def main() -> None:
     b.add_argument("--label", required=True)
     b.add_argument("--steps", default=",".join(STEPS))
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--step-args", default="", help="options for fit-label-aware, weights export and audit, e.g. '--max-rows 100000'")
+    b.add_argument("--step-args", default="", help="options for every step, e.g. '--max-rows 100000' or '--memory-limit 3GB'")
     b.add_argument("--keep", action="store_true", help="keep the working copy (to rerun later steps with --steps)")
     b.add_argument("--results", type=Path, default=HERE / "results_chain.json")
     args = parser.parse_args()

@@ -690,13 +690,9 @@ def audit_plan(n_rows: int, cfg: AuditConfig) -> dict[str, Any]:
     """Whether the audit reads the table whole or streams it: the threshold of ``propensity fit``
     (:func:`propensity.models.casecontrol.plan_rows`), ``cfg.max_rows`` capping it; a streamed audit
     computes its balance table and segments on a uniform sample of ``max_rows`` exposures."""
-    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+    from propensity.models.casecontrol import stream_plan
 
-    limit = parse_memory(cfg.memory_limit)
-    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
-    cap = int(whole if cfg.max_rows is None else min(cfg.max_rows, whole))
-    return {"streamed": n_rows > cap, "n_rows": n_rows, "max_rows": cap, "max_rows_option": cfg.max_rows,
-            "memory_limit": cfg.memory_limit, "memory_limit_bytes": limit}
+    return stream_plan(n_rows, max_rows=cfg.max_rows, memory_limit=cfg.memory_limit)
 
 
 def run_audit(cfg: AuditConfig) -> AuditResult:

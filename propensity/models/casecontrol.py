@@ -544,3 +544,14 @@ def row_plan(warehouse: Path, cfg) -> RowPlan:
     n_rows = int(feedback_dataset(warehouse).count_rows())
     dim = embedding_dim(warehouse) if cfg.use_embeddings else 0
     return plan_rows(n_rows, max_rows=cfg.max_rows, memory_limit=cfg.memory_limit, embedding_dim=dim)
+
+
+def stream_plan(n_rows: int, *, max_rows: int | None, memory_limit: str) -> dict[str, Any]:
+    """Whether a command after the fit (fit-label-aware, noise estimate, weights export, audit; issue 23)
+    reads the feedback table whole or streams it: whole when ``n_rows`` fits in ``memory_limit`` at
+    :data:`BYTES_PER_ROW` (the threshold of :func:`plan_rows`) and in ``max_rows`` when given."""
+    limit = parse_memory(memory_limit)
+    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
+    cap = int(whole if max_rows is None else min(max_rows, whole))
+    return {"streamed": n_rows > cap, "n_rows": int(n_rows), "max_rows": cap, "max_rows_option": max_rows,
+            "memory_limit": memory_limit, "memory_limit_bytes": limit}

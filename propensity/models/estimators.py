@@ -542,6 +542,7 @@ class MLPPropensity(_BinaryPropensity):
         id_embedding_dim: int = 8,
         id_dropout: float = 0.1,
         id_learning_rate_factor: float = 10.0,
+        id_min_count: int = 1,
     ) -> None:
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
@@ -558,6 +559,7 @@ class MLPPropensity(_BinaryPropensity):
         self.id_embedding_dim = id_embedding_dim
         self.id_dropout = id_dropout
         self.id_learning_rate_factor = id_learning_rate_factor
+        self.id_min_count = id_min_count
 
     def _split_ids(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(numeric columns, id-bucket columns as int64) of a validated X; ValueError for a bucket out of range."""
@@ -647,7 +649,8 @@ class MLPPropensity(_BinaryPropensity):
             ids = Z[:, : self.n_id_columns].astype(np.int64)
             seen = torch.zeros(self.n_id_columns, self.id_buckets + 1, dtype=torch.bool)
             for j in range(self.n_id_columns):
-                seen[j, torch.from_numpy(np.unique(ids[:, j]))] = True
+                counts = np.bincount(ids[:, j], minlength=self.id_buckets + 1)
+                seen[j, torch.from_numpy(np.flatnonzero(counts >= self.id_min_count))] = True
             seen[:, self.id_buckets] = True
             module.seen.copy_(seen)
         module = module.to(self.device_)

@@ -80,8 +80,7 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
                 where = f"WHERE channel = '{channel}'" if layout == "file" else ""
                 con.execute(f"""
                     CREATE TEMP VIEW scores AS
-                    SELECT exposure_id, propensity, fold FROM read_parquet({files(parts)}, filename = true, file_row_number = true) {where}
-                    QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+                    SELECT exposure_id, propensity, fold FROM read_parquet({files(parts)}) {where}
                 """)
                 joins, extra = "LEFT JOIN scores s ON s.exposure_id = f.exposure_id", ", s.propensity, s.fold"
             embedding_files = sorted((warehouse / "embeddings").glob("*.parquet")) if embeddings else []
@@ -113,8 +112,9 @@ class Streamed:
     audit_rows: pl.DataFrame | None
 
 
-def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit: pl.DataFrame | None) -> dict:
-    """:func:`propensity.noise.estimate.estimate_noise_frame` on a streamed table (module docstring)."""
+def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit: pl.DataFrame | None, *, estimate_frame) -> dict:
+    """``estimate_frame`` (:func:`propensity.noise.estimate.estimate_noise_frame`, passed in: that module
+    calls this one) on a streamed table (module docstring)."""
     from sklearn.metrics import roc_auc_score
 
     from feedback_etl.features import feature_types
@@ -122,7 +122,6 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
     from propensity.models.casecontrol import embedding_dim
     from propensity.models.crossfit import assign_user_folds
     from propensity.noise._proxy import ProxyFeaturizer, fit_proxy_models, predict_proxy
-    from propensity.noise.estimate import estimate_noise_frame
     from schemas.errors import EstimationError
 
     anchor = config.method == "anchor"
@@ -211,5 +210,5 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
         label = frame["label"].fill_null(0).to_numpy()
         info = {"model": config.proxy, "n_features": len(featurizer.names), "n_folds": int(len(fold_values)),
                 "auc_observed": float(roc_auc_score(label[observed], score[observed], sample_weight=weight[observed]))}
-    return estimate_noise_frame(frame, config, propensity=propensity if with_scores else None, audit=audit, custom=custom,
+    return estimate_frame(frame, config, propensity=propensity if with_scores else None, audit=audit, custom=custom,
                                 precomputed=(score, info) if anchor else None, audit_rows=audit_rows)

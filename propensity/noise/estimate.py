@@ -802,7 +802,7 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
     if plan["streamed"]:
         from propensity.noise._streamed import estimate_streamed
 
-        result = estimate_streamed(warehouse, config, plan, audit)
+        result = estimate_streamed(warehouse, config, plan, audit, estimate_frame=estimate_noise_frame)
         return _finish(warehouse, config, result, str(scores_path(warehouse)) if config.method == "anchor" and config.use_weights else None,
                        config.method == "anchor" and config.use_embeddings and any((warehouse / "embeddings").glob("*.parquet")), plan)
     feedback = with_custom_features(read_feedback(warehouse), warehouse)  # custom context columns (issue 17)
@@ -839,13 +839,9 @@ def estimate_noise(warehouse: str | Path, config: NoiseConfig) -> dict:
 def noise_plan(n_rows: int, config: NoiseConfig) -> dict:
     """Whether ``noise estimate`` reads the table whole or streams it: the threshold of ``propensity
     fit`` (:func:`propensity.models.casecontrol.plan_rows`), ``config.max_rows`` capping it."""
-    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+    from propensity.models.casecontrol import stream_plan
 
-    limit = parse_memory(config.memory_limit)
-    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
-    cap = int(whole if config.max_rows is None else min(config.max_rows, whole))
-    return {"streamed": n_rows > cap, "n_rows": n_rows, "max_rows": cap, "max_rows_option": config.max_rows,
-            "memory_limit": config.memory_limit, "memory_limit_bytes": limit}
+    return stream_plan(n_rows, max_rows=config.max_rows, memory_limit=config.memory_limit)
 
 
 def _finish(warehouse: Path, config: NoiseConfig, result: dict, source: str | None, used_embeddings: bool, plan: dict) -> dict:

@@ -57,10 +57,14 @@ class StreamedInputs:
     """A DuckDB view ``joined`` of the feedback table (all columns), the context fit's ``propensity``
     and ``fold``, and ``embedding`` when the context fit used WH/embeddings."""
 
-    def __init__(self, con: Any, columns: list[str], *, has_embeddings: bool) -> None:
-        self.con = con
+    def __init__(self, con: Any, columns: list[str], *, has_embeddings: bool, dataset: Any = None) -> None:
+        self.con, self.dataset = con, dataset
         self.columns = columns
         self.has_embeddings = has_embeddings
+
+    def head(self, rows: int = 10_000) -> pl.DataFrame:
+        """The feedback table's first rows, no join (what ``select_features`` looks at)."""
+        return pl.from_arrow(self.dataset.head(rows))
 
     def facts(self, categorical: tuple[str, ...], strata: str | None) -> TableFacts:
         n, organic, missing, min_fold = self.con.execute(
@@ -118,8 +122,7 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
             where = f"WHERE channel = '{channel}'" if layout == "file" else ""
             con.execute(f"""
                 CREATE TEMP VIEW scores AS
-                SELECT exposure_id, propensity, fold FROM read_parquet({files}, filename = true, file_row_number = true) {where}
-                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+                SELECT exposure_id, propensity, fold FROM read_parquet({files}) {where}
             """)
             joins, extra = "", ""
             if embedding_files:
@@ -139,7 +142,7 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
                 SELECT f.*, s.propensity, s.fold{extra}, {in_slice} AS _in_slice_file
                 FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins}
             """)
-            yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files))
+            yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset)
         finally:
             con.close()
 

@@ -153,6 +153,9 @@ class LabelAwareConfig:
         from propensity.slice.multilevel import check_label_column
 
         check_label_column(self.label_column)
+        if self.label_column != "label" and not self.slice:
+            raise ConfigError(f"--label-column {self.label_column} needs a --slice file giving each slice exposure its {self.label_column}",
+                              where="--label-column", fix=f"pass --slice FILE with exposure_id, label and {self.label_column}")
         where = "label-aware propensity config"
         checks = [
             (self.channel == "vote", f"label-aware propensities need the vote channel (got {self.channel!r})",
@@ -1055,13 +1058,9 @@ def _write_outputs(warehouse: Path, cfg: LabelAwareConfig, out: pl.DataFrame, re
 def label_aware_plan(n_rows: int, cfg: LabelAwareConfig) -> dict[str, Any]:
     """Whether ``fit-label-aware`` reads the table whole or streams it: the threshold of
     ``propensity fit`` (:func:`propensity.models.casecontrol.plan_rows`), ``max_rows`` capping it."""
-    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+    from propensity.models.casecontrol import stream_plan
 
-    limit = parse_memory(cfg.memory_limit)
-    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
-    cap = int(whole if cfg.max_rows is None else min(cfg.max_rows, whole))
-    return {"streamed": n_rows > cap, "n_rows": n_rows, "max_rows": cap, "max_rows_option": cfg.max_rows,
-            "memory_limit": cfg.memory_limit, "memory_limit_bytes": limit}
+    return stream_plan(n_rows, max_rows=cfg.max_rows, memory_limit=cfg.memory_limit)
 
 
 def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict[str, Any], started: float) -> LabelAwareResult:
@@ -1082,7 +1081,7 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
     slice_file = read_slice_file(cfg.slice) if cfg.slice else None
     with streamed_inputs(warehouse, channel=cfg.channel, embeddings=context_cfg.use_embeddings, slice_ids=slice_file,
                          memory_limit_bytes=plan["memory_limit_bytes"] // 2) as inputs:
-        head = pl.from_arrow(inputs.con.sql("SELECT * FROM joined LIMIT 10000").to_arrow_table())
+        head = inputs.head()
         if cfg.strata is not None and cfg.strata not in head.columns:
             raise ConfigError(f"unknown strata column {cfg.strata!r}", where="--strata", fix="use a feedback column, e.g. platform or model_id")
         # The feedback table's own columns only: the joined score / fold / slice columns are no features.

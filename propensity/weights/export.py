@@ -700,7 +700,7 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     dataset = feedback_dataset(warehouse, version=table_versions["feedback"])
     plan = export_plan(dataset.count_rows(), cfg)
     feedback = scores = None
-    if not plan.sampled:
+    if not plan.streamed:
         feedback = read_feedback(warehouse, version=table_versions["feedback"])
         scores = _read_scores(warehouse, cfg.channel)
     metrics = _read_metrics(warehouse, cfg.channel)
@@ -709,7 +709,7 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
         # Issue 11: P(o=1 | x, r) at each row's own vote (propensity.slice.label_aware).
         from propensity.slice.label_aware import propensity_for_labels, read_label_aware_report, read_label_aware_scores
 
-        if not plan.sampled:
+        if not plan.streamed:
             scores = propensity_for_labels(read_label_aware_scores(warehouse, cfg.channel), feedback)
         label_aware = read_label_aware_report(warehouse)
     # Implicit channels are one-class (propensity.noise.estimate refuses them): no flip rates are defined.
@@ -734,7 +734,7 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
 
     staging = _prepare_out(out)
     try:
-        if plan.sampled:
+        if plan.streamed:
             rows = _write_rows_streamed(cfg, warehouse, dataset, staging / data_file, noise, rho01, rho10, plan)
         else:
             frame = build_weighted_frame(
@@ -888,31 +888,27 @@ def _split_counts(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
 
 @dataclass(frozen=True, kw_only=True)
 class ExportPlan:
-    """Whether ``weights export`` reads the feedback table whole or streams it (issue 23): the
-    fit's memory model (:func:`propensity.models.casecontrol.plan_rows`) with the export's options."""
+    """Whether ``weights export`` reads the feedback table whole or streams it (issue 23):
+    :func:`propensity.models.casecontrol.stream_plan` with the export's options."""
 
     n_rows: int
     max_rows: int
-    sampled: bool  # True: streamed (nothing is sampled: every row is written)
+    streamed: bool  # every row is written either way
     memory_limit: str
     memory_limit_bytes: int
     max_rows_option: int | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"streamed": self.sampled, "n_rows": self.n_rows, "max_rows": self.max_rows,
+        return {"streamed": self.streamed, "n_rows": self.n_rows, "max_rows": self.max_rows,
                 "max_rows_option": self.max_rows_option, "memory_limit": self.memory_limit}
 
 
 def export_plan(n_rows: int, cfg: ExportConfig) -> ExportPlan:
     """Stream when the table has more rows than ``cfg.max_rows`` or than ``cfg.memory_limit`` holds
     at the fit's bytes per row (the same threshold as ``propensity fit``)."""
-    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+    from propensity.models.casecontrol import stream_plan
 
-    limit = parse_memory(cfg.memory_limit)
-    whole = max(0, (limit - BASE_BYTES) // BYTES_PER_ROW)
-    cap = int(whole if cfg.max_rows is None else min(cfg.max_rows, whole))
-    return ExportPlan(n_rows=n_rows, max_rows=cap, sampled=n_rows > cap, memory_limit=cfg.memory_limit,
-                      memory_limit_bytes=limit, max_rows_option=cfg.max_rows)
+    return ExportPlan(**stream_plan(n_rows, max_rows=cfg.max_rows, memory_limit=cfg.memory_limit))
 
 
 class _DataWriter:

@@ -69,10 +69,14 @@ resolved AS (
         COALESCE(c."regenerated", 0) = 1 AS "regenerated",
         COALESCE(c."shared", 0) = 1 AS "shared",
         1 + COALESCE(c."n_window_feedback", 0) AS "n_events",
-        COALESCE(c."n_late_events", 0) AS "n_late_events"
+        COALESCE(c."n_late_events", 0) AS "n_late_events",
+        u."split"
     FROM impressions AS i
     LEFT JOIN channels AS c
         ON c."exposure_id" = i."exposure_id"
+    -- The split joins here, on narrow rows, not on the wide output rows (issue 19).
+    JOIN user_splits AS u
+        ON u."user_id" = i."user_id"
 ),
 
 history_points AS (
@@ -146,11 +150,9 @@ SELECT
         WHEN h."user_prior_exposures" > 0
         THEN CAST(h."user_prior_votes" AS DOUBLE) / h."user_prior_exposures"
     END AS "user_prior_feedback_rate",
-    u."split"
+    r."split"
 FROM resolved AS r
 JOIN user_history AS h
     ON h."exposure_id" = r."exposure_id"
-JOIN user_splits AS u
-    ON u."user_id" = r."user_id"
 JOIN "all_events" AS i
     ON i."exposure_id" = r."exposure_id" AND i."event_type" = 'impression'

@@ -103,7 +103,7 @@ def test_streamed_export_refuses_missing_propensities_like_the_in_memory_one(wh:
 
 def test_export_plan_uses_the_fit_memory_model() -> None:
     cfg = ExportConfig(warehouse="wh", out="ds")
-    assert not export_plan(4_000_000, cfg).sampled and export_plan(6_000_000, cfg).sampled  # 4GB: ~4.8M rows whole
-    assert export_plan(1_001, ExportConfig(warehouse="wh", out="ds", max_rows=1_000)).sampled
+    assert not export_plan(4_000_000, cfg).streamed and export_plan(6_000_000, cfg).streamed  # 4GB: ~4.8M rows whole
+    assert export_plan(1_001, ExportConfig(warehouse="wh", out="ds", max_rows=1_000)).streamed
     with pytest.raises(ConfigError, match="memory limit"):
         ExportConfig(warehouse="wh", out="ds", memory_limit="lots")

@@ -79,6 +79,7 @@ def test_streamed_fit_refuses_what_it_does_not_cover(fits: dict) -> None:
         fit_label_aware(wh, LabelAwareConfig(refit_context="always", bootstrap=20, n_jobs=1, **STREAMED))
 
 
+@pytest.mark.slow  # two audits with their plots: about 12 s on 2 busy cores
 def test_streamed_audit_matches_the_in_memory_audit_and_states_its_sample(fits: dict, tmp_path: Path) -> None:
     from propensity.audit.report import AuditConfig, run_audit
 

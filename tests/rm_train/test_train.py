@@ -49,8 +49,8 @@ def test_training_lowers_the_loss_and_updates_both_heads(dr_model: tuple[Path, d
     initial = train_module._new_head(spec, _cfg(loss="causalrm-dr")).state_dict()
     for name, tensor in load_file(str(out / "model.safetensors")).items():
         assert not torch.equal(tensor, initial[name]), name
-    imputer = load_file(str(out / "imputation.safetensors"))  # two heads, cross-fitted by user fold (issue 15)
-    for k in (0, 1):
+    imputer = load_file(str(out / "imputation.safetensors"))  # IMPUTATION_FOLDS heads, cross-fitted by user fold (issue 15)
+    for k in range(train_module.IMPUTATION_FOLDS):
         assert any(not torch.equal(imputer[f"heads.{k}.{name}"], initial[name]) for name in initial)
 
 

@@ -63,3 +63,40 @@ def test_cross_fitted_imputation_never_sees_the_rows_it_imputes() -> None:
     before, after = imputed_after_training(labels), imputed_after_training(flipped)
     assert torch.equal(before[fold == 0], after[fold == 0])
     assert not torch.equal(before[fold == 1], after[fold == 1])
+
+
+def test_each_imputation_rests_on_every_other_fold() -> None:
+    """Issue 15 (demo regression, benchmarks/paper_repro/issue15_dr_demo.md): K = IMPUTATION_FOLDS user
+    folds; the head that imputes fold k trains on all the other folds. Flip fold 2's labels: fold 2's
+    y_hat is unchanged (its head never saw them) and every other fold's y_hat moves (their heads all
+    trained on fold 2). With two halves (fold > 0 as one half) folds 1, 3 and 4 were imputed by a head
+    trained on fold 0 alone, half the users or fewer behind each imputation."""
+    from rm_train.data import FeatureSpec
+    from rm_train.train import IMPUTATION_FOLDS, _CrossFitImputer, _imputed_logit, _Objective
+
+    assert IMPUTATION_FOLDS >= 3
+    n = 64 * IMPUTATION_FOLDS
+    generator = torch.Generator().manual_seed(1)
+    fold = (torch.arange(n) % IMPUTATION_FOLDS).float()
+    labels = (torch.rand(n, generator=generator) < 0.5).float()
+    spec = FeatureSpec(embedding_dim=0, ids=["user_id"], vocab={"user_id": [str(i) for i in range(n)]})
+    cfg = _cfg(loss="causalrm-dr", hidden=(8,), dropout=0.0, id_features=("user_id",))
+
+    def imputed_after_training(label: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        imputer = _CrossFitImputer(spec, cfg)
+        optimizer = torch.optim.AdamW(imputer.parameters(), lr=0.05)
+        batch = {"ids": torch.arange(1, n + 1).reshape(n, 1), "label": label, "observed": torch.ones(n), "weight": torch.ones(n),
+                 "rho01": torch.zeros(n), "rho10": torch.zeros(n), "imputation_fold": fold}
+        for _ in range(10):
+            _, y_hat = _Objective(cfg, None, torch.device("cpu")).imputation_step(imputer, optimizer, batch, torch.device("cpu"))
+        assert y_hat.shape == (n,)
+        with torch.no_grad():  # the step returns y_hat from before its update; this is after training
+            return torch.sigmoid(_imputed_logit(imputer(batch), batch))
+
+    flipped = torch.where(fold == 2, 1 - labels, labels)
+    before, after = imputed_after_training(labels), imputed_after_training(flipped)
+    assert torch.equal(before[fold == 2], after[fold == 2])
+    for k in range(IMPUTATION_FOLDS):
+        if k != 2:
+            assert (before[fold == k] - after[fold == k]).abs().max() > 1e-4, k
