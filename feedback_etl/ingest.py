@@ -499,9 +499,13 @@ def _pipeline(
         "features", lambda: features.add_feature_columns(conn, wanted, max_levels=cfg.max_feature_levels)
     )
     types = {name: spec["type"] for name, spec in kept.items()}
+    totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
+    # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
+    for table in ("typed_events", "new_events"):
+        if _has_relation(conn, table):
+            conn.execute(f'DROP TABLE "{table}"')
     summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types))
 
-    totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
     new_tables = {
         "events": int(totals),
         "rejects": int(tables.get("rejects", 0)) + counts["rejected_total"],

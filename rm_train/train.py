@@ -15,10 +15,10 @@ Missing Not at Random"):
    over all exposures;
 2. f: one AdamW step on the DR loss with e_i = E_{y ~ Bernoulli(y_hat_i)} l(f(x_i), y), y_hat detached.
 
-g is cross-fitted by user fold (issue 15, :class:`_CrossFitImputer`): K = ``IMPUTATION_FOLDS`` = 5
+g is cross-fitted by user fold (issue 15, :class:`_CrossFitImputer`): K = ``imputation_folds`` (default 5)
 heads; head k trains on the rows of the other K - 1 user folds and imputes fold k, so y_hat_i never
 comes from a head that took a step on row i's label, and every imputation still rests on 80% of the
-users (with 2 folds each half-data head fitted r* worse, test R2 0.61 vs 0.77, and the demo's
+users (with 2 folds each half-data head fitted r* worse, test R2 0.64 vs 0.77, and the demo's
 causalrm-dr lost about 0.01 of R2: benchmarks/paper_repro/issue15_dr_demo.md).
 
 Why alternate rather than minimise one joint sum: the DR objective is small when y_hat agrees with f,
@@ -382,7 +382,10 @@ def _prepare_rows(frame: pl.DataFrame, cfg: TrainConfig, spec: FeatureSpec | Non
         return prepared
     if cfg.loss in OBSERVED_ONLY:
         train, val = train.filter(pl.col("observed")), val.filter(pl.col("observed"))
-    folds = _imputation_folds if cfg.doubly_robust else (lambda part: {})
+
+    def folds(part: pl.DataFrame) -> dict[str, torch.Tensor]:
+        return _imputation_folds(part, cfg.imputation_folds) if cfg.doubly_robust else {}
+
     prepared["train"] = TensorRows({**feature_tensors(train, spec), **target_tensors(train), **folds(train)})
     prepared["val"] = TensorRows({**feature_tensors(val, spec), **target_tensors(val), **folds(val)}) if val.height else None
     return prepared
@@ -401,16 +404,17 @@ def _small_validation_warning(cfg: TrainConfig, prepared: dict[str, Any], val_pa
             f"and best_val_loss rest on few labels and may pick an arbitrary epoch; export more data or train fewer epochs")
 
 
-#: User folds of the cross-fitted DR imputation (the usual K = 5 of cross-fitting, as DoubleML's
-#: default): each imputation rests on (K - 1) / K of the users; K = 2 left half, and the half-data
-#: heads imputed r* visibly worse (issue 15, benchmarks/paper_repro/issue15_dr_demo.md).
-IMPUTATION_FOLDS = 5
+#: Default user folds of the cross-fitted DR imputation (``TrainConfig.imputation_folds``, the usual
+#: K = 5 of cross-fitting, as DoubleML's default): each imputation rests on (K - 1) / K of the users;
+#: K = 2 leaves half, and on the demo the half-data heads imputed r* visibly worse (issue 15,
+#: benchmarks/paper_repro/issue15_dr_demo.md).
+IMPUTATION_FOLDS = TrainConfig.imputation_folds
 
 
-def _imputation_folds(frame: pl.DataFrame) -> dict[str, torch.Tensor]:
-    """``imputation_fold`` (float32 in {0, ..., IMPUTATION_FOLDS - 1}, shape (n,)): the user's fold for
-    the cross-fitted imputation heads, from a seeded hash of user_id (a user's rows share a fold)."""
-    fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % IMPUTATION_FOLDS).cast(pl.Float32)
+def _imputation_folds(frame: pl.DataFrame, folds: int = IMPUTATION_FOLDS) -> dict[str, torch.Tensor]:
+    """``imputation_fold`` (float32 in {0, ..., folds - 1}, shape (n,)): the user's fold for the
+    cross-fitted imputation heads, from a seeded hash of user_id (a user's rows share a fold)."""
+    fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % folds).cast(pl.Float32)
     return {"imputation_fold": torch.from_numpy(fold.to_numpy().copy())}
 
 
@@ -421,7 +425,7 @@ def _imputed_logit(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torc
 
 
 class _CrossFitImputer(torch.nn.Module):
-    """The DR imputation head g, cross-fitted by user fold (issue 15): ``IMPUTATION_FOLDS`` heads; head
+    """The DR imputation head g, cross-fitted by user fold (issue 15): ``cfg.imputation_folds`` heads; head
     k trains on the rows of the other folds and imputes the rows of fold k, so no row's y_hat comes
     from a head that took a step on that row's label (a high-capacity head, e.g. with ID features,
     could otherwise memorise the observed labels, and y_hat would then depend on the row's own r and
@@ -431,9 +435,9 @@ class _CrossFitImputer(torch.nn.Module):
     imputation). One module, so DDP, dropout sharding and the optimiser treat it as one head.
     """
 
-    def __init__(self, spec: FeatureSpec, cfg: TrainConfig, folds: int = IMPUTATION_FOLDS) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: TrainConfig, folds: int | None = None) -> None:
         super().__init__()
-        self.heads = torch.nn.ModuleList([_new_head(spec, cfg) for _ in range(folds)])
+        self.heads = torch.nn.ModuleList([_new_head(spec, cfg) for _ in range(folds or cfg.imputation_folds)])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.stack([head(batch) for head in self.heads])

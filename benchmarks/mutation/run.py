@@ -75,7 +75,9 @@ MODULES: dict[str, list[str]] = {
         "test_a_first_run_killed_before_its_manifest_leaves_no_table_to_read",
         "test_two_writers_at_once_are_serialised_by_the_lock",
         "test_an_old_parquet_folder_warehouse_is_refused_then_migrated")],
-    "propensity/slice/label_aware.py": ["tests/propensity/test_label_aware.py"],
+    "propensity/slice/label_aware.py": ["tests/propensity/test_label_aware.py", "tests/propensity/test_label_aware_mutants.py"] + [
+        "tests/propensity/test_streamed_chain.py::" + name for name in (  # the streamed fit (issue 23)
+            "test_streamed_label_aware_fit_equals_the_in_memory_fit", "test_streamed_fit_refuses_what_it_does_not_cover")],
 }
 COPY = ["feedback_etl", "propensity", "rm_train", "schemas", "sql", "tests", "examples", "docs", "conftest.py", "cli.py",
         "pyproject.toml", "README.md", "Makefile"]

@@ -159,7 +159,7 @@ def table(rows: list[dict]) -> str:
         sel = [r for r in rows if r["model"] == name]
         sd = statistics.stdev(r["mse"] for r in sel) if len(sel) > 1 else 0.0
         mse = statistics.fmean(r["mse"] for r in sel)
-        kept = ", ".join(f"{r['id_l2']:g}" for r in sel)
+        kept = ", ".join("-" if r["id_l2"] is None else f"{r['id_l2']:g}" for r in sel)
         lines.append(f"| {name} | {mse:.4f} +- {sd:.4f} | {mse / constant - 1:+.1%} | {statistics.fmean(r['auc'] for r in sel):.3f} | "
                      f"{statistics.fmean(r['mean_prediction'] for r in sel):.3f} | {kept} |")
     rate = statistics.fmean(r["positive_rate"] for r in rows)

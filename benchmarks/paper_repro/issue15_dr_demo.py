@@ -6,7 +6,7 @@ rates, split):
 
 * cross-fitting: the imputation head g became two heads cross-fitted by user fold (each trained on
   half the users, imputing the other half) instead of one head that takes its step on the batch it
-  imputes; the trainer now uses ``IMPUTATION_FOLDS`` = 5 folds (each imputation rests on 80% of the
+  imputes; the trainer now uses 5 folds (``--imputation-folds``) (each imputation rests on 80% of the
   users), chosen from these runs;
 * variance: the DR imputed error adds y_hat (1 - y_hat) (the DR *value*; the gradient is the same),
   which changes the validation loss and so the early-stopping epoch.
@@ -52,49 +52,36 @@ VARIANTS = {
 }
 
 
-def _imputer_class(folds: int):
-    """The imputation module for a variant: the trainer's cross-fitted heads with ``folds`` folds, or
-    (``folds`` = 1) the pre-issue-15 single head, trained on and imputing the same rows (its logit
+def _shared_imputer_class():
+    """The pre-issue-15 imputation: one head, trained on and imputing the same rows (its logit
     repeated in the (K, n) shape the trainer expects, so every row trains it once)."""
     import torch
 
     import rm_train.train as trainer
 
-    if folds > 1:
-        class CrossFit(trainer._CrossFitImputer):
-            def __init__(self, spec, cfg) -> None:
-                super().__init__(spec, cfg, folds=folds)
-
-        return CrossFit
-
     class Shared(torch.nn.Module):
         def __init__(self, spec, cfg) -> None:
             super().__init__()
+            self.folds = cfg.imputation_folds
             self.heads = torch.nn.ModuleList([trainer._new_head(spec, cfg)])
 
         def forward(self, batch):
-            return self.heads[0](batch).expand(trainer.IMPUTATION_FOLDS, -1)
+            return self.heads[0](batch).expand(self.folds, -1)
 
     return Shared
 
 
 @contextlib.contextmanager
 def _variant(folds: int, variance: bool, candidates: tuple[str, ...] = ()):
-    import polars as pl
+    """Patch the trainer for a variant (the fold count itself is ``TrainConfig.imputation_folds``)."""
     import torch
 
     import rm_train.losses as losses
     import rm_train.train as trainer
 
-    saved = (trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows,
-             trainer._imputation_folds)
-    fold_count = folds if folds > 1 else trainer.IMPUTATION_FOLDS
-
-    def imputation_folds(frame):
-        fold = (frame["user_id"].cast(pl.Utf8).hash(seed=15) % fold_count).cast(pl.Float32)
-        return {"imputation_fold": torch.from_numpy(fold.to_numpy().copy())}
-
-    trainer._imputation_folds, trainer._CrossFitImputer = imputation_folds, _imputer_class(folds)
+    saved = trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows
+    if folds == 1:
+        trainer._CrossFitImputer = _shared_imputer_class()
     if not variance:
         def imputed_loss(logit, y_hat, kind="mse"):
             return losses.base_loss(logit, y_hat.detach(), kind)
@@ -135,8 +122,7 @@ def _variant(folds: int, variance: bool, candidates: tuple[str, ...] = ()):
     try:
         yield
     finally:
-        (trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows,
-         trainer._imputation_folds) = saved
+        trainer._CrossFitImputer, losses.imputed_loss, trainer._Objective.imputation_step, trainer._prepare_rows = saved
 
 
 @contextlib.contextmanager
@@ -191,13 +177,40 @@ def _imputation_r2(model_dir: Path, dataset: Path, truth: Path, cfg) -> float:
     return float(1 - ((y_hat - r_star) ** 2).sum() / ((r_star - r_star.mean()) ** 2).sum()) if np.isfinite(r_star).all() else float("nan")
 
 
+def _timing(dataset: Path, repeats: int = 2) -> dict[str, float]:
+    """Training samples per CPU-second (one torch thread, 3 epochs, best of ``repeats``): ips and
+    causalrm-dr with one shared head, 2 and 5 folds (CPU time: the box is shared, wall time swings)."""
+    import torch
+
+    from rm_train.config import TrainConfig
+    from rm_train.train import train
+
+    torch.set_num_threads(1)
+    rates: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, folds in (("ips", None), ("causalrm-dr, shared head", 1), ("causalrm-dr, 2 folds", 2), ("causalrm-dr, 5 folds", 5)):
+            cfg = TrainConfig(loss="ips" if folds is None else "causalrm-dr", seed=0, device="cpu", epochs=3, patience=10,
+                              imputation_folds=folds if folds and folds > 1 else TrainConfig.imputation_folds)
+            with tempfile.TemporaryDirectory() as tmp, _variant(folds or 5, True):
+                metrics = train(dataset, cfg, Path(tmp) / "model")
+            samples = metrics["train_samples_per_s"] * metrics["train_seconds"]
+            rates[name] = max(rates.get(name, 0.0), samples / metrics["train_cpu_seconds"])
+    for name, rate in rates.items():
+        print(f"{name:<28}{rate:>10,.0f} samples / CPU-s  ({rate / rates['ips']:.2f}x ips)")
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("demo_dir", type=Path, help="output folder of examples/demo.sh (dataset/, logs/truth.parquet)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=HERE / "issue15_dr_demo.json")
+    parser.add_argument("--timing", action="store_true", help="only time training (samples per CPU-second) per variant")
     args = parser.parse_args()
+    if args.timing:
+        _timing(args.demo_dir / "dataset")
+        return
 
     import polars as pl
 
@@ -216,7 +229,8 @@ def main() -> None:
         for name in args.variants:
             folds, variance, candidates = VARIANTS[name]
             for seed in args.seeds:
-                cfg = TrainConfig(loss="causalrm-dr", seed=seed, device="cpu")
+                cfg = TrainConfig(loss="causalrm-dr", seed=seed, device="cpu",
+                                  imputation_folds=folds if folds > 1 else TrainConfig.imputation_folds)
                 model_dir, preds = Path(tmp) / "model", Path(tmp) / "preds.parquet"
                 history: list[float] = []
                 with _variant(folds, variance, candidates), _per_epoch_r2(frame, dataset, cfg, y_true, history):

@@ -60,9 +60,11 @@ def run(warehouse: Path, label: str, steps: list[str], threads: int, step_args: 
     if "fit" in steps or not work.exists():
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(warehouse, work, ignore=shutil.ignore_patterns("propensity", "noise", "noise.json"))
-    commands = _commands(work, threads, step_args)
     rows = []
     for step in steps:
+        commands = _commands(work, threads, step_args)
+        if step == "export" and not (work / "noise.json").is_file():
+            commands[step].append("--no-noise")  # noise estimate not run (e.g. measured separately)
         cmd = ["/usr/bin/time", "-v", *CLI, *commands[step]]
         started = time.time()
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})

@@ -10,7 +10,9 @@ and LightGBM for reference:
   responses with logit effects N(0, 1.5^2), none carried by the contract's features): the world where
   an id embedding is what the model needs.
 
-    .venv/bin/python benchmarks/propensity/id_embeddings.py --exposures 10000 --out benchmarks/propensity/results_id_embeddings.json
+    .venv/bin/python benchmarks/propensity/id_embeddings.py --exposures 6000 --folds 3 \
+        --runs "mlp;mlp --id-embeddings prompt_id,response_id;mlp --id-encodings prompt_id,response_id" \
+        --out benchmarks/propensity/results_id_embeddings.json
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main() -> None:
     parser.add_argument("--exposures", type=int, default=10_000)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--runs", default=";".join(RUNS), help="semicolon-separated names of RUNS")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, dict] = {}
@@ -70,9 +74,10 @@ def main() -> None:
         shutil.copytree(root / "simulator", root / "item-driven")
         item_driven(root / "item-driven", args.items, args.seed)
         for world in ("simulator", "item-driven"):
-            for name, options in RUNS.items():
+            for name in args.runs.split(";"):
+                options = RUNS[name]
                 started = time.perf_counter()
-                metrics = fit_propensity(root / world, PropensityConfig(device="cpu", seed=args.seed, **options)).metrics
+                metrics = fit_propensity(root / world, PropensityConfig(device="cpu", seed=args.seed, folds=args.folds, **options)).metrics
                 results[f"{world}: {name}"] = {"auc": round(metrics["auc"], 4), "ece": round(metrics["ece"], 4),
                                                "seconds": round(time.perf_counter() - started, 1)}
                 print(f"{world:12s} {name:45s} AUC {metrics['auc']:.4f}  ECE {metrics['ece']:.4f}", flush=True)

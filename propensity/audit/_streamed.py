@@ -45,10 +45,10 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
     """Stream the warehouse into :class:`AuditInputs` (module docstring)."""
     import duckdb
 
-    from feedback_etl.io import feedback_dataset
+    from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
     from propensity.io import scores_layout, scores_path
-    from propensity.models.casecontrol import SampleRates, keep_mask
+    from propensity.models.casecontrol import SampleRates, keep_mask, register_feedback
     from propensity.slice.label_aware import label_aware_scores_path
 
     layout = scores_layout(warehouse)
@@ -77,7 +77,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
         try:
             con.execute(f"SET memory_limit = '{max(64, plan['memory_limit_bytes'] // 2 // 2**20)}MB'")
             con.execute("SET temp_directory = ?", [spill])
-            con.register("feedback", dataset)
+            register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
             where = f"WHERE channel = '{channel}'" if layout == "file" else ""
             flag = CHANNELS[channel]
             observed = 'f."observed"' if channel == "vote" else f'f."{flag}"'

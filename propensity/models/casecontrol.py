@@ -555,3 +555,33 @@ def stream_plan(n_rows: int, *, max_rows: int | None, memory_limit: str) -> dict
     cap = int(whole if max_rows is None else min(max_rows, whole))
     return {"streamed": n_rows > cap, "n_rows": int(n_rows), "max_rows": cap, "max_rows_option": max_rows,
             "memory_limit": memory_limit, "memory_limit_bytes": limit}
+
+
+def register_feedback(con, files: list[str], schema=None) -> None:
+    """Create the DuckDB view ``feedback`` over the feedback table's Parquet ``files`` (plain paths,
+    e.g. from :class:`feedback_etl.paths.LiteralPaths`), read by DuckDB's own Parquet reader: its
+    buffers stay under the connection's memory limit, where a registered pyarrow dataset's scanner
+    reads whole row groups ahead (2 GB more at 10M exposures; issue 23). Columns of the table's
+    ``schema`` (a pyarrow schema, e.g. ``feedback_dataset(WH).schema``) that no file holds (an
+    all-null column a writer left out) are added as typed nulls, as the pyarrow dataset shows them."""
+    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    con.execute(f"CREATE TEMP VIEW _feedback_files AS SELECT * FROM read_parquet([{listed}], union_by_name = true)")
+    present = {row[0] for row in con.execute("DESCRIBE _feedback_files").fetchall()}
+    missing = [f for f in (schema or []) if f.name not in present]
+    extra = "".join(f', NULL::{_duckdb_type(f.type)} AS "{f.name}"' for f in missing)
+    con.execute(f"CREATE TEMP VIEW feedback AS SELECT *{extra} FROM _feedback_files")
+
+
+def _duckdb_type(arrow_type) -> str:
+    """DuckDB's name for an Arrow type of a feedback column (VARCHAR when unsure)."""
+    import pyarrow as pa
+
+    simple = [(pa.types.is_boolean, "BOOLEAN"), (pa.types.is_int8, "TINYINT"), (pa.types.is_int16, "SMALLINT"),
+              (pa.types.is_int32, "INTEGER"), (pa.types.is_int64, "BIGINT"), (pa.types.is_float32, "FLOAT"),
+              (pa.types.is_float64, "DOUBLE"), (pa.types.is_date32, "DATE"), (pa.types.is_timestamp, "TIMESTAMP")]
+    for test, name in simple:
+        if test(arrow_type):
+            return name
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return _duckdb_type(arrow_type.value_type) + "[]"
+    return "VARCHAR"

@@ -514,6 +514,8 @@ class MLPPropensity(_BinaryPropensity):
     id_dropout : probability that a training row's id is replaced by unknown, so that the unknown
         vector learns the average id (what a held-out user, never seen under user-grouped folds, gets).
     id_learning_rate_factor : the embeddings' learning rate is ``learning_rate`` times this.
+    id_min_count : a bucket needs this many training rows to get its own vector; rarer ones are read
+        as unknown (a vector fitted to one or two rows' labels is noise, as an unsmoothed rate is).
 
     Attributes
     ----------
@@ -541,8 +543,8 @@ class MLPPropensity(_BinaryPropensity):
         id_buckets: int = 2**16,
         id_embedding_dim: int = 8,
         id_dropout: float = 0.1,
-        id_learning_rate_factor: float = 10.0,
-        id_min_count: int = 1,
+        id_learning_rate_factor: float = 3.0,
+        id_min_count: int = 5,
     ) -> None:
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout

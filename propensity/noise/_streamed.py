@@ -55,9 +55,10 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
                  memory_limit_bytes: int) -> Iterator[NoiseInputs]:
     import duckdb
 
-    from feedback_etl.io import feedback_dataset
+    from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
     from propensity.io import scores_layout, scores_path
+    from propensity.models.casecontrol import register_feedback
 
     dataset = feedback_dataset(warehouse)
     with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-noise-") as spill:
@@ -65,7 +66,7 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
         try:
             con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
             con.execute("SET temp_directory = ?", [spill])
-            con.register("feedback", dataset)
+            register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
 
             def files(paths: list[Path]) -> str:
                 return "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in paths) + "]"

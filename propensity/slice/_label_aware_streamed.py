@@ -64,7 +64,8 @@ class StreamedInputs:
 
     def head(self, rows: int = 10_000) -> pl.DataFrame:
         """The feedback table's first rows, no join (what ``select_features`` looks at)."""
-        return pl.from_arrow(self.dataset.head(rows))
+        narrow = [c for c in self.columns if c not in ("prompt_text", "response_text")]
+        return pl.from_arrow(self.dataset.head(rows, columns=narrow))
 
     def facts(self, categorical: tuple[str, ...], strata: str | None) -> TableFacts:
         n, organic, missing, min_fold = self.con.execute(
@@ -100,9 +101,10 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
     """Open :class:`StreamedInputs` over the warehouse's current feedback version (see the module docstring)."""
     import duckdb
 
-    from feedback_etl.io import feedback_dataset
+    from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
     from propensity.io import scores_layout, scores_path
+    from propensity.models.casecontrol import register_feedback
 
     layout = scores_layout(warehouse)
     path = scores_path(warehouse)
@@ -117,7 +119,7 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
         try:
             con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
             con.execute("SET temp_directory = ?", [spill])
-            con.register("feedback", dataset)
+            register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
             files = "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in score_files) + "]"
             where = f"WHERE channel = '{channel}'" if layout == "file" else ""
             con.execute(f"""

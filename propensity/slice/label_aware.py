@@ -1084,8 +1084,8 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
         head = inputs.head()
         if cfg.strata is not None and cfg.strata not in head.columns:
             raise ConfigError(f"unknown strata column {cfg.strata!r}", where="--strata", fix="use a feedback column, e.g. platform or model_id")
-        # The feedback table's own columns only: the joined score / fold / slice columns are no features.
-        categorical, numeric = select_features(head.select(inputs.columns), context_cfg.features, context_cfg.exclude_features)
+        # The feedback table's own columns (texts aside): the joined score / fold / slice columns are no features.
+        categorical, numeric = select_features(head, context_cfg.features, context_cfg.exclude_features)
         del head
         facts = inputs.facts(categorical, cfg.strata)
         has_solicited = facts.n_organic < facts.n_rows

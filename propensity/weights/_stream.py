@@ -4,6 +4,8 @@ channel's propensities and the embeddings, and hands back rows sorted by exposur
 ``weights export`` goes this way when the feedback table is larger than the export's memory budget
 (:func:`propensity.weights.export.export_weighted_dataset`); memory is then DuckDB's (capped at half
 the budget, spilling to a temporary folder beyond it), one batch, and the observed rows' weights.
+The rows come in DuckDB's scan order, each batch sorted by exposure_id, not globally sorted as an
+in-memory export writes them: the same rows and values in another order.
 """
 
 from __future__ import annotations
@@ -70,13 +72,17 @@ def _score_files(warehouse: Path, channel: str, label_aware: bool) -> tuple[list
 
 
 @contextmanager
-def joined_inputs(warehouse: Path, dataset: Any, *, channel: str, label_aware: bool, memory_limit_bytes: int) -> Iterator["_Joined"]:
+def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, label_aware: bool,
+                  memory_limit_bytes: int, schema: Any = None) -> Iterator["_Joined"]:
     """A DuckDB connection with the view ``joined``: one row per feedback row with its columns,
     ``propensity`` (null when the channel has none) and ``embedding`` when WH/embeddings exists.
-    The last row of an exposure in the score or embedding files wins, as the in-memory readers."""
+    Scores are read as written (one row per exposure and channel, as every fit writes them; a
+    window to drop duplicates cost 1 GB more at 10M exposures); the last row of an exposure in the
+    embedding files wins, as in :func:`feedback_etl.io.read_embeddings`."""
     import duckdb
 
     from feedback_etl.paths import literal_paths
+    from propensity.models.casecontrol import register_feedback
 
     score_files, has_channel = _score_files(warehouse, channel, label_aware)
     embedding_files = sorted((warehouse / "embeddings").glob("*.parquet"))
@@ -85,15 +91,13 @@ def joined_inputs(warehouse: Path, dataset: Any, *, channel: str, label_aware: b
         try:
             con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
             con.execute("SET temp_directory = ?", [spill])
-            con.register("feedback", dataset)
+            register_feedback(con, [str(links.file(p)) for p in feedback_files], schema)
             scores = [str(links.file(p)) for p in score_files]
             score_columns = ("propensity, propensity_label1, propensity_label0, propensity_context" if label_aware else "propensity")
             where = "WHERE channel = $channel" if has_channel else ""
             con.execute(f"""
                 CREATE TEMP VIEW scores AS
-                SELECT exposure_id, {score_columns} FROM read_parquet({_list(scores)}, filename = true, file_row_number = true)
-                {where}
-                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+                SELECT exposure_id, {score_columns} FROM read_parquet({_list(scores)}) {where}
             """.replace("$channel", _quote(channel)))
             flag = CHANNELS[channel]
             columns = list(dict.fromkeys([*FEEDBACK_COLUMNS, flag]))
@@ -162,8 +166,11 @@ class _Joined:
                             inverse_propensity_sum={str(k): float(v or 0.0) for k, _, v in per_split})
 
     def batches(self, batch_rows: int) -> Iterator[pl.DataFrame]:
-        """Every joined row, sorted by exposure_id, ``batch_rows`` at a time (DuckDB sorts out of core)."""
-        reader = self.con.sql("SELECT * EXCLUDE (_observed) FROM joined ORDER BY exposure_id").to_arrow_reader(batch_rows)
+        """Every joined row, ``batch_rows`` at a time, in the order DuckDB streams them (no global
+        sort: sorting whole rows, texts included, took DuckDB past its memory limit, 5 GB at 10M
+        exposures; issue 23). Each batch is sorted by exposure_id."""
+        self.con.execute("SET preserve_insertion_order = false")
+        reader = self.con.sql("SELECT * EXCLUDE (_observed) FROM joined").to_arrow_reader(batch_rows)
         for batch in reader:
             if batch.num_rows:
-                yield pl.from_arrow(batch)
+                yield pl.from_arrow(batch).sort("exposure_id")

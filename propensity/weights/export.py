@@ -735,7 +735,8 @@ def export_weighted_dataset(cfg: ExportConfig) -> dict[str, Any]:
     staging = _prepare_out(out)
     try:
         if plan.streamed:
-            rows = _write_rows_streamed(cfg, warehouse, dataset, staging / data_file, noise, rho01, rho10, plan)
+            rows = _write_rows_streamed(cfg, warehouse, feedback_files(warehouse, version=table_versions["feedback"]),
+                                        dataset.schema, staging / data_file, noise, rho01, rho10, plan)
         else:
             frame = build_weighted_frame(
                 feedback, scores, channel=cfg.channel, scheme=cfg.scheme, clip=cfg.effective_clip, rho01=rho01, rho10=rho10,
@@ -942,7 +943,7 @@ class _DataWriter:
 
 
 def _write_rows_streamed(
-    cfg: ExportConfig, warehouse: Path, dataset: Any, path: Path, noise: dict[str, Any] | None, rho01: float, rho10: float,
+    cfg: ExportConfig, warehouse: Path, files: list[Path], schema: Any, path: Path, noise: dict[str, Any] | None, rho01: float, rho10: float,
     plan: ExportPlan,
 ) -> _RowsWritten:
     """Write the dataset rows to ``path`` batch by batch (issue 23): DuckDB joins the feedback table,
@@ -956,8 +957,8 @@ def _write_rows_streamed(
     from propensity.weights._stream import joined_inputs
 
     label_aware = cfg.propensity == "label-aware"
-    with joined_inputs(warehouse, dataset, channel=cfg.channel, label_aware=label_aware,
-                       memory_limit_bytes=plan.memory_limit_bytes // 2) as joined:
+    with joined_inputs(warehouse, files, channel=cfg.channel, label_aware=label_aware,
+                       memory_limit_bytes=plan.memory_limit_bytes // 2, schema=schema) as joined:
         joined.check_scores(str(scores_path(warehouse)))
         counts = joined.counts()
         if counts.missing_propensity:

@@ -84,3 +84,19 @@ def test_outcome_column_missing_is_one_line(tmp_path: Path, warehouse: Path) -> 
         read_outcome_column(warehouse, "rating")
     with pytest.raises(ConfigError, match="not an outcome column"):
         read_outcome_column(warehouse, "label")
+
+
+def test_ratings_sql_puts_the_raw_rating_on_the_vote(duck) -> None:
+    from etl_factory import T0, make_table
+
+    from feedback_etl.sqlfiles import run_sql
+
+    make_table(duck, "source_records", {"file_index": "INTEGER", "source_file": "VARCHAR", "file_tag": "VARCHAR",
+                                        "row_number": "BIGINT", "parse_ok": "BOOLEAN", "record": "VARCHAR"}, [
+        {"file_index": 0, "source_file": "m", "file_tag": "train", "row_number": 1, "parse_ok": True, "record": "0 5 3.5 x"},
+    ])
+    out = run_sql(duck, "adapters/ratings_matrix", {"base_time": T0, "threshold": 4.0}).pl()
+    votes = dict(out.filter(out["event_type"].is_in(["thumbs_up", "thumbs_down"])).select("exposure_id", "rating_value").iter_rows())
+    assert votes == {"train:u0:i1": 5.0, "train:u0:i2": 3.5}
+    assert out.filter(out["event_type"] == "impression")["rating_value"].null_count() == 3  # impressions carry none
+    assert out.filter(~out["parse_ok"])["rating_value"].to_list() == [None]

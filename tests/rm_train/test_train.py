@@ -229,6 +229,7 @@ def test_training_errors(weighted_dataset: Path, tmp_path: Path, make_input, cfg
         ({"pairs": True, "loss": "causalrm-dr"}, "no pairwise form"),
         ({"embedding": False}, "no features"),
         ({"device": "tpu"}, "unknown device"),
+        ({"imputation_folds": 1}, "imputation_folds must be >= 2"),
     ],
 )
 def test_config_errors(kwargs: dict, message: str) -> None:

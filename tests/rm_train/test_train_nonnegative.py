@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from rm_train.config import TrainConfig
-from rm_train.train import MIN_VALIDATION_ROWS, train
+from rm_train.train import IMPUTATION_FOLDS, MIN_VALIDATION_ROWS, train
 
 
 def _cfg(**overrides) -> TrainConfig:
@@ -65,22 +66,22 @@ def test_cross_fitted_imputation_never_sees_the_rows_it_imputes() -> None:
     assert not torch.equal(before[fold == 1], after[fold == 1])
 
 
-def test_each_imputation_rests_on_every_other_fold() -> None:
-    """Issue 15 (demo regression, benchmarks/paper_repro/issue15_dr_demo.md): K = IMPUTATION_FOLDS user
-    folds; the head that imputes fold k trains on all the other folds. Flip fold 2's labels: fold 2's
+@pytest.mark.parametrize("folds", [IMPUTATION_FOLDS, 3])
+def test_each_imputation_rests_on_every_other_fold(folds: int) -> None:
+    """Issue 15 (demo regression, benchmarks/paper_repro/issue15_dr_demo.md): K user folds (default
+    5); the head that imputes fold k trains on all the other folds. Flip fold 2's labels: fold 2's
     y_hat is unchanged (its head never saw them) and every other fold's y_hat moves (their heads all
     trained on fold 2). With two halves (fold > 0 as one half) folds 1, 3 and 4 were imputed by a head
     trained on fold 0 alone, half the users or fewer behind each imputation."""
     from rm_train.data import FeatureSpec
-    from rm_train.train import IMPUTATION_FOLDS, _CrossFitImputer, _imputed_logit, _Objective
+    from rm_train.train import _CrossFitImputer, _imputed_logit, _Objective
 
-    assert IMPUTATION_FOLDS >= 3
-    n = 64 * IMPUTATION_FOLDS
+    n = 64 * folds
     generator = torch.Generator().manual_seed(1)
-    fold = (torch.arange(n) % IMPUTATION_FOLDS).float()
+    fold = (torch.arange(n) % folds).float()
     labels = (torch.rand(n, generator=generator) < 0.5).float()
     spec = FeatureSpec(embedding_dim=0, ids=["user_id"], vocab={"user_id": [str(i) for i in range(n)]})
-    cfg = _cfg(loss="causalrm-dr", hidden=(8,), dropout=0.0, id_features=("user_id",))
+    cfg = _cfg(loss="causalrm-dr", hidden=(8,), dropout=0.0, id_features=("user_id",), imputation_folds=folds)
 
     def imputed_after_training(label: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(0)
@@ -97,6 +98,6 @@ def test_each_imputation_rests_on_every_other_fold() -> None:
     flipped = torch.where(fold == 2, 1 - labels, labels)
     before, after = imputed_after_training(labels), imputed_after_training(flipped)
     assert torch.equal(before[fold == 2], after[fold == 2])
-    for k in range(IMPUTATION_FOLDS):
+    for k in range(folds):
         if k != 2:
             assert (before[fold == k] - after[fold == k]).abs().max() > 1e-4, k
