@@ -49,6 +49,7 @@ VARIANTS = {
     "shared, no variance (pre-issue-15)": (1, False, ()),
     "2 folds + variance + eval-mode y_hat": (2, True, ("eval_imputation",)),
     "2 folds + variance + held-out mean": (2, True, ("heldout_mean",)),
+    "naive (reference)": (0, False, ()),  # 0: --loss naive, no imputation
 }
 
 
@@ -133,7 +134,8 @@ def _per_epoch_r2(frame, dataset: Path, cfg, y_true, history: list[float]):
 
     import rm_train.train as trainer
 
-    rows = trainer._prepare_rows(frame, dataclasses.replace(cfg, val_split="test"), dataset=dataset)["val"]
+    # loss "ips" keeps every test row (naive would keep the observed ones); the features are the same
+    rows = trainer._prepare_rows(frame, dataclasses.replace(cfg, val_split="test", loss="ips"), dataset=dataset)["val"]
     batch = rows[slice(0, len(rows))]
     original = trainer._Objective.split_loss
 
@@ -229,13 +231,13 @@ def main() -> None:
         for name in args.variants:
             folds, variance, candidates = VARIANTS[name]
             for seed in args.seeds:
-                cfg = TrainConfig(loss="causalrm-dr", seed=seed, device="cpu",
+                cfg = TrainConfig(loss="causalrm-dr" if folds else "naive", seed=seed, device="cpu",
                                   imputation_folds=folds if folds > 1 else TrainConfig.imputation_folds)
                 model_dir, preds = Path(tmp) / "model", Path(tmp) / "preds.parquet"
                 history: list[float] = []
                 with _variant(folds, variance, candidates), _per_epoch_r2(frame, dataset, cfg, y_true, history):
                     trained = train(dataset, cfg, model_dir)
-                    imputation_r2 = _imputation_r2(model_dir, dataset, truth, cfg)
+                    imputation_r2 = _imputation_r2(model_dir, dataset, truth, cfg) if folds else float("nan")
                 predict(model_dir, dataset, preds, device="cpu")
                 metrics = evaluate(preds, truth, split="test")
                 rows.append({"variant": name, "seed": seed, "r2_y_true": metrics["r2_y_true"], "r2_r_star": metrics["r2_r_star"],
@@ -248,10 +250,12 @@ def main() -> None:
     summary = {}
     for name in args.variants:
         part = [row for row in rows if row["variant"] == name]
-        summary[name] = {key: {"mean": statistics.fmean(row[key] for row in part),
-                               "sd": statistics.stdev(row[key] for row in part) if len(part) > 1 else 0.0}
-                         for key in ("r2_y_true", "r2_r_star", "best_epoch", "imputation_r2_r_star",
-                                     "r2_y_true_mean_epochs_4_on", "r2_y_true_max_epoch")}
+        summary[name] = {}
+        for key in ("r2_y_true", "r2_r_star", "best_epoch", "imputation_r2_r_star", "r2_y_true_mean_epochs_4_on",
+                    "r2_y_true_max_epoch"):
+            values = [row[key] for row in part if row[key] == row[key]]  # NaN: no imputation (naive)
+            summary[name][key] = {"mean": statistics.fmean(values) if values else float("nan"),
+                                  "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
     print(f"\n{'variant':<40}{'R2 y_true':>18}{'R2 r*':>18}{'best epoch':>14}{'imput. R2 r*':>18}"
           f"{'R2 y, epochs 4+':>18}{'R2 y, max epoch':>18}")
     for name, stats in summary.items():

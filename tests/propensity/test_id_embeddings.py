@@ -110,8 +110,9 @@ def item_warehouse(warehouse: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return wh
 
 
-def _fit(wh: Path, **kw):
-    return fit_propensity(wh, PropensityConfig(model="mlp", folds=3, device="cpu", n_jobs=1, model_params=FAST, **kw))
+def _fit(wh: Path, epochs: int = 4, **kw):
+    params = {**FAST, "max_epochs": epochs}
+    return fit_propensity(wh, PropensityConfig(model="mlp", folds=3, device="cpu", n_jobs=1, model_params=params, **kw))
 
 
 @pytest.mark.slow
@@ -137,7 +138,7 @@ def test_id_embeddings_raise_the_auc_and_scoring_rebuilds_them(item_warehouse: P
 def test_a_sampled_fit_uses_the_embeddings_too(item_warehouse: Path, tmp_path: Path) -> None:
     wh = tmp_path / "wh"
     shutil.copytree(item_warehouse, wh)
-    metrics = _fit(wh, id_embeddings=("response_id",), max_rows=4_000, batch_rows=1_500).metrics
+    metrics = _fit(wh, epochs=3, id_embeddings=("response_id",), max_rows=4_000, batch_rows=1_500).metrics
     assert metrics["sampling"]["sampled"] and metrics["auc"] > 0.6
     spec = json.loads((wh / "propensity" / "models" / "vote" / "config.json").read_text())
     assert spec["id_embeddings"]["columns"] == ["response_id"]

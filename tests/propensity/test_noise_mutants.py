@@ -1,0 +1,59 @@
+"""Noise-estimate outputs that mutation testing found unguarded (issue 22, benchmarks/mutation/).
+
+Direct calls on small frames (fast); each test names the mutants it kills, each seen red with
+that mutant applied.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from propensity.noise.estimate import NoiseConfig, _distance, _finish, estimate_noise_frame, proxy_scores
+from tests.propensity.test_noise_accuracy import _three_blocks
+
+CONFIG = NoiseConfig(quantile=0.7, min_quantile=0.7, min_anchors=1, bootstrap=20, proxy="lightgbm", text_features=False)
+
+
+def test_proxy_auc_is_weighted_by_the_inverse_propensities() -> None:
+    """auc_observed is the 1/p-weighted AUC of the held-out proxy scores (mutant proxy_scores__mutmut_77
+    dropped the weights); on the three blocks the weighted and plain AUCs differ."""
+    frame, propensity = _three_blocks()
+    weight = 1 / propensity
+    score, info = proxy_scores(frame, CONFIG, weight=weight)
+    label = frame["label"].to_numpy()
+    weighted = roc_auc_score(label, score, sample_weight=weight)
+    assert abs(weighted - roc_auc_score(label, score)) > 0.01
+    assert info["auc_observed"] == pytest.approx(weighted, abs=1e-12)
+
+
+def test_estimate_records_when_it_was_made() -> None:
+    """The result carries created_at, an ISO time in UTC (mutant estimate_noise_frame__mutmut_68, the key misspelt)."""
+    frame, propensity = _three_blocks()
+    out = estimate_noise_frame(frame, CONFIG, propensity=propensity)
+    created = datetime.fromisoformat(out["created_at"])
+    assert created.tzinfo is not None and abs(created - datetime.now(timezone.utc)) < timedelta(minutes=10)
+
+
+def test_distance_between_anchor_and_audit_says_whether_the_intervals_overlap() -> None:
+    """Mutant _distance__mutmut_35 (the intervals_overlap key misspelt)."""
+    anchor = {"rho01": 0.10, "rho10": 0.20, "rho01_ci": [0.05, 0.15], "rho10_ci": [0.15, 0.25]}
+    near = {"rho01": 0.12, "rho10": 0.22, "rho01_ci": [0.08, 0.16], "rho10_ci": [0.18, 0.26]}
+    far = {"rho01": 0.30, "rho10": 0.20, "rho01_ci": [0.25, 0.35], "rho10_ci": [0.15, 0.25]}
+    assert _distance(anchor, near) == {"rho01": pytest.approx(-0.02), "rho10": pytest.approx(-0.02), "max_abs": pytest.approx(0.02),
+                                       "intervals_overlap": True}
+    assert _distance(anchor, far)["intervals_overlap"] is False and _distance(anchor, far)["max_abs"] == pytest.approx(0.2)
+
+
+def test_finish_records_the_memory_plan_without_the_byte_limit(tmp_path: Path) -> None:
+    """noise.json states the memory plan it ran under (mutant _finish__mutmut_11 wrote null)."""
+    plan = {"memory_limit_bytes": 1 << 30, "max_rows": 5_000_000, "streamed": False}
+    result = {"channel": "vote", "method": "anchor", "warnings": []}
+    out = _finish(tmp_path, NoiseConfig(), result, "propensity/scores.parquet", False, plan)
+    assert out["memory"] == {"max_rows": 5_000_000, "streamed": False}
+    written = json.loads((tmp_path / "noise.json").read_text())
+    assert written["memory"] == out["memory"] and written["propensity_source"] == "propensity/scores.parquet"
