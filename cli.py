@@ -720,7 +720,7 @@ def audit(
     channel: Annotated[Channel, typer.Option(help="Channel whose propensities and weights are audited (noise rates: every channel).")] = Channel.VOTE,
     clip: Annotated[Optional[float], typer.Option(help="Propensity floor of the audited weights 1/max(p, clip); match the export's --clip.")] = None,
     propensity: Annotated[PropensityKind, typer.Option(help="Propensities of the audited weights: context or label-aware (match the export's --propensity).")] = PropensityKind.CONTEXT,
-    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the audit may hold in memory (default: what --memory-limit allows). Above it, every number still covers every exposure, but the balance and segment tables use a uniform sample of this many exposures (said in the report).")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the audit may hold in memory (default: what --memory-limit allows). Above it, every number still covers every exposure, but the balance and segment tables use a uniform sample (as many exposures as the budget leaves, at most this many; said in the report).")] = None,
     memory_limit: Annotated[str, typer.Option(help="Memory budget of the audit (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
 ) -> None:
     """Selection-bias audit: a self-contained HTML report (+ report.json) and guardrails that can fail a pipeline."""

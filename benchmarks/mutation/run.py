@@ -67,8 +67,10 @@ MODULES: dict[str, list[str]] = {
         "test_scan_finds_ids_and_texts_in_every_table_of_a_plain_warehouse",
         "test_private_warehouse_holds_no_raw_id_text_or_key")] + [PRIVACY_INGEST + name for name in (
         "test_redaction_counts_on_planted_examples", "test_text_modes_in_the_warehouse")],
-    "propensity/noise/_proxy.py": ["tests/propensity/test_noise_accuracy.py", "tests/propensity/test_noise.py"],
-    "propensity/noise/estimate.py": ["tests/propensity/test_noise.py", "tests/propensity/test_noise_accuracy.py"],
+    "propensity/noise/_proxy.py": ["tests/propensity/test_noise_accuracy.py", "tests/propensity/test_noise.py",
+                                   "tests/propensity/test_noise_mutants.py"],
+    "propensity/noise/estimate.py": ["tests/propensity/test_noise.py", "tests/propensity/test_noise_accuracy.py",
+                                     "tests/propensity/test_noise_mutants.py"],
     "feedback_etl/warehouse.py": ["tests/feedback_etl/test_warehouse_commit.py", "tests/feedback_etl/test_warehouse_mutants.py"] + [
         DELTA + name for name in (
         "test_time_travel_returns_the_exact_earlier_rows", "test_history_and_vacuum",

@@ -5,8 +5,9 @@ label-aware ones when fitted) fills compact per-exposure arrays (observed, label
 propensity: about 20 bytes an exposure), from which every headline number, the reliability
 diagram, the weights, the histograms and the naive / IPS / SNIPS estimates are computed over all
 exposures, exactly as in memory. The balance table and the segment tables need the feature columns
-of every row; they use a uniform sample of ``max_rows`` exposures instead (a Bernoulli draw on a
-seeded hash of exposure_id), and the report says so under ``sample``.
+of every row; they use a uniform sample instead (a Bernoulli draw on a seeded hash of exposure_id;
+as many rows as the budget leaves, :func:`sample_rows`, at most ``max_rows``), and the report says so
+under ``sample``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from schemas.errors import WarehouseError
 from schemas.feedback import CHANNELS
 
 _SAMPLE_SALT = 0xA0D1
+# The per-exposure arrays (observed, label, slice flag, two propensities) and their transient copies.
+_BYTES_PER_EXPOSURE = 40
 # Columns no audit section reads: the texts are most of a feedback row's bytes.
 _TEXT_COLUMNS = ("prompt_text", "response_text")
 
@@ -40,6 +43,15 @@ class AuditInputs:
     feedback_columns: list[str]
 
 
+def sample_rows(plan: dict[str, Any]) -> int:
+    """Rows of the balance / segment sample: what is left of the budget once DuckDB has its half and
+    every exposure its ``_BYTES_PER_EXPOSURE``, at the fit's bytes per row, and at most ``max_rows``."""
+    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, MIN_SAMPLE_ROWS
+
+    left = plan["memory_limit_bytes"] // 2 - BASE_BYTES - int(plan["n_rows"]) * _BYTES_PER_EXPOSURE
+    return int(min(plan["max_rows"], max(MIN_SAMPLE_ROWS, left // BYTES_PER_ROW)))
+
+
 def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, label_aware: bool, seed: int = 0,
                       batch_rows: int = 200_000) -> AuditInputs:
     """Stream the warehouse into :class:`AuditInputs` (module docstring)."""
@@ -48,7 +60,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
     from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
     from propensity.io import scores_layout, scores_path
-    from propensity.models.casecontrol import SampleRates, keep_mask, register_feedback
+    from propensity.models.casecontrol import SampleRates, detached, keep_mask, register_feedback
     from propensity.slice.label_aware import label_aware_scores_path
 
     layout = scores_layout(warehouse)
@@ -62,7 +74,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
     dataset = feedback_dataset(warehouse)
     names = [c for c in dataset.schema.names if c not in _TEXT_COLUMNS]
     n = int(plan["n_rows"])
-    rate = min(1.0, plan["max_rows"] / n) if n else 1.0
+    rate = min(1.0, sample_rows(plan) / n) if n else 1.0
     observed_all, solicited_all = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     label_all = np.full(n, -1, dtype=np.int8)
     p_all, la_all = np.full(n, np.nan), (np.full(n, np.nan) if with_label_aware else None)
@@ -116,7 +128,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
                 keep = keep_mask(frame["exposure_id"], observed_all[rows], SampleRates(observed=rate, unobserved=rate), seed,
                                  salt=_SAMPLE_SALT)
                 if keep.any():
-                    sample_parts.append(frame.filter(pl.Series(keep)))
+                    sample_parts.append(detached(frame.filter(pl.Series(keep))))
                 offset += frame.height
         finally:
             con.close()

@@ -137,7 +137,8 @@ class AuditConfig:
         the calibration checks stay on the context model, the only one predicting o from x alone).
     max_rows : feedback rows the audit may hold in memory (None: what ``memory_limit`` allows). Above
         it the audit streams: every number over all exposures from narrow columns, the balance table
-        and the segment tables on a uniform sample of ``max_rows`` exposures (``report["sample"]``; issue 23).
+        and the segment tables on a uniform sample of at most ``max_rows`` exposures, as many as the
+        budget leaves (``report["sample"]``; issue 23).
     memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
     batch_rows : rows per batch when streaming.
     seed : seed of the sample's hash draw.

@@ -120,7 +120,7 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
 
     from feedback_etl.features import feature_types
     from feedback_etl.io import feedback_dataset
-    from propensity.models.casecontrol import embedding_dim
+    from propensity.models.casecontrol import detached, embedding_dim
     from propensity.models.crossfit import assign_user_folds
     from propensity.noise._proxy import ProxyFeaturizer, fit_proxy_models, predict_proxy
     from schemas.errors import EstimationError
@@ -176,7 +176,7 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
             score_columns += [*numeric, *categorical, *(["response_text"] if featurizer.vectorizer is not None else []),
                               *(["embedding"] if use_embeddings else [])]
             # the observed rows train the fold proxies (the only rows with a label)
-            core = pl.concat(list(inputs.batches(score_columns, config.batch_rows, where="coalesce(observed, false)")))
+            core = pl.concat([detached(b) for b in inputs.batches(score_columns, config.batch_rows, where="coalesce(observed, false)")])
             fold_core = core["fold"].to_numpy() if folds_usable else core.join(
                 users.select("user_id", "_fold"), on="user_id", how="left", maintain_order="left")["_fold"].to_numpy()
             weight_core = 1.0 / core["propensity"].to_numpy() if with_scores else np.ones(core.height)

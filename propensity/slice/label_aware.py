@@ -1071,6 +1071,7 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
     from propensity.models.custom_features import select_features
     from propensity.models.features import build_features
+    from propensity.models.casecontrol import detached
     from propensity.slice._label_aware_streamed import check_streamable, strata_codes, streamed_inputs
 
     try:
@@ -1096,8 +1097,8 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
         # 1. the core rows: organic votes, solicited rows, slice-file rows, sorted by exposure_id
         needed = ["observed", "label", "solicited", "propensity", "fold", *categorical, *numeric,
                   *([cfg.strata] if cfg.strata else []), *(["embedding"] if context_cfg.use_embeddings and inputs.has_embeddings else [])]
-        core = pl.concat(list(inputs.batches(
-            cfg.batch_rows, needed, where="coalesce(solicited, false) OR coalesce(observed, false) OR _in_slice_file")))
+        core = pl.concat([detached(b) for b in inputs.batches(
+            cfg.batch_rows, needed, where="coalesce(solicited, false) OR coalesce(observed, false) OR _in_slice_file")])
         prepared = _prepare_rows(core, slice_file, cfg, warehouse)
         levels = facts.strata_levels
         strata = strata_codes(core, cfg.strata, levels)

@@ -954,6 +954,7 @@ def _write_rows_streamed(
     Validation is per batch: a duplicate exposure_id across two batches is not caught here (the
     feedback table's ingest validation guarantees unique ids).
     """
+    from propensity.models.casecontrol import detached
     from propensity.weights._stream import joined_inputs
 
     label_aware = cfg.propensity == "label-aware"
@@ -998,7 +999,7 @@ def _write_rows_streamed(
                 positive += int((rows["label"] == 1).sum())
                 for s, c in _split_counts(rows).items():
                     by_split[s] = {k: by_split[s][k] + c[k] for k in c}
-                observed.append(rows.filter(pl.col("observed")).select(keep))
+                observed.append(detached(rows.filter(pl.col("observed")).select(keep)))
         finally:
             writer.close()
     if not any(part.height for part in observed):

@@ -95,3 +95,18 @@ def test_migrate_keeps_a_table_already_in_delta_at_its_version(tmp_path: Path, m
     stamp = datetime.strptime(after["migrated"]["run_id"].removeprefix("migrate-"), "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
     assert abs(stamp - before) < timedelta(minutes=10)
     assert pl.from_arrow(snapshot(wh, "rejects").dataset().to_table()).height == rejects.height
+
+
+def test_a_table_no_manifest_version_names_is_emptied_even_before_the_first_commit(tmp_path: Path) -> None:
+    """A format-2 manifest written before the first table commit has no `versions` yet: a table a
+    killed run wrote is emptied, not a crash (mutant roll_back_uncommitted__mutmut_5 read None)."""
+    from feedback_etl.warehouse import roll_back_uncommitted, write_table
+
+    wh = tmp_path / "wh"
+    write_table(wh, "events", [pa.table({"event_id": ["a", "b"]})], mode="append", run_id="killed")
+    manifest = {"format_version": 2, "runs": [], "tables": {}}
+    (wh / "manifest.json").write_text(json.dumps(manifest))
+    assert roll_back_uncommitted(wh, manifest) == ["events: written by a run that never committed; emptied"]
+    from deltalake import DeltaTable
+
+    assert DeltaTable(str(wh / "events")).file_uris() == [] and latest_version(wh, "events") == 1

@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -57,3 +58,19 @@ def test_finish_records_the_memory_plan_without_the_byte_limit(tmp_path: Path) -
     assert out["memory"] == {"max_rows": 5_000_000, "streamed": False}
     written = json.loads((tmp_path / "noise.json").read_text())
     assert written["memory"] == out["memory"] and written["propensity_source"] == "propensity/scores.parquet"
+
+
+def test_logistic_proxy_refit_keeps_the_inverse_propensity_weights() -> None:
+    """The logistic proxy picks C on held-out users, then refits on all rows *with* the 1/p weights
+    (mutant _proxy._fit_logistic__mutmut_28 refitted unweighted). Half the labels are 1 and carry
+    weight 4, so the weighted P(r=1) is 0.8 where the unweighted one is 0.5."""
+    from propensity.noise._proxy import _fit_logistic
+
+    rng = np.random.default_rng(3)
+    n = 2_000
+    x = rng.normal(size=(n, 2))
+    y = np.r_[np.ones(n // 2), np.zeros(n // 2)].astype(np.int64)
+    w = np.where(y == 1, 4.0, 1.0)
+    half = slice(0, n, 2), slice(1, n, 2)
+    model = _fit_logistic(x[half[0]], y[half[0]], w[half[0]], x[half[1]], y[half[1]], w[half[1]], x, y, w)
+    assert model.predict_proba(x)[:, 1].mean() == pytest.approx(0.8, abs=0.02)
