@@ -20,7 +20,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +98,6 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
             yield NoiseInputs(con, list(dataset.schema.names))
         finally:
             con.close()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Streamed:
-    """What the scoring pass kept: per-exposure arrays and the narrow frame handed to
-    :func:`propensity.noise.estimate.estimate_noise_frame` (observed, label, user code, segment)."""
-
-    frame: pl.DataFrame
-    score: np.ndarray
-    weight: np.ndarray | None
-    info: dict[str, Any]
-    audit_rows: pl.DataFrame | None
 
 
 def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit: pl.DataFrame | None, *, estimate_frame) -> dict:

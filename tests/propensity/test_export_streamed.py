@@ -11,7 +11,6 @@ weights agree to a relative 1e-12 (a few ulps on sums of ~2,000 terms).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
