@@ -744,6 +744,11 @@ def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict
     observed = feedback["observed"].to_numpy().astype(bool)
     folds = scores["fold"].to_numpy()
     model_input = X if context_cfg.model == "lightgbm" else X_design
+    id_embedding = context_cfg.id_embedding_spec()
+    if id_embedding:  # the fit's MLP reads its first columns as hashed id buckets (--id-embeddings): rebuild them
+        from propensity.models.entity_features import bucket_columns
+
+        model_input = np.hstack([bucket_columns(feedback, context_cfg.id_embeddings, id_embedding["buckets"]), model_input])
     fitted = cross_fit(context_cfg.estimator(), _take(model_input, rows), observed[rows], folds[rows])
     calibrated, _ = cross_calibrate(fitted.oof, observed[rows], folds[rows], context_cfg.calibration)
     context = np.full(len(organic), np.nan)
@@ -752,6 +757,7 @@ def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict
     return context, {
         "source": "refit on organic exposures (solicited votes are not organic feedback)", "refit": True,
         "model": context_cfg.model, "calibration": context_cfg.calibration, "n_organic": int(len(rows)),
+        **({"id_embeddings": list(context_cfg.id_embeddings)} if id_embedding else {}),
     }
 
 

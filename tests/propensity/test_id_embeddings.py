@@ -154,3 +154,29 @@ def test_a_sampled_fit_uses_the_embeddings_too(item_warehouse: Path, tmp_path: P
 def test_bad_id_embedding_options_fail_cleanly(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         PropensityConfig(**options)
+
+
+def test_label_aware_context_refit_rebuilds_the_id_buckets() -> None:
+    """fit-label-aware refits the context model with the fit's saved config: after an
+    ``--id-embeddings`` fit that MLP reads its first input columns as id buckets, so the refit must
+    put them back (before the fix it read a feature column as buckets and crashed). Selection
+    here depends on the response only: the refit's context propensities must rank the organic
+    votes better than chance by 3 standard errors (Hanley-McNeil bound at 0.5)."""
+    from propensity.slice.label_aware import LabelAwareConfig, _organic_context
+
+    n, rng = 2_000, np.random.default_rng(1)
+    item = rng.integers(0, N_ITEMS, n)
+    effect = rng.normal(0.0, 1.5, N_ITEMS)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-(-1.2 + effect[item])))).astype(int)
+    folds = rng.integers(0, 3, n)
+    feedback = pl.DataFrame({"response_id": [f"r{i}" for i in item], "observed": y.astype(bool)})
+    scores = pl.DataFrame({"propensity": np.full(len(y), 0.3), "fold": folds.astype(np.int32)})
+    X_design = rng.normal(size=(len(y), 2))
+    metrics = {"config": {"model": "mlp", "device": "cpu", "folds": 3, "id_embeddings": ["response_id"],
+                          "model_params": FAST}}
+    organic = np.ones(len(y), dtype=bool)
+    context, info = _organic_context(feedback, scores, metrics, organic, LabelAwareConfig(refit_context="always"), None, X_design)
+    assert info["refit"] and info["id_embeddings"] == ["response_id"]
+    n_pos = int(y.sum())
+    se = math.sqrt(0.25 * (1 / n_pos + 1 / (len(y) - n_pos)))
+    assert roc_auc_score(y, context) - 0.5 > 3 * se
