@@ -574,15 +574,28 @@ def stage(
 
     steps.run("stg_events_typed", type_events)
     hook_report = steps.run("typed_hook", lambda: typed_hook(conn)) if typed_hook is not None else None
-    steps.run("stg_duplicates", lambda: run_sql(conn, "staging/stg_duplicates", into="duplicates"))
-    steps.run("stg_impression_losers", lambda: run_sql(conn, "staging/stg_impression_losers", into="impression_losers"))
-    steps.run("stg_orphans", lambda: run_sql(conn, "staging/stg_orphans", into="orphans"))
+    # Rules 1, 5 and 6 in one pass over the key columns (issue 19); the Spark engine runs the three
+    # files they replace (stg_duplicates, stg_impression_losers, stg_orphans: the same rows).
+    steps.run("stg_resolution", lambda: _resolve(conn))
     # A view over typed_events (issue 19): the accepted rows are not copied. With custom context
     # columns they are materialised once, with their context column (features.attach_context).
     steps.run("stg_new_events", lambda: conn.execute('CREATE OR REPLACE TEMP VIEW "new_events" AS ' + load_sql("staging/stg_new_events")))
     steps.run("context", lambda: _attach_context(conn))
     steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
     return hook_report
+
+
+def _resolve(conn: duckdb.DuckDBPyConnection) -> None:
+    """The table ``resolution`` (sql/staging/stg_resolution.sql) and, over it, the views
+    ``duplicates``, ``impression_losers`` and ``orphans`` with the columns of their own SQL files."""
+    run_sql(conn, "staging/stg_resolution", into="resolution")
+    for view, columns in (
+        ("duplicates", '"file_index", "row_number", "event_id"'),
+        ("impression_losers", '"file_index", "row_number", "event_id", "exposure_id", "same_content"'),
+        ("orphans", '"file_index", "row_number", "event_id", "exposure_id"'),
+    ):
+        rule = "impression_loser" if view == "impression_losers" else view.rstrip("s")
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {columns} FROM "resolution" WHERE "rule" = \'{rule}\'')
 
 
 def register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
