@@ -10,6 +10,7 @@ stg_events_typed            type every row, reason code for those that cannot be
 stg_duplicates              repeated event_ids (rule 1), against the warehouse and within the run
 stg_impression_losers       a second impression of one exposure: repeat or conflict (rule 6)
 stg_orphans                 feedback without an impression (rule 5)
+stg_resolution              (DuckDB) the three rules above in one query on key columns; Spark runs the three files
 stg_new_events              what this run adds to ``WH/events/``
 stg_rejects                 what it adds to ``WH/rejects/``
 reconcile                   rows read = accepted + rejected + duplicates, or the run fails (rule 7)
@@ -21,7 +22,7 @@ write + commit              validate every table on its full data, write aside, 
 Privacy hook (issue 9): every table written derives from ``typed_events`` (rejects' payloads
 included: typing keeps the raw payload of rejected rows in that table). Pseudonymising
 ``user_id``/``session_id`` and hashing, dropping or scrubbing the text columns belongs in one
-place: ``ingest(..., typed_hook=...)``, run between ``stg_events_typed`` and ``stg_duplicates``,
+place: ``ingest(..., typed_hook=...)``, run between ``stg_events_typed`` and ``stg_resolution``,
 rewrites ``typed_events`` before anything else reads it.
 """
 

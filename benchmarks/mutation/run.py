@@ -58,7 +58,7 @@ DELTA = "tests/feedback_etl/test_warehouse_delta.py::"
 PRIVACY_INGEST = "tests/feedback_etl/test_privacy_ingest.py::"
 MODULES: dict[str, list[str]] = {
     "rm_train/losses.py": ["tests/rm_train/test_losses.py"],
-    "propensity/models/crossfit.py": ["tests/propensity/test_crossfit.py"],
+    "propensity/models/crossfit.py": ["tests/propensity/test_crossfit.py", "tests/propensity/test_crossfit_mutants.py"],
     "propensity/models/calibration.py": ["tests/propensity/test_crossfit.py", "tests/propensity/test_fit.py",
                                          "tests/propensity/test_floor.py"],
     "propensity/weights/export.py": ["tests/propensity/test_export.py"],

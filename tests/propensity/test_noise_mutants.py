@@ -74,3 +74,31 @@ def test_logistic_proxy_refit_keeps_the_inverse_propensity_weights() -> None:
     half = slice(0, n, 2), slice(1, n, 2)
     model = _fit_logistic(x[half[0]], y[half[0]], w[half[0]], x[half[1]], y[half[1]], w[half[1]], x, y, w)
     assert model.predict_proba(x)[:, 1].mean() == pytest.approx(0.8, abs=0.02)
+
+
+def test_weighted_log_loss_closed_form() -> None:
+    """The inner validation loss that picks the logistic proxy's C: -sum w (y log p + (1-y) log(1-p)) / sum w,
+    finite at p = 1 (mutants _proxy._weighted_log_loss__mutmut_9, _15, _21)."""
+    from propensity.noise._proxy import _weighted_log_loss
+
+    y, p, w = np.array([1, 0, 0]), np.array([0.8, 0.3, 0.6]), np.array([1.0, 3.0, 2.0])
+    expected = -(np.log(0.8) + 3 * np.log(0.7) + 2 * np.log(0.4)) / 6
+    assert _weighted_log_loss(y, p, w) == pytest.approx(expected, rel=1e-12)
+    assert _weighted_log_loss(np.array([0]), np.array([1.0]), np.array([1.0])) == pytest.approx(-np.log(1e-6), rel=1e-6)
+
+
+def test_proxy_featurizer_one_hot_covers_every_level_of_a_later_batch() -> None:
+    """A batch transformed with the levels fitted on all rows: the first level is one-hot encoded
+    too (mutant ProxyFeaturizer.transform__mutmut_44 dropped level 0) and the block keeps every
+    level's column even when the batch lacks the last ones (mutant _49 let the shape shrink)."""
+    import polars as pl
+
+    from propensity.noise._proxy import ProxyFeaturizer
+
+    frame = pl.DataFrame({"exposure_id": ["a", "b", "c"], "platform": ["android", "ios", "web"]})
+    featurizer = ProxyFeaturizer.fit(frame, text=False)
+    platform = [i for i, name in enumerate(featurizer.names) if name.startswith("platform=")]
+    assert len(platform) == 3
+    batch = featurizer.transform(frame.head(1)).toarray()
+    assert batch.shape == (1, len(featurizer.names))
+    np.testing.assert_array_equal(batch[0, platform], [1.0, 0.0, 0.0])
