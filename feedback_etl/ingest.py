@@ -590,12 +590,11 @@ def _resolve(conn: duckdb.DuckDBPyConnection) -> None:
     """The table ``resolution`` (sql/staging/stg_resolution.sql) and, over it, the views
     ``duplicates``, ``impression_losers`` and ``orphans`` with the columns of their own SQL files."""
     run_sql(conn, "staging/stg_resolution", into="resolution")
-    for view, columns in (
-        ("duplicates", '"file_index", "row_number", "event_id"'),
-        ("impression_losers", '"file_index", "row_number", "event_id", "exposure_id", "same_content"'),
-        ("orphans", '"file_index", "row_number", "event_id", "exposure_id"'),
+    for view, rule, columns in (
+        ("duplicates", "duplicate", '"file_index", "row_number", "event_id"'),
+        ("impression_losers", "impression_loser", '"file_index", "row_number", "event_id", "exposure_id", "same_content"'),
+        ("orphans", "orphan", '"file_index", "row_number", "event_id", "exposure_id"'),
     ):
-        rule = "impression_loser" if view == "impression_losers" else view.rstrip("s")
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {columns} FROM "resolution" WHERE "rule" = \'{rule}\'')
 
 

@@ -80,3 +80,13 @@ def test_one_pass_on_the_hand_built_cases(duck):
     assert {r[3] for r in out["orphans"]} == {"x9"}
     assert out["duplicates"] == {(0, 7, "c2")}
     assert out == separate
+
+
+def test_warehouse_impressions_are_only_ranked_against_this_runs_impressions(duck):
+    """Two warehouse impressions of one exposure (as a warehouse written before rule 6 could hold)
+    are not contested by a run that brings only feedback for it."""
+    old = [impression("x1", event_id="w1"), impression("x1", minutes=1, event_id="w2")]
+    make_table(duck, "typed_events", TYPED_TYPES, typed([feedback("x1", "copy", minutes=2)]))
+    make_table(duck, "warehouse_events", STAGED_TYPES, staged(old))
+    separate = _separate(duck)
+    assert _one_pass(duck) == separate and separate["impression_losers"] == set()

@@ -102,3 +102,79 @@ def test_proxy_featurizer_one_hot_covers_every_level_of_a_later_batch() -> None:
     batch = featurizer.transform(frame.head(1)).toarray()
     assert batch.shape == (1, len(featurizer.names))
     np.testing.assert_array_equal(batch[0, platform], [1.0, 0.0, 0.0])
+
+
+def _weighted_matters_world() -> tuple:
+    """Rows where the 1/p weights change the fit: a rare region (x0 > 1, weight 25) whose labels
+    follow x1 and x2 sharply, the rest (weight 1) nearly label noise; 300 users, 2 outer folds."""
+    import scipy.sparse as sp
+
+    from propensity.models.crossfit import group_folds
+
+    rng = np.random.default_rng(3)
+    n = 1_200
+    user = rng.integers(0, 300, n)
+    x = rng.normal(size=(n, 6))
+    heavy = x[:, 0] > 1.0
+    logit = np.where(heavy, 3 * x[:, 1] + 2 * x[:, 2], 0.3 * x[:, 1])
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    weight = np.where(heavy, 25.0, 1.0)
+    fold = group_folds(user, 2, 0)
+    return sp.csr_matrix(x), y, weight, user, fold
+
+
+def _inner_split(user: np.ndarray, fold: np.ndarray, k: int, seed: int, groups: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The documented inner split of outer fold k: 1 in ``groups`` (5) of the training users held out."""
+    from propensity.models.crossfit import group_folds
+
+    train = fold != k
+    inner = np.zeros_like(train)
+    inner[train] = group_folds(user[train], groups, seed + k) == 0
+    return train & ~inner, train & inner
+
+
+def test_logistic_proxy_picks_c_from_weighted_inner_fits_on_one_fifth_of_the_users() -> None:
+    """The logistic proxy's C is the grid value whose 1/p-weighted inner fit has the smallest weighted
+    loss on the held-out fifth of the training users. In this world the weighted choice (0.1) and the
+    unweighted one (1.0) differ, so an unweighted inner fit (mutant _proxy.fit_proxy_models__mutmut_85)
+    picks the wrong C."""
+    from sklearn.linear_model import LogisticRegression
+
+    from propensity.noise._proxy import _LOGISTIC_C, _weighted_log_loss, fit_proxy_models
+
+    X, y, weight, user, fold = _weighted_matters_world()
+    fit, val = _inner_split(user, fold, 0, seed=0)
+    w = weight / weight[fold != 0].mean()
+
+    def choice(sample_weight: np.ndarray | None) -> float:
+        losses = [
+            _weighted_log_loss(y[val], LogisticRegression(C=c, max_iter=2000).fit(X[fit], y[fit], sample_weight=sample_weight)
+                               .predict_proba(X[val])[:, 1], w[val])
+            for c in _LOGISTIC_C
+        ]
+        return _LOGISTIC_C[int(np.argmin(losses))]
+
+    weighted, unweighted = choice(w[fit]), choice(None)
+    assert weighted != unweighted  # the world separates the two choices
+    models = fit_proxy_models(X, np.ones(len(y), bool), y, weight, fold, user, np.array([0]), kind="logistic", seed=0)
+    assert models[0].C == weighted
+
+
+def test_lightgbm_proxy_early_stops_a_weighted_inner_fit_on_one_fifth_of_the_users() -> None:
+    """The LightGBM proxy's stopping round comes from a 1/p-weighted fit on four fifths of the fold's
+    training users, early-stopped on the other fifth: the round equals that fit's, and differs from an
+    unweighted fit's (mutant _proxy.fit_proxy_models__mutmut_67) and from a 1-in-6 split's (mutant _30)."""
+    from propensity.noise._proxy import _fit_lightgbm, fit_proxy_models
+
+    X, y, weight, user, fold = _weighted_matters_world()
+    w = weight / weight[fold != 0].mean()
+    fit, val = _inner_split(user, fold, 0, seed=0)
+    rounds = {
+        "fifth": _fit_lightgbm(X[fit], y[fit], w[fit], X[val], y[val], w[val], 0).best_iteration_,
+        "unweighted": _fit_lightgbm(X[fit], y[fit], None, X[val], y[val], w[val], 0).best_iteration_,
+    }
+    fit, val = _inner_split(user, fold, 0, seed=0, groups=6)
+    rounds["sixth"] = _fit_lightgbm(X[fit], y[fit], w[fit], X[val], y[val], w[val], 0).best_iteration_
+    assert rounds["fifth"] != rounds["unweighted"] and rounds["fifth"] != rounds["sixth"]  # the world separates them
+    models = fit_proxy_models(X, np.ones(len(y), bool), y, weight, fold, user, np.array([0]), kind="lightgbm", seed=0)
+    assert models[0].best_iteration_ == rounds["fifth"]
