@@ -61,7 +61,9 @@ MODULES: dict[str, list[str]] = {
     "propensity/models/crossfit.py": ["tests/propensity/test_crossfit.py", "tests/propensity/test_crossfit_mutants.py"],
     "propensity/models/calibration.py": ["tests/propensity/test_crossfit.py", "tests/propensity/test_fit.py",
                                          "tests/propensity/test_floor.py"],
-    "propensity/weights/export.py": ["tests/propensity/test_export.py", "tests/propensity/test_export_streamed.py"],
+    "propensity/weights/export.py": ["tests/propensity/test_export.py", "tests/propensity/test_export_streamed.py",
+                                     "tests/propensity/test_export_mutants.py"] + ["tests/propensity/test_trl_pairs.py::" + name for name in (
+        "test_trl_pairs_carry_the_template_separator", "test_trl_pairs_refuse_pairs_without_text", "test_pairs_format_needs_pairs")],
     "propensity/weights/_stream.py": ["tests/propensity/test_export_streamed.py",  # the streamed export's inputs (issue 23)
                                       "tests/propensity/test_streamed_chain.py::test_streamed_export_of_label_aware_weights_equals_the_in_memory_one"],
     "feedback_etl/privacy.py": ["tests/feedback_etl/test_privacy.py"] + [PRIVACY_SCAN + name for name in (

@@ -155,7 +155,7 @@ def test_dataset_loads_in_datasets_polars_and_pandas(exported: tuple[Path, dict]
 
 def test_jsonl_format_round_trips(wh: Path, exported: tuple[Path, dict], tmp_path: Path) -> None:
     manifest = export_weighted_dataset(ExportConfig(warehouse=str(wh), out=str(tmp_path / "ds"), format="jsonl", pairs=True))
-    assert manifest["files"] == {"data": "data.jsonl", "pairs": "pairs.jsonl"}
+    assert manifest["files"] == {"data": "data.jsonl", "pairs": "pairs.jsonl"} and manifest["format"] == "jsonl"
     from_jsonl = read_weighted_dataset(tmp_path / "ds")
     from_parquet = read_weighted_dataset(exported[0])
     assert from_jsonl.select(from_parquet.columns).equals(from_parquet.select(from_parquet.columns).cast(from_jsonl.select(from_parquet.columns).schema))
