@@ -306,6 +306,8 @@ class LabelAwareEstimate:
 
 def _percentile(values: np.ndarray, confidence: float, axis: int = 0) -> np.ndarray:
     alpha = (1 - confidence) / 2
+    if values.shape[axis] == 0:  # --bootstrap 0: no replicates, so no interval (nanquantile returns a bare nan)
+        return np.full((2, *np.delete(values.shape, axis)), np.nan)
     return np.nanquantile(values, [alpha, 1 - alpha], axis=axis)
 
 

@@ -101,6 +101,37 @@ def test_streamed_export_refuses_missing_propensities_like_the_in_memory_one(wh:
     assert not (tmp_path / "ds").exists()
 
 
+
+def test_streamed_export_refuses_rows_without_an_embedding_like_the_in_memory_one(wh: Path, tmp_path: Path) -> None:
+    """Embeddings missing for 5 exposures: both paths refuse with the same line (mutant
+    _stream._Joined.counts__mutmut_2 never counted the missing ones, so the streamed export went on)."""
+    import shutil
+
+    broken = tmp_path / "wh"
+    shutil.copytree(wh, broken)
+    part = broken / "embeddings" / "part-0.parquet"
+    pl.read_parquet(part).slice(5).write_parquet(part)
+    messages = []
+    for options in ({}, STREAMED):
+        with pytest.raises(WarehouseError, match="5 of 8,000 exposures have no embedding") as info:
+            export_weighted_dataset(ExportConfig(warehouse=str(broken), out=str(tmp_path / "ds"), **options))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_streamed_export_names_the_propensities_outside_0_1() -> None:
+    """A zero propensity: the streamed export's refusal gives the count and the bad value (mutant
+    _stream._Joined.check_scores__mutmut_8 wrote 'e.g. None')."""
+    import duckdb
+
+    from propensity.weights._stream import _Joined
+    from schemas.errors import InputFileError
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE scores AS SELECT CAST(p AS DOUBLE) AS propensity FROM (VALUES (0.5), (0.0), (0.25)) t(p)")
+    with pytest.raises(InputFileError, match=r"1 propensities outside \(0, 1\] \(e.g. \[0.0\]\)"):
+        _Joined(con, has_embeddings=False, label_aware=False).check_scores("propensity/scores.parquet")
+
 def test_export_plan_uses_the_fit_memory_model() -> None:
     cfg = ExportConfig(warehouse="wh", out="ds")
     assert not export_plan(4_000_000, cfg).streamed and export_plan(6_000_000, cfg).streamed  # 4GB: ~4.8M rows whole

@@ -70,3 +70,15 @@ def test_organic_context_reuses_the_fit_when_it_left_solicited_rows_out_and_name
     refit, info = _organic_context(feedback, scores, metrics, organic, LabelAwareConfig(refit_context="always"), x, x)
     assert info["refit"] is True and info["source"].startswith("refit on organic exposures") and info["n_organic"] == 500
     assert np.isnan(refit[:100]).all() and np.isfinite(refit[100:]).all()
+
+
+def test_no_bootstrap_gives_point_estimates_and_no_interval() -> None:
+    """`--bootstrap 0` is accepted by the CLI: the point estimates equal a bootstrapped run's, and the
+    intervals are NaN (not a crash: np.nanquantile of an empty array is a bare nan that cannot unpack)."""
+    arrays = _arrays()
+    none, some = estimate_label_aware(**arrays, bootstrap=0), estimate_label_aware(**arrays, bootstrap=20)
+    for key in ("naive", "context_snips", "label_aware_snips", "slice"):
+        assert none.estimates[key]["estimate"] == some.estimates[key]["estimate"]
+        assert all(np.isnan(none.estimates[key]["ci"]))
+    assert np.isnan(none.interval_by_label).all()
+    np.testing.assert_array_equal(none.propensity_by_label, some.propensity_by_label)
