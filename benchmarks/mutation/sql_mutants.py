@@ -17,19 +17,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ["tests/feedback_etl/test_sql.py", "tests/feedback_etl/test_sql_rules.py"]
+TESTS = ["tests/feedback_etl/test_sql.py", "tests/feedback_etl/test_sql_rules.py", "tests/feedback_etl/test_stg_resolution.py"]
 ENV_VAR = "CAUSALRM_SQL_MUTANT"
 
 # (file under sql/ without .sql, exact text, replacement, what the mutant means)
 MUTANTS: list[tuple[str, str, str, str]] = [
     ("marts/feedback", '<= i."impression_time" + $window', '< i."impression_time" + $window',
      "window bound <= -> < (an event exactly at the window's end becomes late)"),
-    ("marts/feedback", 'ORDER BY "event_time" DESC, "event_id" DESC', 'ORDER BY "event_time" DESC, "event_id" ASC',
-     "vote tie-break direction: the smaller event_id wins a same-instant tie"),
-    ("marts/feedback", 'ORDER BY "event_time" DESC, "event_id" DESC', 'ORDER BY "event_time" ASC, "event_id" DESC',
+    # The final vote is one ARG_MAX per exposure over (event_time, event_id) since issue 19.
+    ("marts/feedback", 'STRUCT_PACK("t" := "event_time", "id" := "event_id")', 'STRUCT_PACK("id" := "event_id", "t" := "event_time")',
+     "vote order: the greater event_id wins over the later vote (tie-break key first)"),
+    ("marts/feedback", 'ARG_MAX("event_type", STRUCT_PACK(', 'ARG_MIN("event_type", STRUCT_PACK(',
      "first vote wins instead of the last"),
-    ("marts/feedback", "LEFT JOIN final_votes AS v", "JOIN final_votes AS v",
-     "LEFT JOIN -> INNER JOIN final votes (exposures without a vote disappear)"),
     ("marts/feedback", "LEFT JOIN channels AS c", "JOIN channels AS c",
      "LEFT JOIN -> INNER JOIN channels (exposures without feedback disappear)"),
     ("marts/feedback", "WHEN 'thumbs_up' THEN 1 WHEN 'thumbs_down' THEN 0", "WHEN 'thumbs_up' THEN 0 WHEN 'thumbs_down' THEN 1",
@@ -56,6 +55,15 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "late bound > -> >= (disagrees with the mart's <=)"),
     ("staging/stg_new_events", "  AND NOT EXISTS (\n      SELECT 1 FROM \"orphans\" AS o", "  AND EXISTS (\n      SELECT 1 FROM \"orphans\" AS o",
      "new events keep only the orphans"),
+    # DuckDB runs rules 1, 5 and 6 as one query (issue 19); Spark runs the three files above.
+    ("staging/stg_resolution", 'ORDER BY c."batch_rank", c."file_index", c."row_number"',
+     'ORDER BY c."batch_rank" DESC, c."file_index", c."row_number"', "one-pass duplicate winner: this run's copy beats the warehouse's"),
+    ("staging/stg_resolution", 'HAVING COUNT(*) > 1', 'HAVING COUNT(*) > 2', "one-pass: an id seen twice is not a duplicate"),
+    ("staging/stg_resolution", 'ORDER BY "batch_rank", "event_time", "event_id"',
+     'ORDER BY "batch_rank", "event_time" DESC, "event_id"', "one-pass impression winner: the later impression wins"),
+    ("staging/stg_resolution", 'AND l."response_text" IS NOT DISTINCT FROM w."response_text"\n', "",
+     "one-pass conflict check ignores response_text"),
+    ("staging/stg_resolution", 'OR (NOT s."known" AND', 'OR (s."known" AND', "one-pass orphan test inverted"),
     ("adapters/oasst", 'WHEN r."n_up" > r."n_down" THEN', 'WHEN r."n_up" >= r."n_down" THEN',
      "OASST majority: a tie becomes an up-vote"),
 ]

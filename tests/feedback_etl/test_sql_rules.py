@@ -48,3 +48,36 @@ def test_impression_resent_with_another_answer_text_is_a_conflict(duck):
     run_sql(duck, "staging/stg_duplicates", into="duplicates")
     out = {r[2]: r[4] for r in run_sql(duck, "staging/stg_impression_losers").fetchall()}
     assert out == {"i1-text": False, "i1-prompt": False, "i1-same": True}
+
+
+def test_the_later_vote_wins_even_with_the_smaller_event_id(duck):
+    """Catches the SQL mutant of sql/marts/feedback.sql that orders the final-vote key by event_id
+    before event_time: an up-vote with id "z" followed a minute later by a down-vote with id "a"
+    ends down (event_id only breaks ties of the same instant)."""
+    from etl_factory import feedback
+
+    make_table(duck, "all_events", STAGED_TYPES, staged([
+        impression("x"), feedback("x", "thumbs_up", minutes=1, event_id="z"), feedback("x", "thumbs_down", minutes=2, event_id="a"),
+    ]))
+    build_user_splits(duck)
+    out = run_sql(duck, "marts/feedback", {"window": timedelta(days=1)}).pl().to_dicts()
+    assert [(r["observed"], r["label"]) for r in out] == [(True, 0)]
+
+
+def test_one_pass_resolution_compares_every_content_field(duck):
+    """Catches the SQL mutant that drops `response_text` from the one-pass content comparison
+    (sql/staging/stg_resolution.sql, the DuckDB engine's rules 1, 5, 6): the same rows as the
+    three-file test above give the same repeat / conflict verdicts."""
+    from feedback_etl.ingest import _resolve
+
+    rows = typed([
+        impression("x1", event_id="i1"),
+        impression("x1", event_id="i1-text", response_text="a different answer"),
+        impression("x1", event_id="i1-prompt", prompt_text="a different question"),
+        impression("x1", event_id="i1-same"),
+    ])
+    make_table(duck, "typed_events", TYPED_TYPES, rows)
+    make_table(duck, "warehouse_events", STAGED_TYPES, [])
+    _resolve(duck)
+    out = dict(duck.execute('SELECT "event_id", "same_content" FROM "impression_losers"').fetchall())
+    assert out == {"i1-text": False, "i1-prompt": False, "i1-same": True}
