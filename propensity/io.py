@@ -88,6 +88,30 @@ def _channel_parts(path: Path, channel: str) -> list[Path]:
     return sorted((path / f"channel={channel}").glob("part-*.parquet"))
 
 
+def score_files(warehouse: str | Path, channel: str) -> tuple[list[Path], bool]:
+    """The Parquet files holding one channel's propensities, for a reader that is not polars (the
+    streamed steps' DuckDB), and whether they carry a ``channel`` column to filter on (the one-file
+    layout does). The list is empty when a partitioned table has no part for ``channel``.
+
+    Raises
+    ------
+    WarehouseError : no scores at all; the message says which command to run.
+    """
+    path = scores_path(warehouse)
+    layout = scores_layout(warehouse)
+    if layout is None:
+        raise WarehouseError("warehouse has no propensity scores", where=str(path), fix=_fit_hint(warehouse, channel))
+    return ([path], True) if layout == "file" else (_channel_parts(path, channel), False)
+
+
+def sql_file_list(paths: list[Path], links: Any = None) -> str:
+    """A DuckDB list literal of file paths (``['a', 'b']``, quotes doubled), each through
+    ``links.file`` (:class:`feedback_etl.paths.LiteralPaths`) when given, so a name such as
+    ``wh[1]`` is read literally, not as a glob."""
+    names = (str(links.file(p)) if links is not None else str(p) for p in paths)
+    return "[" + ", ".join("'" + name.replace("'", "''") + "'" for name in names) + "]"
+
+
 def _partitioned_channels(path: Path) -> list[str]:
     return sorted(d.name.removeprefix("channel=") for d in path.glob("channel=*") if d.is_dir() and _channel_parts(path, d.name.removeprefix("channel=")))
 

@@ -59,16 +59,12 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
 
     from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
-    from propensity.io import scores_layout, scores_path
+    from propensity.io import score_files as channel_score_files
+    from propensity.io import sql_file_list
     from propensity.models.casecontrol import SampleRates, detached, keep_mask, register_feedback
     from propensity.slice.label_aware import label_aware_scores_path
 
-    layout = scores_layout(warehouse)
-    path = scores_path(warehouse)
-    if layout is None:
-        raise WarehouseError("warehouse has no propensity scores", where=str(path),
-                             fix=f"run `causalrm propensity fit {warehouse} --channel {channel}` first")
-    score_files = [path] if layout == "file" else sorted((path / f"channel={channel}").glob("part-*.parquet"))
+    score_files, has_channel = channel_score_files(warehouse, channel)
     la_path = label_aware_scores_path(warehouse)
     with_label_aware = label_aware and la_path.is_file()
     dataset = feedback_dataset(warehouse)
@@ -81,23 +77,20 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
     sample_parts: list[pl.DataFrame] = []
     offset = 0
 
-    def quoted(paths: list[Path], links) -> str:
-        return "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in paths) + "]"
-
     with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-audit-") as spill:
         con = duckdb.connect()
         try:
             con.execute(f"SET memory_limit = '{max(64, plan['memory_limit_bytes'] // 2 // 2**20)}MB'")
             con.execute("SET temp_directory = ?", [spill])
             register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
-            where = f"WHERE channel = '{channel}'" if layout == "file" else ""
+            where = f"WHERE channel = '{channel}'" if has_channel else ""
             flag = CHANNELS[channel]
             observed = 'f."observed"' if channel == "vote" else f'f."{flag}"'
             label = 'f."label"' if channel == "vote" else "CAST(NULL AS TINYINT)"
             selected = ", ".join(f'f."{c}"' for c in names if c not in ("observed", "label"))
             la_join, la_select = "", ""
             if with_label_aware:
-                la_join = (f"LEFT JOIN (SELECT * FROM read_parquet({quoted([la_path], links)}) WHERE channel = '{channel}') la "
+                la_join = (f"LEFT JOIN (SELECT * FROM read_parquet({sql_file_list([la_path], links)}) WHERE channel = '{channel}') la "
                            "ON la.exposure_id = f.exposure_id")
                 la_select = (""", CASE WHEN f.solicited THEN la.propensity
                     WHEN f.observed AND f.label = 1 THEN la.propensity_label1
@@ -106,7 +99,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
             query = f"""
                 SELECT {selected}, {observed} AS observed, {label} AS label, s.propensity{la_select}
                 FROM feedback f
-                LEFT JOIN (SELECT exposure_id, propensity FROM read_parquet({quoted(score_files, links)}) {where}) s
+                LEFT JOIN (SELECT exposure_id, propensity FROM read_parquet({sql_file_list(score_files, links)}) {where}) s
                     ON s.exposure_id = f.exposure_id
                 {la_join}
             """

@@ -56,7 +56,8 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
 
     from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
-    from propensity.io import scores_layout, scores_path
+    from propensity.io import score_files as channel_score_files
+    from propensity.io import sql_file_list
     from propensity.models.casecontrol import register_feedback
 
     dataset = feedback_dataset(warehouse)
@@ -68,16 +69,12 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
             register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
 
             def files(paths: list[Path]) -> str:
-                return "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in paths) + "]"
+                return sql_file_list(paths, links)
 
             joins, extra = "", ", NULL::DOUBLE AS propensity, NULL::INTEGER AS fold"
             if with_scores:
-                layout, path = scores_layout(warehouse), scores_path(warehouse)
-                if layout is None:
-                    raise WarehouseError("warehouse has no propensity scores", where=str(path),
-                                         fix=f"run `causalrm propensity fit {warehouse} --channel {channel}` first")
-                parts = [path] if layout == "file" else sorted((path / f"channel={channel}").glob("part-*.parquet"))
-                where = f"WHERE channel = '{channel}'" if layout == "file" else ""
+                parts, has_channel = channel_score_files(warehouse, channel)
+                where = f"WHERE channel = '{channel}'" if has_channel else ""
                 con.execute(f"""
                     CREATE TEMP VIEW scores AS
                     SELECT exposure_id, propensity, fold FROM read_parquet({files(parts)}) {where}

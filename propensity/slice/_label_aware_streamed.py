@@ -103,15 +103,11 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
 
     from feedback_etl.io import feedback_dataset, feedback_files
     from feedback_etl.paths import literal_paths
-    from propensity.io import scores_layout, scores_path
+    from propensity.io import score_files as channel_score_files
+    from propensity.io import sql_file_list
     from propensity.models.casecontrol import register_feedback
 
-    layout = scores_layout(warehouse)
-    path = scores_path(warehouse)
-    if layout is None:
-        raise WarehouseError("warehouse has no propensity scores", where=str(path),
-                             fix=f"run `causalrm propensity fit {warehouse} --channel {channel}` first")
-    score_files = [path] if layout == "file" else sorted((path / f"channel={channel}").glob("part-*.parquet"))
+    score_files, has_channel = channel_score_files(warehouse, channel)
     embedding_files = sorted((warehouse / "embeddings").glob("*.parquet")) if embeddings else []
     dataset = feedback_dataset(warehouse)
     with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-labelaware-") as spill:
@@ -120,15 +116,15 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
             con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
             con.execute("SET temp_directory = ?", [spill])
             register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
-            files = "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in score_files) + "]"
-            where = f"WHERE channel = '{channel}'" if layout == "file" else ""
+            files = sql_file_list(score_files, links)
+            where = f"WHERE channel = '{channel}'" if has_channel else ""
             con.execute(f"""
                 CREATE TEMP VIEW scores AS
                 SELECT exposure_id, propensity, fold FROM read_parquet({files}) {where}
             """)
             joins, extra = "", ""
             if embedding_files:
-                emb = "[" + ", ".join("'" + str(links.file(p)).replace("'", "''") + "'" for p in embedding_files) + "]"
+                emb = sql_file_list(embedding_files, links)
                 con.execute(f"""
                     CREATE TEMP VIEW embeddings AS
                     SELECT exposure_id, embedding FROM read_parquet({emb}, filename = true, file_row_number = true)

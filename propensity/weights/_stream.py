@@ -19,7 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from propensity.io import scores_layout, scores_path
+from propensity.io import score_files as channel_score_files
+from propensity.io import scores_path
 from schemas.errors import InputFileError, WarehouseError
 from schemas.feedback import CHANNELS, CONTEXT_CATEGORICAL, CONTEXT_NUMERIC
 
@@ -58,17 +59,11 @@ def _score_files(warehouse: Path, channel: str, label_aware: bool) -> tuple[list
             raise WarehouseError("warehouse has no label-aware propensities", where=str(path),
                                  fix=f"run `causalrm propensity fit-label-aware {warehouse}` first")
         return [path], True
-    layout = scores_layout(warehouse)
-    path = scores_path(warehouse)
-    fix = f"run `causalrm propensity fit {warehouse} --channel {channel}` first"
-    if layout is None:
-        raise WarehouseError("warehouse has no propensity scores", where=str(path), fix=fix)
-    if layout == "file":
-        return [path], True
-    parts = sorted((path / f"channel={channel}").glob("part-*.parquet"))
+    parts, has_channel = channel_score_files(warehouse, channel)
     if not parts:
-        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(path), fix=fix)
-    return parts, False
+        raise WarehouseError(f"no propensity scores for channel {channel!r}", where=str(scores_path(warehouse)),
+                             fix=f"run `causalrm propensity fit {warehouse} --channel {channel}` first")
+    return parts, has_channel
 
 
 @contextmanager
