@@ -187,6 +187,29 @@ def resolve_features(mapping: FieldMapping, recorded: dict | None) -> dict[str, 
     return features
 
 
+def judge_feature(name: str, spec: dict, kind: str, non_null: int, distinct: int, max_levels: int,
+                  warnings: list[str]) -> dict | None:
+    """What ingest keeps of one feature column once an engine has counted its values (DuckDB here,
+    Spark in ``spark_ingest``): its manifest record, or None for an extra column over the level cap.
+    A declared categorical over the cap is a ConfigError; an all-null or constant column is kept
+    with a warning appended to ``warnings``."""
+    if kind == "categorical" and distinct > max_levels:
+        if spec["origin"] == "declared":
+            raise ConfigError(
+                f"categorical feature {name!r} has {distinct:,} distinct values, more than the cap of {max_levels:,}",
+                where=f"features table, column {name}",
+                fix="an id is not a context column: pass it as --user-features / --item-features at fit time, "
+                "declare it numeric, or raise --max-feature-levels",
+            )
+        warnings.append(f"extra column {name!r} has {distinct:,} distinct values (cap {max_levels:,}): not kept as a feature")
+        return None
+    if non_null == 0:
+        warnings.append(f"feature {name!r} is null on every exposure (source {spec['source']!r} absent?): it carries no information")
+    elif distinct == 1:
+        warnings.append(f"feature {name!r} holds one value on every exposure that has it: it carries little information")
+    return {"type": kind, "source": spec["source"], "origin": spec["origin"], "non_null": int(non_null), "distinct": int(distinct)}
+
+
 def add_feature_columns(
     conn: duckdb.DuckDBPyConnection, features: dict[str, dict], *, max_levels: int = DEFAULT_MAX_LEVELS
 ) -> tuple[dict[str, dict], list[str]]:
@@ -219,21 +242,10 @@ def add_feature_columns(
             _check_values(conn, name, spec, kind, raw)
         typed = _typed(raw, kind)
         non_null, distinct = conn.execute(f'SELECT COUNT({typed}), COUNT(DISTINCT {typed}) FROM "impression_context"').fetchone()
-        if kind == "categorical" and distinct > max_levels:
-            if spec["origin"] == "declared":
-                raise ConfigError(
-                    f"categorical feature {name!r} has {distinct:,} distinct values, more than the cap of {max_levels:,}",
-                    where=f"features table, column {name}",
-                    fix="an id is not a context column: pass it as --user-features / --item-features at fit time, "
-                    "declare it numeric, or raise --max-feature-levels",
-                )
-            warnings.append(f"extra column {name!r} has {distinct:,} distinct values (cap {max_levels:,}): not kept as a feature")
+        record = judge_feature(name, spec, kind, non_null, distinct, max_levels, warnings)
+        if record is None:
             continue
-        if non_null == 0:
-            warnings.append(f"feature {name!r} is null on every exposure (source {spec['source']!r} absent?): it carries no information")
-        elif distinct == 1:
-            warnings.append(f"feature {name!r} holds one value on every exposure that has it: it carries little information")
-        kept[name] = {"type": kind, "source": spec["source"], "origin": spec["origin"], "non_null": int(non_null), "distinct": int(distinct)}
+        kept[name] = record
         expressions.append(f'{typed} AS "{name}"')
     for message in warnings:
         log.warning("ingest features: %s", message)

@@ -859,21 +859,10 @@ def _add_feature_columns(
                 )
         typed = _typed_feature(raw, kind)
         non_null, distinct = context.agg(F.count(typed), F.count_distinct(typed)).collect()[0]
-        if kind == "categorical" and distinct > max_levels:
-            if spec["origin"] == "declared":
-                raise ConfigError(
-                    f"categorical feature {name!r} has {distinct:,} distinct values, more than the cap of {max_levels:,}",
-                    where=f"features table, column {name}",
-                    fix="an id is not a context column: pass it as --user-features / --item-features at fit time, "
-                    "declare it numeric, or raise --max-feature-levels",
-                )
-            warnings.append(f"extra column {name!r} has {distinct:,} distinct values (cap {max_levels:,}): not kept as a feature")
+        record = features.judge_feature(name, spec, kind, non_null, distinct, max_levels, warnings)
+        if record is None:
             continue
-        if non_null == 0:
-            warnings.append(f"feature {name!r} is null on every exposure (source {spec['source']!r} absent?): it carries no information")
-        elif distinct == 1:
-            warnings.append(f"feature {name!r} holds one value on every exposure that has it: it carries little information")
-        kept[name] = {"type": kind, "source": spec["source"], "origin": spec["origin"], "non_null": int(non_null), "distinct": int(distinct)}
+        kept[name] = record
         columns.append(typed.cast(_FEATURE_TYPES[kind]).alias(name))
     for message in warnings:
         log.warning("ingest features: %s", message)
