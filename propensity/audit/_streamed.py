@@ -12,7 +12,6 @@ under ``sample``.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +54,10 @@ def sample_rows(plan: dict[str, Any]) -> int:
 def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, label_aware: bool, seed: int = 0,
                       batch_rows: int = 200_000) -> AuditInputs:
     """Stream the warehouse into :class:`AuditInputs` (module docstring)."""
-    import duckdb
-
     from feedback_etl.io import feedback_dataset, feedback_files
-    from feedback_etl.paths import literal_paths
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
-    from propensity.models.casecontrol import SampleRates, detached, keep_mask, register_feedback
+    from propensity.models.casecontrol import SampleRates, detached, feedback_connection, keep_mask
     from propensity.slice.label_aware import label_aware_scores_path
 
     score_files, has_channel = channel_score_files(warehouse, channel)
@@ -77,54 +73,49 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
     sample_parts: list[pl.DataFrame] = []
     offset = 0
 
-    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-audit-") as spill:
-        con = duckdb.connect()
-        try:
-            con.execute(f"SET memory_limit = '{max(64, plan['memory_limit_bytes'] // 2 // 2**20)}MB'")
-            con.execute("SET temp_directory = ?", [spill])
-            register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
-            where = f"WHERE channel = '{channel}'" if has_channel else ""
-            flag = CHANNELS[channel]
-            observed = 'f."observed"' if channel == "vote" else f'f."{flag}"'
-            label = 'f."label"' if channel == "vote" else "CAST(NULL AS TINYINT)"
-            selected = ", ".join(f'f."{c}"' for c in names if c not in ("observed", "label"))
-            la_join, la_select = "", ""
-            if with_label_aware:
-                la_join = (f"LEFT JOIN (SELECT * FROM read_parquet({sql_file_list([la_path], links)}) WHERE channel = '{channel}') la "
-                           "ON la.exposure_id = f.exposure_id")
-                la_select = (""", CASE WHEN f.solicited THEN la.propensity
-                    WHEN f.observed AND f.label = 1 THEN la.propensity_label1
-                    WHEN f.observed AND f.label = 0 THEN la.propensity_label0
-                    ELSE la.propensity_context END AS label_aware_propensity""")
-            query = f"""
-                SELECT {selected}, {observed} AS observed, {label} AS label, s.propensity{la_select}
-                FROM feedback f
-                LEFT JOIN (SELECT exposure_id, propensity FROM read_parquet({sql_file_list(score_files, links)}) {where}) s
-                    ON s.exposure_id = f.exposure_id
-                {la_join}
-            """
-            for batch in con.sql(query).to_arrow_reader(batch_rows):
-                if not batch.num_rows:
-                    continue
-                frame = pl.from_arrow(batch)
-                rows = slice(offset, offset + frame.height)
-                if offset + frame.height > n:
-                    raise WarehouseError("the feedback table changed while it was read", where=str(warehouse / "feedback"),
-                                         fix="run `causalrm audit` again once the ingest is done")
-                observed_all[rows] = frame["observed"].fill_null(False).to_numpy()
-                label_all[rows] = frame["label"].fill_null(-1).cast(pl.Int8).to_numpy()
-                if "solicited" in frame.columns:
-                    solicited_all[rows] = frame["solicited"].fill_null(False).to_numpy()
-                p_all[rows] = frame["propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-                if la_all is not None:
-                    la_all[rows] = frame["label_aware_propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-                keep = keep_mask(frame["exposure_id"], observed_all[rows], SampleRates(observed=rate, unobserved=rate), seed,
-                                 salt=_SAMPLE_SALT)
-                if keep.any():
-                    sample_parts.append(detached(frame.filter(pl.Series(keep))))
-                offset += frame.height
-        finally:
-            con.close()
+    budget = plan["memory_limit_bytes"] // 2
+    with feedback_connection(feedback_files(warehouse), dataset.schema, memory_limit_bytes=budget,
+                             prefix="causalrm-audit-") as (con, links):
+        where = f"WHERE channel = '{channel}'" if has_channel else ""
+        flag = CHANNELS[channel]
+        observed = 'f."observed"' if channel == "vote" else f'f."{flag}"'
+        label = 'f."label"' if channel == "vote" else "CAST(NULL AS TINYINT)"
+        selected = ", ".join(f'f."{c}"' for c in names if c not in ("observed", "label"))
+        la_join, la_select = "", ""
+        if with_label_aware:
+            la_join = (f"LEFT JOIN (SELECT * FROM read_parquet({sql_file_list([la_path], links)}) WHERE channel = '{channel}') la "
+                       "ON la.exposure_id = f.exposure_id")
+            la_select = (""", CASE WHEN f.solicited THEN la.propensity
+                WHEN f.observed AND f.label = 1 THEN la.propensity_label1
+                WHEN f.observed AND f.label = 0 THEN la.propensity_label0
+                ELSE la.propensity_context END AS label_aware_propensity""")
+        query = f"""
+            SELECT {selected}, {observed} AS observed, {label} AS label, s.propensity{la_select}
+            FROM feedback f
+            LEFT JOIN (SELECT exposure_id, propensity FROM read_parquet({sql_file_list(score_files, links)}) {where}) s
+                ON s.exposure_id = f.exposure_id
+            {la_join}
+        """
+        for batch in con.sql(query).to_arrow_reader(batch_rows):
+            if not batch.num_rows:
+                continue
+            frame = pl.from_arrow(batch)
+            rows = slice(offset, offset + frame.height)
+            if offset + frame.height > n:
+                raise WarehouseError("the feedback table changed while it was read", where=str(warehouse / "feedback"),
+                                     fix="run `causalrm audit` again once the ingest is done")
+            observed_all[rows] = frame["observed"].fill_null(False).to_numpy()
+            label_all[rows] = frame["label"].fill_null(-1).cast(pl.Int8).to_numpy()
+            if "solicited" in frame.columns:
+                solicited_all[rows] = frame["solicited"].fill_null(False).to_numpy()
+            p_all[rows] = frame["propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            if la_all is not None:
+                la_all[rows] = frame["label_aware_propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            keep = keep_mask(frame["exposure_id"], observed_all[rows], SampleRates(observed=rate, unobserved=rate), seed,
+                             salt=_SAMPLE_SALT)
+            if keep.any():
+                sample_parts.append(detached(frame.filter(pl.Series(keep))))
+            offset += frame.height
     if offset != n:
         raise WarehouseError(f"the feedback table changed while it was read ({n:,} rows counted, {offset:,} read)",
                              where=str(warehouse / "feedback"), fix="run `causalrm audit` again once the ingest is done")

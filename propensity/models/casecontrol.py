@@ -45,6 +45,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,40 +203,27 @@ def stream_rows(
     if not embeddings:
         yield from _batches(dataset, columns, batch_rows)
         return
-    import tempfile
-
-    import duckdb
-
-    from feedback_etl.paths import literal_paths
-
     # DuckDB reads every path of a list as a glob pattern: hand it plain links (issue 16), made in
     # sorted order so that ``filename`` still orders the files as their real names do.
-    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-embjoin-") as spill:
+    budget = parse_memory(memory_limit)
+    with feedback_connection(dataset.files, dataset.schema, memory_limit_bytes=budget,
+                             prefix="causalrm-embjoin-") as (con, links):
         files = [links.file(p) for p in _embedding_files(warehouse)]
-        con = duckdb.connect()
-        try:
-            con.execute(f"SET memory_limit = '{parse_memory(memory_limit) // 2**20}MB'")
-            con.execute("SET temp_directory = ?", [spill])
-            con.execute("SET preserve_insertion_order = false")
-            # DuckDB reads the snapshot's Parquet files itself: a registered pyarrow dataset's scanner
-            # reads whole row groups ahead, outside the memory limit (1-2 GB at 10M exposures).
-            register_feedback(con, [str(links.file(Path(p))) for p in dataset.files], dataset.schema)
-            selected = ", ".join(f'f."{c}"' for c in columns)
-            query = f"""
-                WITH ranked AS (
-                    SELECT exposure_id, embedding,
-                           row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) AS rank
-                    FROM read_parquet(?, filename = true, file_row_number = true)
-                )
-                SELECT {selected}, e.embedding
-                FROM feedback f LEFT JOIN (SELECT exposure_id, embedding FROM ranked WHERE rank = 1) e USING (exposure_id)
-            """
-            reader = con.sql(query, params=[[str(p) for p in files]]).to_arrow_reader(batch_rows)
-            for batch in reader:
-                if batch.num_rows:
-                    yield pl.from_arrow(batch)
-        finally:
-            con.close()
+        con.execute("SET preserve_insertion_order = false")
+        selected = ", ".join(f'f."{c}"' for c in columns)
+        query = f"""
+            WITH ranked AS (
+                SELECT exposure_id, embedding,
+                       row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) AS rank
+                FROM read_parquet(?, filename = true, file_row_number = true)
+            )
+            SELECT {selected}, e.embedding
+            FROM feedback f LEFT JOIN (SELECT exposure_id, embedding FROM ranked WHERE rank = 1) e USING (exposure_id)
+        """
+        reader = con.sql(query, params=[[str(p) for p in files]]).to_arrow_reader(batch_rows)
+        for batch in reader:
+            if batch.num_rows:
+                yield pl.from_arrow(batch)
 
 
 def embedding_dim(warehouse: Path) -> int:
@@ -584,6 +572,30 @@ def register_feedback(con, files: list[str], schema=None) -> None:
     missing = [f for f in (schema or []) if f.name not in present]
     extra = "".join(f', NULL::{_duckdb_type(f.type)} AS "{f.name}"' for f in missing)
     con.execute(f"CREATE TEMP VIEW feedback AS SELECT *{extra} FROM _feedback_files")
+
+
+@contextmanager
+def feedback_connection(files, schema=None, *, memory_limit_bytes: int, prefix: str) -> Iterator[tuple[Any, Any]]:
+    """A DuckDB connection for the streamed steps, yielded with its :class:`feedback_etl.paths.LiteralPaths`
+    as ``(con, links)``: memory limited to ``memory_limit_bytes`` (64 MB at least), spilling to a
+    temporary folder named ``prefix...`` beyond it, with the view ``feedback`` over the feedback
+    table's ``files`` (:func:`register_feedback`; DuckDB reads every path of a list as a pattern, so
+    it is handed plain links, issue 16). Closed, and the spill folder removed, on exit."""
+    import tempfile
+
+    import duckdb
+
+    from feedback_etl.paths import literal_paths
+
+    with literal_paths() as links, tempfile.TemporaryDirectory(prefix=prefix) as spill:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
+            con.execute("SET temp_directory = ?", [spill])
+            register_feedback(con, [str(links.file(Path(f))) for f in files], schema)
+            yield con, links
+        finally:
+            con.close()
 
 
 def _duckdb_type(arrow_type) -> str:

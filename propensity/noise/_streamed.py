@@ -17,7 +17,6 @@ them: the vocabulary is fitted on every distinct response, as in memory), and Du
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,49 +51,40 @@ class NoiseInputs:
 @contextmanager
 def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings: bool, audit: pl.DataFrame | None,
                  memory_limit_bytes: int) -> Iterator[NoiseInputs]:
-    import duckdb
-
     from feedback_etl.io import feedback_dataset, feedback_files
-    from feedback_etl.paths import literal_paths
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
-    from propensity.models.casecontrol import register_feedback
+    from propensity.models.casecontrol import feedback_connection
 
     dataset = feedback_dataset(warehouse)
-    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-noise-") as spill:
-        con = duckdb.connect()
-        try:
-            con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
-            con.execute("SET temp_directory = ?", [spill])
-            register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
+    with feedback_connection(feedback_files(warehouse), dataset.schema, memory_limit_bytes=memory_limit_bytes,
+                             prefix="causalrm-noise-") as (con, links):
 
-            def files(paths: list[Path]) -> str:
-                return sql_file_list(paths, links)
+        def files(paths: list[Path]) -> str:
+            return sql_file_list(paths, links)
 
-            joins, extra = "", ", NULL::DOUBLE AS propensity, NULL::INTEGER AS fold"
-            if with_scores:
-                parts, has_channel = channel_score_files(warehouse, channel)
-                where = f"WHERE channel = '{channel}'" if has_channel else ""
-                con.execute(f"""
-                    CREATE TEMP VIEW scores AS
-                    SELECT exposure_id, propensity, fold FROM read_parquet({files(parts)}) {where}
-                """)
-                joins, extra = "LEFT JOIN scores s ON s.exposure_id = f.exposure_id", ", s.propensity, s.fold"
-            embedding_files = sorted((warehouse / "embeddings").glob("*.parquet")) if embeddings else []
-            if embedding_files:
-                con.execute(f"""
-                    CREATE TEMP VIEW embeddings AS
-                    SELECT exposure_id, embedding FROM read_parquet({files(embedding_files)}, filename = true, file_row_number = true)
-                    QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
-                """)
-                joins += " LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id"
-                extra += ", e.embedding"
-            con.execute(f"CREATE TEMP VIEW joined AS SELECT f.*{extra} FROM feedback f {joins}")
-            if audit is not None:
-                con.register("audit_ids", audit.select("exposure_id").to_arrow())
-            yield NoiseInputs(con, list(dataset.schema.names))
-        finally:
-            con.close()
+        joins, extra = "", ", NULL::DOUBLE AS propensity, NULL::INTEGER AS fold"
+        if with_scores:
+            parts, has_channel = channel_score_files(warehouse, channel)
+            where = f"WHERE channel = '{channel}'" if has_channel else ""
+            con.execute(f"""
+                CREATE TEMP VIEW scores AS
+                SELECT exposure_id, propensity, fold FROM read_parquet({files(parts)}) {where}
+            """)
+            joins, extra = "LEFT JOIN scores s ON s.exposure_id = f.exposure_id", ", s.propensity, s.fold"
+        embedding_files = sorted((warehouse / "embeddings").glob("*.parquet")) if embeddings else []
+        if embedding_files:
+            con.execute(f"""
+                CREATE TEMP VIEW embeddings AS
+                SELECT exposure_id, embedding FROM read_parquet({files(embedding_files)}, filename = true, file_row_number = true)
+                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+            """)
+            joins += " LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id"
+            extra += ", e.embedding"
+        con.execute(f"CREATE TEMP VIEW joined AS SELECT f.*{extra} FROM feedback f {joins}")
+        if audit is not None:
+            con.register("audit_ids", audit.select("exposure_id").to_arrow())
+        yield NoiseInputs(con, list(dataset.schema.names))
 
 
 def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit: pl.DataFrame | None, *, estimate_frame) -> dict:

@@ -27,7 +27,6 @@ solicited rows and records its folds.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,50 +98,41 @@ class StreamedInputs:
 def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_ids: pl.DataFrame | None,
                     memory_limit_bytes: int) -> Iterator[StreamedInputs]:
     """Open :class:`StreamedInputs` over the warehouse's current feedback version (see the module docstring)."""
-    import duckdb
-
     from feedback_etl.io import feedback_dataset, feedback_files
-    from feedback_etl.paths import literal_paths
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
-    from propensity.models.casecontrol import register_feedback
+    from propensity.models.casecontrol import feedback_connection
 
     score_files, has_channel = channel_score_files(warehouse, channel)
     embedding_files = sorted((warehouse / "embeddings").glob("*.parquet")) if embeddings else []
     dataset = feedback_dataset(warehouse)
-    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-labelaware-") as spill:
-        con = duckdb.connect()
-        try:
-            con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
-            con.execute("SET temp_directory = ?", [spill])
-            register_feedback(con, [str(links.file(p)) for p in feedback_files(warehouse)], dataset.schema)
-            files = sql_file_list(score_files, links)
-            where = f"WHERE channel = '{channel}'" if has_channel else ""
+    with feedback_connection(feedback_files(warehouse), dataset.schema, memory_limit_bytes=memory_limit_bytes,
+                             prefix="causalrm-labelaware-") as (con, links):
+        files = sql_file_list(score_files, links)
+        where = f"WHERE channel = '{channel}'" if has_channel else ""
+        con.execute(f"""
+            CREATE TEMP VIEW scores AS
+            SELECT exposure_id, propensity, fold FROM read_parquet({files}) {where}
+        """)
+        joins, extra = "", ""
+        if embedding_files:
+            emb = sql_file_list(embedding_files, links)
             con.execute(f"""
-                CREATE TEMP VIEW scores AS
-                SELECT exposure_id, propensity, fold FROM read_parquet({files}) {where}
+                CREATE TEMP VIEW embeddings AS
+                SELECT exposure_id, embedding FROM read_parquet({emb}, filename = true, file_row_number = true)
+                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
             """)
-            joins, extra = "", ""
-            if embedding_files:
-                emb = sql_file_list(embedding_files, links)
-                con.execute(f"""
-                    CREATE TEMP VIEW embeddings AS
-                    SELECT exposure_id, embedding FROM read_parquet({emb}, filename = true, file_row_number = true)
-                    QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
-                """)
-                joins, extra = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
-            in_slice = "FALSE"
-            if slice_ids is not None and slice_ids.height:
-                con.register("slice_ids", slice_ids.select("exposure_id").to_arrow())
-                in_slice = "f.exposure_id IN (SELECT exposure_id FROM slice_ids)"
-            con.execute(f"""
-                CREATE TEMP VIEW joined AS
-                SELECT f.*, s.propensity, s.fold{extra}, {in_slice} AS _in_slice_file
-                FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins}
-            """)
-            yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset)
-        finally:
-            con.close()
+            joins, extra = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
+        in_slice = "FALSE"
+        if slice_ids is not None and slice_ids.height:
+            con.register("slice_ids", slice_ids.select("exposure_id").to_arrow())
+            in_slice = "f.exposure_id IN (SELECT exposure_id FROM slice_ids)"
+        con.execute(f"""
+            CREATE TEMP VIEW joined AS
+            SELECT f.*, s.propensity, s.fold{extra}, {in_slice} AS _in_slice_file
+            FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins}
+        """)
+        yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset)
 
 
 def check_streamable(facts: TableFacts, *, refit: bool, warehouse: Path) -> None:

@@ -10,7 +10,6 @@ in-memory export writes them: the same rows and values in another order.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,47 +73,38 @@ def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, 
     Scores are read as written (one row per exposure and channel, as every fit writes them; a
     window to drop duplicates cost 1 GB more at 10M exposures); the last row of an exposure in the
     embedding files wins, as in :func:`feedback_etl.io.read_embeddings`."""
-    import duckdb
-
-    from feedback_etl.paths import literal_paths
-    from propensity.models.casecontrol import register_feedback
+    from propensity.models.casecontrol import feedback_connection
 
     score_files, has_channel = _score_files(warehouse, channel, label_aware)
     embedding_files = sorted((warehouse / "embeddings").glob("*.parquet"))
-    with literal_paths() as links, tempfile.TemporaryDirectory(prefix="causalrm-export-") as spill:
-        con = duckdb.connect()
-        try:
-            con.execute(f"SET memory_limit = '{max(64, memory_limit_bytes // 2**20)}MB'")
-            con.execute("SET temp_directory = ?", [spill])
-            register_feedback(con, [str(links.file(p)) for p in feedback_files], schema)
-            scores = [str(links.file(p)) for p in score_files]
-            score_columns = ("propensity, propensity_label1, propensity_label0, propensity_context" if label_aware else "propensity")
-            where = "WHERE channel = $channel" if has_channel else ""
+    with feedback_connection(feedback_files, schema, memory_limit_bytes=memory_limit_bytes,
+                             prefix="causalrm-export-") as (con, links):
+        scores = [str(links.file(p)) for p in score_files]
+        score_columns = ("propensity, propensity_label1, propensity_label0, propensity_context" if label_aware else "propensity")
+        where = "WHERE channel = $channel" if has_channel else ""
+        con.execute(f"""
+            CREATE TEMP VIEW scores AS
+            SELECT exposure_id, {score_columns} FROM read_parquet({_list(scores)}) {where}
+        """.replace("$channel", _quote(channel)))
+        flag = CHANNELS[channel]
+        columns = list(dict.fromkeys([*FEEDBACK_COLUMNS, flag]))
+        selected = ", ".join(f'f."{c}"' for c in columns)
+        p = _LABEL_AWARE_P if label_aware else "s.propensity"
+        embedding_join, embedding = "", ""
+        if embedding_files:
+            files = [str(links.file(p)) for p in embedding_files]
             con.execute(f"""
-                CREATE TEMP VIEW scores AS
-                SELECT exposure_id, {score_columns} FROM read_parquet({_list(scores)}) {where}
-            """.replace("$channel", _quote(channel)))
-            flag = CHANNELS[channel]
-            columns = list(dict.fromkeys([*FEEDBACK_COLUMNS, flag]))
-            selected = ", ".join(f'f."{c}"' for c in columns)
-            p = _LABEL_AWARE_P if label_aware else "s.propensity"
-            embedding_join, embedding = "", ""
-            if embedding_files:
-                files = [str(links.file(p)) for p in embedding_files]
-                con.execute(f"""
-                    CREATE TEMP VIEW embeddings AS
-                    SELECT exposure_id, embedding FROM read_parquet({_list(files)}, filename = true, file_row_number = true)
-                    QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
-                """)
-                embedding_join, embedding = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
-            con.execute(f"""
-                CREATE TEMP VIEW joined AS
-                SELECT {selected}, {p} AS propensity{embedding}, f."{flag}" AS _observed
-                FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {embedding_join}
+                CREATE TEMP VIEW embeddings AS
+                SELECT exposure_id, embedding FROM read_parquet({_list(files)}, filename = true, file_row_number = true)
+                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
             """)
-            yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware)
-        finally:
-            con.close()
+            embedding_join, embedding = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
+        con.execute(f"""
+            CREATE TEMP VIEW joined AS
+            SELECT {selected}, {p} AS propensity{embedding}, f."{flag}" AS _observed
+            FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {embedding_join}
+        """)
+        yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware)
 
 
 def _list(paths: list[str]) -> str:
