@@ -33,20 +33,24 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import duckdb
-import polars as pl
 
 from feedback_etl.mapping import CONTEXT_COLUMN, FieldMapping, check_feature_name, check_source_column, contract_columns, json_path
 from schemas.errors import ConfigError, InputFileError
 
+if TYPE_CHECKING:
+    import polars as pl
+
+# polars is imported where a frame is handled: an ingest without custom features never does (issue 19).
 log = logging.getLogger(__name__)
 
 # An extra column picked up by --keep-extra-columns gets its type from the data.
 INFERRED = "inferred"
 # Distinct values a categorical feature may hold: more is an id, not a context (use an entity feature).
 DEFAULT_MAX_LEVELS = 1000
-_POLARS_TYPES: dict[str, pl.DataType] = {"categorical": pl.String(), "numeric": pl.Float64(), "boolean": pl.Boolean()}
+_POLARS_TYPES: dict[str, str] = {"categorical": "String", "numeric": "Float64", "boolean": "Boolean"}
 # Outcome columns: kept in the feedback table beside the binary label (the ``ratings`` source's raw
 # rating, issue 17), read by ``fit-label-aware --label-column``, never a model feature (they exist only
 # where feedback was given, so a propensity model would read the answer off them).
@@ -307,11 +311,12 @@ def _check_values(conn: duckdb.DuckDBPyConnection, name: str, spec: dict, kind: 
 def feature_schema(types: dict[str, str]):
     """A pandera schema of the feature columns: each nullable, of its declared type, numbers finite."""
     import pandera.polars as pa
+    import polars as pl
 
     columns = {}
     for name, kind in types.items():
         checks = [pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite() | pl.col(data.key).is_null()), name="finite")] if kind == "numeric" else []
-        columns[name] = pa.Column(_POLARS_TYPES[kind], nullable=True, coerce=True, checks=checks)
+        columns[name] = pa.Column(getattr(pl, _POLARS_TYPES[kind])(), nullable=True, coerce=True, checks=checks)
     return pa.DataFrameSchema(columns, strict=True, name="FeedbackFeatures")
 
 
@@ -335,6 +340,8 @@ def validate_feedback(frame: pl.DataFrame, types: dict[str, str] | None = None) 
 
 def feature_types(frame: pl.DataFrame | dict) -> dict[str, str]:
     """name -> categorical | numeric | boolean of the custom feature columns in a frame (or schema)."""
+    import polars as pl
+
     schema = frame.schema if isinstance(frame, pl.DataFrame) else frame
     contract = set(contract_columns())
     types = {}
@@ -347,6 +354,7 @@ def feature_types(frame: pl.DataFrame | dict) -> dict[str, str]:
 
 def read_feature_frame(warehouse: str | Path, *, version: int | str | None = None) -> pl.DataFrame | None:
     """``exposure_id`` and every custom feature column of the feedback table, None when it has none."""
+    import polars as pl
     import pyarrow.dataset  # noqa: F401  (the dataset's module)
 
     from feedback_etl import io
@@ -366,6 +374,7 @@ def read_outcome_column(warehouse: str | Path, name: str, *, version: int | str 
     ------
     ConfigError : ``name`` is no outcome column, or the feedback table does not hold it.
     """
+    import polars as pl
     import pyarrow.dataset  # noqa: F401  (the dataset's module)
 
     from feedback_etl import io

@@ -11,6 +11,7 @@ stg_duplicates              repeated event_ids (rule 1), against the warehouse a
 stg_impression_losers       a second impression of one exposure: repeat or conflict (rule 6)
 stg_orphans                 feedback without an impression (rule 5)
 stg_resolution              (DuckDB) the three rules above in one query on key columns; Spark runs the three files
+late_content                (DuckDB, deferred content) the content of the rows rejected after typing, read again
 stg_new_events              what this run adds to ``WH/events/``
 stg_rejects                 what it adds to ``WH/rejects/``
 reconcile                   rows read = accepted + rejected + duplicates, or the run fails (rule 7)
@@ -23,7 +24,11 @@ Privacy hook (issue 9): every table written derives from ``typed_events`` (rejec
 included: typing keeps the raw payload of rejected rows in that table). Pseudonymising
 ``user_id``/``session_id`` and hashing, dropping or scrubbing the text columns belongs in one
 place: ``ingest(..., typed_hook=...)``, run between ``stg_events_typed`` and ``stg_resolution``,
-rewrites ``typed_events`` before anything else reads it.
+rewrites ``typed_events`` before anything else reads it. On Parquet and CSV inputs the content
+columns (``CONTENT_COLUMNS``: texts, the impression's other ids and attributes) are not kept in
+``typed_events`` unless the hook names them in ``hook.columns``; every file is then written from
+``typed_events`` (the key columns and the hook's columns, rewritten) joined to the other content
+columns read from the input: what the hook rewrites is only ever read from ``typed_events``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any, Callable
 
 import duckdb
 
-from feedback_etl import features, io, sql_checks
+from feedback_etl import features, sql_checks, sqlfiles
 from feedback_etl.mapping import FieldMapping, load_mapping
 from feedback_etl.run_checks import check_run
 from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
@@ -69,7 +74,9 @@ log = logging.getLogger(__name__)
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-# Rewrites the temp table "typed_events" in place; returns what to record in the manifest.
+# Rewrites the temp table "typed_events" in place; returns what to record in the manifest. A hook
+# may name the content columns it reads or rewrites as ``hook.columns`` (a set); without it every
+# column is kept in typed_events for it (see CONTENT_COLUMNS).
 TypedHook = Callable[[duckdb.DuckDBPyConnection], "dict | None"]
 ENGINES: tuple[str, ...] = ("duckdb", "spark")
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
@@ -83,6 +90,32 @@ _EVENT_COLUMNS: dict[str, str] = {
     "solicited": "BOOLEAN", "source_file": "VARCHAR", "row_number": "BIGINT",
     # Custom context columns' raw values, a JSON object (issue 17; null without features).
     "context": "VARCHAR",
+}
+# Content columns (issue 19): typed like the others, but on Parquet and CSV inputs the DuckDB
+# engine keeps only the key columns in typed_events (ids, times, types, file and row numbers,
+# reject reasons and payloads) and reads these from the input again, by row identity
+# (file_index, row_number), when it writes the events and feedback files: the resolution rules,
+# the mart and the sorts work on narrow rows, and memory no longer grows with the texts.
+CONTENT_COLUMNS: tuple[str, ...] = (
+    "session_id", "prompt_id", "response_id", "model_id", "prompt_text", "response_text",
+    "position", "platform", "locale", "latency_ms", "solicited",
+)
+# The feedback table's columns that sql/marts/feedback.sql's final SELECT takes from the exposure's
+# impression "i", spelled as there (tests/feedback_etl/test_content_columns.py keeps them equal):
+# with deferred content the mart is built without them and they join in when it is written.
+MART_CONTENT: dict[str, str] = {
+    "session_id": 'i."session_id"',
+    "prompt_id": 'i."prompt_id"',
+    "response_id": 'i."response_id"',
+    "model_id": 'i."model_id"',
+    "position": 'CAST(i."position" AS INTEGER)',
+    "platform": 'i."platform"',
+    "locale": 'i."locale"',
+    "latency_ms": 'CAST(i."latency_ms" AS DOUBLE)',
+    "prompt_text": 'i."prompt_text"',
+    "response_text": 'i."response_text"',
+    "response_chars": 'CAST(LENGTH(i."response_text") AS BIGINT)',
+    "solicited": 'COALESCE(i."solicited", FALSE)',
 }
 
 
@@ -230,7 +263,10 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     ``typed_events``: the one place to pseudonymise ids, hash or drop texts and scrub the
     ``payload`` of rejected rows (issue 9). It rewrites the DuckDB temp table ``typed_events`` in
     place (same columns and types) and returns a JSON-able dict kept in the run's manifest record
-    under ``typed_hook`` (e.g. counts of what was redacted; never a secret).
+    under ``typed_hook`` (e.g. counts of what was redacted; never a secret). A hook that sets
+    ``hook.columns`` (the :data:`CONTENT_COLUMNS` it reads or rewrites) lets the other content
+    columns stay out of ``typed_events`` (they are read from the input when written, never
+    rewritten); a hook without it sees every column.
 
     Raises
     ------
@@ -251,8 +287,7 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
         mapping = _with_ratings_features(mapping, cfg)
     if cfg.engine == "spark":
         _engine_plugin(cfg.engine).check_supported(cfg, files, typed_hook)
-    with duckdb.connect() as probe:
-        unknown_columns = preflight(probe, files, cfg.source, mapping)
+    unknown_columns = preflight(None, files, cfg.source, mapping)  # a DuckDB connection for Parquet files only
     if cfg.keep_extra_columns:
         mapping, _ = features.with_extra_columns(mapping, unknown_columns)
     digests = {f.path: _sha256(f.path) for f in files}
@@ -443,18 +478,21 @@ def _pipeline(
         "read", lambda: raw_event_parts(conn, files, cfg.source, mapping, rating_threshold=cfg.rating_threshold,
                                         side_tables=_side_tables(cfg))
     )
-    hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook)
+    # Content columns read from the input when writing, not kept in typed_events (issue 19).
+    deferred = deferred_content(cfg, files, mapping, typed_hook) if len(parts) == len(files) else Deferred()
+    hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook, deferred=deferred)
 
     counts = steps.run("reconcile", lambda: reconcile(conn, source_relations))
     if _has_relation(conn, "new_events"):
         # new_events is a table (custom context columns): free the typed copy before the mart.
         conn.execute('DROP TABLE "typed_events"')
     else:
-        steps.run("keep_accepted", lambda: _keep_accepted_only(conn))
-    conn.execute(
-        'CREATE OR REPLACE TEMP VIEW "all_events" AS '
-        'SELECT * FROM "warehouse_events" UNION ALL SELECT * FROM "new_events"'
-    )
+        steps.run("keep_accepted", lambda: _keep_accepted_only(conn, deferred))
+    # With deferred content, every step up to the writes reads key columns only: the warehouse's
+    # content columns are left out too (read where the feedback table is written).
+    context = '"context"'
+    earlier = f'SELECT {_event_select(deferred, context=context)} FROM "warehouse_events"' if deferred.columns else 'SELECT * FROM "warehouse_events"'
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "all_events" AS {earlier} UNION ALL SELECT * FROM "new_events"')
     counts["late_events"] = steps.run(
         "stg_late_events", lambda: run_sql(conn, "staging/stg_late_events", {"window": window}).fetchall()[0][0]
     )
@@ -463,49 +501,72 @@ def _pipeline(
         # Every row checked in SQL against the StagedEvent contract (sql_checks: the same rules as
         # the pandera model, without importing pandera), then written by DuckDB itself (issue 19).
         # The schema of an empty batch: the first run creates the table even when it accepts nothing.
-        select, schema = _contract_select(conn, "new_events", "events", run_id=run_id)
+        full = "new_events"
+        if deferred.columns:  # the accepted rows with their content, read from the input again
+            conn.execute(f'CREATE OR REPLACE TEMP VIEW "new_events_full" AS {_events_full(deferred)}')
+            full = "new_events_full"
+        select, schema = _contract_select(conn, full, "events", run_id=run_id)
         writes["events"].set_schema(schema)
         if counts["accepted"] == 0:
-            sql_checks.validate_relation(conn, "new_events", "events")
+            sql_checks.validate_relation(conn, full, "events")
             return 0
         _check_unique(conn, "new_events", "event_id", "events")
-        sql_checks.validate_relation(conn, "new_events", "events", skip_unique=True)
+        if not deferred.columns:  # with deferred content, the files are checked as written (below)
+            sql_checks.validate_relation(conn, full, "events", skip_unique=True)
         # One part per batch_rows rows of the table under new_events (a rowid range: the scan
         # reads only that range), so a part holds at most batch_rows events; empty parts are dropped.
         base, projection = ('"new_events"', "*") if _has_relation(conn, "new_events") else ('"typed_events"', _ACCEPTED)
         end = int(conn.execute(f"SELECT COALESCE(MAX(rowid), -1) + 1 FROM {base}").fetchone()[0])
         written = 0
         for low in range(0, end, cfg.batch_rows):
-            part = f'SELECT {projection} FROM {base} WHERE rowid >= {low} AND rowid < {low + cfg.batch_rows}'
+            within = f"rowid >= {low} AND rowid < {low + cfg.batch_rows}"
+            if deferred.columns:  # the content of the files holding this range's rows only
+                files_in = [int(k) for (k,) in conn.execute(f'SELECT DISTINCT "file_index" FROM "typed_events" WHERE {within}').fetchall()]
+                part = f'{_events_full(deferred, files_in)} WHERE "t".{within}'
+            else:
+                part = f'SELECT {projection} FROM {base} WHERE {within}'
             written += writes["events"].copy(conn, f'SELECT {select} FROM ({part}) AS "new_events"', schema, {"run_id": run_id})
+        if written != counts["accepted"]:
+            raise TableValidationError("events", 1, f"{written} rows written for {counts['accepted']} accepted events")
+        if deferred.columns:
+            _validate_written(conn, writes["events"], "events")
         return written
 
     def write_rejects() -> int:
-        validate = lambda frame: sql_checks.conform(frame, "rejects")  # noqa: E731
+        # Checked in SQL on every row, then written by DuckDB itself, as the events are (issue 19).
         sql_checks.validate_relation(conn, "rejects", "rejects")
-        if counts["rejected_total"] == 0:
-            empty = conn.sql('SELECT * FROM "rejects" LIMIT 0').to_arrow_table()
-            writes["rejects"].set_schema(io.to_arrow(next(io.validated_batches([empty], validate))).schema)
-            return 0
-        reader = conn.sql('SELECT * FROM "rejects" ORDER BY "source_file", "row_number"').to_arrow_reader(cfg.batch_rows)
-        return sum(writes["rejects"].write(t) for t in io.validated_batches(reader, validate))
+        select, schema = _contract_select(conn, "rejects", "rejects")
+        writes["rejects"].set_schema(schema)
+        return _write_rejects(conn, writes["rejects"], select, schema, counts["rejected_total"], cfg.batch_rows)
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
     # Each user's split, balanced in rows; users of the committed feedback table keep theirs (issue 15).
     steps.run("marts/user_splits", lambda: build_user_splits(conn, previous_feedback))
-    steps.run("marts/feedback", lambda: run_sql(conn, "marts/feedback", {"window": window}, into="feedback_mart"))
+    mart_columns: list[str] = []
+    if deferred.columns:  # the mart on key columns; the impressions' content joins in when it is written
+        mart_columns = steps.run("marts/feedback", lambda: _narrow_mart(conn, window))
+    else:
+        steps.run("marts/feedback", lambda: run_sql(conn, "marts/feedback", {"window": window}, into="feedback_mart"))
     wanted = features.resolve_features(mapping, tables.get("features"))
     kept, feature_warnings = steps.run(
         "features", lambda: features.add_feature_columns(conn, wanted, max_levels=cfg.max_feature_levels)
     )
     types = {name: spec["type"] for name, spec in kept.items()}
     totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
+    content = None
+    if deferred.columns:  # where each new impression's content is: its row in the input
+        kept_columns = "".join(f', "{c}"' for c in CONTENT_COLUMNS if c not in deferred.columns)
+        conn.execute(
+            'CREATE OR REPLACE TEMP TABLE "new_impressions" AS SELECT "exposure_id", "file_index", "row_number"'
+            f'{kept_columns} FROM "typed_events" WHERE "event_type" = \'impression\''
+        )
+        content = lambda first, last: _feedback_full(conn, deferred, mart_columns, first, last)  # noqa: E731
     # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
             conn.execute(f'DROP TABLE "{table}"')
-    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types))
+    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types, content))
 
     new_tables = {
         "events": int(totals),
@@ -524,9 +585,11 @@ def _pipeline(
 
 
 def _side_tables(cfg: IngestConfig) -> list:
-    from feedback_etl.side_features import read_side_tables
+    if cfg.source != "ratings":
+        return []
+    from feedback_etl.side_features import read_side_tables  # numpy and polars: the ratings source only
 
-    return read_side_tables(cfg.user_features, cfg.item_features) if cfg.source == "ratings" else []
+    return read_side_tables(cfg.user_features, cfg.item_features)
 
 
 def _with_ratings_features(mapping: FieldMapping, cfg: IngestConfig) -> FieldMapping:
@@ -551,19 +614,33 @@ def stage(
     files: list[InputFile] | None = None,
     steps: _Steps | None = None,
     typed_hook: TypedHook | None = None,
+    deferred: "Deferred | None" = None,
 ) -> dict | None:
     """Run the staging transforms over the slices of ``raw_events`` (needs ``warehouse_events``
     and ``event_type_map``): typed_events, duplicates, impression_losers, orphans, new_events,
-    rejects -- everything reconciliation counts. Returns what ``typed_hook`` returned."""
+    rejects -- everything reconciliation counts. Returns what ``typed_hook`` returned.
+
+    With ``deferred`` columns (one slice per file of ``files``), typed_events keeps every column
+    but those, and each slice stays readable as the view ``raw_input_<file_index>``; new_events
+    has them null (they are joined in when the events are written)."""
     steps = steps or _Steps(progress=False)
     files = files or []
+    deferred = deferred or Deferred()
+    excluded = ", ".join(f'"{c}"' for c in deferred.columns)
+    # With deferred content: the key columns (and those the hook reads) only.
+    typing = f'SELECT * EXCLUDE ({excluded}) FROM (\n{sqlfiles.load_sql("staging/stg_events_typed")}\n) AS "typed"' if excluded else ""
 
     def type_events() -> None:
         # One pass per slice of raw_events (one per canonical file), all into one typed table.
         for k, part in enumerate(parts):
             conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {part}')
+            if deferred.columns:
+                conn.execute(f"CREATE OR REPLACE TEMP VIEW {_raw_view(files[k].index)} AS {part}")
             try:
-                run_sql(conn, "staging/stg_events_typed", into="typed_events", append=k > 0)
+                if typing:
+                    conn.execute(("INSERT INTO \"typed_events\"\n" if k > 0 else "CREATE OR REPLACE TEMP TABLE \"typed_events\" AS\n") + typing)
+                else:
+                    run_sql(conn, "staging/stg_events_typed", into="typed_events", append=k > 0)
                 features.capture_context(conn, append=k > 0)  # custom context columns (issue 17)
             except duckdb.Error as exc:
                 where = str(files[k].path) if len(parts) == len(files) else ", ".join(str(f.path) for f in files[:3])
@@ -575,20 +652,32 @@ def stage(
 
     steps.run("stg_events_typed", type_events)
     hook_report = steps.run("typed_hook", lambda: typed_hook(conn)) if typed_hook is not None else None
+    if deferred.columns:
+        _content_views(conn, deferred)
     # Rules 1, 5 and 6 in one pass over the key columns (issue 19); the Spark engine runs the three
     # files they replace (stg_duplicates, stg_impression_losers, stg_orphans: the same rows).
     steps.run("stg_resolution", lambda: _resolve(conn))
+    if deferred.columns:
+        steps.run("late_content", lambda: _late_content(conn, deferred))
     # A view over typed_events (issue 19): the accepted rows are not copied. With custom context
     # columns they are materialised once, with their context column (features.attach_context).
-    steps.run("stg_new_events", lambda: conn.execute('CREATE OR REPLACE TEMP VIEW "new_events" AS ' + load_sql("staging/stg_new_events")))
-    steps.run("context", lambda: _attach_context(conn))
-    steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
+    new_events = _staging_sql("staging/stg_new_events", deferred)
+    steps.run("stg_new_events", lambda: conn.execute('CREATE OR REPLACE TEMP VIEW "new_events" AS ' + new_events))
+    steps.run("context", lambda: _attach_context(conn, new_events))
+    if deferred.columns:
+        rejects = _staging_sql("staging/stg_rejects", deferred)
+        steps.run("stg_rejects", lambda: conn.execute('CREATE OR REPLACE TEMP TABLE "rejects" AS\n' + rejects, {"run_id": run_id}))
+    else:
+        steps.run("stg_rejects", lambda: run_sql(conn, "staging/stg_rejects", {"run_id": run_id}, into="rejects"))
     return hook_report
 
 
 def _resolve(conn: duckdb.DuckDBPyConnection) -> None:
     """The table ``resolution`` (sql/staging/stg_resolution.sql) and, over it, the views
     ``duplicates``, ``impression_losers`` and ``orphans`` with the columns of their own SQL files."""
+    # The content of contested impressions: typed_events itself unless ingest.stage made the view.
+    if not conn.execute("SELECT COUNT(*) FROM duckdb_views() WHERE view_name = 'typed_content'").fetchone()[0]:
+        conn.execute('CREATE OR REPLACE TEMP VIEW "typed_content" AS SELECT * FROM "typed_events"')
     run_sql(conn, "staging/stg_resolution", into="resolution")
     for view, rule, columns in (
         ("duplicates", "duplicate", '"file_index", "row_number", "event_id"'),
@@ -690,7 +779,7 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
     }
 
 
-def _keep_accepted_only(conn: duckdb.DuckDBPyConnection) -> None:
+def _keep_accepted_only(conn: duckdb.DuckDBPyConnection, deferred: "Deferred | None" = None) -> None:
     """Once reconciled, delete from ``typed_events`` every row ``stg_new_events`` leaves out (the
     same predicates), so that the view ``new_events`` becomes a plain projection of it: each of its
     later scans (validation, write, the mart) skips the anti-joins (issue 19)."""
@@ -706,14 +795,14 @@ def _keep_accepted_only(conn: duckdb.DuckDBPyConnection) -> None:
                WHERE d."file_index" = t."file_index" AND d."row_number" = t."row_number"
            )"""
     )
-    conn.execute(f'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT {_ACCEPTED} FROM "typed_events"')
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT {_event_select(deferred or Deferred())} FROM "typed_events"')
 
 
 # new_events as a projection of typed_events once only accepted rows are left in it (no context columns).
 _ACCEPTED = ", ".join(f'"{name}"' for name in _EVENT_COLUMNS if name != "context") + ', CAST(NULL AS VARCHAR) AS "context"'
 
 
-def _attach_context(conn: duckdb.DuckDBPyConnection) -> None:
+def _attach_context(conn: duckdb.DuckDBPyConnection, new_events: str | None = None) -> None:
     """``new_events`` gets its ``context`` column: joined and materialised when the input had custom
     context columns (:func:`features.attach_context`), else a null column on the view (no copy)."""
     if _has_relation(conn, "feature_context"):
@@ -721,8 +810,188 @@ def _attach_context(conn: duckdb.DuckDBPyConnection) -> None:
         return
     conn.execute(
         'CREATE OR REPLACE TEMP VIEW "new_events" AS SELECT *, CAST(NULL AS VARCHAR) AS "context" FROM (\n'
-        + load_sql("staging/stg_new_events") + '\n) AS "accepted"'
+        + (new_events or load_sql("staging/stg_new_events")) + '\n) AS "accepted"'
     )
+
+
+# ---------------------------------------------------------------- deferred content (issue 19)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The content columns a run reads from its input when writing instead of keeping them in
+    ``typed_events`` (``columns``; empty: every column is kept, the plain path), and the
+    ``file_index`` of each input file (each read again through the view ``raw_input_<index>``)."""
+
+    columns: tuple[str, ...] = ()
+    files: tuple[int, ...] = ()
+
+    def content(self, files: "list[int] | tuple[int, ...] | None" = None) -> str:
+        """SQL of ``file_index``, ``row_number`` and the deferred columns of every input row of
+        ``files`` (all by default), typed by stg_events_typed itself over the input read again."""
+        text = sqlfiles.load_sql("staging/stg_events_typed")
+        columns = ", ".join(f'"{c}"' for c in self.columns)
+        chosen = sorted(set(self.files if files is None else files))
+        selects = [
+            f'SELECT "file_index", "row_number", {columns} FROM (\n{_over(text, "raw_events", _raw_view(k))}\n) AS "typed"'
+            for k in chosen
+        ]
+        if selects:
+            return "\nUNION ALL\n".join(selects)
+        nulls = ", ".join(f'CAST(NULL AS {_EVENT_COLUMNS[c]}) AS "{c}"' for c in self.columns)
+        return f'SELECT CAST(NULL AS INTEGER) AS "file_index", CAST(NULL AS BIGINT) AS "row_number", {nulls} WHERE FALSE'
+
+    def join(self, alias: str, files: "list[int] | None" = None) -> str:
+        """``JOIN (content) AS w`` on the row identity of the relation aliased ``alias``."""
+        return (
+            f'JOIN ({self.content(files)}) AS "w" '
+            f'ON "w"."file_index" = "{alias}"."file_index" AND "w"."row_number" = "{alias}"."row_number"'
+        )
+
+    def pick(self, name: str, alias: str) -> str:
+        """A content column from the re-read input (deferred) or from ``alias`` (kept)."""
+        return f'"w"."{name}"' if name in self.columns else f'"{alias}"."{name}"'
+
+
+def deferred_content(cfg: IngestConfig, files: list[InputFile], mapping: FieldMapping, typed_hook: "TypedHook | None") -> Deferred:
+    """What this run reads from the input when writing (issue 19): on canonical Parquet and CSV
+    inputs without custom context columns, every content column the hook does not name in
+    ``hook.columns`` (a hook without that attribute keeps them all). JSON Lines and adapters keep
+    every column: reading them again would parse every record again, and their text is held in
+    memory by the reader anyway."""
+    plain = Deferred()
+    if cfg.engine != "duckdb" or cfg.source != "canonical" or mapping.features or not files:
+        return plain
+    if any(f.format not in ("parquet", "csv") for f in files):
+        return plain
+    used = frozenset() if typed_hook is None else getattr(typed_hook, "columns", None)
+    if used is None:
+        return plain
+    columns = tuple(c for c in CONTENT_COLUMNS if c not in used)
+    return Deferred(columns, tuple(f.index for f in files)) if columns else plain
+
+
+def _raw_view(file_index: int) -> str:
+    return f'"raw_input_{int(file_index)}"'
+
+
+def _over(text: str, name: str, relation: str) -> str:
+    """SQL ``text`` reading ``relation`` wherever it reads the relation ``name``."""
+    quoted = f'"{name}"'
+    if quoted not in text:
+        raise ValueError(f"the SQL reads no {quoted}")
+    return text.replace(quoted, relation)
+
+
+def _event_select(deferred: Deferred, *, context: str = 'CAST(NULL AS VARCHAR) AS "context"', alias: str | None = None) -> str:
+    """The events columns (``_EVENT_COLUMNS``' order) of a key-column relation: deferred content
+    columns null, ``context`` as given."""
+    prefix = f'"{alias}".' if alias else ""
+    columns = []
+    for name, kind in _EVENT_COLUMNS.items():
+        if name == "context":
+            columns.append(context)
+        elif name in deferred.columns:
+            columns.append(f'CAST(NULL AS {kind}) AS "{name}"')
+        else:
+            columns.append(f'{prefix}"{name}"')
+    return ", ".join(columns)
+
+
+def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
+    """``typed_content``: every typed column of this run's rows (stg_resolution reads the content
+    of contested impressions from it)."""
+    picked = ", ".join(f'"w"."{c}"' for c in deferred.columns)
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "typed_content" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" {deferred.join("t")}')
+
+
+def _late_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
+    """``typed_rows``: typed_events with the deferred content of the rows rejected after typing
+    (conflicting impressions, orphan feedback: stg_rejects rebuilds their payload from it; read
+    again from their files only), null on every other row."""
+    late = "\"rule\" IN ('impression_loser', 'orphan')"
+    files = [int(k) for (k,) in conn.execute(f'SELECT DISTINCT "file_index" FROM "resolution" WHERE {late}').fetchall()]
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE "late_content" AS
+        SELECT "w".* FROM ({deferred.content(files)}) AS "w"
+        WHERE EXISTS (
+            SELECT 1 FROM "resolution" AS r
+            WHERE {late} AND r."file_index" = "w"."file_index" AND r."row_number" = "w"."row_number"
+        )"""
+    )
+    picked = ", ".join(f'"c"."{c}"' for c in deferred.columns)
+    conn.execute(
+        f'CREATE OR REPLACE TEMP VIEW "typed_rows" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" '
+        'LEFT JOIN "late_content" AS "c" ON "c"."file_index" = "t"."file_index" AND "c"."row_number" = "t"."row_number"'
+    )
+
+
+def _staging_sql(name: str, deferred: Deferred) -> str:
+    """A staging file's SQL; with deferred content, over ``typed_rows`` (typed_events with the
+    content the file reads) instead of ``typed_events``."""
+    text = sqlfiles.load_sql(name)  # through the module: tests replace a transform there
+    return _over(text, "typed_events", '"typed_rows"') if deferred.columns else text
+
+
+def _validate_written(conn: duckdb.DuckDBPyConnection, write: TableWrite, table: str) -> None:
+    """Check every row of the files ``write`` holds (not committed yet) against ``table``'s contract
+    (:func:`sql_checks.validate_relation`, unique keys excepted: checked before writing). With
+    deferred content (issue 19) the rows are checked as written -- one read of the files -- rather
+    than as a second join with the input; a file that breaks the contract is never committed."""
+    from feedback_etl.paths import engine_file
+
+    paths = [engine_file(path) for path, rows in write.files if rows]
+    if not paths:
+        return
+    listing = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+    extra = ' EXCLUDE ("run_id")' if "run_id" in write.schema.names and "run_id" not in sql_checks.CONTRACTS[table] else ""
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "written_{table}" AS SELECT *{extra} FROM read_parquet({listing})')
+    sql_checks.validate_relation(conn, f"written_{table}", table, skip_unique=True)
+
+
+def _events_full(deferred: Deferred, files: "list[int] | None" = None) -> str:
+    """SQL of the accepted events (typed_events once :func:`_keep_accepted_only` has run) with
+    their deferred content read from ``files`` of the input (all by default), aliased ``t``."""
+    columns = []
+    for name in _EVENT_COLUMNS:
+        if name == "context":
+            columns.append('CAST(NULL AS VARCHAR) AS "context"')
+        else:
+            columns.append(f'"w"."{name}"' if name in deferred.columns else f'"t"."{name}"')
+    return f'SELECT {", ".join(columns)} FROM "typed_events" AS "t" {deferred.join("t", files)}'
+
+
+def _narrow_mart(conn: duckdb.DuckDBPyConnection, window: timedelta) -> list[str]:
+    """``feedback_mart``: sql/marts/feedback.sql without its :data:`MART_CONTENT` columns (over
+    key columns, the impressions' content would be null). Returns the mart's full column order."""
+    text = sqlfiles.load_sql("marts/feedback")
+    order = [d[0] for d in conn.execute(f'SELECT * FROM (\n{text}\n) AS "mart" LIMIT 0', {"window": window}).description]
+    excluded = ", ".join(f'"{c}"' for c in MART_CONTENT)
+    conn.execute(f'CREATE OR REPLACE TEMP TABLE "feedback_mart" AS SELECT * EXCLUDE ({excluded}) FROM (\n{text}\n) AS "mart"', {"window": window})
+    return order
+
+
+def _feedback_full(conn: duckdb.DuckDBPyConnection, deferred: Deferred, order: list[str], first: Any, last: Any) -> str:
+    """SQL of the feedback table's rows (``order``, then feature columns), the days ``first`` to
+    ``last`` only unless both are None (binding ``$first`` and ``$last`` then): ``feedback_mart``
+    joined to each exposure's impression content, from the warehouse or from this run's input read
+    again (only the files holding those days' new impressions), as feedback.sql computes it."""
+    where, files = "", None
+    if first is not None:
+        where = 'WHERE m."impression_date" BETWEEN $first AND $last'
+        files = [int(k) for (k,) in conn.execute(
+            'SELECT DISTINCT n."file_index" FROM "new_impressions" AS n JOIN "feedback_mart" AS m ON m."exposure_id" = n."exposure_id" '
+            'WHERE m."impression_date" BETWEEN ? AND ?', [first, last]).fetchall()]
+    present = [r[0] for r in conn.execute('DESCRIBE "feedback_mart"').fetchall()]
+    columns = [f'{MART_CONTENT[c]} AS "{c}"' if c in MART_CONTENT else f'm."{c}"' for c in order]
+    columns += [f'm."{c}"' for c in present if c not in order]  # custom feature columns
+    earlier = ", ".join(f'"{c}"' for c in CONTENT_COLUMNS)
+    new = ", ".join(f'{deferred.pick(c, "n")} AS "{c}"' for c in CONTENT_COLUMNS)
+    impressions = (
+        f'SELECT "exposure_id", {earlier} FROM "warehouse_events" WHERE "event_type" = \'impression\'\n'
+        f'UNION ALL SELECT n."exposure_id", {new} FROM "new_impressions" AS n {deferred.join("n", files)}'
+    )
+    return f'SELECT {", ".join(columns)} FROM "feedback_mart" AS m JOIN ({impressions}) AS i ON i."exposure_id" = m."exposure_id" {where}'
 
 
 def _has_relation(conn, name: str) -> bool:
@@ -744,9 +1013,9 @@ def _contract_select(conn: duckdb.DuckDBPyConnection, relation: str, table: str,
     Arrow schema the warehouse commits for them (that of a validated polars batch: large strings,
     ``run_id`` last when given, as ``io.validated_batches`` writes it). With ``run_id`` the select
     list ends with the parameter ``$run_id``."""
-    empty = conn.sql(f'SELECT * FROM "{relation}" LIMIT 0').to_arrow_table()
-    schema = io.to_arrow(next(io.validated_batches([empty], lambda f: sql_checks.conform(f, table), run_id=run_id))).schema
     current = dict(conn.execute(f'SELECT column_name, column_type FROM (DESCRIBE "{relation}")').fetchall())
+    # The schema of a validated polars batch, derived without polars (issue 19: start-up).
+    schema = sql_checks.arrow_schema(table, list(current), run_id=run_id is not None)
     columns = []
     for field_ in schema:
         if field_.name == "run_id" and run_id is not None:
@@ -760,6 +1029,29 @@ def _contract_select(conn: duckdb.DuckDBPyConnection, relation: str, table: str,
     return ", ".join(columns), schema
 
 
+def _write_rejects(conn: duckdb.DuckDBPyConnection, write: TableWrite, select: str, schema, total: int, batch_rows: int) -> int:
+    """Write the ``rejects`` relation (``total`` rows, checked) in file and row order, parts of at
+    most ``batch_rows`` rows; returns the rows written.
+
+    Raises
+    ------
+    TableValidationError : fewer or more rows written than ``total``.
+    """
+    order = 'ORDER BY "source_file", "row_number"'
+    if total <= batch_rows:
+        written = write.copy(conn, f'SELECT {select} FROM "rejects" {order}', schema) if total else 0
+    else:  # numbered once in that order, then written batch_rows at a time
+        conn.execute(f'CREATE OR REPLACE TEMP TABLE "rejects_ordered" AS SELECT ROW_NUMBER() OVER ({order}) AS "k", * FROM "rejects"')
+        written = sum(
+            write.copy(conn, f'SELECT {select} FROM "rejects_ordered" WHERE "k" > {low} AND "k" <= {low + batch_rows} ORDER BY "k"', schema)
+            for low in range(0, total, batch_rows)
+        )
+        conn.execute('DROP TABLE "rejects_ordered"')
+    if written != total:
+        raise TableValidationError("rejects", 1, f"{written} rows written for {total} rejected")
+    return written
+
+
 def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, table: str) -> None:
     """Full-data uniqueness of a key (parts are validated one at a time, so checked here)."""
     repeated = conn.execute(
@@ -769,7 +1061,10 @@ def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, tabl
         raise TableValidationError(table, len(repeated), f"{key} not unique: {repeated}")
 
 
-def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int, types: dict[str, str] | None = None) -> dict:
+def _write_feedback(
+    conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int, types: dict[str, str] | None = None,
+    content: "Callable[[Any, Any], str] | None" = None,
+) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
     Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is a frame
@@ -777,12 +1072,26 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
     :func:`feedback_etl.io.validate_feedback` before it is written. A table that fits in one
     batch is validated as one frame; exposure_id uniqueness across frames is checked on the whole
     table first. Memory stays bounded by one batch (or the largest day).
+
+    ``content(first, last)``, when given, is the SQL of the table's rows of the days ``first`` to
+    ``last`` (both None: every day) with the columns ``feedback_mart`` lacks (deferred content,
+    issue 19; it binds ``$first`` and ``$last``); the rows are read from it, sorted, and counted.
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
+    relation = "feedback_mart"
+    if content is not None:  # its rows are checked as written (below): one read of the files, not a second join
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "feedback_full" AS {content(None, None)}')
+        relation = "feedback_full"
+
+    def day_rows_sql(select: str, days: list) -> str:
+        source = '"feedback_mart"' if content is None else f'({content(days[0], days[-1])}) AS "feedback_full"'
+        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"'
+
     if types:  # custom features (issue 17): contract and feature columns validated with pandera, per frame
         validate = lambda frame: features.validate_feedback(frame, types)  # noqa: E731
     else:  # every row in SQL against FeedbackTable's rules, frames cast to its types (issue 19)
-        sql_checks.validate_relation(conn, "feedback_mart", "feedback", skip_unique=True)
+        if content is None:
+            sql_checks.validate_relation(conn, relation, "feedback", skip_unique=True)
         validate = lambda frame: sql_checks.conform(frame, "feedback")  # noqa: E731
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
@@ -795,30 +1104,29 @@ def _write_feedback(conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_ro
             size = 0
         groups[-1].append(day)
         size += rows
+    written = 0
     if types:
         for days in groups:
-            frame = conn.sql(
-                # Sorted by the engine (parallel), not as a full-width polars frame (issue 19).
-                'SELECT * FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
-                params={"first": days[0], "last": days[-1]},
-            ).pl()
-            write.write(validate(frame))
+            # Sorted by the engine (parallel), not as a full-width polars frame (issue 19).
+            frame = conn.sql(day_rows_sql("*", days), params={"first": days[0], "last": days[-1]}).pl()
+            written += write.write(validate(frame))
     else:  # validated above on every row: DuckDB writes each group's file itself (issue 19)
-        select, schema = _contract_select(conn, "feedback_mart", "feedback")
+        select, schema = _contract_select(conn, relation, "feedback")
         write.set_schema(schema)
         for days in groups:
-            write.copy(
-                conn,
-                f'SELECT {select} FROM "feedback_mart" WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"',
-                schema,
-                {"first": days[0], "last": days[-1]},
-            )
+            written += write.copy(conn, day_rows_sql(select, days), schema, {"first": days[0], "last": days[-1]})
     if not groups:  # no exposure: the table is emptied, with the schema of a validated empty frame
-        write.set_schema(io.to_arrow(validate(conn.sql('SELECT * FROM "feedback_mart" LIMIT 0').pl())).schema)
+        from feedback_etl import io
+
+        write.set_schema(io.to_arrow(validate(conn.sql(f'SELECT * FROM "{relation}" LIMIT 0').pl())).schema)
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'
     ).fetchone()
+    if written != exposures:  # each exposure's content joined exactly once
+        raise TableValidationError("feedback", 1, f"{written} rows written for {exposures} exposures")
+    if content is not None and not types:
+        _validate_written(conn, write, "feedback")
     return {
         "exposures": int(exposures), "observed": int(observed), "copied": int(copied),
         "regenerated": int(regenerated), "shared": int(shared), "days": len(day_rows),

@@ -19,10 +19,15 @@ import hmac
 import os
 import re
 from dataclasses import dataclass
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+# polars is imported by the functions that rewrite values: `causalrm ingest` without privacy
+# options never needs it (issue 19: start-up).
 
 TEXT_MODES: tuple[str, ...] = ("keep", "hash", "drop")
 TEXT_COLUMNS: tuple[str, ...] = ("prompt_text", "response_text")
@@ -97,6 +102,8 @@ def _hmac_hex(key: bytes, value: str) -> str:
 
 def _map_unique(column: pl.Series, fn) -> pl.Series:
     """Apply ``fn`` once per distinct non-null value (ids and texts repeat a lot)."""
+    import polars as pl
+
     uniques = column.drop_nulls().unique()
     mapping = dict(zip(uniques.to_list(), (fn(v) for v in uniques.to_list())))
     return column.replace_strict(mapping, default=None, return_dtype=pl.Utf8)
@@ -104,6 +111,8 @@ def _map_unique(column: pl.Series, fn) -> pl.Series:
 
 def pseudonymize(frame: pl.DataFrame, key: bytes, columns: tuple[str, ...] = ID_COLUMNS) -> pl.DataFrame:
     """Replace each id column present by HMAC-SHA256(key, id) as 64 hex characters."""
+    import polars as pl
+
     return frame.with_columns(
         [_map_unique(frame[c].cast(pl.Utf8), lambda v: _hmac_hex(key, v)).alias(c) for c in columns if c in frame.columns]
     )
@@ -111,6 +120,8 @@ def pseudonymize(frame: pl.DataFrame, key: bytes, columns: tuple[str, ...] = ID_
 
 def apply_text_mode(frame: pl.DataFrame, mode: str, key: bytes | None = None, columns: tuple[str, ...] = TEXT_COLUMNS) -> pl.DataFrame:
     """keep / hash (``sha256:`` + hex, keyed HMAC when a key is given) / drop (null) the text columns."""
+    import polars as pl
+
     present = [c for c in columns if c in frame.columns]
     if mode == "keep" or not present:
         return frame
@@ -162,6 +173,8 @@ def redact(frame: pl.DataFrame, columns: tuple[str, ...] = TEXT_COLUMNS) -> tupl
     A vectorised regex pre-filter picks the rows that may hold something, so clean rows cost one
     regex scan in Rust, not a Python call.
     """
+    import polars as pl
+
     counts: dict[str, int] = {kind: 0 for kind in REDACTION_PATTERNS}
     updates = []
     for column in columns:
@@ -213,6 +226,8 @@ def _rewrite_column(conn, column: str, fn, *, weight_counts: bool = False) -> di
         for kind, k in local.items():
             counts[kind] = counts.get(kind, 0) + k * (n if weight_counts else 1)
     if old:
+        import polars as pl
+
         mapping = pl.DataFrame({"old": old, "new": new}, schema={"old": pl.Utf8, "new": pl.Utf8})
         conn.register("privacy_mapping", mapping)
         conn.execute(
@@ -267,5 +282,14 @@ def ingest_hook(cfg: PrivacyConfig, *, capture_texts: str | None = None):
             record["reject_payloads"] = "withheld (digest only)"
         return record
 
+    # The content columns of typed_events this hook reads or rewrites (issue 19): ingest keeps
+    # these in typed_events for it; the others it reads from the input when writing. The key
+    # columns (ids, times, types, payload) are always there.
+    columns: set[str] = set()
+    if cfg.redact or cfg.text != "keep" or capture_texts is not None:
+        columns.update(TEXT_COLUMNS)
+    if cfg.key is not None:
+        columns.update(ID_COLUMNS)
+    hook.columns = frozenset(columns)  # type: ignore[attr-defined]
     return hook
 

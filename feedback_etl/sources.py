@@ -34,16 +34,19 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from feedback_etl.mapping import FieldMapping, json_path, path_segments
 from feedback_etl.features import context_sql, jsonl_reference
 from feedback_etl.paths import engine_file
-from feedback_etl.side_features import SideTable
 from feedback_etl.sqlfiles import SQL_DIR, run_sql
 from schemas.errors import ConfigError, InputFileError
-from schemas.event_columns import IMPRESSION_OPTIONAL, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
+from schemas.event_columns import IMPRESSION_OPTIONAL_COLUMNS, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
+
+if TYPE_CHECKING:
+    from feedback_etl.side_features import SideTable  # numpy and polars: imported by the ratings source only
 
 SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "langsmith", "openai-chat", "ratings")
 # Adapters of tracing / chat-log exports (issue 18): records -> kinds -> feedback -> canonical events.
@@ -51,7 +54,7 @@ SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "langsmith", "open
 # per feedback record, with its comment, correction and gold-label role) and <name>.sql.
 EXPORT_ADAPTERS: dict[str, str] = {"langfuse": "langfuse", "langsmith": "langsmith", "openai-chat": "openai_chat"}
 CANONICAL_COLUMNS: tuple[str, ...] = (
-    "event_id", "event_time", "event_type", "exposure_id", *IMPRESSION_REQUIRED, *IMPRESSION_OPTIONAL,
+    "event_id", "event_time", "event_type", "exposure_id", *IMPRESSION_REQUIRED, *IMPRESSION_OPTIONAL_COLUMNS,
 )
 assert set(CANONICAL_COLUMNS) == set(KNOWN_COLUMNS)
 
@@ -161,16 +164,20 @@ def _suffix(path: Path) -> str:
 # ---------------------------------------------------------------- preflight (before the lock)
 
 
-def preflight(conn: duckdb.DuckDBPyConnection, files: list[InputFile], source: str, mapping: FieldMapping) -> dict[str, list[str]]:
+def preflight(conn: duckdb.DuckDBPyConnection | None, files: list[InputFile], source: str, mapping: FieldMapping) -> dict[str, list[str]]:
     """Check every file can be read and has its required columns, before anything is touched.
 
     Returns the unknown extra columns found per file (recorded in the manifest; JSON files are
-    judged on their first 1,000 records).
+    judged on their first 1,000 records). With ``conn`` None a DuckDB connection is opened only
+    when a Parquet file needs describing (the other formats are checked in Python; issue 19).
 
     Raises
     ------
     InputFileError : unreadable file, wrong format, or a required column missing (named).
     """
+    if conn is None and any(f.format == "parquet" for f in files):
+        with duckdb.connect() as probe:
+            return preflight(probe, files, source, mapping)
     unknown: dict[str, list[str]] = {}
     for f in files:
         if f.format == "parquet":
@@ -519,11 +526,16 @@ def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
         _lines_table_python(conn, f, table)
         return table
     try:
-        _create_table(conn, table + "_read", f'SELECT ROW_NUMBER() OVER () AS "ordinal", "line" FROM {reader}', [f])
+        _create_table(conn, table, f'SELECT ROW_NUMBER() OVER () AS "row_number", "line", TRUE AS "readable" FROM {reader}', [f])
     except InputFileError:
         # DuckDB's strict reader gives up on a bare CR inside a line; read such a file in Python.
         _lines_table_python(conn, f, table)
         return table
+    if not conn.execute(f"SELECT COUNT(*) FROM {_identifier(rejects)}").fetchone()[0]:
+        return table  # every line was handed back: its ordinal is its line number (no renumbering copy; issue 19)
+    conn.execute(
+        f'CREATE OR REPLACE TEMP TABLE {_identifier(table + "_read")} AS SELECT "row_number" AS "ordinal", "line" FROM {_identifier(table)}'
+    )
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE {_identifier(table)} AS
         {_renumber(table + "_read", rejects, "line")}
@@ -538,11 +550,13 @@ _FALLBACK_MAX_BYTES = 1 << 30
 
 
 def _has_nul_byte(f: InputFile) -> bool:
-    """Whether the (decompressed) file holds a NUL byte; a C-speed scan in 16 MiB blocks."""
+    """Whether the (decompressed) file holds a NUL byte; a C-speed scan, 4 MiB at a time into one
+    reused buffer (reading into new blocks cost twice as much; issue 19)."""
+    buffer = bytearray(1 << 22)
     try:
-        with (gzip.open(f.path, "rb") if f.compressed else open(f.path, "rb")) as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                if b"\x00" in block:
+        with (gzip.open(f.path, "rb") if f.compressed else open(f.path, "rb", buffering=0)) as handle:
+            while size := handle.readinto(buffer):
+                if buffer.find(b"\x00", 0, size) >= 0:
                     return True
     except (OSError, EOFError) as exc:
         raise InputFileError(f"cannot read file: {exc}", where=str(f.path), fix="check the file is complete") from exc
@@ -609,14 +623,23 @@ def _renumber(parsed: str, rejects: str, line_column: str, offset: int = 0) -> s
         )"""
 
 
+# A line holding a character other than space and tab (not blank): as TRIM("line", ' ' || chr(9)) <> ''
+# but a scan instead of a trimmed copy of every line (TRIM with a set of characters cost a third of
+# reading a JSON Lines file; issue 19).
+_NOT_BLANK = """regexp_matches("line", '[^ \\t]')"""
+# Whether a line json_valid accepts is a JSON object: a valid JSON text that starts with "{" is one, so
+# json_type (a second parse of the line) is asked only of the others (leading blanks, arrays, scalars).
+_IS_OBJECT = """CASE WHEN starts_with("line", '{') THEN TRUE ELSE json_type("line") = 'OBJECT' END"""
+
+
 def _json_lines_select(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
     table = _lines_table(conn, f)
     return f"""
         SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
                "row_number", "line" AS "record",
-               CASE WHEN "readable" AND json_valid("line") THEN json_type("line") = 'OBJECT' ELSE FALSE END AS "parse_ok"
+               CASE WHEN "readable" AND json_valid("line") THEN {_IS_OBJECT} ELSE FALSE END AS "parse_ok"
         FROM {_identifier(table)}
-        WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line", ' ' || chr(9)) <> '')"""
+        WHERE NOT "readable" OR ("line" IS NOT NULL AND {_NOT_BLANK})"""
 
 
 def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -> None:
@@ -640,7 +663,7 @@ def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
             parts.append(
                 f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
                        "row_number", "line" AS "record", "readable" AS "parse_ok"
-                FROM {_identifier(table)} WHERE NOT "readable" OR ("line" IS NOT NULL AND TRIM("line", ' ' || chr(9)) <> '')"""
+                FROM {_identifier(table)} WHERE NOT "readable" OR ("line" IS NOT NULL AND {_NOT_BLANK})"""
             )
         else:
             parts.append(_json_lines_select(conn, f))

@@ -31,10 +31,15 @@ Validation (``io.validate_table`` with the pandera models on the DuckDB side, ev
 
 Types are not left to chance: every written table is cast to its model's types first.
 
-Execution: each step's output is written as Parquet into ``<staging>/.spark-scratch/<view>`` and
-read back under its view name (:class:`_Cache` says why not ``persist``). A CTE read twice in one
-file is left to Spark (inlined, shuffles reused): materialising such CTEs first, as DuckDB does,
-made the 1M-event run a third slower.
+Execution: the typed input rows, the resolution table, the rejects and the user splits are
+written as Parquet into ``<staging>/.spark-scratch/<view>`` and read back under their view names
+(:class:`_Cache` says why not ``persist``). The wide rows are copied no more than they must be
+(issue 19): the resolution rules read the key columns only (``sql/staging/stg_resolution.sql``,
+as the DuckDB engine runs them); the accepted events are a view over the typed rows, written
+once, into the events table, and later steps read those files; the feedback mart is computed
+once, by its write. Each table is checked on the files just written, before they are handed over
+(:func:`_write`). A CTE read twice in one file is left to Spark (inlined, shuffles reused) unless
+the file marks it ``MATERIALIZED`` (:func:`feedback_etl.sql_translate.spark_statements`).
 
 Reject payloads: JSON Lines rows keep the raw line, and rows rejected after typing (orphans,
 conflicts) the same JSON text as DuckDB's. A Parquet row rejected at typing is the same JSON object
@@ -51,7 +56,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import polars as pl
 
@@ -221,43 +226,54 @@ def _pipeline(
             ) from exc
 
     steps.run("stg_events_typed", type_events)
-    steps.run("stg_duplicates", lambda: run("staging/stg_duplicates", view="duplicates"))
-    steps.run("stg_impression_losers", lambda: run("staging/stg_impression_losers", view="impression_losers"))
-    steps.run("stg_orphans", lambda: run("staging/stg_orphans", view="orphans"))
-    new_events = steps.run("stg_new_events", lambda: run("staging/stg_new_events", view="new_events"))
+    # Rules 1, 5 and 6 in one query, as the DuckDB engine runs them (issue 19).
+    steps.run("stg_resolution", lambda: _resolve(spark, cache))
+    # The accepted rows are a view over typed_events (anti-joins with the small, broadcast
+    # resolution table), not a copy (issue 19): read by the reconciliation (event types only) and
+    # by the events write; later steps read the written events files instead.
+    new_events = steps.run("stg_new_events", lambda: _view(spark.sql(spark_sql("staging/stg_new_events")), "new_events"))
     # WH/events carries custom context columns (issue 17): the context of each accepted row, as
     # features.attach_context gives it (null without features).
     new_events = steps.run("context", lambda: _attach_context(spark, cache, new_events))
     rejects = steps.run("stg_rejects", lambda: run("staging/stg_rejects", {"run_id": run_id}, view="rejects"))
 
     counts = steps.run("reconcile", lambda: reconcile(_SparkConnection(spark), []))
-    cache.drop("typed_events")
-    spark.sql("SELECT * FROM warehouse_events UNION ALL SELECT * FROM new_events").createOrReplaceTempView("all_events")
-    counts["late_events"] = steps.run(
-        "stg_late_events", lambda: int(run("staging/stg_late_events", {"window": window})[0][0])
-    )
 
     def write_events() -> None:
         from pyspark.sql import functions as F
 
-        frame = _conform(new_events, StagedEvent)
-        if counts["accepted"]:
-            _validate(frame, StagedEvent, "events")
+        def check(written: "DataFrame") -> None:
+            if counts["accepted"]:
+                _validate(written.drop("run_id"), StagedEvent, "events")
+
         # Written even when empty (one file with the schema): the first run creates the table.
-        _write(frame.withColumn("run_id", F.lit(run_id)), writes["events"])
+        frame = _conform(new_events, StagedEvent)
+        written = _write(frame.withColumn("run_id", F.lit(run_id)), writes["events"], check=check)
+        # From here on this run's events are the files just written (narrow columnar reads), not
+        # typed_events with its anti-joins; typed_events is deleted once the rejects are written.
+        _view(written.select(*[F.col(name) for name in _EVENT_COLUMNS]), "new_events")
 
     def write_rejects() -> None:
-        frame = _conform(rejects, RejectsTable)
-        if counts["rejected_total"]:
-            _validate(frame, RejectsTable, "rejects")
-        _write(frame.orderBy("source_file", "row_number"), writes["rejects"])
+        def check(written: "DataFrame") -> None:
+            if counts["rejected_total"]:
+                _validate(written, RejectsTable, "rejects")
+
+        _write(_conform(rejects, RejectsTable).orderBy("source_file", "row_number"), writes["rejects"], check=check)
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
+    for view in ("typed_events", "rejects", "resolution", "new_events_context"):
+        cache.drop(view)
+    spark.sql("SELECT * FROM warehouse_events UNION ALL SELECT * FROM new_events").createOrReplaceTempView("all_events")
+    counts["late_events"] = steps.run(
+        "stg_late_events", lambda: int(run("staging/stg_late_events", {"window": window})[0][0])
+    )
     # Each user's split, balanced in rows; users of the committed feedback table keep theirs (issue 15).
     steps.run("marts/user_splits", lambda: (
         _register_previous_splits(spark, warehouse, previous_feedback), run("marts/user_splits", view="user_splits")))
-    mart = steps.run("marts/feedback", lambda: run("marts/feedback", {"window": window}, view="feedback_mart", conform=FeedbackTable))
+    # The mart is not materialised: it is computed once, by the feedback write (then checked on the
+    # written files), unless custom feature columns are joined to it first.
+    mart = steps.run("marts/feedback", lambda: _conform(spark.sql(spark_sql("marts/feedback", {"window": window})), FeedbackTable))
     wanted = features.resolve_features(mapping, tables.get("features"))
     mart, kept, feature_warnings = steps.run(
         "features", lambda: _add_feature_columns(spark, cache, mart, wanted, max_levels=cfg.max_feature_levels)
@@ -281,6 +297,39 @@ def _pipeline(
     return counts, new_tables
 
 
+# ---------------------------------------------------------------- resolution (rules 1, 5, 6)
+
+# The views over ``resolution`` (sql/staging/stg_resolution.sql), with the columns of the files they
+# replace, as ``ingest._resolve`` defines them for DuckDB.
+RESOLUTION_VIEWS: tuple[tuple[str, str, str], ...] = (
+    ("duplicates", "duplicate", "`file_index`, `row_number`, `event_id`"),
+    ("impression_losers", "impression_loser", "`file_index`, `row_number`, `event_id`, `exposure_id`, `same_content`"),
+    ("orphans", "orphan", "`file_index`, `row_number`, `event_id`, `exposure_id`"),
+)
+
+
+def _resolve(spark: "SparkSession", cache: "_Cache") -> None:
+    """Rules 1, 5 and 6 as one query on the key columns (issue 19), kept as ``resolution``, and the
+    views ``duplicates``, ``impression_losers``, ``orphans`` over it. ``typed_content`` (the rows'
+    typed content, read for contested impressions only) is ``typed_events`` itself here.
+
+    The CTEs the file marks ``MATERIALIZED`` are kept first, as DuckDB keeps them
+    (:func:`~feedback_etl.sql_translate.spark_statements`): on 1M events the one query then costs
+    10.5 JVM CPU s against 13.6-15.0 for the three separate files, and 19-21 with every CTE left
+    to Spark (``benchmarks/ingest/spark_resolution_step.py``).
+    """
+    from feedback_etl.sql_translate import spark_statements
+
+    spark.table("typed_events").createOrReplaceTempView("typed_content")
+    steps = spark_statements("staging/stg_resolution")
+    for view, sql in steps:
+        cache.keep(spark.sql(sql), view or "resolution")
+    for view, _ in steps[:-1]:
+        cache.drop(view)
+    for view, rule, columns in RESOLUTION_VIEWS:
+        spark.sql(f"SELECT {columns} FROM resolution WHERE `rule` = '{rule}'").createOrReplaceTempView(view)
+
+
 # ---------------------------------------------------------------- session, cache
 
 
@@ -298,7 +347,7 @@ def _run_settings(spark: "SparkSession") -> Iterator[None]:
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
-        for view in ("raw_events", "event_type_map", "warehouse_events", "typed_events", "duplicates",
+        for view in ("raw_events", "event_type_map", "warehouse_events", "typed_events", "typed_content", "resolution", "duplicates",
                      "impression_losers", "orphans", "new_events", "rejects", "all_events", "previous_splits", "user_splits",
                      "feedback_mart", "feature_context", "new_events_context", "impression_context", "feedback_mart_features"):
             spark.catalog.dropTempView(view)
@@ -342,6 +391,12 @@ class _Cache:
         folder = self.views.pop(view, None)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _view(frame: "DataFrame", name: str) -> "DataFrame":
+    """``frame`` under the temp view ``name`` (not materialised: each read runs its plan)."""
+    frame.createOrReplaceTempView(name)
+    return frame
 
 
 def _memory_conf(memory_limit: str) -> dict[str, str]:
@@ -695,9 +750,12 @@ def _sql_value(value: object) -> str:
     return repr(value)
 
 
-def _validate(frame: "DataFrame", model, table: str, types: dict[str, str] | None = None) -> None:
+def _validate(
+    frame: "DataFrame", model, table: str, types: dict[str, str] | None = None, extra: tuple["Column", ...] = ()
+) -> Any:
     """Aggregate checks on every row, then the pandera model on a sample (module docstring);
-    ``types``: custom feature columns of the feedback table, checked with ``features.validate_feedback``.
+    ``types``: custom feature columns of the feedback table, checked with ``features.validate_feedback``;
+    ``extra``: more aggregates computed in the same pass, returned (the Row, as ``x0``, ``x1``...).
 
     Raises
     ------
@@ -706,7 +764,11 @@ def _validate(frame: "DataFrame", model, table: str, types: dict[str, str] | Non
     from pyspark.sql import functions as F
 
     checks = aggregate_checks(model)
-    row = frame.agg(F.count(F.lit(1)).alias("__rows"), *[F.expr(sql).alias(f"c{k}") for k, (_, sql) in enumerate(checks)]).collect()[0]
+    row = frame.agg(
+        F.count(F.lit(1)).alias("__rows"),
+        *[F.expr(sql).alias(f"c{k}") for k, (_, sql) in enumerate(checks)],
+        *[column.alias(f"x{k}") for k, column in enumerate(extra)],
+    ).collect()[0]
     failing = {name: int(row[f"c{k}"]) for k, (name, _) in enumerate(checks) if row[f"c{k}"]}
     if failing:
         raise TableValidationError(table, len(failing), f"on all rows: {failing}")
@@ -719,11 +781,18 @@ def _validate(frame: "DataFrame", model, table: str, types: dict[str, str] | Non
         validate_feedback(collected)
     else:
         validate_table(collected, model, table)
+    return row
 
 
-def _write(frame: "DataFrame", write: TableWrite) -> None:
+def _write(frame: "DataFrame", write: TableWrite, check: "Callable[[DataFrame], Any] | None" = None) -> "DataFrame":
     """Write Parquet (snappy) into the table write's folder (through a plain link), keep only the
-    ``part-*.parquet`` files there and hand them to ``write`` to be committed."""
+    ``part-*.parquet`` files there and hand them to ``write`` to be committed; returns the written
+    rows, read back from those files.
+
+    ``check`` is called with the written rows before they are handed over (issue 19: the plan runs
+    once, for the write, and the checks read its columnar output): when it raises, the files are
+    never adopted and the failed run deletes its folder (``TableWrite.discard``).
+    """
     import pyarrow.parquet as pq
 
     write.folder.mkdir(parents=True, exist_ok=True)
@@ -735,28 +804,36 @@ def _write(frame: "DataFrame", write: TableWrite) -> None:
             path.unlink()
         elif path.is_file() and path.suffix == ".parquet":
             parts.append(path)
+    written = frame.sparkSession.read.schema(frame.schema).parquet(_uri(target))
+    if check is not None:
+        check(written)
     if parts:
         write.adopt(parts, pq.read_schema(parts[0]))
+    return written
 
 
 def _write_feedback(mart: "DataFrame", write: TableWrite, types: dict[str, str] | None = None) -> dict:
-    """Validate the feedback table and write its files, rows grouped by impression_date and sorted
-    by exposure_id within each file (as the DuckDB engine writes it). ``types``: the custom feature
-    columns after the contract's (issue 17), validated with their declared types."""
+    """Write the feedback table's files, rows grouped by impression_date and sorted by exposure_id
+    within each file (as the DuckDB engine writes it), then validate the written rows, with the
+    run's summary counted in the same pass. ``types``: the custom feature columns after the
+    contract's (issue 17), validated with their declared types."""
     from pyspark.sql import functions as F
 
-    _validate(mart, FeedbackTable, "feedback", types)
-    row = mart.agg(
-        F.count(F.lit(1)), F.count_if("observed"), F.count_if("copied"), F.count_if("regenerated"), F.count_if("shared"),
-        F.count_distinct("impression_date"),
-    ).collect()[0]
-    days = int(row[5])
-    frame = mart.repartition("impression_date").sortWithinPartitions("exposure_id") if days else mart
-    _write(frame, write)
-    return {
-        "exposures": int(row[0]), "observed": int(row[1]), "copied": int(row[2]),
-        "regenerated": int(row[3]), "shared": int(row[4]), "days": days,
-    }
+    summary: dict = {}
+
+    def check(written: "DataFrame") -> None:
+        row = _validate(written, FeedbackTable, "feedback", types, extra=(
+            F.count_if("observed"), F.count_if("copied"), F.count_if("regenerated"), F.count_if("shared"),
+            F.count_distinct("impression_date"),
+        ))
+        summary.update({
+            "exposures": int(row["__rows"]), "observed": int(row["x0"]), "copied": int(row["x1"]),
+            "regenerated": int(row["x2"]), "shared": int(row["x3"]), "days": int(row["x4"]),
+        })
+
+    # Every file holds whole days (a hash partition by day); an empty mart is one file with the schema.
+    _write(mart.repartition("impression_date").sortWithinPartitions("exposure_id"), write, check=check)
+    return summary
 
 
 # ---------------------------------------------------------------- custom context columns (issue 17)

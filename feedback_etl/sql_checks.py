@@ -12,23 +12,32 @@ relation, and casts each written batch to the contract's types (pandera's ``coer
   (:func:`derive_contract`) and fails when the two differ, so a model change cannot be missed;
 * ``FRAME_CHECKS``: the models' cross-column checks as DuckDB SQL (true on a row that breaks it).
 
+The types are held by name (``_SPEC``) and ``CONTRACTS`` is built from them on first use, so that an
+ingest imports neither pandera nor polars: the SQL checks and :func:`arrow_schema` (the Arrow schema
+the DuckDB engine commits) need no polars type (importing polars is about 0.1 s of a small ingest's
+start-up; issue 19).
+
 Custom feature columns (issue 17) are still validated with pandera (:mod:`feedback_etl.features`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import duckdb
-import polars as pl
 
 from schemas.errors import RejectReason, TableValidationError
 from schemas.event_columns import EVENT_TYPES
 
-_UTC = pl.Datetime(time_unit="us", time_zone="UTC")
-_S, _I32, _I64, _F64, _B = pl.String(), pl.Int32(), pl.Int64(), pl.Float64(), pl.Boolean()
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+_UTC, _S, _I32, _I64, _F64, _B, _I8, _DATE = "Datetime[us, UTC]", "String", "Int32", "Int64", "Float64", "Boolean", "Int8", "Date"
 REJECT_REASONS = tuple(r.value for r in RejectReason)
 
-# table -> column -> (type, nullable, unique, ((check, value), ...)); check: ge, le or isin.
-CONTRACTS: dict[str, dict[str, tuple]] = {
+# table -> column -> (type name, nullable, unique, ((check, value), ...)); check: ge, le or isin.
+_SPEC: dict[str, dict[str, tuple]] = {
     "events": {
         "event_id": (_S, False, True, ()),
         "event_time": (_UTC, False, False, ()),
@@ -68,7 +77,7 @@ CONTRACTS: dict[str, dict[str, tuple]] = {
         "response_id": (_S, False, False, ()),
         "model_id": (_S, False, False, ()),
         "impression_time": (_UTC, False, False, ()),
-        "impression_date": (pl.Date(), False, False, ()),
+        "impression_date": (_DATE, False, False, ()),
         "impression_hour": (_I32, False, False, (("ge", 0), ("le", 23))),
         "position": (_I32, True, False, (("ge", 0),)),
         "platform": (_S, True, False, ()),
@@ -78,7 +87,7 @@ CONTRACTS: dict[str, dict[str, tuple]] = {
         "response_text": (_S, True, False, ()),
         "response_chars": (_I64, True, False, (("ge", 0),)),
         "observed": (_B, False, False, ()),
-        "label": (pl.Int8(), True, False, (("isin", (0, 1)),)),
+        "label": (_I8, True, False, (("isin", (0, 1)),)),
         "copied": (_B, False, False, ()),
         "regenerated": (_B, False, False, ()),
         "shared": (_B, False, False, ()),
@@ -92,6 +101,70 @@ CONTRACTS: dict[str, dict[str, tuple]] = {
         "split": (_S, False, False, (("isin", ("train", "val", "test")),)),
     },
 }
+
+
+def _polars_type(name: str) -> "pl.DataType":
+    import polars as pl
+
+    if name == _UTC:
+        return pl.Datetime(time_unit="us", time_zone="UTC")
+    return getattr(pl, name)()
+
+
+def _arrow_type(name: str) -> "pa.DataType":
+    """The Arrow type polars writes for a contract type (strings as large strings)."""
+    import pyarrow as pa
+
+    return {
+        _S: pa.large_string(), _I8: pa.int8(), _I32: pa.int32(), _I64: pa.int64(), _F64: pa.float64(),
+        _B: pa.bool_(), _DATE: pa.date32(), _UTC: pa.timestamp("us", tz="UTC"),
+    }[name]
+
+
+_CONTRACTS: dict[str, dict[str, tuple]] = {}
+
+
+def polars_contracts() -> dict[str, dict[str, tuple]]:
+    """``_SPEC`` with polars types (``CONTRACTS``), built on first use (it imports polars)."""
+    if not _CONTRACTS:
+        _CONTRACTS.update({
+            table: {column: (_polars_type(kind), *rest) for column, (kind, *rest) in spec.items()}
+            for table, spec in _SPEC.items()
+        })
+    return _CONTRACTS
+
+
+def __getattr__(name: str):
+    if name == "CONTRACTS":
+        return polars_contracts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def contract_columns(table: str) -> list[str]:
+    """The columns of ``table``'s contract, in order."""
+    return list(_SPEC[table])
+
+
+def arrow_schema(table: str, columns: list[str], *, run_id: bool = False) -> "pa.Schema":
+    """The Arrow schema the warehouse commits for ``columns`` (in that order) of ``table``: each of
+    its contract type as a validated polars batch writes it (``conform``, then
+    ``io.to_arrow``), with a string ``run_id`` last when asked, as ``io.validated_batches`` adds it.
+
+    Raises
+    ------
+    TableValidationError : a column the contract does not name.
+    """
+    import pyarrow as pa
+
+    unknown = [c for c in columns if c not in _SPEC[table]]
+    if unknown:
+        raise TableValidationError(table, 1, f"columns {unknown} are not in the contract")
+    fields = [pa.field(c, _arrow_type(_SPEC[table][c][0])) for c in columns]
+    if run_id:
+        fields.append(pa.field("run_id", pa.large_string()))
+    return pa.schema(fields)
+
+
 # The models' dataframe checks (by their pandera names) as DuckDB SQL: true on a row that breaks it.
 FRAME_CHECKS: dict[str, dict[str, str]] = {
     "events": {
@@ -117,7 +190,7 @@ def _literal(value: object) -> str:
 def aggregate_checks(table: str, *, skip_unique: bool = False) -> list[tuple[str, str]]:
     """(name, DuckDB SQL counting the rows that break it) for every rule of ``table``'s contract."""
     checks: list[tuple[str, str]] = []
-    for name, (_, nullable, unique, value_checks) in CONTRACTS[table].items():
+    for name, (_, nullable, unique, value_checks) in _SPEC[table].items():
         ref = _quote(name)
         if not nullable:
             checks.append((f"{name} not null", f"COUNT_IF({ref} IS NULL)"))
@@ -146,7 +219,7 @@ def validate_relation(conn: duckdb.DuckDBPyConnection, relation: str, table: str
         (each failing rule with its number of rows).
     """
     columns = [row[0] for row in conn.execute(f"DESCRIBE {_quote(relation)}").fetchall()]
-    wanted = list(CONTRACTS[table])
+    wanted = list(_SPEC[table])
     if sorted(columns) != sorted(wanted):
         raise TableValidationError(table, 1, f"columns {sorted(set(columns) ^ set(wanted))} differ from the contract")
     checks = aggregate_checks(table, skip_unique=skip_unique)
@@ -160,7 +233,9 @@ def validate_relation(conn: duckdb.DuckDBPyConnection, relation: str, table: str
 
 def conform(frame: pl.DataFrame, table: str) -> pl.DataFrame:
     """Cast each column of a batch to its contract type, in the frame's own order (pandera's coerce)."""
-    contract = CONTRACTS[table]
+    import polars as pl
+
+    contract = polars_contracts()[table]
     casts = [pl.col(name).cast(contract[name][0]) for name in frame.columns if frame.schema[name] != contract[name][0]]
     try:
         return frame.with_columns(casts) if casts else frame

@@ -15,6 +15,9 @@ answer (``tests/feedback_etl/test_spark_ingest.py``):
 ``_timestamp_ltz``      ``TIMESTAMP WITH TIME ZONE`` -> ``TIMESTAMP_LTZ``, not sqlglot's bare
                         ``TIMESTAMP``, whose meaning depends on ``spark.sql.timestampType``.
 ``_timestamp_text``     ``CAST(ts AS VARCHAR)`` ends in ``+00`` as DuckDB's does (reject payloads).
+``_cte_hints``          ``WITH x AS [NOT] MATERIALIZED (...)`` -> ``WITH x AS (...)``: DuckDB's planning
+                        hints (sql/staging/stg_resolution.sql) are not Spark syntax; Spark plans every
+                        CTE itself (inlined, a shuffle read twice is reused).
 ``_text_casts``         ``TRY_CAST(text AS ...)`` accepts what DuckDB accepts, no more:
                         TIMESTAMP: only ``YYYY-MM-DD`` or ``YYYY-MM-DD[T ]HH:MM...`` shapes (Spark
                         also reads ``'2026'``, ``'2026-01'``, ``'2026-01-05T10'``, ``'yesterday'``,
@@ -68,6 +71,19 @@ def spark_sql(name: str, params: Mapping[str, Any] | None = None) -> str:
     return _translate_file(name, _bound(name, params))
 
 
+def spark_statements(name: str, params: Mapping[str, Any] | None = None) -> tuple[tuple[str | None, str], ...]:
+    """``sql/<name>.sql`` as Spark SQL statements, honouring DuckDB's ``AS MATERIALIZED`` CTEs.
+
+    Each CTE the file marks ``MATERIALIZED`` comes first as its own statement, ``(view, sql)``, to
+    be kept under ``view`` (``<file>__<cte>``) before the next runs; the file's query comes last as
+    ``(None, sql)``, reading those views. Spark plans a CTE read twice by inlining it: a window over
+    every key row computed twice, and joins planned on the optimiser's guess of its size (a full
+    shuffle of the wide rows it joins) where the materialised view's files show it is small
+    (issue 19). Parameters as :func:`spark_sql`.
+    """
+    return _split_file(name, _bound(name, params))
+
+
 def _bound(name: str, params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     """The parameters ``sql/<name>.sql`` uses, as a hashable cache key; KeyError when one is missing."""
     used = sql_parameters(_strip_comments(load_sql(name)))
@@ -83,18 +99,54 @@ def _translate_file(name: str, params: tuple[tuple[str, Any], ...]) -> str:
     return translate(load_sql(name), dict(params))
 
 
+@lru_cache(maxsize=None)
+def _split_file(name: str, params: tuple[tuple[str, Any], ...]) -> tuple[tuple[str | None, str], ...]:
+    tree = _bound_tree(load_sql(name), dict(params))
+    with_ = tree.args.get("with_")
+    ctes = list(with_.expressions) if with_ is not None else []
+    statements: list[tuple[str | None, str]] = []
+    kept: list[exp.CTE] = []
+    renamed: dict[str, str] = {}
+    for cte in ctes:
+        _rename_tables(cte, renamed)
+        if cte.args.get("materialized") is True:
+            view = f"{name.rsplit('/', 1)[-1]}__{cte.alias}"
+            query = cte.this.copy()
+            if kept:
+                query.set("with_", exp.With(expressions=[c.copy() for c in kept]))
+            statements.append((view, _spark_text(query)))
+            renamed[cte.alias] = view
+        else:
+            kept.append(cte)
+    if with_ is not None:
+        tree.set("with_", exp.With(expressions=kept) if kept else None)
+    _rename_tables(tree, renamed)
+    statements.append((None, _spark_text(tree)))
+    return tuple(statements)
+
+
+def _rename_tables(tree: exp.Expression, renamed: Mapping[str, str]) -> None:
+    """Point every reference to a materialised CTE at its view (aliases kept)."""
+    for table in list(tree.find_all(exp.Table)):
+        if not table.args.get("db") and table.name in renamed:
+            table.set("this", exp.to_identifier(renamed[table.name]))
+
+
 def translate(text: str, params: Mapping[str, Any] | None = None) -> str:
     """One DuckDB statement as Spark SQL: bind ``$parameters``, post-fix, generate (no caching)."""
-    return _fixed_tree(text, params or {}).sql(dialect="spark", comments=False)
+    return _spark_text(_bound_tree(text, params or {}))
 
 
-def _fixed_tree(text: str, params: Mapping[str, Any]) -> exp.Expression:
-    """Parse as DuckDB, bind the parameters, apply :data:`POST_FIXES`."""
-    tree = sqlglot.parse_one(text, read="duckdb")
-    tree = tree.transform(lambda node: _bind(node, params))
+def _bound_tree(text: str, params: Mapping[str, Any]) -> exp.Expression:
+    """Parse as DuckDB and bind the parameters."""
+    return sqlglot.parse_one(text, read="duckdb").transform(lambda node: _bind(node, params))
+
+
+def _spark_text(tree: exp.Expression) -> str:
+    """Apply :data:`POST_FIXES` and write Spark SQL."""
     for fix in POST_FIXES:
         tree = fix(tree)
-    return tree
+    return tree.sql(dialect="spark", comments=False)
 
 
 def interval_literal(window: timedelta) -> exp.Expression:
@@ -199,5 +251,14 @@ def _timestamp_text(tree: exp.Expression) -> exp.Expression:
     return tree
 
 
+def _cte_hints(tree: exp.Expression) -> exp.Expression:
+    """``AS [NOT] MATERIALIZED`` dropped from every CTE (Spark SQL has no such hint)."""
+    for node in tree.find_all(exp.CTE):
+        node.set("materialized", None)
+    return tree
+
+
 # Order matters: the guards read the DuckDB type names, then TIMESTAMPTZ becomes TIMESTAMP_LTZ.
-POST_FIXES: tuple[Callable[[exp.Expression], exp.Expression], ...] = (_hex_cast, _text_casts, _timestamp_text, _timestamp_ltz)
+POST_FIXES: tuple[Callable[[exp.Expression], exp.Expression], ...] = (
+    _cte_hints, _hex_cast, _text_casts, _timestamp_text, _timestamp_ltz,
+)

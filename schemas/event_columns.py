@@ -7,7 +7,10 @@ pandas and, with the [spark] extra, pyspark.pandas (about 1.3 s; issue 19).
 
 from __future__ import annotations
 
-import polars as pl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 EVENT_TYPES: tuple[str, ...] = (
     "impression",
@@ -23,14 +26,25 @@ VOTE_EVENT_TYPES: tuple[str, ...] = ("thumbs_up", "thumbs_down", "vote_cleared")
 # Columns every row must carry, and those an impression must carry in addition.
 REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "event_time", "event_type", "exposure_id")
 IMPRESSION_REQUIRED: tuple[str, ...] = ("user_id", "session_id", "prompt_id", "response_id", "model_id")
-IMPRESSION_OPTIONAL: dict[str, pl.DataType] = {
-    "prompt_text": pl.Utf8(),
-    "response_text": pl.Utf8(),
-    "position": pl.Int32(),
-    "platform": pl.Utf8(),
-    "locale": pl.Utf8(),
-    "latency_ms": pl.Float64(),
+# The optional columns and their polars types by name: ``IMPRESSION_OPTIONAL`` (name -> polars type)
+# is built on first use, so that code needing only the names does not import polars (issue 19).
+_IMPRESSION_OPTIONAL_TYPES: dict[str, str] = {
+    "prompt_text": "Utf8",
+    "response_text": "Utf8",
+    "position": "Int32",
+    "platform": "Utf8",
+    "locale": "Utf8",
+    "latency_ms": "Float64",
     # Randomized feedback slice (issue 11): feedback was solicited at random for this exposure.
-    "solicited": pl.Boolean(),
+    "solicited": "Boolean",
 }
-KNOWN_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + IMPRESSION_REQUIRED + tuple(IMPRESSION_OPTIONAL)
+IMPRESSION_OPTIONAL_COLUMNS: tuple[str, ...] = tuple(_IMPRESSION_OPTIONAL_TYPES)
+KNOWN_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + IMPRESSION_REQUIRED + IMPRESSION_OPTIONAL_COLUMNS
+
+
+def __getattr__(name: str) -> "dict[str, pl.DataType]":
+    if name == "IMPRESSION_OPTIONAL":
+        import polars as pl
+
+        return {column: getattr(pl, kind)() for column, kind in _IMPRESSION_OPTIONAL_TYPES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

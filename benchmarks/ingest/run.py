@@ -58,6 +58,18 @@ def _child(kind: str, args: argparse.Namespace) -> None:
         target = str(Path(args.out) / "floor.parquet").replace("'", "''")
         conn.execute(f"COPY (SELECT * FROM read_parquet('{source}')) TO '{target}' (FORMAT parquet)")
         conn.close()
+    elif kind == "spark-floor":
+        # Spark's own floor (issue 19): the same local[N] session the Spark engine starts, reading
+        # the input and writing it back as one Parquet output (a folder of part files, snappy).
+        from feedback_etl.spark_ingest import _memory_conf
+        from feedback_etl.spark_session import get_spark
+
+        session_start = time.perf_counter()
+        spark = get_spark(threads=args.threads, conf=_memory_conf(args.memory_limit))
+        extra["spark_session_s"] = time.perf_counter() - session_start
+        spark.read.parquet(f"file://{Path(args.input).absolute()}").write.option("compression", "snappy").parquet(
+            f"file://{(Path(args.out) / 'floor').absolute()}"
+        )
     else:
         from feedback_etl.ingest import IngestConfig, ingest
 
@@ -72,8 +84,9 @@ def _child(kind: str, args: argparse.Namespace) -> None:
                       "peak_rss_mb": usage.ru_maxrss / 1024, **extra}))
 
 
-def _tree_rss_mb(root: int) -> float:
-    """Resident memory of a process and all its descendants (MB), from /proc; 0 where unreadable."""
+def _tree_rss_mb(root: int, cpu: dict[int, float] | None = None) -> float:
+    """Resident memory of a process and all its descendants (MB), from /proc; 0 where unreadable.
+    ``cpu`` gets each process's CPU seconds so far (user + system)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -87,8 +100,25 @@ def _tree_rss_mb(root: int) -> float:
         todo.extend(children.get(pid, []))
         try:
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            if cpu is not None:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
+    return total / 2**20
+
+
+def _spill_mb(root: Path) -> float:
+    """What DuckDB has spilled under ``root`` right now (MB): the ingest's ``.duckdb-tmp`` (inside
+    the warehouse's staging folder) and the floor's ``.tmp``."""
+    total = 0
+    for folder, _, names in os.walk(root):
+        if ".duckdb-tmp" in Path(folder).parts or Path(folder).name == ".tmp":
+            for name in names:
+                try:
+                    total += os.path.getsize(os.path.join(folder, name))
+                except OSError:
+                    continue
     return total / 2**20
 
 
@@ -98,15 +128,20 @@ def _measure(kind: str, input_dir: Path, out_dir: Path, args: argparse.Namespace
            "--memory-limit", args.memory_limit, "--engine", engine]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    peak = 0.0
+    peak = spill = 0.0
+    cpu: dict[int, float] = {}  # the last CPU seconds seen of each process of the tree (Spark's JVM is a child)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
         while proc.poll() is None:
-            peak = max(peak, _tree_rss_mb(proc.pid))
+            peak = max(peak, _tree_rss_mb(proc.pid, cpu))
+            spill = max(spill, _spill_mb(out_dir))  # sampled every 50 ms: a brief spill can be missed
             time.sleep(0.05)
         stdout, stderr = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{kind} ({engine}) failed:\n{stderr[-3000:]}")
-    return {**json.loads(stdout.strip().splitlines()[-1]), "tree_peak_rss_mb": peak}
+    result = json.loads(stdout.strip().splitlines()[-1])
+    # The child's own CPU (exact) plus its descendants' last sampled CPU (up to 50 ms short each).
+    tree_cpu = result["cpu_s"] + sum(seconds for pid, seconds in cpu.items() if pid != proc.pid)
+    return {**result, "tree_peak_rss_mb": peak, "tree_cpu_s": tree_cpu, "spill_mb": spill}
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -116,7 +151,37 @@ def _median_run(runs: list[dict]) -> dict:
     median["cpu_s"] = sorted(r["cpu_s"] for r in runs)[len(runs) // 2]
     median["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     median["tree_peak_rss_mb"] = max(r["tree_peak_rss_mb"] for r in runs)
+    median["spill_mb"] = max(r["spill_mb"] for r in runs)
     return median
+
+
+def _spark_ratios(pairs: list, spark_floor: dict, events: int) -> dict:
+    """The Spark engine against Spark's floor and DuckDB's, medians of the interleaved pairs: wall
+    with the session start (JVM) in both, wall without it in either (the engine's ``spark_session``
+    step, the floor's own session time), and CPU of the process trees (JVM included)."""
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        return round(ordered[len(ordered) // 2], 2)
+
+    def no_session(run: dict) -> float:
+        return run["seconds"] - run.get("timings_s", {}).get("spark_session", run.get("spark_session_s", 0.0))
+
+    rounds = [(floor, found["spark"], found["spark-floor"]) for floor, found in pairs]
+    return {
+        "spark_floor_s": round(spark_floor["seconds"], 2),
+        "spark_floor_session_s": round(spark_floor["spark_session_s"], 2),
+        "spark_floor_cpu_s": round(spark_floor["tree_cpu_s"], 2),
+        "spark_floor_peak_rss_mb": round(spark_floor["tree_peak_rss_mb"]),
+        "ingest_cpu_s": round(median([s["tree_cpu_s"] for _, s, _ in rounds]), 2),
+        "ingest_cpu_s_per_m_events": round(median([s["tree_cpu_s"] for _, s, _ in rounds]) / events * 1e6, 2),
+        "ratio_to_spark_floor": median([s["seconds"] / f["seconds"] for _, s, f in rounds]),
+        "ratio_to_spark_floor_without_session": median([no_session(s) / no_session(f) for _, s, f in rounds]),
+        "cpu_ratio_to_spark_floor": median([s["tree_cpu_s"] / f["tree_cpu_s"] for _, s, f in rounds]),
+        "ratio_to_duckdb_floor": median([s["seconds"] / d["seconds"] for d, s, _ in rounds]),
+        "cpu_ratio_to_duckdb_floor": median([s["tree_cpu_s"] / d["cpu_s"] for d, s, _ in rounds]),
+        "spark_floor_to_duckdb_floor": median([f["seconds"] / d["seconds"] for d, _, f in rounds]),
+    }
 
 
 def _simulate(events: int, target: Path) -> dict:
@@ -137,7 +202,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["duckdb"], choices=["duckdb", "spark"], help="ingest engines to run")
     parser.add_argument("--results", default=str(Path(__file__).with_name("results.json")))
     parser.add_argument("--repeat", type=int, default=1, help="interleaved floor / ingest pairs per size; medians reported")
-    parser.add_argument("--child", choices=["floor", "ingest"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["floor", "spark-floor", "ingest"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="duckdb", help=argparse.SUPPRESS)
@@ -159,10 +224,13 @@ def main() -> None:
         for k in range(args.repeat):
             floor_k = _measure("floor", logs / "events", run_dir / f"floor-{k}", args)
             results_k = {e: _measure("ingest", logs / "events", run_dir / f"ingest-{e}-{k}", args, e) for e in args.engines}
+            if "spark" in args.engines:  # Spark's own floor, in the same interleaved round (issue 19)
+                results_k["spark-floor"] = _measure("spark-floor", logs / "events", run_dir / f"spark-floor-{k}", args)
             pairs.append((floor_k, results_k))
             shutil.rmtree(run_dir, ignore_errors=True)
         floor = _median_run([p[0] for p in pairs])
         results = {e: _median_run([p[1][e] for p in pairs]) for e in args.engines}
+        spark_floor = _median_run([p[1]["spark-floor"] for p in pairs]) if "spark" in args.engines else None
         result = results[args.engines[0]]
         first = args.engines[0]
         pair_ratios = sorted(p[1][first]["seconds"] / p[0]["seconds"] for p in pairs)
@@ -176,6 +244,7 @@ def main() -> None:
             "floor_peak_rss_mb": round(floor["peak_rss_mb"]),
             "ingest_s": round(result["seconds"], 2),
             "ingest_peak_rss_mb": round(result["peak_rss_mb"]),
+            "ingest_spill_mb": round(result["spill_mb"]),  # the most seen in DuckDB's temp folder
             "ratio_to_floor": round(result["seconds"] / floor["seconds"], 2),
             "repeat": args.repeat,
             "median_pair_ratio": round(pair_ratios[len(pair_ratios) // 2], 2),
@@ -196,6 +265,8 @@ def main() -> None:
                 for engine, r in results.items()
             },
         }
+        if spark_floor is not None:
+            row["engines"]["spark"].update(_spark_ratios(pairs, spark_floor, summary["counts"]["rows_written"]))
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -203,18 +274,28 @@ def main() -> None:
             "engines": args.engines}
     Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print("\n| events | exposures | input MB | floor s | ingest s | ingest / floor (median of pairs) | CPU ratio | "
-          "ingest CPU s / M events | events/s | peak RSS MB (ingest / floor) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "ingest CPU s / M events | events/s | peak RSS MB (ingest / floor) | ingest spill MB |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['events']:,} | {r['exposures']:,} | {r['input_mb']} | {r['floor_s']} | {r['ingest_s']} | "
               f"{r['median_pair_ratio']} | {r['median_pair_cpu_ratio']} | {r['ingest_cpu_s_per_m_events']} | "
-              f"{r['events_per_s']:,} | {r['ingest_peak_rss_mb']:,} / {r['floor_peak_rss_mb']:,} |")
+              f"{r['events_per_s']:,} | {r['ingest_peak_rss_mb']:,} / {r['floor_peak_rss_mb']:,} | {r['ingest_spill_mb']:,} |")
     if len(args.engines) > 1 or args.engines != ["duckdb"]:
         print("\n| events | engine | ingest s | events/s | ingest / floor | peak RSS MB (process tree) |")
         print("| ---: | --- | ---: | ---: | ---: | ---: |")
         for r in rows:
             for engine, e in r["engines"].items():
                 print(f"| {r['events']:,} | {engine} | {e['ingest_s']} | {e['events_per_s']:,} | {e['ratio_to_floor']} | {e['peak_rss_mb']:,} |")
+        spark_rows = [r for r in rows if "ratio_to_spark_floor" in r["engines"].get("spark", {})]
+        if spark_rows:
+            print("\n| events | Spark floor s (session s) | Spark ingest s | / Spark floor: wall, without session, CPU | "
+                  "/ DuckDB floor: wall, CPU | Spark floor / DuckDB floor |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in spark_rows:
+                e = r["engines"]["spark"]
+                print(f"| {r['events']:,} | {e['spark_floor_s']} ({e['spark_floor_session_s']}) | {e['ingest_s']} | "
+                      f"{e['ratio_to_spark_floor']}, {e['ratio_to_spark_floor_without_session']}, {e['cpu_ratio_to_spark_floor']} | "
+                      f"{e['ratio_to_duckdb_floor']}, {e['cpu_ratio_to_duckdb_floor']} | {e['spark_floor_to_duckdb_floor']} |")
 
 
 if __name__ == "__main__":

@@ -304,12 +304,15 @@ class CaseControlFit:
 
 
 def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Callable[..., Path],
-                     on_fold_done: Callable[[int], None] | None = None) -> CaseControlFit:
+                     on_fold_done: Callable[[int], None] | None = None,
+                     commit_scores: Callable[[list[Path]], Path] | None = None) -> CaseControlFit:
     """Fit one channel's propensities on a case-control sample and score every exposure streamed.
 
     ``cfg`` is a :class:`propensity.models.fit.PropensityConfig`; ``plan`` says how many rows fit;
     ``write_models`` is ``propensity.models.fit._write_models`` (passed in: this module is
     upstream of ``fit``). Writes the scores and the models; the caller writes the metrics.
+    ``commit_scores`` takes the score parts instead of ``scores.parquet`` (it must move them out of
+    their staging folder): ``fit-label-aware``'s context refit keeps its scores to itself.
 
     Raises
     ------
@@ -493,7 +496,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
                 f"the feedback table changed while it was read ({n:,} rows counted, {offset:,} scored)",
                 where=str(warehouse / "feedback"), fix="run `causalrm propensity fit` again once the ingest is done",
             )
-        scores_path = commit_score_parts(warehouse, cfg.channel, parts)
+        scores_path = commit_scores(parts) if commit_scores else commit_score_parts(warehouse, cfg.channel, parts)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     propensity, clip_report = clip_propensity(calibrated_all, floor, 1.0, observed=observed_all)

@@ -120,9 +120,20 @@ class ProxyFeaturizer:
                 vectorizer = None
         return cls(numeric=numeric, mean=mean, std=std, levels=levels, vectorizer=vectorizer, embedding_dim=embedding_dim)
 
-    def transform(self, frame: pl.DataFrame, embeddings: pl.DataFrame | None = None) -> sp.csr_matrix:
+    def text_rows(self, docs: list[str]) -> sp.csr_matrix:
+        """The text block of ``docs`` (response texts, nulls as ``""``), CSR of shape (len(docs),
+        vocabulary size): row i is what :meth:`transform` gives a row whose response is ``docs[i]``."""
+        return self.vectorizer.transform(docs).tocsr()
+
+    def transform(self, frame: pl.DataFrame, embeddings: pl.DataFrame | None = None, *,
+                  text_rows: sp.csr_matrix | None = None) -> sp.csr_matrix:
         """Features of ``frame``'s rows, CSR of shape (n_rows, len(names)); ``embeddings`` (exposure_id,
-        embedding) or an ``embedding`` column of ``frame`` give the embedding block."""
+        embedding) or an ``embedding`` column of ``frame`` give the embedding block.
+
+        ``text_rows``: the text block of every distinct response, vectorised once (:meth:`text_rows`);
+        ``frame`` then carries ``_text_id``, the row of its response there, instead of ``response_text``
+        (a streamed estimate never moves the texts of every exposure, issue 23). Same features.
+        """
         blocks: list[sp.csr_matrix] = []
         n = frame.height
         if self.numeric:
@@ -135,7 +146,9 @@ class ProxyFeaturizer:
             index = codes.replace_strict(list(levels), list(range(len(levels))), default=-1, return_dtype=pl.Int64).to_numpy()
             known = index >= 0
             blocks.append(sp.csr_matrix((np.ones(int(known.sum())), (np.flatnonzero(known), index[known])), shape=(n, len(levels))))
-        if self.vectorizer is not None:
+        if self.vectorizer is not None and text_rows is not None:
+            blocks.append(text_rows[frame["_text_id"].to_numpy()])
+        elif self.vectorizer is not None:
             # Vectorise each distinct text once: a response is typically shown many times.
             texts = frame["response_text"].fill_null("")
             distinct = texts.unique(maintain_order=True)

@@ -11,18 +11,28 @@ their outputs computed: p(x) from the context fit and m(x) from the fold model o
 2. **Fit** on the core rows exactly as the in-memory fit does on the whole table: the same fold
    models of m(x) (trained on the same organic votes, with the whole table's categorical levels),
    the same slice, moment equations, bootstrap and clipping. The estimator's results do not depend
-   on the unobserved rows, so they equal the in-memory fit's (tests/propensity/test_label_aware_streamed.py).
+   on the unobserved rows, so they equal the in-memory fit's (tests/propensity/test_streamed_chain.py).
 3. **Scoring pass**: every exposure, in batches sorted by exposure_id, gets m(x) from its fold's
    model and the output columns; ``scores_label_aware.parquet`` is written batch by batch.
 
 Memory: the core rows' features (organic votes plus slice: 2% of the exposures on the public
 ratings data), one batch, and DuckDB's buffer (half the budget, spilling beyond it). It grows with
-the number of votes, not of exposures; nothing here samples the votes.
+the number of votes, not of exposures; the estimator samples nothing (a context refit does, below).
 
-Not covered (one clear error each): refitting the context model on organic rows (a context fit
-that counted solicited votes as feedback, or ``--refit-context always``), and context scores from
-``causalrm propensity score`` (fold -1): rerun ``causalrm propensity fit`` first, which excludes
-solicited rows and records its folds.
+Also covered (issues 17 and 23):
+
+* a multi-level label (``--label-column rating``): the column is read with the core rows, the
+  multiclass fold models (:func:`propensity.slice.multilevel.fit_multiclass_models`) are fitted on
+  them and score each batch; every observed value is a core row's, so the codes are the same;
+* context scores from ``causalrm propensity score`` (fold -1): every exposure is regrouped by user
+  from the users' exposure counts (:func:`user_folds`), the folds ``group_folds`` gives in memory;
+* refitting the context model on organic rows (a context fit that counted solicited votes as
+  feedback, or ``--refit-context always``): a case-control propensity fit with the context fit's
+  config under the same budget (``label_aware._refit_context_streamed``), so the refit **samples**
+  the organic unobserved rows (and the organic votes when they alone would fill half the budget),
+  corrected exactly as ``propensity fit`` does; its rates are in ``label_aware.json``
+  (``context.sampling``). It is the one part that is not equal to the in-memory fit, only close
+  (tests/propensity/test_label_aware_refit.py); a context fit with ``--id-encodings`` is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from schemas.errors import ConfigError, WarehouseError
+from schemas.errors import WarehouseError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +57,7 @@ class TableFacts:
     n_organic: int
     missing_context: int
     min_fold: int
+    max_fold: int
     folds: list[int]
     categorical_levels: dict[str, list[str]]
     strata_levels: list[str]
@@ -67,15 +78,21 @@ class StreamedInputs:
         return pl.from_arrow(self.dataset.head(rows, columns=narrow))
 
     def facts(self, categorical: tuple[str, ...], strata: str | None) -> TableFacts:
-        n, organic, missing, min_fold = self.con.execute(
+        n, organic, missing, min_fold, max_fold = self.con.execute(
             "SELECT count(*), count(*) FILTER (WHERE NOT coalesce(solicited, false)), count(*) FILTER (WHERE propensity IS NULL), "
-            "coalesce(min(fold), 0) FROM joined"
+            "coalesce(min(fold), 0), coalesce(max(fold), 0) FROM joined"
         ).fetchone()
         folds = sorted(int(r[0]) for r in self.con.execute("SELECT DISTINCT fold FROM joined WHERE fold IS NOT NULL").fetchall())
         levels = {c: self._levels(c, nulls=False) for c in categorical}
         strata_levels = self._levels(strata, nulls=True) if strata else ["all"]
-        return TableFacts(n_rows=int(n), n_organic=int(organic), missing_context=int(missing), min_fold=int(min_fold), folds=folds,
-                          categorical_levels=levels, strata_levels=strata_levels)
+        return TableFacts(n_rows=int(n), n_organic=int(organic), missing_context=int(missing), min_fold=int(min_fold),
+                          max_fold=int(max_fold), folds=folds, categorical_levels=levels, strata_levels=strata_levels)
+
+    def user_counts(self) -> pl.DataFrame:
+        """``user_id`` (sorted as :func:`propensity.models.crossfit.group_folds` sorts them) and ``n``, its exposures."""
+        counts = pl.from_arrow(self.con.sql("SELECT CAST(user_id AS VARCHAR) AS user_id, count(*) AS n FROM feedback GROUP BY 1")
+                               .to_arrow_table())
+        return counts.sort("user_id")
 
     def _levels(self, column: str, *, nulls: bool) -> list[str]:
         """Sorted distinct values of ``column`` as polars casts them to strings ("<null>" for null when ``nulls``)."""
@@ -96,14 +113,22 @@ class StreamedInputs:
 
 @contextmanager
 def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_ids: pl.DataFrame | None,
-                    memory_limit_bytes: int) -> Iterator[StreamedInputs]:
-    """Open :class:`StreamedInputs` over the warehouse's current feedback version (see the module docstring)."""
+                    memory_limit_bytes: int, context_files: list[Path] | None = None,
+                    user_folds: pl.DataFrame | None = None) -> Iterator[StreamedInputs]:
+    """Open :class:`StreamedInputs` over the warehouse's current feedback version (see the module docstring).
+
+    ``context_files``: Parquet files of the context propensities (exposure_id, propensity, fold; a
+    context refit's) instead of the channel's ``scores.parquet``. ``user_folds`` (user_id, fold):
+    every row's fold is its user's (context scores without folds), not the scores' fold."""
     from feedback_etl.io import feedback_dataset, feedback_files
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
     from propensity.models.casecontrol import feedback_connection
 
-    score_files, has_channel = channel_score_files(warehouse, channel)
+    if context_files is None:
+        score_files, has_channel = channel_score_files(warehouse, channel)
+    else:
+        score_files, has_channel = list(context_files), False
     embedding_files = sorted((warehouse / "embeddings").glob("*.parquet")) if embeddings else []
     dataset = feedback_dataset(warehouse)
     with feedback_connection(feedback_files(warehouse), dataset.schema, memory_limit_bytes=memory_limit_bytes,
@@ -123,20 +148,24 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
                 QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
             """)
             joins, extra = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
+        fold, fold_join = "s.fold", ""
+        if user_folds is not None:
+            con.register("user_folds", user_folds.select(pl.col("user_id").cast(pl.Utf8), pl.col("fold").cast(pl.Int32)).to_arrow())
+            fold, fold_join = "u.fold", "LEFT JOIN user_folds u ON u.user_id = CAST(f.user_id AS VARCHAR)"
         in_slice = "FALSE"
         if slice_ids is not None and slice_ids.height:
             con.register("slice_ids", slice_ids.select("exposure_id").to_arrow())
             in_slice = "f.exposure_id IN (SELECT exposure_id FROM slice_ids)"
         con.execute(f"""
             CREATE TEMP VIEW joined AS
-            SELECT f.*, s.propensity, s.fold{extra}, {in_slice} AS _in_slice_file
-            FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins}
+            SELECT f.*, s.propensity, {fold} AS fold{extra}, {in_slice} AS _in_slice_file
+            FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins} {fold_join}
         """)
         yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset)
 
 
-def check_streamable(facts: TableFacts, *, refit: bool, warehouse: Path) -> None:
-    """The cases a streamed fit leaves out (module docstring), as one clear error each."""
+def check_streamable(facts: TableFacts, *, warehouse: Path) -> None:
+    """An empty table, or exposures without a context propensity, as one clear error each (as in memory)."""
     if facts.n_rows == 0:
         raise WarehouseError("feedback table is empty", where=str(warehouse / "feedback"), fix="ingest logs first")
     if facts.missing_context:
@@ -144,18 +173,14 @@ def check_streamable(facts: TableFacts, *, refit: bool, warehouse: Path) -> None
             f"{facts.missing_context:,} exposures have no context propensity", where="propensity/scores.parquet",
             fix=f"rerun `causalrm propensity fit {warehouse}` after the latest ingest",
         )
-    if refit:
-        raise ConfigError(
-            "a label-aware fit of a table above the memory budget reuses the context fit's propensities; this one would "
-            "refit the context model on organic rows", where="--refit-context / --memory-limit",
-            fix=f"rerun `causalrm propensity fit {warehouse}` (it leaves solicited rows out), or raise --memory-limit / --max-rows",
-        )
-    if facts.min_fold < 0:
-        raise ConfigError(
-            "some context propensities come from `causalrm propensity score` (no cross-fitting fold); a label-aware fit above "
-            "the memory budget needs the folds of the fit", where="propensity/scores.parquet",
-            fix=f"rerun `causalrm propensity fit {warehouse}`, or raise --memory-limit / --max-rows",
-        )
+
+
+def user_folds(counts: pl.DataFrame, n_folds: int, seed: int) -> pl.DataFrame:
+    """(user_id, fold): the folds :func:`propensity.models.crossfit.group_folds` gives every row in
+    memory, from the users' exposure counts (``counts`` sorted by user_id, :meth:`StreamedInputs.user_counts`)."""
+    from propensity.models.crossfit import assign_user_folds
+
+    return counts.select("user_id", fold=pl.Series(assign_user_folds(counts["n"].to_numpy(), n_folds, seed), dtype=pl.Int32))
 
 
 def strata_codes(frame: pl.DataFrame, column: str | None, levels: list[str]) -> np.ndarray:

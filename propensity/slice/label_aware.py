@@ -44,8 +44,9 @@ with Poisson(1) weights on the organic rows, conditional on the fitted p(x) and 
 Solicited votes are not organic: a context model fitted with them as feedback estimates
 F + (1 - F) p_organic(x) for a slice of share F. When the warehouse has solicited rows,
 :func:`fit_label_aware` therefore refits the context model on the organic rows (same model,
-features, folds, calibration and floor as ``causalrm propensity fit``) unless the fit's metrics say
-it already excluded them (``"solicited_excluded": true``).
+features, side-feature files, id encodings or embeddings, folds, calibration and floor as ``causalrm
+propensity fit``) unless the fit's metrics say it already excluded them (``"solicited_excluded":
+true``). Above the memory budget that refit is a case-control propensity fit (sampled, corrected).
 
 Files (``WH/propensity/``):
 
@@ -126,7 +127,8 @@ class LabelAwareConfig:
     n_jobs : LightGBM threads (0 = all cores).
     seed : seed of the outcome model and the bootstrap.
     max_rows : feedback rows the fit may hold in memory (None: what ``memory_limit`` allows); a larger
-        table is fitted streamed with the same results (issue 23, ``propensity.slice._label_aware_streamed``).
+        table is fitted streamed with the same results (issue 23, ``propensity.slice._label_aware_streamed``),
+        except a context refit, which is then a case-control fit (close, not equal).
     memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
     batch_rows : rows per batch when streaming.
     """
@@ -729,16 +731,24 @@ def _context_config(metrics: dict[str, Any] | None):
     return PropensityConfig(**{k: v for k, v in config.items() if k in known})
 
 
+def _needs_refit(cfg: LabelAwareConfig, metrics: dict[str, Any] | None, has_solicited: bool) -> bool:
+    """Whether the context model is refitted on the organic rows (``refit_context``; ``auto``: solicited
+    rows exist and the context fit did not leave them out)."""
+    excluded = bool((metrics or {}).get("solicited_excluded"))
+    return cfg.refit_context == "always" or (cfg.refit_context == "auto" and has_solicited and not excluded)
+
+
 def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict[str, Any] | None, organic: np.ndarray,
-                     cfg: LabelAwareConfig, X: Any, X_design: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """Calibrated (unclipped) P(o=1 | x) of organic feedback, for every organic row."""
+                     cfg: LabelAwareConfig, X: Any, X_design: Any, *, feature_names: list[str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Calibrated (unclipped) P(o=1 | x) of organic feedback, for every organic row.
+
+    A refit takes the context fit's inputs: ``X`` / ``X_design`` built as ``propensity fit`` built them
+    (side-feature files joined; ``feature_names`` their columns, recorded), and the fit's out-of-fold
+    id encodings (``--id-encodings``) of ``feedback``'s id columns, fitted inside the folds."""
     from propensity.models.calibration import cross_calibrate
     from propensity.models.crossfit import _take, cross_fit
 
-    has_solicited = not organic.all()
-    excluded = bool((metrics or {}).get("solicited_excluded"))
-    refit = cfg.refit_context == "always" or (cfg.refit_context == "auto" and has_solicited and not excluded)
-    if not refit:
+    if not _needs_refit(cfg, metrics, not organic.all()):
         # Calibrated, clipped scores of the fit; the label factor is applied on top and clipped again.
         return scores["propensity"].to_numpy().astype(np.float64), {"source": "propensity/scores.parquet", "refit": False}
     context_cfg = _context_config(metrics)
@@ -751,7 +761,13 @@ def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict
         from propensity.models.entity_features import bucket_columns
 
         model_input = np.hstack([bucket_columns(feedback, context_cfg.id_embeddings, id_embedding["buckets"]), model_input])
-    fitted = cross_fit(context_cfg.estimator(), _take(model_input, rows), observed[rows], folds[rows])
+    augment = None
+    if context_cfg.id_encodings:  # out-of-fold feedback rates per id, as the context fit had them
+        from propensity.models.entity_features import oof_encoder
+
+        ids = {name: feedback[name].to_numpy()[rows] for name in context_cfg.id_encodings}
+        augment = oof_encoder(ids, observed[rows], folds[rows])
+    fitted = cross_fit(context_cfg.estimator(), _take(model_input, rows), observed[rows], folds[rows], augment=augment)
     calibrated, _ = cross_calibrate(fitted.oof, observed[rows], folds[rows], context_cfg.calibration)
     context = np.full(len(organic), np.nan)
     context[rows] = calibrated
@@ -759,8 +775,33 @@ def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict
     return context, {
         "source": "refit on organic exposures (solicited votes are not organic feedback)", "refit": True,
         "model": context_cfg.model, "calibration": context_cfg.calibration, "n_organic": int(len(rows)),
+        **({"features": list(feature_names)} if feature_names is not None else {}),
+        "id_encodings": list(context_cfg.id_encodings),
         **({"id_embeddings": list(context_cfg.id_embeddings)} if id_embedding else {}),
     }
+
+
+def _refit_inputs(frame: pl.DataFrame, embeddings: pl.DataFrame | None, context_cfg: Any, X: Any) -> dict[str, Any]:
+    """The context model's inputs for an in-memory refit, built as ``propensity fit`` built them: the
+    side-feature files of its config (``--user-features`` / ``--item-features``) joined to ``frame``
+    (the feedback rows with their custom columns). Without side files the label-aware fit's own
+    ``X`` (and design matrix) are those inputs already and are reused."""
+    from propensity.models.entity_features import join_entity_features, load_side_tables
+    from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
+
+    side_tables = load_side_tables(context_cfg.user_features, context_cfg.item_features)
+    if not side_tables:
+        return {"feature_names": [n for n in X.columns if not str(n).startswith(EMBEDDING_PREFIX)]}
+    from propensity.models.custom_features import select_features
+
+    joined, _, _, warnings = join_entity_features(frame, side_tables)
+    chosen_categorical, chosen_numeric = select_features(joined, context_cfg.features, context_cfg.exclude_features)
+    X_fit, names, categorical_fit = build_features(joined, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
+    X_design_fit = None
+    if context_cfg.model != "lightgbm":
+        X_design_fit, _ = design_matrix(X_fit, categorical_fit)
+    return {"X": X_fit, "X_design": X_design_fit, "feature_names": [n for n in names if not n.startswith(EMBEDDING_PREFIX)],
+            "info": {"side_feature_files": [t.path for t in side_tables], **({"warnings": warnings} if warnings else {})}}
 
 
 def _strata_codes(feedback: pl.DataFrame, column: str | None) -> tuple[np.ndarray, list[str]]:
@@ -797,11 +838,6 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     started = time.perf_counter()
     plan = label_aware_plan(feedback_dataset(warehouse).count_rows(), cfg)
     if plan["streamed"]:
-        if cfg.label_column != "label":
-            raise ConfigError(
-                f"a multi-level label ({cfg.label_column!r}) is not supported above the memory budget yet", where="--label-column",
-                fix="raise --memory-limit / --max-rows, or fit on the binary vote",
-            )
         return _fit_label_aware_streamed(warehouse, cfg, plan, started)
     feedback = read_feedback(warehouse)
     if feedback.is_empty():
@@ -817,6 +853,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
         metrics = read_metrics(warehouse, cfg.channel)
     except WarehouseError:
         metrics = None
+    regrouped = None
     if joined["fold"].min() < 0:
         # Some exposures were scored after the fit (`propensity score`, fold -1): no cross-fitting
         # fold to reuse, so every exposure is regrouped by user with the fit's number of folds.
@@ -825,6 +862,7 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
         n_folds = int((metrics or {}).get("config", {}).get("folds") or max(2, joined["fold"].max() + 1))
         folds = group_folds(feedback["user_id"].to_numpy(), n_folds, cfg.seed)
         joined = joined.with_columns(fold=pl.Series(folds.astype(np.int32)))
+        regrouped = f"regrouped by user ({n_folds} folds): some context scores had no fold"
     slice_file = read_slice_file(cfg.slice) if cfg.slice else None
     prepared = _prepare_rows(feedback, slice_file, cfg, warehouse)
     strata, levels = _strata_codes(feedback, cfg.strata)
@@ -848,7 +886,16 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     X, _, categorical = build_features(with_context, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
     X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
     folds = joined["fold"].to_numpy()
-    context, context_info = _organic_context(feedback, joined, metrics, prepared.organic, cfg, X, X_design)
+    refit_inputs: dict[str, Any] = {}
+    if _needs_refit(cfg, metrics, not prepared.organic.all()):
+        refit_inputs = _refit_inputs(with_context, embeddings, context_cfg, X)
+    context, context_info = _organic_context(feedback, joined, metrics, prepared.organic, cfg,
+                                             refit_inputs.get("X", X), refit_inputs.get("X_design", X_design),
+                                             feature_names=refit_inputs.get("feature_names"))
+    context_info.update(refit_inputs.get("info", {}))
+    if regrouped:
+        context_info["folds"] = regrouped
+    del refit_inputs
     floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
     if label_values is None:
         outcome, outcome_info = outcome_probabilities(
@@ -1074,13 +1121,18 @@ def label_aware_plan(n_rows: int, cfg: LabelAwareConfig) -> dict[str, Any]:
 def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict[str, Any], started: float) -> LabelAwareResult:
     """The fit of :func:`fit_label_aware` on a table above the memory budget (module
     ``propensity.slice._label_aware_streamed``): the same estimator on the organic votes and the
-    slice, then every exposure scored in batches."""
+    slice, then every exposure scored in batches. A context refit is a case-control propensity fit
+    (:func:`_refit_context_streamed`); context scores without folds get the user folds an in-memory
+    fit would give; a multi-level label is read with the core rows."""
+    import tempfile
+    from contextlib import ExitStack
+
     import pyarrow.parquet as pq
 
+    from propensity.models.casecontrol import detached
     from propensity.models.custom_features import select_features
     from propensity.models.features import build_features
-    from propensity.models.casecontrol import detached
-    from propensity.slice._label_aware_streamed import check_streamable, strata_codes, streamed_inputs
+    from propensity.slice._label_aware_streamed import check_streamable, strata_codes, streamed_inputs, user_folds
 
     try:
         metrics = read_metrics(warehouse, cfg.channel)
@@ -1088,26 +1140,62 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
         metrics = None
     context_cfg = _context_config(metrics)
     slice_file = read_slice_file(cfg.slice) if cfg.slice else None
-    with streamed_inputs(warehouse, channel=cfg.channel, embeddings=context_cfg.use_embeddings, slice_ids=slice_file,
-                         memory_limit_bytes=plan["memory_limit_bytes"] // 2) as inputs:
+    multilevel = cfg.label_column != "label"
+    options = {"channel": cfg.channel, "embeddings": context_cfg.use_embeddings, "slice_ids": slice_file,
+               "memory_limit_bytes": plan["memory_limit_bytes"] // 2}
+    with streamed_inputs(warehouse, **options) as inputs:
         head = inputs.head()
         if cfg.strata is not None and cfg.strata not in head.columns:
             raise ConfigError(f"unknown strata column {cfg.strata!r}", where="--strata", fix="use a feedback column, e.g. platform or model_id")
+        if multilevel and cfg.label_column not in head.columns:
+            raise ConfigError(f"the feedback table has no {cfg.label_column!r} column", where=f"{warehouse}, --label-column {cfg.label_column}",
+                              fix="ingest with --source ratings, whose adapter keeps the raw rating beside the binary label")
         # The feedback table's own columns (texts aside): the joined score / fold / slice columns are no features.
         categorical, numeric = select_features(head, context_cfg.features, context_cfg.exclude_features)
         del head
         facts = inputs.facts(categorical, cfg.strata)
+        check_streamable(facts, warehouse=warehouse)
         has_solicited = facts.n_organic < facts.n_rows
-        refit = cfg.refit_context == "always" or (
-            cfg.refit_context == "auto" and has_solicited and not bool((metrics or {}).get("solicited_excluded")))
-        check_streamable(facts, refit=refit, warehouse=warehouse)
+        refit = _needs_refit(cfg, metrics, has_solicited)
+        folds_by_user = None
+        if facts.min_fold < 0 and not refit:
+            # Some exposures were scored after the fit (`propensity score`, fold -1): regroup every
+            # exposure by user with the fit's number of folds, as the in-memory fit does.
+            n_folds = int((metrics or {}).get("config", {}).get("folds") or max(2, facts.max_fold + 1))
+            folds_by_user = user_folds(inputs.user_counts(), n_folds, cfg.seed)
+
+    context_info: dict[str, Any] = {"source": "propensity/scores.parquet", "refit": False}
+    with ExitStack() as stack:
+        context_files = None
+        if refit:
+            from propensity.io import propensity_dir
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=propensity_dir(warehouse), prefix=".label-aware-refit-")))
+            context_files, context_info = _refit_context_streamed(warehouse, cfg, context_cfg, facts, tmp)
+        elif folds_by_user is not None:
+            context_info["folds"] = f"regrouped by user ({n_folds} folds): some context scores had no fold"
+        inputs = stack.enter_context(streamed_inputs(warehouse, **options, context_files=context_files, user_folds=folds_by_user))
+        if context_files is not None or folds_by_user is not None:
+            facts = inputs.facts(categorical, cfg.strata)  # the folds changed
+            check_streamable(facts, warehouse=warehouse)
 
         # 1. the core rows: organic votes, solicited rows, slice-file rows, sorted by exposure_id
         needed = ["observed", "label", "solicited", "propensity", "fold", *categorical, *numeric,
-                  *([cfg.strata] if cfg.strata else []), *(["embedding"] if context_cfg.use_embeddings and inputs.has_embeddings else [])]
+                  *([cfg.strata] if cfg.strata else []), *(["embedding"] if context_cfg.use_embeddings and inputs.has_embeddings else []),
+                  *([cfg.label_column] if multilevel else [])]
         core = pl.concat([detached(b) for b in inputs.batches(
             cfg.batch_rows, needed, where="coalesce(solicited, false) OR coalesce(observed, false) OR _in_slice_file")])
         prepared = _prepare_rows(core, slice_file, cfg, warehouse)
+        label_values = None
+        if multilevel:
+            from dataclasses import replace
+
+            from propensity.slice.multilevel import labels_from_values
+
+            label, slice_label, label_values = labels_from_values(
+                core[cfg.label_column].cast(pl.Float64).to_numpy(), prepared.observed, cfg.label_column, cfg.slice, prepared.labelled,
+                warehouse)
+            prepared = replace(prepared, label=label, slice_label=slice_label)
         levels = facts.strata_levels
         strata = strata_codes(core, cfg.strata, levels)
         slice_rows = _slice_rows(core, prepared)
@@ -1120,16 +1208,35 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
         # 2. the estimator on the core rows (its results do not depend on the other rows)
         train_rows = np.flatnonzero(prepared.observed)
-        models = fit_outcome_models(X, prepared.label, train_rows, folds, np.array(facts.folds), model=cfg.label_model,
-                                    strata=strata, n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
-        m1 = predict_outcome(models, X, folds, strata)
-        outcome_info = _outcome_info(cfg.label_model, prepared.label[train_rows], m1[train_rows])
+        fold_values = np.array(facts.folds)
+        if multilevel:
+            from propensity.slice.multilevel import fit_multiclass_models, multiclass_info, predict_multiclass, row_codes
+
+            models = fit_multiclass_models(X, prepared.label, train_rows, folds, fold_values, len(label_values), model=cfg.label_model,
+                                           strata=strata, n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
+
+            def outcome_of(X_rows: Any, folds_rows: np.ndarray, strata_rows: np.ndarray) -> np.ndarray:
+                return predict_multiclass(models, X_rows, folds_rows, strata_rows)
+
+            outcome = outcome_of(X, folds, strata)
+            outcome_info = multiclass_info(cfg.label_model, len(label_values), outcome[train_rows])
+        else:
+            models = fit_outcome_models(X, prepared.label, train_rows, folds, fold_values, model=cfg.label_model,
+                                        strata=strata, n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
+
+            def outcome_of(X_rows: Any, folds_rows: np.ndarray, strata_rows: np.ndarray) -> np.ndarray:
+                m1 = predict_outcome(models, X_rows, folds_rows, strata_rows)
+                return np.column_stack([1 - m1, m1])
+
+            outcome = outcome_of(X, folds, strata)
+            outcome_info = _outcome_info(cfg.label_model, prepared.label[train_rows], outcome[train_rows, 1])
         del X
         result = estimate_label_aware(
-            context=context, outcome=np.column_stack([1 - m1, m1]), organic=prepared.organic, observed=prepared.observed,
+            context=context, outcome=outcome, organic=prepared.organic, observed=prepared.observed,
             label=prepared.label, slice_rows=slice_rows, slice_label=prepared.slice_label, strata=strata, n_strata=len(levels),
-            floor=floor, bootstrap=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,
+            label_values=label_values, floor=floor, bootstrap=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed,
         )
+        del outcome
         result.estimates["n_organic"] = facts.n_organic  # the estimator saw the core rows; this count is the table's
         own = np.where(prepared.observed, prepared.label, 0)
         index = np.arange(core.height)
@@ -1139,11 +1246,11 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
             "_hi": np.where(prepared.observed, result.interval_by_label[index, own, 1], np.nan),
         }).filter(pl.Series(prepared.observed))
         votes = core.select("exposure_id", "observed", "label")
-        context_info = {"source": "propensity/scores.parquet", "refit": False}
         report = _report(cfg, result, prepared, levels, per_stratum, strata[slice_rows], votes, context_info, outcome_info, floor,
                          started, memory={**plan, "core_rows": core.height,
                                           "note": "the estimator ran on the organic votes and the slice rows; every exposure was "
-                                                  "scored in batches of batch_rows"})
+                                                  "scored in batches of batch_rows"},
+                         label_values=label_values)
         del core
 
         # 3. scoring pass: every exposure, sorted by exposure_id, written batch by batch
@@ -1157,18 +1264,21 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
                     X_b, _, _ = build_features(batch, embedding, categorical=categorical, numeric=numeric, levels=facts.categorical_levels)
                     strata_b = strata_codes(batch, cfg.strata, levels)
                     folds_b = batch["fold"].to_numpy()
-                    m1_b = predict_outcome(models, X_b, folds_b, strata_b)
+                    outcome_b = outcome_of(X_b, folds_b, strata_b)
                     organic = ~batch["solicited"].to_numpy().astype(bool)
-                    rows = _Rows(organic=organic, observed=batch["observed"].to_numpy().astype(bool) & organic,
-                                 label=batch["label"].fill_null(0).to_numpy().astype(np.int64), slice_frame=prepared.slice_frame,
+                    observed = batch["observed"].to_numpy().astype(bool) & organic
+                    if multilevel:
+                        label_b = row_codes(batch[cfg.label_column].cast(pl.Float64).to_numpy(), observed, label_values)
+                    else:
+                        label_b = batch["label"].fill_null(0).to_numpy().astype(np.int64)
+                    rows = _Rows(organic=organic, observed=observed, label=label_b, slice_frame=prepared.slice_frame,
                                  slice_counts={}, labelled=prepared.labelled, slice_label=prepared.slice_label,
                                  response_rate=prepared.response_rate, warnings=[])
                     context_b = batch["propensity"].to_numpy().astype(np.float64)
-                    raw = tilted_propensity(np.nan_to_num(np.where(organic, context_b, np.nan), nan=1.0),
-                                            np.column_stack([1 - m1_b, m1_b]), result.tilt, strata_b)
+                    raw = tilted_propensity(np.nan_to_num(np.where(organic, context_b, np.nan), nan=1.0), outcome_b, result.tilt, strata_b)
                     bounds = batch.select("exposure_id").join(intervals, on="exposure_id", how="left", maintain_order="left")
-                    out = _score_rows(batch["exposure_id"], rows, context_b, np.clip(raw, floor, 1.0), raw, None, folds_b,
-                                      floor=floor, channel=cfg.channel,
+                    out = _score_rows(batch["exposure_id"], rows, np.where(organic, context_b, np.nan), np.clip(raw, floor, 1.0), raw,
+                                      None, folds_b, floor=floor, channel=cfg.channel, multilevel=multilevel,
                                       lo_hi=(bounds["_lo"].fill_null(np.nan).to_numpy(), bounds["_hi"].fill_null(np.nan).to_numpy()))
                     table = out.to_arrow(compat_level=pl.CompatLevel.oldest())
                     if writer is None:
@@ -1181,6 +1291,68 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
         _write_atomic(label_aware_scores_path(warehouse), write)
     return _write_outputs(warehouse, cfg, first[0] if first else pl.DataFrame(), report, prepared.slice_frame, result)
+
+
+# The refit's scores feed the tilt unclipped, as an in-memory refit's calibrated scores do; the
+# label-aware floor clips afterwards. A case-control fit needs some floor: this one clips nothing real.
+_REFIT_FLOOR = 1e-9
+
+
+def _refit_context_streamed(warehouse: Path, cfg: LabelAwareConfig, context_cfg: Any, facts: Any, tmp: Path) -> tuple[list[Path], dict[str, Any]]:
+    """Refit the context model on the organic rows of a table above the memory budget: a case-control
+    propensity fit (:func:`propensity.models.casecontrol.fit_case_control`) with the context fit's
+    config (model, features, side-feature files, calibration, folds, seed) under this fit's budget.
+    It samples as ``propensity fit`` does: every organic vote (or a share when they alone would fill half
+    the budget) and a uniform share of the organic unobserved rows, corrected exactly (logit shift,
+    calibration weighted 1/rate); every exposure is then scored by its fold's model. Its scores and
+    models go to ``tmp``, never over the context fit's.
+
+    Returns (the score parts, the report's ``context`` entry).
+
+    Raises
+    ------
+    ConfigError : the context fit used out-of-fold id encodings (a sampled fit cannot encode ids yet).
+    """
+    import shutil
+    from dataclasses import replace
+
+    from propensity.models.casecontrol import embedding_dim, fit_case_control, plan_rows
+    from propensity.models.features import EMBEDDING_PREFIX
+    from propensity.models.fit import _write_models
+
+    if context_cfg.id_encodings:
+        raise ConfigError(
+            f"the context refit of a table above the memory budget is a case-control fit, which cannot encode ids out of fold "
+            f"yet (the context fit used --id-encodings {','.join(context_cfg.id_encodings)})", where="--refit-context / --memory-limit",
+            fix="rerun `causalrm propensity fit` (it leaves solicited rows out, so no refit is needed), or raise --memory-limit / --max-rows",
+        )
+    # PropensityConfig's smallest --max-rows is 1,000: a smaller label-aware budget still samples that many rows.
+    max_rows = None if cfg.max_rows is None else max(cfg.max_rows, 1_000)
+    refit_cfg = replace(context_cfg, max_rows=max_rows, memory_limit=cfg.memory_limit, batch_rows=cfg.batch_rows, clip=_REFIT_FLOOR)
+    dim = embedding_dim(warehouse) if refit_cfg.use_embeddings else 0
+    row_plan = plan_rows(facts.n_rows, max_rows=refit_cfg.max_rows, memory_limit=refit_cfg.memory_limit, embedding_dim=dim)
+    scores_dir = tmp / "scores"
+    scores_dir.mkdir()
+
+    def keep(parts: list[Path]) -> Path:
+        for part in parts:
+            shutil.move(part, scores_dir / part.name)
+        return scores_dir
+
+    fit = fit_case_control(warehouse, refit_cfg, row_plan, write_models=lambda _wh, *args, **kw: _write_models(tmp, *args, **kw),
+                           commit_scores=keep)
+    log.info("label-aware: refitted the context model (%s) on a case-control sample of %d organic exposures of %d",
+             refit_cfg.model, fit.sampling["n_sample"], facts.n_organic)
+    info = {
+        "source": "refit on organic exposures (solicited votes are not organic feedback)", "refit": True,
+        "model": refit_cfg.model, "calibration": refit_cfg.calibration, "n_organic": int(facts.n_organic),
+        "features": [n for n in fit.feature_names if not n.startswith(EMBEDDING_PREFIX)], "id_encodings": [],
+        **({"id_embeddings": list(refit_cfg.id_embeddings)} if refit_cfg.id_embeddings else {}),
+        "sampling": {k: fit.sampling[k] for k in ("method", "rate_observed", "rate_unobserved", "n_sample", "n_sample_observed",
+                                                  "correction", "logit_shift", "max_rows")},
+        "warnings": fit.warnings,
+    }
+    return sorted(scores_dir.glob("*.parquet")), info
 
 
 def _outcome_info(model: str, y_obs: np.ndarray, m1_obs: np.ndarray) -> dict[str, Any]:

@@ -74,23 +74,48 @@ def multiclass_outcome(
     """Cross-fitted m_r(x) = P(r | x, o = 1), array (n, n_labels): fold k's rows scored by a multiclass
     LightGBM trained on the organic observed rows (``train_rows``) of the other folds; ``model="none"``:
     the label shares of the row's stratum among all organic observed rows."""
-    n = len(folds)
-    m = np.empty((n, n_labels))
+    models = fit_multiclass_models(X, codes, train_rows, folds, np.unique(folds), n_labels, model=model, strata=strata,
+                                   n_strata=n_strata, seed=seed, n_jobs=n_jobs)
+    m = predict_multiclass(models, X, folds, strata)
+    return m, multiclass_info(model, n_labels, m[train_rows])
+
+
+def multiclass_info(model: str, n_labels: int, m_train: np.ndarray) -> dict[str, Any]:
+    """What ``label_aware.json`` records about the multiclass outcome model (``m_train``: m at the organic votes)."""
     info: dict[str, Any] = {"model": model, "n_labels": int(n_labels)}
+    if model != "none":
+        info["mean"] = m_train.mean(axis=0).tolist()
+    return info
+
+
+def fit_multiclass_models(
+    X: Any, codes: np.ndarray, train_rows: np.ndarray, folds: np.ndarray, fold_values: np.ndarray, n_labels: int, *, model: str,
+    strata: np.ndarray, n_strata: int, seed: int = 0, n_jobs: int = 0,
+) -> dict[str, Any]:
+    """The multiclass outcome model of each fold in ``fold_values`` (trained on the organic votes of the
+    other folds), or the label shares per stratum for ``model="none"``. ``X`` / ``codes`` / ``folds`` /
+    ``strata`` cover at least ``train_rows``: the in-memory fit passes the whole table, a streamed one its
+    organic votes and slice rows (issue 23); :func:`predict_multiclass` then scores any rows.
+
+    Raises
+    ------
+    EstimationError : a fold whose training rows hold one label value only.
+    """
     if model == "none":
+        shares = np.empty((n_strata, n_labels))
         for s in range(n_strata):
             rows = train_rows[strata[train_rows] == s]
             rows = rows if len(rows) else train_rows
-            m[strata == s] = np.bincount(codes[rows], minlength=n_labels) / len(rows)
-        return m, info
+            shares[s] = np.bincount(codes[rows], minlength=n_labels) / len(rows)
+        return {"model": "none", "shares": shares, "n_labels": int(n_labels)}
     import lightgbm as lgb
 
     from propensity.models.crossfit import _take
 
     train_folds = folds[train_rows]
-    for k in np.unique(folds):
+    per_fold: dict[int, Any] = {}
+    for k in fold_values:
         fit_rows = train_rows[train_folds != k]
-        score_rows = np.flatnonzero(folds == k)
         present = np.unique(codes[fit_rows])
         if len(present) < 2:
             raise EstimationError(f"fold {k}'s training rows hold one label value only", where="label-aware outcome model",
@@ -98,10 +123,22 @@ def multiclass_outcome(
         classifier = lgb.LGBMClassifier(n_estimators=200, num_leaves=15, min_child_samples=20, learning_rate=0.05,
                                         n_jobs=n_jobs or None, random_state=seed, verbose=-1)
         classifier.fit(_take(X, fit_rows), codes[fit_rows])
-        m[score_rows] = 0.0
-        m[np.ix_(score_rows, classifier.classes_)] = classifier.predict_proba(_take(X, score_rows))
-    info["mean"] = m[train_rows].mean(axis=0).tolist()
-    return m, info
+        per_fold[int(k)] = classifier
+    return {"model": model, "folds": per_fold, "n_labels": int(n_labels)}
+
+
+def predict_multiclass(models: dict[str, Any], X: Any, folds: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """m_r(x) for rows of ``X``, each by the model of its fold (:func:`fit_multiclass_models`), array (n, n_labels)."""
+    if models["model"] == "none":
+        return models["shares"][np.asarray(strata, dtype=np.int64)]
+    from propensity.models.crossfit import _take
+
+    m = np.zeros((len(folds), models["n_labels"]))
+    for k, classifier in models["folds"].items():
+        rows = np.flatnonzero(folds == k)
+        if len(rows):
+            m[np.ix_(rows, classifier.classes_)] = classifier.predict_proba(_take(X, rows))
+    return m
 
 
 def check_label_column(name: str) -> str:
@@ -131,7 +168,14 @@ def multilevel_labels(
         raise ConfigError(f"--label-column {column} needs a --slice file giving each slice exposure its {column}",
                           where="--label-column", fix=f"pass --slice FILE with exposure_id, label and {column}")
     values = feedback.select("exposure_id").join(read_outcome_column(warehouse, column), on="exposure_id", how="left", maintain_order="left")
-    value = values[column].to_numpy().astype(np.float64)
+    return labels_from_values(values[column].to_numpy().astype(np.float64), observed, column, slice_file, labelled, warehouse)
+
+
+def labels_from_values(
+    value: np.ndarray, observed: np.ndarray, column: str, slice_file: str | Path, labelled: pl.DataFrame, warehouse: str | Path,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`multilevel_labels` from the rows' values of ``column`` (array (n,), NaN where missing):
+    a streamed fit reads them with its core rows (issue 23)."""
     missing = observed & np.isnan(value)
     if missing.any():
         raise EstimationError(f"{int(missing.sum()):,} observed rows have no {column}", where=f"{warehouse}, column {column}",
@@ -143,3 +187,10 @@ def multilevel_labels(
                              fix=f"every slice row needs its {column}")
     label_values, codes, slice_codes = label_codes(value, observed, slice_values.to_numpy().astype(np.float64), column=column)
     return codes, slice_codes, label_values
+
+
+def row_codes(value: np.ndarray, observed: np.ndarray, label_values: np.ndarray) -> np.ndarray:
+    """Codes of observed rows' values in ``label_values`` (0 elsewhere), as :func:`label_codes` gives them:
+    a streamed fit's scoring batches (every observed value is among ``label_values``)."""
+    safe = np.where(observed, value, label_values[0])
+    return np.where(observed, np.searchsorted(label_values, safe), 0).astype(np.int64)

@@ -3,7 +3,10 @@
 -- separate files (stg_duplicates, stg_orphans, stg_impression_losers), which define the same rows.
 --
 -- Grain: one row per input row of this run that a rule takes out.   Key: ("file_index", "row_number").
--- Inputs: "typed_events" (stg_events_typed), "warehouse_events" (events accepted by earlier runs).
+-- Inputs: "typed_events" (stg_events_typed), "warehouse_events" (events accepted by earlier runs),
+-- "typed_content" (every typed column of this run's rows, keyed by file and row: typed_events
+-- itself, or, when typed_events holds the key columns only, those joined to the content columns
+-- read from the input again; read for the contested impressions only).
 -- "rule" is 'duplicate' (rule 1: a repeated event_id; the warehouse copy, else the first in input
 -- order, is kept), 'impression_loser' (rule 6: a second impression of an exposure; "same_content"
 -- says whether it only repeats the winner's content) or 'orphan' (rule 5: feedback whose exposure
@@ -128,7 +131,7 @@ contested_rows AS (
         t."event_time", t."user_id", t."session_id", t."prompt_id", t."response_id", t."model_id",
         t."prompt_text", t."response_text", t."position", t."platform", t."locale", t."latency_ms", t."solicited"
     FROM outcomes AS r
-    JOIN "typed_events" AS t
+    JOIN "typed_content" AS t
         ON r."batch_rank" = 1 AND t."file_index" = r."file_index" AND t."row_number" = r."row_number"
     WHERE r."rule" IN ('winner', 'impression_loser')
 ),

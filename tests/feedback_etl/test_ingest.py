@@ -154,3 +154,24 @@ def test_read_feedback_names_a_missing_contract_column(warehouse, tmp_path):
     write_feedback(read_feedback(warehouse).drop("split"), wh / "feedback")
     with pytest.raises(WarehouseError, match="lacks contract column"):
         read_feedback(wh)
+
+
+def test_rejects_are_written_in_parts_of_batch_rows_in_file_order(tmp_path: Path) -> None:
+    """DuckDB writes the rejects itself (issue 19): still parts of at most batch_rows rows, every
+    row once, in file and line order across the parts."""
+    import pyarrow.parquet as pq
+
+    from feedback_etl.warehouse import snapshot
+
+    logs = tmp_path / "events.jsonl"
+    impression = {"event_id": "e1", "event_time": "2026-01-01T00:00:00Z", "event_type": "impression", "exposure_id": "x1",
+                  "user_id": "u1", "session_id": "s1", "prompt_id": "p1", "response_id": "r1", "model_id": "m1"}
+    logs.write_text("\n".join([json.dumps(impression), *(f"bad line {k}" for k in range(2_500))]) + "\n", encoding="utf-8")
+    wh = tmp_path / "wh"
+    run = ingest(IngestConfig(inputs=(str(logs),), warehouse=str(wh), batch_rows=1_000))
+    assert run["rejected"]["unparseable_row"] == run["rejected_total"] == 2_500
+    files = snapshot(wh, "rejects").files
+    assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [1_000, 1_000, 500]
+    lines = [n for f in files for n in pq.read_table(f, columns=["row_number"]).column("row_number").to_pylist()]
+    assert lines == list(range(2, 2_502))
+    assert read_rejects(wh).height == 2_500

@@ -80,3 +80,20 @@ def test_conform_casts_like_pandera_coerce() -> None:
     assert out.schema == {"n_events": pl.Int32, "label": pl.Int8}
     with pytest.raises(TableValidationError, match="cannot cast"):
         sql_checks.conform(pl.DataFrame({"n_events": ["x"]}), "feedback")
+
+
+@pytest.mark.parametrize("run_id", [None, "r1"])
+@pytest.mark.parametrize("table", sorted(MODELS))
+def test_arrow_schema_is_that_of_a_validated_polars_batch(table: str, run_id: str | None) -> None:
+    """The schema the DuckDB engine commits, derived without polars (issue 19), is the one a
+    conformed polars batch converts to: same order, large strings, run_id last."""
+    from feedback_etl import io
+
+    columns = list(reversed(sql_checks.contract_columns(table)))  # the relation's order is kept
+    if run_id is not None and "run_id" in columns:
+        columns.remove("run_id")
+    empty = pl.DataFrame(schema={name: pl.String for name in columns}).to_arrow()
+    batch = next(io.validated_batches([empty], lambda f: sql_checks.conform(f, table), run_id=run_id))
+    assert sql_checks.arrow_schema(table, columns, run_id=run_id is not None) == io.to_arrow(batch).schema
+    with pytest.raises(TableValidationError, match="not in the contract"):
+        sql_checks.arrow_schema(table, [*columns, "extra"])

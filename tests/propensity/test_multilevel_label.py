@@ -3,6 +3,7 @@ warehouse, whose feedback table keeps the raw rating beside the binary vote."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from feedback_etl.ingest import IngestConfig, ingest
 from propensity.models.fit import PropensityConfig, fit_propensity
-from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware
+from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware, read_label_aware_scores
 from propensity.slice.multilevel import label_codes
 from propensity.weights.export import ExportConfig, export_weighted_dataset
 from schemas.errors import ConfigError, InputFileError
@@ -94,3 +95,28 @@ def test_label_codes_and_bad_slices(rated: tuple[Path, pl.DataFrame], tmp_path: 
         LabelAwareConfig(label_column="rating", label_model="none")
     with pytest.raises(ConfigError, match="outcome column"):
         LabelAwareConfig(label_column="platform")
+
+
+def test_streamed_rating_fit_equals_the_in_memory_fit(rated: tuple[Path, pl.DataFrame], tmp_path: Path) -> None:
+    """Above the memory budget (``max_rows=1``: every one of the 6,000 rows is streamed in batches of 997)
+    the multi-level fit trains the same multiclass fold models on the same rated rows and scores every
+    exposure batch by batch: scores and report equal the in-memory fit's to floating-point rounding."""
+    from polars.testing import assert_frame_equal
+
+    from tests.propensity.test_streamed_chain import _close
+
+    wh, truth = rated
+    _slice(truth, tmp_path / "slice.csv", 400, seed=2)
+    fits = {}
+    for name, options in (("whole", {}), ("streamed", {"max_rows": 1, "batch_rows": 997})):
+        copy = tmp_path / name
+        shutil.copytree(wh, copy)
+        cfg = LabelAwareConfig(slice=str(tmp_path / "slice.csv"), label_column="rating", bootstrap=20, clip=0.01, n_jobs=1, **options)
+        fits[name] = (fit_label_aware(copy, cfg).report, read_label_aware_scores(copy))
+    (whole, a), (streamed, b) = fits["whole"], fits["streamed"]
+    assert whole["memory"]["streamed"] is False and streamed["memory"]["streamed"] is True
+    assert streamed["memory"]["core_rows"] < 0.5 * a.height  # the rated rows and the slice, not every exposure
+    assert streamed["outcome_model"]["n_labels"] == 5 and len(streamed["outcome_model"]["mean"]) == 5  # the multiclass LightGBM
+    assert_frame_equal(a, b, check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
+    for key in ("estimates", "label_factors", "label_values", "weights", "clipping", "outcome_model", "context"):
+        assert _close(streamed[key], whole[key]), key

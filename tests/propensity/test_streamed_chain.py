@@ -21,7 +21,6 @@ from polars.testing import assert_frame_equal
 
 from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware, read_label_aware_scores
 from propensity.weights.export import ExportConfig, export_weighted_dataset, read_weighted_dataset
-from schemas.errors import ConfigError
 from tests.propensity.test_label_aware import mnar  # noqa: F401  (the shared simulated warehouse)
 
 STREAMED = {"max_rows": 1, "batch_rows": 997}
@@ -74,10 +73,26 @@ def test_streamed_export_of_label_aware_weights_equals_the_in_memory_one(fits: d
     assert_frame_equal(read_weighted_dataset(tmp_path / "whole"), streamed, check_exact=True)
 
 
-def test_streamed_fit_refuses_what_it_does_not_cover(fits: dict) -> None:
-    wh, _ = fits["streamed"]
-    with pytest.raises(ConfigError, match="reuses the context fit's propensities"):
-        fit_label_aware(wh, LabelAwareConfig(refit_context="always", bootstrap=20, n_jobs=1, **STREAMED))
+def test_streamed_fit_regroups_context_scores_without_folds_as_in_memory(mnar: dict, tmp_path: Path) -> None:  # noqa: F811
+    """Context scores of exposures scored after the fit (`propensity score`, fold -1): both fits regroup
+    every exposure by user with the fit's number of folds (the streamed one from the users' counts)
+    and agree to rounding; the folds written are the regrouped ones, not -1."""
+    from propensity.io import read_scores, write_scores
+
+    results = {}
+    for name, options in (("whole", {}), ("streamed", STREAMED)):
+        wh = tmp_path / name
+        shutil.copytree(mnar["wh"], wh)
+        scores = read_scores(wh)
+        write_scores(wh, "vote", scores.with_columns(fold=pl.when(pl.int_range(pl.len()) < 500).then(-1).otherwise(pl.col("fold"))))
+        cfg = LabelAwareConfig(slice=str(mnar["root"] / "logs" / "slice.parquet"), bootstrap=20, n_jobs=1, **options)
+        results[name] = (fit_label_aware(wh, cfg), read_label_aware_scores(wh))
+    (whole, a), (streamed, b) = results["whole"], results["streamed"]
+    assert streamed.report["memory"]["streamed"] is True and a["fold"].min() == 0 and a["fold"].n_unique() == 3
+    assert_frame_equal(a, b, check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
+    for key in ("estimates", "label_factors", "context"):
+        assert _close(streamed.report[key], whole.report[key]), key
+    assert streamed.report["context"]["folds"].startswith("regrouped by user (3 folds)")
 
 
 @pytest.mark.slow  # two audits with their plots: about 12 s on 2 busy cores
