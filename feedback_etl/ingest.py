@@ -541,6 +541,17 @@ def _pipeline(
 
     steps.run("write_events", write_events)
     steps.run("write_rejects", write_rejects)
+    if deferred.columns:
+        # From here on this run's events are read as written (a Parquet scan of the key columns, as
+        # for earlier runs'), not from typed_events: its memory is freed before the mart (issue 19).
+        if not _written_view(conn, writes["events"], "written_events"):
+            conn.execute('CREATE OR REPLACE TEMP VIEW "written_events" AS SELECT * FROM "warehouse_events" WHERE FALSE')
+        keys = _event_select(Deferred(CONTENT_COLUMNS), context='"context"')
+        conn.execute(
+            f'CREATE OR REPLACE TEMP VIEW "all_events" AS SELECT {keys} FROM "warehouse_events" '
+            f'UNION ALL SELECT {keys} FROM "written_events"'
+        )
+        conn.execute('DROP TABLE "typed_events"')
     # Each user's split, balanced in rows; users of the committed feedback table keep theirs (issue 15).
     steps.run("marts/user_splits", lambda: build_user_splits(conn, previous_feedback))
     mart_columns: list[str] = []
@@ -555,13 +566,8 @@ def _pipeline(
     types = {name: spec["type"] for name, spec in kept.items()}
     totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
     content = None
-    if deferred.columns:  # where each new impression's content is: its row in the input
-        kept_columns = "".join(f', "{c}"' for c in CONTENT_COLUMNS if c not in deferred.columns)
-        conn.execute(
-            'CREATE OR REPLACE TEMP TABLE "new_impressions" AS SELECT "exposure_id", "file_index", "row_number"'
-            f'{kept_columns} FROM "typed_events" WHERE "event_type" = \'impression\''
-        )
-        content = lambda first, last: _feedback_full(conn, deferred, mart_columns, first, last)  # noqa: E731
+    if deferred.columns:  # each impression's content: from the events files, this run's as just written
+        content = lambda first, last: _feedback_full(conn, mart_columns, first, last)  # noqa: E731
     # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
@@ -635,7 +641,10 @@ def stage(
         for k, part in enumerate(parts):
             conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {part}')
             if deferred.columns:
-                conn.execute(f"CREATE OR REPLACE TEMP VIEW {_raw_view(files[k].index)} AS {part}")
+                view = _raw_view(files[k].index)
+                conn.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {part}")
+                head = f'SELECT "file_index", "source_file" FROM {view} LIMIT 1'
+                conn.execute(f'INSERT INTO "input_files" {head}' if k else f'CREATE OR REPLACE TEMP TABLE "input_files" AS {head}')
             try:
                 if typing:
                     conn.execute(("INSERT INTO \"typed_events\"\n" if k > 0 else "CREATE OR REPLACE TEMP TABLE \"typed_events\" AS\n") + typing)
@@ -826,14 +835,23 @@ class Deferred:
     columns: tuple[str, ...] = ()
     files: tuple[int, ...] = ()
 
-    def content(self, files: "list[int] | tuple[int, ...] | None" = None) -> str:
+    def content(self, files: "list[int] | tuple[int, ...] | None" = None, *, only: str | None = None) -> str:
         """SQL of ``file_index``, ``row_number`` and the deferred columns of every input row of
-        ``files`` (all by default), typed by stg_events_typed itself over the input read again."""
+        ``files`` (all by default), typed by stg_events_typed itself over the input read again;
+        with ``only`` (SQL of a relation of ``file_index``, ``row_number``), of those rows only,
+        picked before typing (a few rows then cost a scan, not the typing of every row)."""
         text = sqlfiles.load_sql("staging/stg_events_typed")
         columns = ", ".join(f'"{c}"' for c in self.columns)
         chosen = sorted(set(self.files if files is None else files))
+
+        def source(k: int) -> str:
+            if only is None:
+                return _raw_view(k)
+            picked = f'SELECT o."row_number" FROM ({only}) AS o WHERE o."file_index" = {int(k)}'
+            return f'(SELECT * FROM {_raw_view(k)} WHERE "row_number" IN ({picked}))'
+
         selects = [
-            f'SELECT "file_index", "row_number", {columns} FROM (\n{_over(text, "raw_events", _raw_view(k))}\n) AS "typed"'
+            f'SELECT "file_index", "row_number", {columns} FROM (\n{_over(text, "raw_events", source(k))}\n) AS "typed"'
             for k in chosen
         ]
         if selects:
@@ -847,10 +865,6 @@ class Deferred:
             f'JOIN ({self.content(files)}) AS "w" '
             f'ON "w"."file_index" = "{alias}"."file_index" AND "w"."row_number" = "{alias}"."row_number"'
         )
-
-    def pick(self, name: str, alias: str) -> str:
-        """A content column from the re-read input (deferred) or from ``alias`` (kept)."""
-        return f'"w"."{name}"' if name in self.columns else f'"{alias}"."{name}"'
 
 
 def deferred_content(cfg: IngestConfig, files: list[InputFile], mapping: FieldMapping, typed_hook: "TypedHook | None") -> Deferred:
@@ -867,7 +881,9 @@ def deferred_content(cfg: IngestConfig, files: list[InputFile], mapping: FieldMa
     used = frozenset() if typed_hook is None else getattr(typed_hook, "columns", None)
     if used is None:
         return plain
-    columns = tuple(c for c in CONTENT_COLUMNS if c not in used)
+    # user_id and source_file too (each weighs as much as an id; nothing before the events are
+    # written needs user_id, and typed_rows maps source_file back from the file).
+    columns = tuple(c for c in (*CONTENT_COLUMNS, "user_id", "source_file") if c not in used)
     return Deferred(columns, tuple(f.index for f in files)) if columns else plain
 
 
@@ -909,19 +925,14 @@ def _late_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
     """``typed_rows``: typed_events with the deferred content of the rows rejected after typing
     (conflicting impressions, orphan feedback: stg_rejects rebuilds their payload from it; read
     again from their files only), null on every other row."""
-    late = "\"rule\" IN ('impression_loser', 'orphan')"
-    files = [int(k) for (k,) in conn.execute(f'SELECT DISTINCT "file_index" FROM "resolution" WHERE {late}').fetchall()]
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE "late_content" AS
-        SELECT "w".* FROM ({deferred.content(files)}) AS "w"
-        WHERE EXISTS (
-            SELECT 1 FROM "resolution" AS r
-            WHERE {late} AND r."file_index" = "w"."file_index" AND r."row_number" = "w"."row_number"
-        )"""
-    )
-    picked = ", ".join(f'"c"."{c}"' for c in deferred.columns)
+    late = 'SELECT "file_index", "row_number" FROM "resolution" WHERE "rule" IN (\'impression_loser\', \'orphan\')'
+    files = [int(k) for (k,) in conn.execute(f'SELECT DISTINCT "file_index" FROM ({late})').fetchall()]
+    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_content" AS {deferred.content(files, only=late)}')
+    # Every row's source_file, from the file's own (typing names each file's rows alike).
+    picked = ", ".join(f'"f"."{c}"' if c == "source_file" else f'"c"."{c}"' for c in deferred.columns)
     conn.execute(
         f'CREATE OR REPLACE TEMP VIEW "typed_rows" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" '
+        'LEFT JOIN "input_files" AS "f" ON "f"."file_index" = "t"."file_index" '
         'LEFT JOIN "late_content" AS "c" ON "c"."file_index" = "t"."file_index" AND "c"."row_number" = "t"."row_number"'
     )
 
@@ -933,20 +944,27 @@ def _staging_sql(name: str, deferred: Deferred) -> str:
     return _over(text, "typed_events", '"typed_rows"') if deferred.columns else text
 
 
-def _validate_written(conn: duckdb.DuckDBPyConnection, write: TableWrite, table: str) -> None:
-    """Check every row of the files ``write`` holds (not committed yet) against ``table``'s contract
-    (:func:`sql_checks.validate_relation`, unique keys excepted: checked before writing). With
-    deferred content (issue 19) the rows are checked as written -- one read of the files -- rather
-    than as a second join with the input; a file that breaks the contract is never committed."""
+def _written_view(conn: duckdb.DuckDBPyConnection, write: TableWrite, view: str) -> bool:
+    """The view ``view`` over the files ``write`` holds (not committed yet; ``run_id`` left out);
+    False when it holds no row."""
     from feedback_etl.paths import engine_file
 
     paths = [engine_file(path) for path, rows in write.files if rows]
     if not paths:
-        return
+        return False
     listing = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-    extra = ' EXCLUDE ("run_id")' if "run_id" in write.schema.names and "run_id" not in sql_checks.CONTRACTS[table] else ""
-    conn.execute(f'CREATE OR REPLACE TEMP VIEW "written_{table}" AS SELECT *{extra} FROM read_parquet({listing})')
-    sql_checks.validate_relation(conn, f"written_{table}", table, skip_unique=True)
+    extra = ' EXCLUDE ("run_id")' if "run_id" in write.schema.names else ""
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT *{extra} FROM read_parquet({listing})')
+    return True
+
+
+def _validate_written(conn: duckdb.DuckDBPyConnection, write: TableWrite, table: str) -> None:
+    """Check every row of the files ``write`` holds against ``table``'s contract
+    (:func:`sql_checks.validate_relation`, unique keys excepted: checked before writing). With
+    deferred content (issue 19) the rows are checked as written -- one read of the files -- rather
+    than as a second join with the input; a file that breaks the contract is never committed."""
+    if _written_view(conn, write, f"written_{table}"):
+        sql_checks.validate_relation(conn, f"written_{table}", table, skip_unique=True)
 
 
 def _events_full(deferred: Deferred, files: "list[int] | None" = None) -> str:
@@ -971,27 +989,24 @@ def _narrow_mart(conn: duckdb.DuckDBPyConnection, window: timedelta) -> list[str
     return order
 
 
-def _feedback_full(conn: duckdb.DuckDBPyConnection, deferred: Deferred, order: list[str], first: Any, last: Any) -> str:
+def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], first: Any, last: Any) -> str:
     """SQL of the feedback table's rows (``order``, then feature columns), the days ``first`` to
     ``last`` only unless both are None (binding ``$first`` and ``$last`` then): ``feedback_mart``
-    joined to each exposure's impression content, from the warehouse or from this run's input read
-    again (only the files holding those days' new impressions), as feedback.sql computes it."""
-    where, files = "", None
-    if first is not None:
-        where = 'WHERE m."impression_date" BETWEEN $first AND $last'
-        files = [int(k) for (k,) in conn.execute(
-            'SELECT DISTINCT n."file_index" FROM "new_impressions" AS n JOIN "feedback_mart" AS m ON m."exposure_id" = n."exposure_id" '
-            'WHERE m."impression_date" BETWEEN ? AND ?', [first, last]).fetchall()]
+    joined to each exposure's impression content as feedback.sql computes it, read from the events
+    files (earlier runs' and this run's ``written_events``, hook-rewritten where it rewrote)."""
+    day = ""
+    if first is not None:  # the impression's date is the exposure's impression_date
+        day = ' AND CAST("event_time" AS DATE) BETWEEN $first AND $last'
     present = [r[0] for r in conn.execute('DESCRIBE "feedback_mart"').fetchall()]
     columns = [f'{MART_CONTENT[c]} AS "{c}"' if c in MART_CONTENT else f'm."{c}"' for c in order]
     columns += [f'm."{c}"' for c in present if c not in order]  # custom feature columns
-    earlier = ", ".join(f'"{c}"' for c in CONTENT_COLUMNS)
-    new = ", ".join(f'{deferred.pick(c, "n")} AS "{c}"' for c in CONTENT_COLUMNS)
-    impressions = (
-        f'SELECT "exposure_id", {earlier} FROM "warehouse_events" WHERE "event_type" = \'impression\'\n'
-        f'UNION ALL SELECT n."exposure_id", {new} FROM "new_impressions" AS n {deferred.join("n", files)}'
+    content = ", ".join(f'"{c}"' for c in CONTENT_COLUMNS)
+    impressions = " UNION ALL ".join(
+        f'SELECT "exposure_id", {content} FROM "{relation}" WHERE "event_type" = \'impression\'{day}'
+        for relation in ("warehouse_events", "written_events")
     )
-    return f'SELECT {", ".join(columns)} FROM "feedback_mart" AS m JOIN ({impressions}) AS i ON i."exposure_id" = m."exposure_id" {where}'
+    where = ' WHERE m."impression_date" BETWEEN $first AND $last' if day else ""
+    return f'SELECT {", ".join(columns)} FROM "feedback_mart" AS m JOIN ({impressions}) AS i ON i."exposure_id" = m."exposure_id"{where}'
 
 
 def _has_relation(conn, name: str) -> bool:

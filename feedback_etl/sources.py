@@ -45,8 +45,8 @@ from feedback_etl.sqlfiles import SQL_DIR, run_sql
 from schemas.errors import ConfigError, InputFileError
 from schemas.event_columns import IMPRESSION_OPTIONAL_COLUMNS, IMPRESSION_REQUIRED, KNOWN_COLUMNS, REQUIRED_COLUMNS
 
-if TYPE_CHECKING:
-    from feedback_etl.side_features import SideTable  # numpy and polars: imported by the ratings source only
+if TYPE_CHECKING:  # side_features imports numpy and polars: only the ratings source needs it
+    from feedback_etl.side_features import SideTable
 
 SOURCES: tuple[str, ...] = ("canonical", "oasst", "langfuse", "langsmith", "openai-chat", "ratings")
 # Adapters of tracing / chat-log exports (issue 18): records -> kinds -> feedback -> canonical events.
@@ -808,7 +808,8 @@ def _register_triples(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
         parts.append(
             f"""SELECT {head}, "record_number" AS "row_number", TRUE AS "parse_ok",
                    "user_id", "item_id", "rating" AS "rating_text",
-                   TO_JSON(STRUCT_PACK("user_id" := "user_id", "item_id" := "item_id", "rating" := "rating")) AS "payload"
+                   -- VARCHAR, not JSON: a rejected line's raw text (below) is no JSON and must not be cast to it
+                   CAST(TO_JSON(STRUCT_PACK("user_id" := "user_id", "item_id" := "item_id", "rating" := "rating")) AS VARCHAR) AS "payload"
             FROM {_identifier(table)}
             UNION ALL
             SELECT {head}, CAST("line" - 1 AS BIGINT) AS "row_number", FALSE AS "parse_ok",

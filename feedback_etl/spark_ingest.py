@@ -170,7 +170,8 @@ def spark_pipeline(
     """
     from feedback_etl.spark_session import get_spark
 
-    spark = get_spark(threads=cfg.threads, conf=_memory_conf(cfg.memory_limit))
+    # Timed as its own step: starting the JVM is a fixed cost of every run (benchmarks/ingest).
+    spark = steps.run("spark_session", lambda: get_spark(threads=cfg.threads, conf=_memory_conf(cfg.memory_limit)))
     with _run_settings(spark), _Cache(spark, engine_folder(staging) / ".spark-scratch") as cache:
         return _pipeline(spark, cache, cfg, warehouse, staging, files, mapping, run_id, tables, steps, writes)
 
@@ -273,7 +274,8 @@ def _pipeline(
         _register_previous_splits(spark, warehouse, previous_feedback), run("marts/user_splits", view="user_splits")))
     # The mart is not materialised: it is computed once, by the feedback write (then checked on the
     # written files), unless custom feature columns are joined to it first.
-    mart = steps.run("marts/feedback", lambda: _conform(spark.sql(spark_sql("marts/feedback", {"window": window})), FeedbackTable))
+    mart = steps.run("marts/feedback", lambda: _conform(_statements(spark, cache, "marts/feedback", {"window": window}, keep=MART_KEEP),
+                                                        FeedbackTable))
     wanted = features.resolve_features(mapping, tables.get("features"))
     mart, kept, feature_warnings = steps.run(
         "features", lambda: _add_feature_columns(spark, cache, mart, wanted, max_levels=cfg.max_feature_levels)
@@ -308,6 +310,24 @@ RESOLUTION_VIEWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# CTEs of sql/marts/feedback.sql the Spark engine keeps before the rest runs: "resolved" (one narrow
+# row per exposure: its channels, label and split) is read three times (the output rows and both
+# halves of the history stream); inlined, Spark computed its joins and the per-exposure aggregate
+# once per read.
+MART_KEEP: tuple[str, ...] = ("resolved",)
+
+
+def _statements(spark: "SparkSession", cache: "_Cache", name: str, params: dict | None = None, *, keep: tuple[str, ...] = ()) -> "DataFrame":
+    """``sql/<name>.sql`` as a frame, its materialised CTEs kept first
+    (:func:`~feedback_etl.sql_translate.spark_statements`); those stay kept until the run ends."""
+    from feedback_etl.sql_translate import spark_statements
+
+    statements = spark_statements(name, params, keep=keep)
+    for view, sql in statements[:-1]:
+        cache.keep(spark.sql(sql), view)
+    return spark.sql(statements[-1][1])
+
+
 def _resolve(spark: "SparkSession", cache: "_Cache") -> None:
     """Rules 1, 5 and 6 as one query on the key columns (issue 19), kept as ``resolution``, and the
     views ``duplicates``, ``impression_losers``, ``orphans`` over it. ``typed_content`` (the rows'
@@ -321,10 +341,8 @@ def _resolve(spark: "SparkSession", cache: "_Cache") -> None:
     from feedback_etl.sql_translate import spark_statements
 
     spark.table("typed_events").createOrReplaceTempView("typed_content")
-    steps = spark_statements("staging/stg_resolution")
-    for view, sql in steps:
-        cache.keep(spark.sql(sql), view or "resolution")
-    for view, _ in steps[:-1]:
+    cache.keep(_statements(spark, cache, "staging/stg_resolution"), "resolution")
+    for view, _ in spark_statements("staging/stg_resolution")[:-1]:
         cache.drop(view)
     for view, rule, columns in RESOLUTION_VIEWS:
         spark.sql(f"SELECT {columns} FROM resolution WHERE `rule` = '{rule}'").createOrReplaceTempView(view)
@@ -374,6 +392,8 @@ class _Cache:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for view in self.views:  # the session may be the user's own: no view left pointing at deleted files
+            self.spark.catalog.dropTempView(view)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def keep(self, frame: "DataFrame", view: str) -> "DataFrame":

@@ -103,7 +103,7 @@ _SPEC: dict[str, dict[str, tuple]] = {
 }
 
 
-def _polars_type(name: str) -> "pl.DataType":
+def _polars_type(name: str) -> pl.DataType:
     import polars as pl
 
     if name == _UTC:
@@ -111,7 +111,7 @@ def _polars_type(name: str) -> "pl.DataType":
     return getattr(pl, name)()
 
 
-def _arrow_type(name: str) -> "pa.DataType":
+def _arrow_type(name: str) -> pa.DataType:
     """The Arrow type polars writes for a contract type (strings as large strings)."""
     import pyarrow as pa
 
@@ -145,7 +145,7 @@ def contract_columns(table: str) -> list[str]:
     return list(_SPEC[table])
 
 
-def arrow_schema(table: str, columns: list[str], *, run_id: bool = False) -> "pa.Schema":
+def arrow_schema(table: str, columns: list[str], *, run_id: bool = False) -> pa.Schema:
     """The Arrow schema the warehouse commits for ``columns`` (in that order) of ``table``: each of
     its contract type as a validated polars batch writes it (``conform``, then
     ``io.to_arrow``), with a string ``run_id`` last when asked, as ``io.validated_batches`` adds it.

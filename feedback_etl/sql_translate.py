@@ -71,17 +71,24 @@ def spark_sql(name: str, params: Mapping[str, Any] | None = None) -> str:
     return _translate_file(name, _bound(name, params))
 
 
-def spark_statements(name: str, params: Mapping[str, Any] | None = None) -> tuple[tuple[str | None, str], ...]:
+def spark_statements(
+    name: str, params: Mapping[str, Any] | None = None, *, keep: tuple[str, ...] = ()
+) -> tuple[tuple[str | None, str], ...]:
     """``sql/<name>.sql`` as Spark SQL statements, honouring DuckDB's ``AS MATERIALIZED`` CTEs.
 
-    Each CTE the file marks ``MATERIALIZED`` comes first as its own statement, ``(view, sql)``, to
-    be kept under ``view`` (``<file>__<cte>``) before the next runs; the file's query comes last as
-    ``(None, sql)``, reading those views. Spark plans a CTE read twice by inlining it: a window over
-    every key row computed twice, and joins planned on the optimiser's guess of its size (a full
-    shuffle of the wide rows it joins) where the materialised view's files show it is small
-    (issue 19). Parameters as :func:`spark_sql`.
+    Each CTE the file marks ``MATERIALIZED`` (or named in ``keep``: the Spark engine's own choice)
+    comes first as its own statement, ``(view, sql)``, to be kept under ``view``
+    (``<file>__<cte>``) before the next runs; the file's query comes last as ``(None, sql)``,
+    reading those views. Spark plans a CTE read twice by inlining it: its joins and aggregates
+    computed once per reference, and joins planned on the optimiser's guess of its size (a full
+    shuffle of the wide rows it joins) where the kept view's files show it is small (issue 19).
+    Parameters as :func:`spark_sql`.
+
+    Raises
+    ------
+    KeyError : a CTE in ``keep`` that the file does not define, or a missing parameter.
     """
-    return _split_file(name, _bound(name, params))
+    return _split_file(name, _bound(name, params), tuple(keep))
 
 
 def _bound(name: str, params: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -100,16 +107,19 @@ def _translate_file(name: str, params: tuple[tuple[str, Any], ...]) -> str:
 
 
 @lru_cache(maxsize=None)
-def _split_file(name: str, params: tuple[tuple[str, Any], ...]) -> tuple[tuple[str | None, str], ...]:
+def _split_file(name: str, params: tuple[tuple[str, Any], ...], keep: tuple[str, ...]) -> tuple[tuple[str | None, str], ...]:
     tree = _bound_tree(load_sql(name), dict(params))
     with_ = tree.args.get("with_")
     ctes = list(with_.expressions) if with_ is not None else []
+    unknown = set(keep) - {cte.alias for cte in ctes}
+    if unknown:
+        raise KeyError(f"sql/{name}.sql has no CTE {sorted(unknown)}")
     statements: list[tuple[str | None, str]] = []
     kept: list[exp.CTE] = []
     renamed: dict[str, str] = {}
     for cte in ctes:
         _rename_tables(cte, renamed)
-        if cte.args.get("materialized") is True:
+        if cte.args.get("materialized") is True or cte.alias in keep:
             view = f"{name.rsplit('/', 1)[-1]}__{cte.alias}"
             query = cte.this.copy()
             if kept:

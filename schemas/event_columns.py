@@ -42,7 +42,7 @@ IMPRESSION_OPTIONAL_COLUMNS: tuple[str, ...] = tuple(_IMPRESSION_OPTIONAL_TYPES)
 KNOWN_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + IMPRESSION_REQUIRED + IMPRESSION_OPTIONAL_COLUMNS
 
 
-def __getattr__(name: str) -> "dict[str, pl.DataType]":
+def __getattr__(name: str) -> dict[str, pl.DataType]:
     if name == "IMPRESSION_OPTIONAL":
         import polars as pl
 

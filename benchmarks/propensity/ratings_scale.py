@@ -17,7 +17,8 @@ ratings 1..5 -- our recollection of the shape of Yahoo's random-test histogram (
 figure checked against the data. Selection (MNAR): each user rates n_u songs (n_u = 10 + a
 log-normal share of the rest, summing to 311,704), drawn without replacement with weight
 popularity_i * exp(0.6 (r_ui - 1)), so that higher ratings are more likely observed; the observed
-marginal comes out about (0.20, 0.13, 0.18, 0.19, 0.30). The test ratings are the true r_ui.
+marginal comes out (0.274, 0.149, 0.183, 0.170, 0.224) with seed 17 (``summary.json``). The test
+ratings are the true r_ui.
 
     .venv/bin/python benchmarks/propensity/ratings_scale.py make --out /tmp/h17/yahoo_shaped
     flock /tmp/causalrm-heavy.lock .venv/bin/python benchmarks/propensity/ratings_scale.py ingest \\
@@ -141,9 +142,14 @@ def _timed(cmd: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
     return row, done
 
 
-def ingest(inputs: list[Path], warehouse: Path, label: str, extra: list[str]) -> list[dict]:
+def ingest(inputs: list[Path], warehouse: Path, label: str, extra: list[str], per_step: bool = False) -> list[dict]:
+    """``causalrm ingest --source ratings`` under ``/usr/bin/time -v``; with ``per_step``, the same
+    ingest in-process (:func:`_profiled_ingest`: the default options plus ``--memory-limit``) adds
+    each step's peak RSS, sampled every 20 ms."""
     shutil.rmtree(warehouse, ignore_errors=True)
     cmd = [*CLI, "ingest", *map(str, inputs), "--warehouse", str(warehouse), "--source", "ratings", *extra]
+    if per_step:
+        cmd = [sys.executable, __file__, "_profiled", *map(str, inputs), "--warehouse", str(warehouse), "--args", " ".join(extra)]
     row, done = _timed(cmd)
     row = {"label": label, "step": "ingest", "args": cmd[2:], **row}
     manifest = warehouse / "manifest.json"
@@ -151,9 +157,43 @@ def ingest(inputs: list[Path], warehouse: Path, label: str, extra: list[str]) ->
         run = json.loads(manifest.read_text())["runs"][-1]
         row["rows_read"] = run.get("reconciliation", {}).get("rows_read")
         row["feedback"] = {k: run.get("feedback", {}).get(k) for k in ("exposures", "observed")}
-        row["step_seconds"] = run.get("timings") or run.get("steps")
+        row["step_seconds"] = run.get("timings_s")
+    if per_step and not done.returncode:
+        row["step_peak_rss_mb"] = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(row), flush=True)
     return [row]
+
+
+def _profiled_ingest(inputs: list[str], warehouse: str, extra: list[str]) -> None:
+    """Run the ingest in this process, printing each step's peak RSS (MB) as one JSON line."""
+    import threading
+
+    from feedback_etl import ingest as ingest_module
+    from feedback_etl.ingest import IngestConfig
+
+    state, peaks = {"step": "start"}, {}
+
+    def sample() -> None:
+        while True:
+            with open("/proc/self/status") as status:
+                rss = next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS"))
+            peaks[state["step"]] = max(peaks.get(state["step"], 0), rss)
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    original = ingest_module._Steps.run
+
+    def run(self, name, action):
+        state["step"] = name
+        try:
+            return original(self, name, action)
+        finally:
+            state["step"] = f"after {name}"
+
+    ingest_module._Steps.run = run
+    memory = extra[extra.index("--memory-limit") + 1] if "--memory-limit" in extra else IngestConfig.memory_limit
+    ingest_module.ingest(IngestConfig(inputs=tuple(inputs), warehouse=warehouse, source="ratings", memory_limit=memory))
+    print(json.dumps(peaks))
 
 
 def chain(warehouse: Path, label: str, steps: list[str], slice_file: Path | None, threads: int, step_args: list[str]) -> list[dict]:
@@ -201,6 +241,7 @@ def main() -> None:
     i.add_argument("--warehouse", type=Path, required=True)
     i.add_argument("--label", required=True)
     i.add_argument("--args", default="", help="extra ingest options, e.g. '--memory-limit 1GB'")
+    i.add_argument("--per-step", action="store_true", help="run in-process and record each step's peak RSS")
     c = sub.add_parser("chain")
     c.add_argument("warehouse", type=Path)
     c.add_argument("--label", required=True)
@@ -208,12 +249,18 @@ def main() -> None:
     c.add_argument("--steps", default=",".join(STEPS))
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--step-args", default="")
+    if sys.argv[1:2] == ["_profiled"]:  # the child of ``ingest --per-step``
+        rest = sys.argv[2:]
+        warehouse = rest[rest.index("--warehouse") + 1]
+        extra = rest[rest.index("--args") + 1].split()
+        _profiled_ingest([a for a in rest[: rest.index("--warehouse")]], warehouse, extra)
+        return
     args = parser.parse_args()
     if args.command == "make":
         print(json.dumps(write_inputs(args.out, args.seed)))
         return
     if args.command == "ingest":
-        rows = ingest(args.inputs, args.warehouse, args.label, args.args.split())
+        rows = ingest(args.inputs, args.warehouse, args.label, args.args.split(), args.per_step)
         summary = args.inputs[0].parent / "summary.json"
         _save(rows, {"input_summary": json.loads(summary.read_text())} if summary.is_file() else None)
         return

@@ -5,14 +5,20 @@ but only as compact arrays. So:
 
 1. DuckDB (out of core) gives the whole table's statistics the proxy's features need (sorted
    categorical levels, numeric means and standard deviations, the distinct response texts for the
-   n-gram vocabulary) and the users in id order: the feature map equals an in-memory fit's.
-2. The observed rows, with their features, train the fold proxies exactly as in memory.
+   n-gram vocabulary) and the users in id order: the feature map equals an in-memory fit's. The
+   distinct texts are numbered in DuckDB and vectorised once; the scans carry each row's text
+   number, not its text (:meth:`NoiseInputs.numbered_texts`).
+2. The observed rows train the fold proxies exactly as in memory: each batch becomes its sparse
+   feature rows at once (no text or id string is kept), stacked into one matrix.
 3. Every exposure is scored in batches sorted by exposure_id; kept per exposure: score, observed,
    label, 1/p, user code and segment code (about 30 bytes). The anchor rates, bootstrap and
    segments then run on those arrays with the in-memory code.
 
-Memory: the observed rows' features, one batch, the per-exposure arrays, the distinct texts (all of
-them: the vocabulary is fitted on every distinct response, as in memory), and DuckDB's buffer.
+Memory: the observed rows' sparse features (about 12 bytes per non-zero: 1 GB for 3M votes with
+27 non-zeros each) and LightGBM's copy of a fold's rows, one batch, the per-exposure arrays and the
+anchors' sorted copies (about 110 bytes per exposure), the distinct texts, and DuckDB's buffer
+(half the budget). Issue 23 measured 8.5 GB at 15M exposures before the texts were numbered, the
+feature rows built per batch and the bootstrap cut to the anchors' prefix.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ class NoiseInputs:
     """The DuckDB view ``joined`` (feedback columns, ``propensity`` and ``fold`` of the channel's
     context fit, ``embedding`` when asked for) and the queries a streamed estimate runs on it."""
 
-    def __init__(self, con: Any, columns: list[str]) -> None:
-        self.con, self.columns = con, columns
+    def __init__(self, con: Any, columns: list[str], memory_limit_mb: int) -> None:
+        self.con, self.columns, self.memory_limit_mb = con, columns, memory_limit_mb
 
     def scalar_rows(self, query: str) -> list[tuple]:
         return self.con.execute(query).fetchall()
@@ -41,11 +47,33 @@ class NoiseInputs:
     def frame(self, query: str) -> pl.DataFrame:
         return pl.from_arrow(self.con.sql(query).to_arrow_table())
 
-    def batches(self, columns: list[str], batch_rows: int, *, where: str = "TRUE") -> Iterator[pl.DataFrame]:
+    def batches(self, columns: list[str], batch_rows: int, *, where: str = "TRUE", view: str = "joined") -> Iterator[pl.DataFrame]:
         selected = ", ".join(f'"{c}"' for c in dict.fromkeys(["exposure_id", *columns]))
-        for batch in self.con.sql(f"SELECT {selected} FROM joined WHERE {where} ORDER BY exposure_id").to_arrow_reader(batch_rows):
+        for batch in self.con.sql(f"SELECT {selected} FROM {view} WHERE {where} ORDER BY exposure_id").to_arrow_reader(batch_rows):
             if batch.num_rows:
                 yield pl.from_arrow(batch)
+
+    def release_buffers(self) -> None:
+        """Make DuckDB hand back the memory it kept from the last query (a sort keeps its buffers up
+        to the memory limit: 1.4 GB after the observed rows' scan at 15M exposures, held through the
+        proxy fits; issue 23), by dropping its limit for a moment."""
+        self.con.execute("SET memory_limit = '64MB'")
+        self.con.execute(f"SET memory_limit = '{self.memory_limit_mb}MB'")
+
+    def numbered_texts(self) -> list[str]:
+        """The distinct response texts (a null as ``""``), and the view ``joined_text``: ``joined`` with
+        ``_text_id``, each row's index in that list. The scans then sort and move a 4-byte number per
+        row instead of its text (issue 23: the texts of every exposure were most of what DuckDB sorted)."""
+        self.con.execute("""
+            CREATE TEMP TABLE _texts AS
+            SELECT t, CAST(row_number() OVER () - 1 AS INTEGER) AS text_id
+            FROM (SELECT DISTINCT coalesce(response_text, '') AS t FROM feedback)
+        """)
+        self.con.execute("""
+            CREATE TEMP VIEW joined_text AS
+            SELECT j.*, x.text_id AS _text_id FROM joined j JOIN _texts x ON x.t = coalesce(j.response_text, '')
+        """)
+        return self.frame("SELECT t FROM _texts ORDER BY text_id")["t"].to_list()
 
 
 @contextmanager
@@ -84,7 +112,7 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
         con.execute(f"CREATE TEMP VIEW joined AS SELECT f.*{extra} FROM feedback f {joins}")
         if audit is not None:
             con.register("audit_ids", audit.select("exposure_id").to_arrow())
-        yield NoiseInputs(con, list(dataset.schema.names))
+        yield NoiseInputs(con, list(dataset.schema.names), max(64, memory_limit_bytes // 2**20))  # as feedback_connection sets it
 
 
 def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit: pl.DataFrame | None, *, estimate_frame) -> dict:
@@ -94,7 +122,7 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
 
     from feedback_etl.features import feature_types
     from feedback_etl.io import feedback_dataset
-    from propensity.models.casecontrol import detached, embedding_dim
+    from propensity.models.casecontrol import embedding_dim
     from propensity.models.crossfit import assign_user_folds
     from propensity.noise._proxy import ProxyFeaturizer, fit_proxy_models, predict_proxy
     from schemas.errors import EstimationError
@@ -131,7 +159,8 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
             users = users.with_columns(_fold=pl.Series(assign_user_folds(users["n"].to_numpy(), config.n_folds, config.seed)))
         score_columns = ["observed", "label", "user_id", *([segment] if segment else []), *(["propensity"] if with_scores else []),
                          *(["fold"] if folds_usable else [])]
-        featurizer = None
+        featurizer = text_rows = None
+        view = "joined"
         if anchor:
             numeric, categorical = ProxyFeaturizer.columns(list(schema), custom)
             mean = std = None
@@ -144,34 +173,49 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
             docs = None
             if config.text_features and "response_text" in schema and inputs.scalar_rows(
                     "SELECT count(response_text) FROM feedback")[0][0]:
-                docs = inputs.frame("SELECT DISTINCT coalesce(response_text, '') AS t FROM feedback")["t"].to_list()
+                docs = inputs.numbered_texts()
             featurizer = ProxyFeaturizer.from_parts(numeric=numeric, mean=mean, std=std, levels=levels, docs=docs,
                                                     embedding_dim=embedding_dim(warehouse) if use_embeddings else 0)
-            score_columns += [*numeric, *categorical, *(["response_text"] if featurizer.vectorizer is not None else []),
-                              *(["embedding"] if use_embeddings else [])]
-            # the observed rows train the fold proxies (the only rows with a label)
-            core = pl.concat([detached(b) for b in inputs.batches(score_columns, config.batch_rows, where="coalesce(observed, false)")])
-            fold_core = core["fold"].to_numpy() if folds_usable else core.join(
-                users.select("user_id", "_fold"), on="user_id", how="left", maintain_order="left")["_fold"].to_numpy()
-            weight_core = 1.0 / core["propensity"].to_numpy() if with_scores else np.ones(core.height)
+            if featurizer.vectorizer is not None:
+                # each distinct text vectorised once; rows carry its number (NoiseInputs.numbered_texts)
+                text_rows, view = featurizer.text_rows(docs), "joined_text"
+                score_columns.append("_text_id")
+            del docs
+            score_columns += [*numeric, *categorical, *(["embedding"] if use_embeddings else [])]
+            # The observed rows train the fold proxies (the only rows with a label): each batch is turned
+            # into its feature rows at once, so no text or id string of them is held.
+            blocks: list = []
+            label_parts, weight_parts, fold_parts, user_parts = [], [], [], []
+            for batch in inputs.batches(score_columns, config.batch_rows, where="coalesce(observed, false)", view=view):
+                coded = batch.select("user_id").join(users.select("user_id", "_user", *(["_fold"] if not folds_usable else [])),
+                                                     on="user_id", how="left", maintain_order="left")
+                blocks.append(featurizer.transform(batch, text_rows=text_rows))
+                label_parts.append(batch["label"].fill_null(0).to_numpy().astype(np.int64))
+                weight_parts.append(1.0 / batch["propensity"].to_numpy() if with_scores else np.ones(batch.height))
+                fold_parts.append(batch["fold"].to_numpy() if folds_usable else coded["_fold"].to_numpy())
+                # user codes are in user-id order, so group_folds splits them as it splits the ids
+                user_parts.append(coded["_user"].to_numpy())
+            features = _stack_rows(blocks, len(featurizer.names))
+            inputs.release_buffers()
+            fold_core = np.concatenate(fold_parts)
             fold_values = np.array(sorted(int(r[0]) for r in inputs.scalar_rows("SELECT DISTINCT fold FROM joined"))) if folds_usable \
                 else np.unique(users["_fold"].to_numpy())
-            models = fit_proxy_models(featurizer.transform(core), np.ones(core.height, dtype=bool),
-                                      core["label"].fill_null(0).to_numpy().astype(np.int64), weight_core, fold_core,
-                                      core["user_id"].to_numpy(), fold_values, kind=config.proxy, seed=config.seed)
-            del core
+            models = fit_proxy_models(features, np.ones(features.shape[0], dtype=bool), np.concatenate(label_parts),
+                                      np.concatenate(weight_parts), fold_core, np.concatenate(user_parts), fold_values,
+                                      kind=config.proxy, seed=config.seed)
+            del features, fold_core, label_parts, weight_parts, fold_parts, user_parts
         # every exposure, in exposure_id order (the anchors' tie-break is the row position, as in memory)
         score, propensity = np.full(n, np.nan), np.ones(n)
         parts: list[pl.DataFrame] = []
         offset = 0
-        for batch in inputs.batches(score_columns, config.batch_rows):
+        for batch in inputs.batches(score_columns, config.batch_rows, view=view):
             rows = slice(offset, offset + batch.height)
             offset += batch.height
             coded = batch.join(users.select("user_id", "_user", *(["_fold"] if not folds_usable else [])), on="user_id", how="left",
                                maintain_order="left")
             if anchor:
                 fold = coded["fold"].to_numpy() if folds_usable else coded["_fold"].to_numpy()
-                score[rows] = predict_proxy(models, featurizer.transform(batch), fold)
+                score[rows] = predict_proxy(models, featurizer.transform(batch, text_rows=text_rows), fold)
                 if with_scores:
                     propensity[rows] = batch["propensity"].to_numpy()
             narrow = coded.select(pl.col("observed").fill_null(False), pl.col("label").cast(pl.Int8), user_id=pl.col("_user"),
@@ -179,11 +223,32 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
             parts.append(narrow)
     frame = pl.concat(parts)
     info = None
-    weight = 1.0 / propensity  # as estimate_noise_frame computes it
     if anchor:
         observed = frame["observed"].to_numpy()
         label = frame["label"].fill_null(0).to_numpy()
+        # weights 1/p, as estimate_noise_frame computes them
         info = {"model": config.proxy, "n_features": len(featurizer.names), "n_folds": int(len(fold_values)),
-                "auc_observed": float(roc_auc_score(label[observed], score[observed], sample_weight=weight[observed]))}
+                "auc_observed": float(roc_auc_score(label[observed], score[observed], sample_weight=1.0 / propensity[observed]))}
     return estimate_frame(frame, config, propensity=propensity if with_scores else None, audit=audit, custom=custom,
                                 precomputed=(score, info) if anchor else None, audit_rows=audit_rows)
+
+
+def _stack_rows(blocks: list, n_features: int):
+    """``scipy.sparse.vstack(blocks)`` (CSR row blocks) that frees each block once copied, so the
+    observed rows' features are held about once, not twice, while stacking."""
+    import scipy.sparse as sp
+
+    nnz = sum(b.nnz for b in blocks)
+    n_rows = sum(b.shape[0] for b in blocks)
+    index_type = np.int32 if max(nnz, n_features) < np.iinfo(np.int32).max else np.int64
+    data, indices = np.empty(nnz, dtype=np.float64), np.empty(nnz, dtype=index_type)
+    indptr = np.zeros(n_rows + 1, dtype=index_type)
+    at = row = 0
+    blocks.reverse()
+    while blocks:
+        block = blocks.pop()
+        data[at:at + block.nnz], indices[at:at + block.nnz] = block.data, block.indices
+        indptr[row + 1:row + block.shape[0] + 1] = block.indptr[1:] + at
+        at, row = at + block.nnz, row + block.shape[0]
+        del block
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_features))

@@ -175,17 +175,41 @@ def _side_point(obs: np.ndarray, wy: np.ndarray, w: np.ndarray, *, quantile: flo
     return _Side(k=k, n_observed=n_observed, p_label1=p_label1, quantile=1 - k / n, short=k_need > k)
 
 
-def _side_bootstrap(obs: np.ndarray, wy: np.ndarray, w: np.ndarray, m: np.ndarray, *, quantile: float, min_anchors: int, min_quantile: float) -> float:
-    """P(r=1 | anchors) in one bootstrap replicate: arrays sorted from the extreme end, m the
-    replicate's multiplicity of each exposure (shape (n,)); the same widening rule as the point
-    estimate, applied to the resampled exposures."""
-    cm = np.cumsum(m)
-    total = cm[-1]
-    co = np.cumsum(m * obs)
-    i_req = int(np.searchsorted(cm, (1 - quantile) * total, side="left"))
-    i_need = int(np.searchsorted(co, min_anchors, side="left"))
-    i_cap = int(np.searchsorted(cm, (1 - min_quantile) * total, side="left"))
-    i = min(max(i_req, i_need), i_cap, m.size - 1)
+def _side_bootstrap(obs: np.ndarray, wy: np.ndarray, w: np.ndarray, counts: np.ndarray, user: np.ndarray, total: float, *,
+                    quantile: float, min_anchors: int, min_quantile: float) -> float:
+    """P(r=1 | anchors) in one bootstrap replicate: arrays sorted from the extreme end (shape (n,)),
+    ``counts`` the replicate's draws of each user, ``user`` the user index of each sorted exposure
+    (an exposure's multiplicity m is its user's count) and ``total`` = sum(m); the same widening rule
+    as the point estimate, applied to the resampled exposures.
+
+    The cumulative sums are taken over a growing prefix only, until the anchor set's end is known (the
+    sets are the top few percent, issue 23): they are integers, so every prefix sum equals the whole
+    array's, and the result is the whole-array computation's.
+    """
+    n = user.size
+    t_req, t_cap = (1 - quantile) * total, (1 - min_quantile) * total
+    i_req = i_need = i_cap = None
+    parts: list[np.ndarray] = []
+    start, cm_end, co_end, step = 0, 0.0, 0.0, max(1 << 16, n // 16)
+    while start < n:
+        stop = min(n, start + step)
+        m = counts[user[start:stop]]
+        cm = np.cumsum(m)
+        cm += cm_end
+        co = np.cumsum(m * obs[start:stop])
+        co += co_end
+        if i_req is None and cm[-1] >= t_req:
+            i_req = start + int(np.searchsorted(cm, t_req, side="left"))
+        if i_need is None and co[-1] >= min_anchors:
+            i_need = start + int(np.searchsorted(co, min_anchors, side="left"))
+        if i_cap is None and cm[-1] >= t_cap:
+            i_cap = start + int(np.searchsorted(cm, t_cap, side="left"))
+        parts.append(m)
+        start, cm_end, co_end, step = stop, float(cm[-1]), float(co[-1]), 2 * step
+        if i_cap is not None or (i_req is not None and i_need is not None):
+            break  # a side not found yet lies past the scanned prefix and cannot be the minimum
+    i = min(max(i_req, n if i_need is None else i_need), n if i_cap is None else i_cap, n - 1)
+    m = parts[0] if len(parts) == 1 else np.concatenate(parts)
     den = float(np.dot(m[: i + 1], w[: i + 1]))
     return float(np.dot(m[: i + 1], wy[: i + 1]) / den) if den > 0 else float("nan")
 
@@ -201,7 +225,7 @@ def _sensitivity(wy: np.ndarray, w: np.ndarray, k: int) -> tuple[float, dict[str
     """
     n = w.size
     sizes = {"half": max(1, k // 2), "used": k, "double": min(n, 2 * k)}
-    cum_w, cum_wy = np.cumsum(w), np.cumsum(wy)
+    cum_w, cum_wy = np.cumsum(w[: sizes["double"]]), np.cumsum(wy[: sizes["double"]])
     values = {name: float(cum_wy[size - 1] / cum_w[size - 1]) for name, size in sizes.items() if cum_w[size - 1] > 0}
     spread = max(values.values()) - min(values.values()) if len(values) > 1 else 0.0
     return float(spread), values
@@ -252,16 +276,26 @@ def anchor_rates(
     n = observed.size
     if n == 0 or not observed.any():
         raise IdentifiabilityError("no observed rows, so no anchor can carry a label", where=where, fix="check the channel and the warehouse")
-    y = np.where(observed, np.asarray(label, dtype=np.float64), 0.0)
-    w = np.where(observed, np.asarray(weight, dtype=np.float64), 0.0)
-    obs = observed.astype(np.float64)
+    # Stable sorts on (score, position): ties are broken the same way in every run. Only the sorted
+    # arrays are kept (a streamed estimate has tens of millions of exposures, issue 23).
     score = np.asarray(score, dtype=np.float64)
-    # Stable sorts on (score, position): ties are broken the same way in every run.
     top_order = np.argsort(-score, kind="stable")
     bottom_order = np.argsort(score, kind="stable")
+    user_index, n_users = _user_index(user)
+    # exposures per user: sum(m) of a replicate is counts @ user_sizes (integers, so exactly cumsum(m)[-1])
+    user_sizes = np.bincount(user_index, minlength=n_users).astype(np.float64)
+    index_type = np.int32 if n_users < np.iinfo(np.int32).max else np.int64
+    user_top, user_bottom = user_index[top_order].astype(index_type), user_index[bottom_order].astype(index_type)
+    del user_index
+    w = np.where(observed, np.asarray(weight, dtype=np.float64), 0.0)
+    wy = w * np.where(observed, np.asarray(label, dtype=np.float64), 0.0)
+    obs = observed.astype(np.float64)
+    top_arrays = (obs[top_order], wy[top_order], w[top_order])
+    bottom_arrays = (obs[bottom_order], wy[bottom_order], w[bottom_order])
+    del w, wy, obs, top_order, bottom_order
     params = {"quantile": quantile, "min_anchors": min_anchors, "min_quantile": min_quantile}
-    top = _side_point(obs[top_order], (w * y)[top_order], w[top_order], **params)
-    bottom = _side_point(obs[bottom_order], (w * y)[bottom_order], w[bottom_order], **params)
+    top = _side_point(*top_arrays, **params)
+    bottom = _side_point(*bottom_arrays, **params)
     for name, side in (("top", top), ("bottom", bottom)):
         if side.n_observed == 0:
             raise IdentifiabilityError(
@@ -270,21 +304,18 @@ def anchor_rates(
                 fix="collect more feedback, lower --min-quantile, or use --method audit",
             )
     rng = np.random.default_rng(seed)
-    user_index, n_users = _user_index(user)
-    top_arrays = (obs[top_order], (w * y)[top_order], w[top_order])
-    bottom_arrays = (obs[bottom_order], (w * y)[bottom_order], w[bottom_order])
-    user_top, user_bottom = user_index[top_order], user_index[bottom_order]
     top_b, bottom_b = np.empty(n_bootstrap), np.empty(n_bootstrap)
     for b in range(n_bootstrap):
         # Cluster bootstrap: users are drawn with replacement and bring all their exposures.
         counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users)).astype(np.float64)
-        top_b[b] = _side_bootstrap(*top_arrays, counts[user_top], **params)
-        bottom_b[b] = _side_bootstrap(*bottom_arrays, counts[user_bottom], **params)
+        total = float(counts @ user_sizes)
+        top_b[b] = _side_bootstrap(*top_arrays, counts, user_top, total, **params)
+        bottom_b[b] = _side_bootstrap(*bottom_arrays, counts, user_bottom, total, **params)
     out = _rates(top.p_label1, bottom.p_label1, top_b, bottom_b, confidence=confidence, where=where)
     # Quantile sensitivity (issue 15): the bootstrap is conditional on the anchor set and leaves out the
     # impurity bias; widen each rate's interval by the spread of its estimate across anchor quantiles.
-    spread_top, by_size_top = _sensitivity((w * y)[top_order], w[top_order], top.k)
-    spread_bottom, by_size_bottom = _sensitivity((w * y)[bottom_order], w[bottom_order], bottom.k)
+    spread_top, by_size_top = _sensitivity(top_arrays[1], top_arrays[2], top.k)
+    spread_bottom, by_size_bottom = _sensitivity(bottom_arrays[1], bottom_arrays[2], bottom.k)
     out["rho01_ci_bootstrap"], out["rho10_ci_bootstrap"] = out["rho01_ci"], out["rho10_ci"]
     out["rho01_ci"] = [max(0.0, out["rho01_ci"][0] - spread_top), min(1.0, out["rho01_ci"][1] + spread_top)]
     out["rho10_ci"] = [max(0.0, out["rho10_ci"][0] - spread_bottom), min(1.0, out["rho10_ci"][1] + spread_bottom)]

@@ -106,7 +106,7 @@ def test_the_hook_rewrites_the_content_columns_it_names(batches, tmp_path):
     upper_prompts.columns = frozenset({"prompt_text"})
     wh = tmp_path / "wh"
     ingest(IngestConfig(inputs=batches["first"], warehouse=str(wh)), typed_hook=upper_prompts)
-    assert "prompt_text" in seen[0] and "response_text" not in seen[0] and "user_id" in seen[0]
+    assert "prompt_text" in seen[0] and "response_text" not in seen[0] and "exposure_id" in seen[0]
     tables = _tables(wh)
     assert set(tables["feedback"]["prompt_text"]) == {TEXT["prompt_text"].upper()}
     impressions = tables["events"].filter(pl.col("event_type") == "impression")

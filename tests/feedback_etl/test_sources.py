@@ -84,6 +84,22 @@ def test_ratings_triples_and_threshold(tmp_path):
     assert run["rejected"]["unparseable_row"] == 1
 
 
+def test_ratings_short_triple_and_matrix_with_triples(tmp_path):
+    # A line with a missing field is rejected with its raw text (it once crashed the ingest: the raw
+    # text was cast to JSON), and a matrix and triples ingest together.
+    triples = tmp_path / "ratings.csv"
+    triples.write_text("user_id,item_id,rating\na,i1,5\nb,i2\nb,i1,2\n")
+    matrix = tmp_path / "train.txt"
+    matrix.write_text("0 5\n3 0\n")
+    run = ingest(IngestConfig(inputs=(str(triples), str(matrix)), warehouse=str(tmp_path / "wh"), source="ratings"))
+    assert run["rejected"]["unparseable_row"] == 1
+    assert read_rejects(tmp_path / "wh")["payload"].to_list() == ["b,i2"]
+    feedback = read_feedback(tmp_path / "wh")
+    assert feedback.height == 2 + 4  # {a, b} x {i1}; 2 x 2 cells
+    assert dict(feedback.filter(pl.col("observed")).select("exposure_id", "label").iter_rows()) == {
+        "ratings:a:i1": 1, "ratings:b:i1": 0, "train:u0:i1": 1, "train:u1:i0": 0}
+
+
 LANGFUSE_TRACES = [
     {"id": "t1", "timestamp": "2026-02-01T09:00:00.000Z", "userId": "alice", "sessionId": "sA", "name": "chat",
      "input": [{"role": "user", "content": "hi"}], "output": {"role": "assistant", "content": "hello"}, "release": "v1",

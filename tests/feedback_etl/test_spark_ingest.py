@@ -390,6 +390,23 @@ def test_full_data_checks_cover_every_model_check_and_catch_breaks(spark):
         _validate(bad, RejectsTable, "rejects")
 
 
+def test_a_check_failing_on_the_written_files_leaves_no_file_behind(spark, tmp_path, monkeypatch):
+    """Issue 19: each table is checked on the files Spark has just written, before they are handed
+    over; when a check fails, the run fails and removes every table's new files (the events were
+    written and checked before the feedback table was)."""
+    from feedback_etl import spark_ingest
+    from schemas.feedback import FeedbackTable
+
+    real = spark_ingest.aggregate_checks
+    monkeypatch.setattr(spark_ingest, "aggregate_checks", lambda model: real(model) + (
+        [("every row breaks this", "COUNT_IF(TRUE)")] if model is FeedbackTable else []))
+    logs = tmp_path / "in.jsonl"
+    logs.write_text(_line(_impression("x1")) + "\n" + _line(_feedback("x1", "thumbs_up", 1)) + "\n")
+    with pytest.raises(TableValidationError, match=r"'feedback'.*every row breaks this': 1"):
+        _ingest([logs], tmp_path / "wh", "spark")
+    assert not list((tmp_path / "wh").rglob("*.parquet"))
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_epoch_times_and_dotted_mapping_paths_give_the_same_warehouse(spark, tmp_path, fmt):
     """Issue 18 on both engines: event_time as epoch seconds / milliseconds, fields behind dotted paths."""

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from feedback_etl.io import read_feedback
-from propensity.io import read_metrics
+from propensity.io import read_metrics, read_scores
 from propensity.models.fit import PropensityConfig, fit_propensity
 from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware, read_label_aware_scores
 from schemas.errors import ConfigError
@@ -91,6 +91,11 @@ def test_refit_uses_the_context_fits_side_files_and_id_encodings(mnar: dict, tmp
     assert context["features"] == metrics["features"]
     assert context["id_encodings"] == metrics["id_encodings"] == ["response_id"]
     assert context["side_feature_files"] == [str(side)]
+    # The context fit itself was fitted on the organic rows with these inputs and folds: a refit with
+    # the same inputs (encodings fitted inside the same folds) reproduces its propensities.
+    refit = read_label_aware_scores(wh).join(read_scores(wh).select("exposure_id", fit=pl.col("propensity")), on="exposure_id")
+    organic = refit.filter(~pl.col("solicited"))
+    np.testing.assert_allclose(organic["propensity_context"].to_numpy(), organic["fit"].to_numpy(), rtol=1e-9)
 
     with pytest.raises(ConfigError, match="cannot encode ids out of fold"):
         fit_label_aware(wh, _cfg(mnar, max_rows=6_000, batch_rows=997))
