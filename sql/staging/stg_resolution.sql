@@ -1,6 +1,8 @@
 -- stg_resolution: resolution rules 1, 5 and 6 (duplicates, orphans, impression losers) in one query
--- over this run's key columns (issue 19). DuckDB engine only: the Spark engine runs the three
--- separate files (stg_duplicates, stg_orphans, stg_impression_losers), which define the same rows.
+-- over this run's key columns (issue 19), on both engines. It defines the same rows as the three
+-- separate files (stg_duplicates, stg_orphans, stg_impression_losers). On Spark, each CTE marked
+-- MATERIALIZED is run first and kept (sql_translate.spark_statements): inlined, it was slower there
+-- than the three files.
 --
 -- Grain: one row per input row of this run that a rule takes out.   Key: ("file_index", "row_number").
 -- Inputs: "typed_events" (stg_events_typed), "warehouse_events" (events accepted by earlier runs),
