@@ -995,8 +995,9 @@ def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], first: Any
     joined to each exposure's impression content as feedback.sql computes it, read from the events
     files (earlier runs' and this run's ``written_events``, hook-rewritten where it rewrote)."""
     day = ""
-    if first is not None:  # the impression's date is the exposure's impression_date
-        day = ' AND CAST("event_time" AS DATE) BETWEEN $first AND $last'
+    if first is not None:  # the impression's UTC date is the exposure's impression_date; bounds on
+        # event_time itself are pushed into the Parquet scan (texts of other days are not decoded)
+        day = ' AND "event_time" >= CAST($first AS TIMESTAMPTZ) AND "event_time" < CAST($last AS TIMESTAMPTZ) + INTERVAL 1 DAY'
     present = [r[0] for r in conn.execute('DESCRIBE "feedback_mart"').fetchall()]
     columns = [f'{MART_CONTENT[c]} AS "{c}"' if c in MART_CONTENT else f'm."{c}"' for c in order]
     columns += [f'm."{c}"' for c in present if c not in order]  # custom feature columns

@@ -104,8 +104,7 @@ def write_inputs(out: Path, seed: int = 17) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     observed, test = simulate(seed)
     with open(out / "train.txt", "w") as handle:
-        for row in observed:
-            handle.write(" ".join(map(str, row.tolist())) + "\n")
+        handle.writelines(" ".join(map(str, row.tolist())) + "\n" for row in observed)
     user, item = np.nonzero(observed)
     with open(out / "train.csv", "w") as handle:
         handle.write("user_id,item_id,rating\n")
@@ -123,7 +122,7 @@ def write_inputs(out: Path, seed: int = 17) -> dict:
         "users": int(observed.shape[0]), "items": int(observed.shape[1]), "ratings": int(rated.size),
         "min_per_user": int((observed > 0).sum(axis=1).min()), "max_per_user": int((observed > 0).sum(axis=1).max()),
         "observed_marginal": [round(float((rated == k).mean()), 4) for k in range(1, 6)],
-        "test_ratings": int(len(test)), "test_marginal": [round(float((r == k).mean()), 4) for k in range(1, 6)],
+        "test_ratings": len(test), "test_marginal": [round(float((r == k).mean()), 4) for k in range(1, 6)],
         "seed": seed,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -132,7 +131,7 @@ def write_inputs(out: Path, seed: int = 17) -> dict:
 
 def _timed(cmd: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
     started = time.time()
-    done = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
+    done = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, check=False,
                           env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     wall_s, peak_mb, cpu_s = _time_v(done.stderr)
     row = {"returncode": done.returncode, "wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1),

@@ -140,3 +140,16 @@ def test_mart_content_is_what_feedback_sql_computes():
         from_impression[name] = expression
     assert from_impression == MART_CONTENT
     assert set(CONTENT_COLUMNS) == {c for c in MART_CONTENT if c != "response_chars"}
+
+
+def test_deferred_content_in_many_parts_and_day_groups(messy_logs, tmp_path):
+    """Small parts: the events are written in several parts (each joined to its files' content)
+    and the feedback table in several day groups (each joined to those days' impressions)."""
+    inputs = (str(messy_logs / "events"),)
+    deferred = ingest(IngestConfig(inputs=inputs, warehouse=str(tmp_path / "d"), batch_rows=1000))
+    ingest(IngestConfig(inputs=inputs, warehouse=str(tmp_path / "p"), batch_rows=1000), typed_hook=_every_column)
+    assert "late_content" in deferred["timings_s"] and deferred["feedback"]["days"] > 3
+    got, want = _tables(tmp_path / "d"), _tables(tmp_path / "p")
+    for name in want:
+        assert got[name].equals(want[name]), name
+    assert len(list((tmp_path / "d" / "feedback").rglob("*.parquet"))) > 3
