@@ -25,10 +25,12 @@ included: typing keeps the raw payload of rejected rows in that table). Pseudony
 ``user_id``/``session_id`` and hashing, dropping or scrubbing the text columns belongs in one
 place: ``ingest(..., typed_hook=...)``, run between ``stg_events_typed`` and ``stg_resolution``,
 rewrites ``typed_events`` before anything else reads it. On Parquet and CSV inputs the content
-columns (``CONTENT_COLUMNS``: texts, the impression's other ids and attributes) are not kept in
-``typed_events`` unless the hook names them in ``hook.columns``; every file is then written from
-``typed_events`` (the key columns and the hook's columns, rewritten) joined to the other content
-columns read from the input: what the hook rewrites is only ever read from ``typed_events``.
+columns (``CONTENT_COLUMNS``: texts, the impression's other ids and attributes; and user_id and
+source_file) are not kept in ``typed_events`` unless the hook names them in ``hook.columns``; the
+events are then written from ``typed_events`` (the key columns and the hook's columns, rewritten)
+joined to the other columns read from the input (``Deferred``), and every later step (the mart,
+the feedback table's content) reads the events as written: what the hook rewrites is only ever
+read from ``typed_events``.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ log = logging.getLogger(__name__)
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # Rewrites the temp table "typed_events" in place; returns what to record in the manifest. A hook
-# may name the content columns it reads or rewrites as ``hook.columns`` (a set); without it every
-# column is kept in typed_events for it (see CONTENT_COLUMNS).
+# may name the columns it reads or rewrites as ``hook.columns`` (a set): of CONTENT_COLUMNS,
+# user_id and source_file, only those are kept in typed_events for it (deferred_content); without
+# the attribute every column is kept.
 TypedHook = Callable[[duckdb.DuckDBPyConnection], "dict | None"]
 ENGINES: tuple[str, ...] = ("duckdb", "spark")
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
@@ -92,10 +95,11 @@ _EVENT_COLUMNS: dict[str, str] = {
     "context": "VARCHAR",
 }
 # Content columns (issue 19): typed like the others, but on Parquet and CSV inputs the DuckDB
-# engine keeps only the key columns in typed_events (ids, times, types, file and row numbers,
-# reject reasons and payloads) and reads these from the input again, by row identity
-# (file_index, row_number), when it writes the events and feedback files: the resolution rules,
-# the mart and the sorts work on narrow rows, and memory no longer grows with the texts.
+# engine keeps only the key columns in typed_events (event and exposure ids, times, types, file
+# and row numbers, reject reasons and payloads) and reads these (and user_id and source_file) from
+# the input again, by row identity (file_index, row_number), when it writes the events: the
+# resolution rules, the mart and the sorts work on narrow rows, and memory no longer grows with
+# the texts (see deferred_content).
 CONTENT_COLUMNS: tuple[str, ...] = (
     "session_id", "prompt_id", "response_id", "model_id", "prompt_text", "response_text",
     "position", "platform", "locale", "latency_ms", "solicited",
@@ -264,9 +268,10 @@ def ingest(cfg: IngestConfig, *, progress: bool = False, typed_hook: TypedHook |
     ``payload`` of rejected rows (issue 9). It rewrites the DuckDB temp table ``typed_events`` in
     place (same columns and types) and returns a JSON-able dict kept in the run's manifest record
     under ``typed_hook`` (e.g. counts of what was redacted; never a secret). A hook that sets
-    ``hook.columns`` (the :data:`CONTENT_COLUMNS` it reads or rewrites) lets the other content
-    columns stay out of ``typed_events`` (they are read from the input when written, never
-    rewritten); a hook without it sees every column.
+    ``hook.columns`` (the columns it reads or rewrites) lets the other content columns
+    (:data:`CONTENT_COLUMNS`, user_id, source_file) stay out of ``typed_events`` on Parquet and
+    CSV inputs (they are read from the input when written, never rewritten); a hook without it
+    sees every column.
 
     Raises
     ------

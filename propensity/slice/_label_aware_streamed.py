@@ -67,15 +67,20 @@ class StreamedInputs:
     """A DuckDB view ``joined`` of the feedback table (all columns), the context fit's ``propensity``
     and ``fold``, and ``embedding`` when the context fit used WH/embeddings."""
 
-    def __init__(self, con: Any, columns: list[str], *, has_embeddings: bool, dataset: Any = None) -> None:
+    def __init__(self, con: Any, columns: list[str], *, has_embeddings: bool, dataset: Any = None,
+                 side_tables: list[Any] | None = None, side_warnings: list[str] | None = None) -> None:
         self.con, self.dataset = con, dataset
         self.columns = columns
         self.has_embeddings = has_embeddings
+        self.side_tables = list(side_tables or [])
+        self.side_warnings = list(side_warnings or [])  # the side files' key checks, as join_entity_features words them
 
     def head(self, rows: int = 10_000) -> pl.DataFrame:
-        """The feedback table's first rows, no join (what ``select_features`` looks at)."""
+        """The feedback table's first rows with the side files' columns (what ``select_features`` looks at)."""
+        from propensity.models.entity_features import join_side_columns
+
         narrow = [c for c in self.columns if c not in ("prompt_text", "response_text")]
-        return pl.from_arrow(self.dataset.head(rows, columns=narrow))
+        return join_side_columns(pl.from_arrow(self.dataset.head(rows, columns=narrow)), self.side_tables)
 
     def facts(self, categorical: tuple[str, ...], strata: str | None) -> TableFacts:
         n, organic, missing, min_fold, max_fold = self.con.execute(
@@ -114,12 +119,16 @@ class StreamedInputs:
 @contextmanager
 def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_ids: pl.DataFrame | None,
                     memory_limit_bytes: int, context_files: list[Path] | None = None,
-                    user_folds: pl.DataFrame | None = None) -> Iterator[StreamedInputs]:
+                    user_folds: pl.DataFrame | None = None, side_tables: list[Any] | None = None) -> Iterator[StreamedInputs]:
     """Open :class:`StreamedInputs` over the warehouse's current feedback version (see the module docstring).
 
     ``context_files``: Parquet files of the context propensities (exposure_id, propensity, fold; a
     context refit's) instead of the channel's ``scores.parquet``. ``user_folds`` (user_id, fold):
-    every row's fold is its user's (context scores without folds), not the scores' fold."""
+    every row's fold is its user's (context scores without folds), not the scores' fold.
+    ``side_tables``: the context fit's side-feature files (:class:`propensity.models.entity_features.EntityTable`),
+    whose columns DuckDB left-joins on their keys, as ``propensity fit`` joins them in memory; the key
+    checks of :func:`~propensity.models.entity_features.join_entity_features` run in DuckDB too."""
+    from propensity.models.entity_features import check_side_columns
     from feedback_etl.io import feedback_dataset, feedback_files
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
@@ -152,6 +161,14 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
         if user_folds is not None:
             con.register("user_folds", user_folds.select(pl.col("user_id").cast(pl.Utf8), pl.col("fold").cast(pl.Int32)).to_arrow())
             fold, fold_join = "u.fold", "LEFT JOIN user_folds u ON u.user_id = CAST(f.user_id AS VARCHAR)"
+        side_tables = list(side_tables or [])
+        check_side_columns(dataset.schema.names, side_tables)
+        side_warnings = _side_key_warnings(con, side_tables)
+        for i, table in enumerate(side_tables):
+            names = [*table.categorical, *table.numeric]
+            con.register(f"side_{i}", table.frame.select(table.key, *names).to_arrow(compat_level=pl.CompatLevel.oldest()))
+            extra += "".join(f', side{i}."{n}"' for n in names)
+            fold_join += f' LEFT JOIN side_{i} side{i} ON side{i}."{table.key}" = CAST(f."{table.key}" AS VARCHAR)'
         in_slice = "FALSE"
         if slice_ids is not None and slice_ids.height:
             con.register("slice_ids", slice_ids.select("exposure_id").to_arrow())
@@ -161,7 +178,41 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
             SELECT f.*, s.propensity, {fold} AS fold{extra}, {in_slice} AS _in_slice_file
             FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins} {fold_join}
         """)
-        yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset)
+        yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset,
+                             side_tables=side_tables, side_warnings=side_warnings)
+
+
+def _side_key_warnings(con: Any, tables: list[Any]) -> list[str]:
+    """The key checks of :func:`propensity.models.entity_features.join_entity_features`, by DuckDB over
+    the whole table (no rows held): no key matching an exposure is an error; exposures without a row,
+    file rows matching no exposure and constant columns are warnings."""
+    import logging
+
+    from schemas.errors import InputFileError
+
+    if not tables:
+        return []
+    n_rows = con.execute("SELECT count(*) FROM feedback").fetchall()[0][0]  # fetchall: no result left open
+    warnings: list[str] = []
+    for i, table in enumerate(tables):
+        con.register(f"side_keys_{i}", table.frame.select(table.key).to_arrow(compat_level=pl.CompatLevel.oldest()))
+        matched, used = con.execute(
+            f'SELECT count(*), count(DISTINCT k."{table.key}") FROM feedback f '
+            f'JOIN side_keys_{i} k ON k."{table.key}" = CAST(f."{table.key}" AS VARCHAR)').fetchall()[0]
+        con.unregister(f"side_keys_{i}")
+        if matched == 0:
+            raise InputFileError(f"no {table.key} of the file matches an exposure", where=f"{table.path}, column {table.key}",
+                                 fix=f"key the file by the warehouse's {table.key} values (pseudonymised ids need the same key)")
+        if matched < n_rows:
+            warnings.append(f"{n_rows - matched:,} of {n_rows:,} exposures have no row in {table.path}: their side features are null")
+        if used < table.frame.height:
+            warnings.append(f"{table.frame.height - used:,} of {table.frame.height:,} rows of {table.path} match no exposure")
+        for name in (*table.categorical, *table.numeric):
+            if table.frame[name].drop_nulls().n_unique() <= 1:
+                warnings.append(f"side feature {name!r} of {table.path} holds at most one value: it carries no information")
+    for message in warnings:
+        logging.getLogger(__name__).warning("propensity features: %s", message)
+    return warnings
 
 
 def check_streamable(facts: TableFacts, *, warehouse: Path) -> None:

@@ -781,27 +781,26 @@ def _organic_context(feedback: pl.DataFrame, scores: pl.DataFrame, metrics: dict
     }
 
 
-def _refit_inputs(frame: pl.DataFrame, embeddings: pl.DataFrame | None, context_cfg: Any, X: Any) -> dict[str, Any]:
-    """The context model's inputs for an in-memory refit, built as ``propensity fit`` built them: the
-    side-feature files of its config (``--user-features`` / ``--item-features``) joined to ``frame``
-    (the feedback rows with their custom columns). Without side files the label-aware fit's own
-    ``X`` (and design matrix) are those inputs already and are reused."""
-    from propensity.models.entity_features import join_entity_features, load_side_tables
-    from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
+def context_side_tables(context_cfg: Any) -> list[Any]:
+    """The context fit's side-feature files (``--user-features`` / ``--item-features`` of ``propensity
+    fit``), read and checked again: the label-aware outcome model and a refit join their columns as
+    the context fit did.
 
-    side_tables = load_side_tables(context_cfg.user_features, context_cfg.item_features)
-    if not side_tables:
-        return {"feature_names": [n for n in X.columns if not str(n).startswith(EMBEDDING_PREFIX)]}
-    from propensity.models.custom_features import select_features
+    Raises
+    ------
+    InputFileError : a file the context fit used is gone (or no longer a valid side-feature file).
+    """
+    from propensity.models.entity_features import load_side_tables
 
-    joined, _, _, warnings = join_entity_features(frame, side_tables)
-    chosen_categorical, chosen_numeric = select_features(joined, context_cfg.features, context_cfg.exclude_features)
-    X_fit, names, categorical_fit = build_features(joined, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
-    X_design_fit = None
-    if context_cfg.model != "lightgbm":
-        X_design_fit, _ = design_matrix(X_fit, categorical_fit)
-    return {"X": X_fit, "X_design": X_design_fit, "feature_names": [n for n in names if not n.startswith(EMBEDDING_PREFIX)],
-            "info": {"side_feature_files": [t.path for t in side_tables], **({"warnings": warnings} if warnings else {})}}
+    for option in ("user_features", "item_features"):
+        path = getattr(context_cfg, option)
+        if path and not Path(path).is_file():
+            flag = f"--{option.replace('_', '-')}"
+            raise InputFileError(
+                "the side-feature file the context fit (`causalrm propensity fit`) used is gone", where=f"{flag} {path}",
+                fix=f"restore the file, or rerun `causalrm propensity fit` (with another {flag}, or without it)",
+            )
+    return load_side_tables(context_cfg.user_features, context_cfg.item_features)
 
 
 def _strata_codes(feedback: pl.DataFrame, column: str | None) -> tuple[np.ndarray, list[str]]:
@@ -831,7 +830,8 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
     """
     from feedback_etl.io import feedback_dataset, read_embeddings, read_feedback
     from propensity.models.custom_features import select_features, with_custom_features
-    from propensity.models.features import build_features, design_matrix
+    from propensity.models.entity_features import join_entity_features
+    from propensity.models.features import EMBEDDING_PREFIX, build_features, design_matrix
 
     cfg = cfg or LabelAwareConfig()
     warehouse = Path(warehouse)
@@ -880,22 +880,27 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
 
     context_cfg = _context_config(metrics)
     embeddings = read_embeddings(warehouse) if context_cfg.use_embeddings else None
-    # The context fit's feature columns, custom context columns included (issue 17).
+    # The context fit's feature columns, custom context columns and its side-feature files'
+    # columns (--user-features / --item-features) included, joined as `propensity fit` joins them:
+    # the outcome model and a refit read the same features as the context fit (issues 17, 23).
+    side_tables = context_side_tables(context_cfg)
     with_context = with_custom_features(feedback, warehouse)
+    side_info: dict[str, Any] = {}
+    if side_tables:
+        with_context, _, _, side_warnings = join_entity_features(with_context, side_tables)
+        side_info = {"side_feature_files": [t.path for t in side_tables], **({"warnings": side_warnings} if side_warnings else {})}
     chosen_categorical, chosen_numeric = select_features(with_context, context_cfg.features, context_cfg.exclude_features)
-    X, _, categorical = build_features(with_context, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
+    X, feature_names, categorical = build_features(with_context, embeddings, categorical=chosen_categorical, numeric=chosen_numeric)
     X_design, _ = design_matrix(X, categorical) if context_cfg.model != "lightgbm" else (None, None)
     folds = joined["fold"].to_numpy()
-    refit_inputs: dict[str, Any] = {}
-    if _needs_refit(cfg, metrics, not prepared.organic.all()):
-        refit_inputs = _refit_inputs(with_context, embeddings, context_cfg, X)
-    context, context_info = _organic_context(feedback, joined, metrics, prepared.organic, cfg,
-                                             refit_inputs.get("X", X), refit_inputs.get("X_design", X_design),
-                                             feature_names=refit_inputs.get("feature_names"))
-    context_info.update(refit_inputs.get("info", {}))
+    refit = _needs_refit(cfg, metrics, not prepared.organic.all())
+    context, context_info = _organic_context(
+        feedback, joined, metrics, prepared.organic, cfg, X, X_design,
+        feature_names=[n for n in feature_names if not n.startswith(EMBEDDING_PREFIX)] if refit else None)
+    if refit:
+        context_info.update(side_info)
     if regrouped:
         context_info["folds"] = regrouped
-    del refit_inputs
     floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
     if label_values is None:
         outcome, outcome_info = outcome_probabilities(
@@ -909,6 +914,8 @@ def fit_label_aware(warehouse: str | Path, cfg: LabelAwareConfig | None = None) 
             X, prepared.label, np.flatnonzero(prepared.observed), folds, len(label_values), model=cfg.label_model, strata=strata,
             n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs,
         )
+    if side_tables:
+        outcome_info["side_feature_files"] = [t.path for t in side_tables]
     result = estimate_label_aware(
         context=context, outcome=outcome, organic=prepared.organic, observed=prepared.observed, label=prepared.label,
         slice_rows=slice_rows, slice_label=prepared.slice_label, strata=strata, n_strata=len(levels), label_values=label_values,
@@ -1141,8 +1148,10 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
     context_cfg = _context_config(metrics)
     slice_file = read_slice_file(cfg.slice) if cfg.slice else None
     multilevel = cfg.label_column != "label"
+    # The context fit's side-feature files: DuckDB joins their columns to every row (outcome model features).
+    side_tables = context_side_tables(context_cfg)
     options = {"channel": cfg.channel, "embeddings": context_cfg.use_embeddings, "slice_ids": slice_file,
-               "memory_limit_bytes": plan["memory_limit_bytes"] // 2}
+               "memory_limit_bytes": plan["memory_limit_bytes"] // 2, "side_tables": side_tables}
     with streamed_inputs(warehouse, **options) as inputs:
         head = inputs.head()
         if cfg.strata is not None and cfg.strata not in head.columns:
@@ -1230,6 +1239,8 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
             outcome = outcome_of(X, folds, strata)
             outcome_info = _outcome_info(cfg.label_model, prepared.label[train_rows], outcome[train_rows, 1])
+        if side_tables:
+            outcome_info["side_feature_files"] = [t.path for t in side_tables]
         del X
         result = estimate_label_aware(
             context=context, outcome=outcome, organic=prepared.organic, observed=prepared.observed,
@@ -1352,6 +1363,9 @@ def _refit_context_streamed(warehouse: Path, cfg: LabelAwareConfig, context_cfg:
                                                   "correction", "logit_shift", "max_rows")},
         "warnings": fit.warnings,
     }
+    side_files = [path for path in (refit_cfg.user_features, refit_cfg.item_features) if path]
+    if side_files:
+        info["side_feature_files"] = side_files
     return sorted(scores_dir.glob("*.parquet")), info
 
 

@@ -103,3 +103,44 @@ def test_refit_uses_the_context_fits_side_files_and_id_encodings(mnar: dict, tmp
     fit_propensity(wh, PropensityConfig(**context_fit))
     streamed = fit_label_aware(wh, _cfg(mnar, max_rows=6_000, batch_rows=997))
     assert streamed.report["context"]["features"] == metrics["features"]
+
+
+def test_outcome_model_reads_the_context_fits_side_columns_streamed_as_in_memory(mnar: dict, tmp_path: Path) -> None:  # noqa: F811
+    """A context fit whose ``--features`` names side-file columns (``--user-features``): the label-aware
+    outcome model joins the same files (it used to fail in ``select_features``), and a streamed fit
+    (DuckDB joins the file) gives the in-memory fit's scores and estimates to 1e-12. A file that is
+    gone since the context fit is one clear error."""
+    from polars.testing import assert_frame_equal
+
+    from schemas.errors import InputFileError
+    from tests.propensity.test_streamed_chain import _close
+
+    wh = _copy(mnar, tmp_path / "whole")
+    users = read_feedback(wh)["user_id"].unique().sort()
+    rng = np.random.default_rng(7)
+    # 4 users left out of the file: their side features are null (a warning, in both fits alike).
+    side = tmp_path / "users.csv"
+    pl.DataFrame({"user_id": users[4:], "user_tenure": rng.exponential(10.0, users.len() - 4),
+                  "user_tier": rng.choice(["free", "plus", "pro"], users.len() - 4)}).write_csv(side)
+    fit_propensity(wh, PropensityConfig(folds=3, n_jobs=1, model_params={"n_estimators": 30}, user_features=str(side),
+                                        features=("platform", "user_tier", "user_tenure")))
+    streamed_wh = _copy({"wh": wh}, tmp_path / "streamed")
+    options = {"slice": str(mnar["root"] / "logs" / "slice.parquet"), "bootstrap": 40, "n_jobs": 1}
+    whole = fit_label_aware(wh, LabelAwareConfig(**options))
+    streamed = fit_label_aware(streamed_wh, LabelAwareConfig(**options, max_rows=1, batch_rows=997))
+    assert whole.report["memory"]["streamed"] is False and streamed.report["memory"]["streamed"] is True
+    assert whole.report["outcome_model"]["side_feature_files"] == [str(side)]
+    assert_frame_equal(read_label_aware_scores(wh), read_label_aware_scores(streamed_wh), check_exact=False, rel_tol=1e-12,
+                       abs_tol=1e-15)
+    for key in ("label_factors", "estimates", "outcome_model", "weights", "clipping"):
+        assert _close(streamed.report[key], whole.report[key]), key
+    # The side columns reach the outcome model: without them (contract platform only) its scores change.
+    fit_propensity(wh, PropensityConfig(folds=3, n_jobs=1, model_params={"n_estimators": 30}, features=("platform",)))
+    platform_only = fit_label_aware(wh, LabelAwareConfig(**options))
+    assert platform_only.report["outcome_model"]["auc_organic_votes"] != whole.report["outcome_model"]["auc_organic_votes"]
+
+    side.unlink()
+    for streamed_options in ({}, {"max_rows": 1, "batch_rows": 997}):
+        with pytest.raises(InputFileError, match="side-feature file the context fit") as info:
+            fit_label_aware(streamed_wh, LabelAwareConfig(**options, **streamed_options))
+        assert "\n" not in info.value.one_line() and str(side) in info.value.one_line()
