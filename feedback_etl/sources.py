@@ -531,7 +531,7 @@ def _lines_table(conn: duckdb.DuckDBPyConnection, f: InputFile) -> str:
         # DuckDB's strict reader gives up on a bare CR inside a line; read such a file in Python.
         _lines_table_python(conn, f, table)
         return table
-    if not conn.execute(f"SELECT COUNT(*) FROM {_identifier(rejects)}").fetchone()[0]:
+    if not conn.execute(f"SELECT COUNT(*) FROM {_identifier(rejects)}").fetchall()[0][0]:  # fetchall: no result left pending
         return table  # every line was handed back: its ordinal is its line number (no renumbering copy; issue 19)
     conn.execute(
         f'CREATE OR REPLACE TEMP TABLE {_identifier(table + "_read")} AS SELECT "row_number" AS "ordinal", "line" FROM {_identifier(table)}'

@@ -52,6 +52,16 @@ def test_invalid_utf8_is_a_reject_of_its_line(tmp_path):
     assert run["accepted"] == 1 and run["rejected"]["unparseable_row"] == 1
 
 
+def test_a_clean_file_then_one_with_a_nul_byte_ingest_together(tmp_path):
+    """A clean JSON Lines file (DuckDB splits it) followed by one holding a NUL byte (the Python
+    fallback): the first file's line count must not leave a result pending on the connection."""
+    clean, nul = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    clean.write_text(json.dumps(GOOD) + "\n")
+    nul.write_bytes((json.dumps({**GOOD, "event_id": "e2", "exposure_id": "x2"}) + "\n").encode() + b'{"event_id": "bad\x00"}\n')
+    run = ingest(IngestConfig(inputs=(str(clean), str(nul)), warehouse=str(tmp_path / "wh")))
+    assert run["rows_read"] == 3 and run["accepted"] == 2 and run["rejected"]["unparseable_row"] == 1
+
+
 def test_path_like_values_cannot_escape_the_warehouse(tmp_path):
     path = tmp_path / "in" / "traversal.jsonl"
     path.parent.mkdir()
