@@ -387,6 +387,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
     side_warnings = side_keys_seen.warnings() if side_tables else []
     sample = pl.concat(kept).sort("exposure_id") if kept else pl.DataFrame()
     del kept
+    release_unused_memory()  # the batches' freed Arrow pages, before the features are built
     sample = sample.join(user_folds, on="user_id", how="left", maintain_order="left")
     y = sample[target].fill_null(False).cast(pl.Boolean).to_numpy()
     folds = sample["fold"].to_numpy().astype(np.int32)
@@ -458,6 +459,7 @@ def fit_case_control(warehouse: Path, cfg, plan: RowPlan, *, write_models: Calla
                 "rate for observed and unobserved rows), not on every exposure",
     }
     del X, X_design, model_input, sample, fitted
+    release_unused_memory()
 
     # 5. scoring pass: every exposure by its own fold's model and calibrator
     score_columns = ["exposure_id", "user_id", target, *table_features, *flag_columns, *id_columns]
@@ -614,6 +616,30 @@ def _duckdb_type(arrow_type) -> str:
     if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
         return _duckdb_type(arrow_type.value_type) + "[]"
     return "VARCHAR"
+
+
+def process_rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux ``/proc/self/statm``; None where there is none)."""
+    import os
+
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_unused_memory() -> None:
+    """Hand the memory freed so far back to the system: Python's cycles, then the free pages pyarrow's
+    allocator (mimalloc) keeps for reuse. Called between the passes of a streamed fit: on the 1.53M
+    ratings warehouse the label-aware fit still held 0.2-0.3 GB of freed Arrow pages after its
+    case-control context refit, which put it 0.2 GB over a 1GB budget (issue 23)."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
 
 
 def detached(frame: pl.DataFrame) -> pl.DataFrame:

@@ -21,6 +21,9 @@ the number of votes, not of exposures; the estimator samples nothing (a context 
 
 Also covered (issues 17 and 23):
 
+* the context fit's side-feature files (``--user-features`` / ``--item-features``): DuckDB left-joins
+  their columns to every row on their keys (``streamed_inputs(side_tables=...)``), so the outcome
+  model reads the columns the context fit read, with the whole table's levels, as in memory;
 * a multi-level label (``--label-column rating``): the column is read with the core rows, the
   multiclass fold models (:func:`propensity.slice.multilevel.fit_multiclass_models`) are fitted on
   them and score each batch; every observed value is a core row's, so the codes are the same;
@@ -128,11 +131,11 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
     ``side_tables``: the context fit's side-feature files (:class:`propensity.models.entity_features.EntityTable`),
     whose columns DuckDB left-joins on their keys, as ``propensity fit`` joins them in memory; the key
     checks of :func:`~propensity.models.entity_features.join_entity_features` run in DuckDB too."""
-    from propensity.models.entity_features import check_side_columns
     from feedback_etl.io import feedback_dataset, feedback_files
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
     from propensity.models.casecontrol import feedback_connection
+    from propensity.models.entity_features import check_side_columns
 
     if context_files is None:
         score_files, has_channel = channel_score_files(warehouse, channel)

@@ -1136,7 +1136,7 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
     import pyarrow.parquet as pq
 
-    from propensity.models.casecontrol import detached
+    from propensity.models.casecontrol import detached, release_unused_memory
     from propensity.models.custom_features import select_features
     from propensity.models.features import build_features
     from propensity.slice._label_aware_streamed import check_streamable, strata_codes, streamed_inputs, user_folds
@@ -1174,6 +1174,7 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
             folds_by_user = user_folds(inputs.user_counts(), n_folds, cfg.seed)
 
     context_info: dict[str, Any] = {"source": "propensity/scores.parquet", "refit": False}
+    release_unused_memory()  # the first DuckDB pass's freed Arrow pages
     with ExitStack() as stack:
         context_files = None
         if refit:
@@ -1181,8 +1182,11 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=propensity_dir(warehouse), prefix=".label-aware-refit-")))
             context_files, context_info = _refit_context_streamed(warehouse, cfg, context_cfg, facts, tmp)
+            release_unused_memory()  # what the case-control refit freed, before the core rows are read
         elif folds_by_user is not None:
             context_info["folds"] = f"regrouped by user ({n_folds} folds): some context scores had no fold"
+        # The scoring pass sorts every exposure in DuckDB: its share is what this process leaves of the budget.
+        options["memory_limit_bytes"] = _duckdb_share(plan["memory_limit_bytes"])
         inputs = stack.enter_context(streamed_inputs(warehouse, **options, context_files=context_files, user_folds=folds_by_user))
         if context_files is not None or folds_by_user is not None:
             facts = inputs.facts(categorical, cfg.strata)  # the folds changed
@@ -1367,6 +1371,14 @@ def _refit_context_streamed(warehouse: Path, cfg: LabelAwareConfig, context_cfg:
     if side_files:
         info["side_feature_files"] = side_files
     return sorted(scores_dir.glob("*.parquet")), info
+
+
+def _duckdb_share(memory_limit_bytes: int) -> int:
+    """DuckDB's memory limit in a streamed pass: half the budget, or half of what the process leaves of it."""
+    from propensity.models.casecontrol import process_rss_bytes
+
+    held = process_rss_bytes() or 0
+    return int(max(64 * 2**20, min(memory_limit_bytes // 2, (memory_limit_bytes - held) // 2)))
 
 
 def _outcome_info(model: str, y_obs: np.ndarray, m1_obs: np.ndarray) -> dict[str, Any]:

@@ -144,3 +144,20 @@ def test_outcome_model_reads_the_context_fits_side_columns_streamed_as_in_memory
         with pytest.raises(InputFileError, match="side-feature file the context fit") as info:
             fit_label_aware(streamed_wh, LabelAwareConfig(**options, **streamed_options))
         assert "\n" not in info.value.one_line() and str(side) in info.value.one_line()
+
+
+def test_streamed_passes_leave_duckdb_what_the_process_leaves_of_the_budget() -> None:
+    """The scoring pass's DuckDB share is half of what this process leaves of the budget (at most half
+    the budget, 64 MB at least): the 1.53M-exposure refit ran 0.26 GB over a 1GB budget when DuckDB got half
+    the budget on top of what the refit had left resident."""
+    from propensity.models.casecontrol import process_rss_bytes, release_unused_memory
+    from propensity.slice.label_aware import _duckdb_share
+
+    release_unused_memory()
+    held = process_rss_bytes()
+    assert held is not None and 20 * 2**20 < held < 64 * 2**30  # this interpreter, with numpy and polars loaded
+    huge = 1024 * 2**30
+    assert abs(_duckdb_share(huge) - (huge - held) // 2) < 50 * 2**20
+    budget = held + 400 * 2**20
+    assert abs(_duckdb_share(budget) - 200 * 2**20) < 50 * 2**20  # RSS moves a little between the two reads
+    assert _duckdb_share(held // 2) == 64 * 2**20
