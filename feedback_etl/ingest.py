@@ -10,7 +10,7 @@ stg_events_typed            type every row, reason code for those that cannot be
 stg_duplicates              repeated event_ids (rule 1), against the warehouse and within the run
 stg_impression_losers       a second impression of one exposure: repeat or conflict (rule 6)
 stg_orphans                 feedback without an impression (rule 5)
-stg_resolution              (DuckDB) the three rules above in one query on key columns; Spark runs the three files
+stg_resolution              the three rules above in one query on key columns (both engines; the three files stay as its reference)
 late_content                (DuckDB, deferred content) the content of the rows rejected after typing, read again
 stg_new_events              what this run adds to ``WH/events/``
 stg_rejects                 what it adds to ``WH/rejects/``
@@ -668,8 +668,8 @@ def stage(
     hook_report = steps.run("typed_hook", lambda: typed_hook(conn)) if typed_hook is not None else None
     if deferred.columns:
         _content_views(conn, deferred)
-    # Rules 1, 5 and 6 in one pass over the key columns (issue 19); the Spark engine runs the three
-    # files they replace (stg_duplicates, stg_impression_losers, stg_orphans: the same rows).
+    # Rules 1, 5 and 6 in one pass over the key columns (issue 19), on both engines; the three files
+    # it replaces (stg_duplicates, stg_impression_losers, stg_orphans) give the same rows (tested).
     steps.run("stg_resolution", lambda: _resolve(conn))
     if deferred.columns:
         steps.run("late_content", lambda: _late_content(conn, deferred))

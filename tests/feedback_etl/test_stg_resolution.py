@@ -1,5 +1,5 @@
-"""sql/staging/stg_resolution.sql (rules 1, 5, 6 in one pass, the DuckDB engine's) gives exactly the
-rows of the three files the Spark engine still runs: stg_duplicates, stg_impression_losers, stg_orphans."""
+"""sql/staging/stg_resolution.sql (rules 1, 5, 6 in one pass, run by both engines) gives exactly the
+rows of the three files it replaces: stg_duplicates, stg_impression_losers, stg_orphans."""
 
 from __future__ import annotations
 
