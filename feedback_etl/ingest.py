@@ -1088,11 +1088,11 @@ def _write_feedback(
 ) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
-    Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is a frame
-    of its own); each frame is collected and validated on its full data with
+    Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is cut into
+    exposure_id ranges, :func:`_feedback_frames`); each frame is collected and validated on its full data with
     :func:`feedback_etl.io.validate_feedback` before it is written. A table that fits in one
     batch is validated as one frame; exposure_id uniqueness across frames is checked on the whole
-    table first. Memory stays bounded by one batch (or the largest day).
+    table first. Memory stays bounded by one batch.
 
     ``content(first, last)``, when given, is the SQL of the table's rows of the days ``first`` to
     ``last`` (both None: every day) with the columns ``feedback_mart`` lacks (deferred content,
@@ -1104,9 +1104,9 @@ def _write_feedback(
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "feedback_full" AS {content(None, None)}')
         relation = "feedback_full"
 
-    def day_rows_sql(select: str, days: list) -> str:
-        source = '"feedback_mart"' if content is None else f'({content(days[0], days[-1])}) AS "feedback_full"'
-        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"'
+    def day_rows_sql(select: str, frame: "_Frame") -> str:
+        source = '"feedback_mart"' if content is None else f'({content(frame.first, frame.last)}) AS "feedback_full"'
+        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last{frame.id_range} ORDER BY "exposure_id"'
 
     if types:  # custom features (issue 17): contract and feature columns validated with pandera, per frame
         validate = lambda frame: features.validate_feedback(frame, types)  # noqa: E731
@@ -1117,25 +1117,18 @@ def _write_feedback(
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
-    groups: list[list] = []
-    size = 0
-    for day, rows in day_rows:
-        if not groups or size + rows > batch_rows:
-            groups.append([])
-            size = 0
-        groups[-1].append(day)
-        size += rows
+    groups = _feedback_frames(conn, day_rows, batch_rows)
     written = 0
     if types:
-        for days in groups:
+        for group in groups:
             # Sorted by the engine (parallel), not as a full-width polars frame (issue 19).
-            frame = conn.sql(day_rows_sql("*", days), params={"first": days[0], "last": days[-1]}).pl()
+            frame = conn.sql(day_rows_sql("*", group), params=group.params).pl()
             written += write.write(validate(frame))
     else:  # validated above on every row: DuckDB writes each group's file itself (issue 19)
         select, schema = _contract_select(conn, relation, "feedback")
         write.set_schema(schema)
-        for days in groups:
-            written += write.copy(conn, day_rows_sql(select, days), schema, {"first": days[0], "last": days[-1]})
+        for group in groups:
+            written += write.copy(conn, day_rows_sql(select, group), schema, group.params)
     if not groups:  # no exposure: the table is emptied, with the schema of a validated empty frame
         from feedback_etl import io
 
@@ -1152,6 +1145,55 @@ def _write_feedback(
         "exposures": int(exposures), "observed": int(observed), "copied": int(copied),
         "regenerated": int(regenerated), "shared": int(shared), "days": len(day_rows),
     }
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One written part of the feedback table: the days ``first`` to ``last``, and within a single
+    day larger than ``batch_rows`` the exposure_ids from ``low`` (inclusive) to ``high`` (exclusive;
+    None: unbounded)."""
+
+    first: Any
+    last: Any
+    low: str | None = None
+    high: str | None = None
+
+    @property
+    def id_range(self) -> str:
+        low = ' AND "exposure_id" >= $low' if self.low is not None else ""
+        return low + (' AND "exposure_id" < $high' if self.high is not None else "")
+
+    @property
+    def params(self) -> dict:
+        bounds = {"low": self.low, "high": self.high}
+        return {"first": self.first, "last": self.last, **{k: v for k, v in bounds.items() if v is not None}}
+
+
+def _feedback_frames(conn: duckdb.DuckDBPyConnection, day_rows: list, batch_rows: int) -> list[_Frame]:
+    """Whole days grouped into frames of at most ``batch_rows`` rows; a day larger than that (a
+    ratings log puts every cell on one day: 15.4M rows in one frame took 7 GB) is cut into
+    exposure_id ranges of ``batch_rows`` rows, so one frame never holds more (issue 23)."""
+    frames: list[_Frame] = []
+    days: list = []
+    size = 0
+    for day, rows in [*day_rows, (None, 0)]:
+        if days and (day is None or size + rows > batch_rows):
+            frames.append(_Frame(days[0], days[-1]))
+            days, size = [], 0
+        if day is None:
+            break
+        if rows <= batch_rows:
+            days.append(day)
+            size += rows
+            continue
+        starts = [row[0] for row in conn.execute(
+            'SELECT "exposure_id" FROM (SELECT "exposure_id", ROW_NUMBER() OVER (ORDER BY "exposure_id") - 1 AS "k" '
+            'FROM "feedback_mart" WHERE "impression_date" = $day) WHERE "k" % $n = 0 ORDER BY 1',
+            {"day": day, "n": batch_rows},
+        ).fetchall()]
+        frames.extend(_Frame(day, day, low if k else None, starts[k + 1] if k + 1 < len(starts) else None)
+                      for k, low in enumerate(starts))
+    return frames
 
 
 def _sha256(path: Path) -> str:

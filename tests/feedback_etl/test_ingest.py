@@ -175,3 +175,41 @@ def test_rejects_are_written_in_parts_of_batch_rows_in_file_order(tmp_path: Path
     lines = [n for f in files for n in pq.read_table(f, columns=["row_number"]).column("row_number").to_pylist()]
     assert lines == list(range(2, 2_502))
     assert read_rejects(wh).height == 2_500
+
+
+@pytest.mark.parametrize("source", ["ratings", "canonical"])
+def test_a_day_larger_than_batch_rows_is_written_in_parts_of_batch_rows(tmp_path: Path, source: str) -> None:
+    """A ratings log puts every cell on one day (15.4M rows held as one frame took 7 GB, issue 23):
+    a day larger than batch_rows is cut into exposure_id ranges, each part at most batch_rows rows,
+    with the same rows as one part (the ratings source validates frames with pandera, canonical
+    Parquet is written by DuckDB with its content joined back)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feedback_etl.warehouse import snapshot
+
+    if source == "ratings":
+        logs = tmp_path / "ratings.csv"
+        logs.write_text("user_id,item_id,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n" for u in range(50) for i in range(50) if (u + i) % 7 == 0))
+    else:
+        logs = tmp_path / "events.parquet"
+        n = 2_500
+        pq.write_table(pa.table({
+            "event_id": [f"e{k}" for k in range(n)], "event_time": ["2026-01-01T10:00:00Z"] * n,
+            "event_type": ["impression"] * n, "exposure_id": [f"x{k:05d}" for k in range(n)],
+            "user_id": [f"u{k % 40}" for k in range(n)], "session_id": ["s"] * n, "prompt_id": ["p"] * n,
+            "response_id": [f"r{k}" for k in range(n)], "model_id": ["m"] * n,
+            "prompt_text": ["a prompt"] * n, "response_text": [f"answer {k}" for k in range(n)],
+        }), logs)
+    tables = {}
+    for batch_rows in (1_000, 1_000_000):
+        wh = tmp_path / f"wh{batch_rows}"
+        ingest(IngestConfig(inputs=(str(logs),), warehouse=str(wh), source=source, batch_rows=batch_rows))
+        files = snapshot(wh, "feedback").files
+        sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        tables[batch_rows] = pl.concat([pl.read_parquet(f) for f in files])
+        assert read_feedback(wh).select(pl.col("impression_date").n_unique()).item() == 1
+        assert sorted(sizes) == ([500, 1_000, 1_000] if batch_rows == 1_000 else [2_500])
+    small, whole = tables[1_000], tables[1_000_000]
+    assert small["exposure_id"].to_list() == sorted(small["exposure_id"].to_list())  # parts in exposure_id order
+    assert small.sort("exposure_id").equals(whole.sort("exposure_id"))
