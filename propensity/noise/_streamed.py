@@ -218,7 +218,10 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
                 score[rows] = predict_proxy(models, featurizer.transform(batch, text_rows=text_rows), fold)
                 if with_scores:
                     propensity[rows] = batch["propensity"].to_numpy()
-            narrow = coded.select(pl.col("observed").fill_null(False), pl.col("label").cast(pl.Int8), user_id=pl.col("_user"),
+            # Columns copied out of the batch (a bool to numpy and back, a cast through Int16): a column
+            # kept as DuckDB handed it over holds its whole batch (0.7 GB more at 15M exposures).
+            narrow = coded.select(pl.lit(coded["observed"].fill_null(False).to_numpy()).alias("observed"),
+                                  pl.col("label").cast(pl.Int16).cast(pl.Int8), user_id=pl.col("_user"),
                                   **({segment: pl.col(segment).cast(pl.Utf8).cast(pl.Categorical)} if segment else {}))
             parts.append(narrow)
     frame = pl.concat(parts)
