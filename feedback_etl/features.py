@@ -219,6 +219,11 @@ def add_feature_columns(
 ) -> tuple[dict[str, dict], list[str]]:
     """Append one typed column per feature to ``feedback_mart`` (from each exposure's impression).
 
+    A constant number of passes whatever the number of features (issue 19): every feature's raw
+    text is extracted from the impressions' context once (one JSON parse per row), then one
+    aggregate infers types and counts the values that do not parse, one counts each typed column's
+    values, and one join appends the columns.
+
     Returns the features kept (name -> type, source, origin, non_null, distinct) and warnings.
 
     Raises
@@ -229,28 +234,54 @@ def add_feature_columns(
     """
     if not features:
         return {}, []
+    names = list(features)
+    raws = {name: f'"__raw_{i}"' for i, name in enumerate(names)}
+    paths = ", ".join(f"'$.\"{name}\"'" for name in names)
+    extracted = ", ".join(f"NULLIF(TRIM(c.\"__values\"[{i + 1}]), '') AS {raws[name]}" for i, name in enumerate(names))
     conn.execute(
-        """CREATE OR REPLACE TEMP TABLE "impression_context" AS
-        SELECT "exposure_id", "context", "source_file", "row_number" FROM "all_events"
-        WHERE "event_type" = 'impression' AND "context" IS NOT NULL"""
+        f"""CREATE OR REPLACE TEMP TABLE "impression_context" AS
+        SELECT c."exposure_id", c."source_file", c."row_number", {extracted}
+        FROM (
+            SELECT "exposure_id", "source_file", "row_number", json_extract_string("context", [{paths}]) AS "__values"
+            FROM "all_events" WHERE "event_type" = 'impression' AND "context" IS NOT NULL
+        ) AS c"""
     )
+    # Pass 1: what an inferred column holds, and how many values of a declared numeric / boolean do not parse.
+    probes: list[str] = []
+    for name in names:
+        raw, kind = raws[name], features[name]["type"]
+        if kind == INFERRED:
+            probes += [f"COUNT({raw})", f"COUNT(*) FILTER (WHERE LOWER({raw}) IN ('true', 'false'))",
+                       f"COUNT(*) FILTER (WHERE isfinite(TRY_CAST({raw} AS DOUBLE)))"]
+        elif kind != "categorical":
+            probes.append(f"COUNT(*) FILTER (WHERE {raw} IS NOT NULL AND {_typed(raw, kind)} IS NULL)")
+    counts = iter(conn.execute(f'SELECT {", ".join(probes)} FROM "impression_context"').fetchone() if probes else ())
+    kinds: dict[str, str] = {}
+    bad: dict[str, int] = {}
+    for name in names:
+        kind = features[name]["type"]
+        if kind == INFERRED:
+            kind = _inferred_kind(next(counts), next(counts), next(counts))
+        elif kind != "categorical":
+            bad[name] = next(counts)
+        kinds[name] = kind
+    # Pass 2: each typed column's values and distinct values.
+    typed = {name: _typed(raws[name], kinds[name]) for name in names}
+    totals = conn.execute(
+        f'SELECT {", ".join(f"COUNT({typed[n]}), COUNT(DISTINCT {typed[n]})" for n in names)} FROM "impression_context"'
+    ).fetchone()
     warnings: list[str] = []
     kept: dict[str, dict] = {}
     expressions: list[str] = []
-    for name, spec in features.items():
-        raw = f"NULLIF(TRIM(json_extract_string(\"context\", '$.\"{name}\"')), '')"
-        kind = spec["type"]
-        if kind == INFERRED:
-            kind = _infer_type(conn, raw)
-        else:
-            _check_values(conn, name, spec, kind, raw)
-        typed = _typed(raw, kind)
-        non_null, distinct = conn.execute(f'SELECT COUNT({typed}), COUNT(DISTINCT {typed}) FROM "impression_context"').fetchone()
-        record = judge_feature(name, spec, kind, non_null, distinct, max_levels, warnings)
+    for i, name in enumerate(names):  # in the features' order: the first faulty one is the error
+        spec = features[name]
+        if bad.get(name):
+            _raise_bad_value(conn, name, spec, kinds[name], raws[name])
+        record = judge_feature(name, spec, kinds[name], totals[2 * i], totals[2 * i + 1], max_levels, warnings)
         if record is None:
             continue
         kept[name] = record
-        expressions.append(f'{typed} AS "{name}"')
+        expressions.append(f'{_typed("c." + raws[name], kinds[name])} AS "{name}"')
     for message in warnings:
         log.warning("ingest features: %s", message)
     if expressions:
@@ -275,12 +306,8 @@ def _typed(raw: str, kind: str) -> str:
     return raw
 
 
-def _infer_type(conn: duckdb.DuckDBPyConnection, raw: str) -> str:
-    values, booleans, numbers = conn.execute(
-        f"""SELECT COUNT({raw}), COUNT(*) FILTER (WHERE LOWER({raw}) IN ('true', 'false')),
-               COUNT(*) FILTER (WHERE isfinite(TRY_CAST({raw} AS DOUBLE)))
-        FROM "impression_context" """
-    ).fetchone()
+def _inferred_kind(values: int, booleans: int, numbers: int) -> str:
+    """An extra column's type: boolean when every value is true/false, numeric when every value is a number."""
     if values and booleans == values:
         return "boolean"
     if values and numbers == values:
@@ -288,21 +315,17 @@ def _infer_type(conn: duckdb.DuckDBPyConnection, raw: str) -> str:
     return "categorical"
 
 
-def _check_values(conn: duckdb.DuckDBPyConnection, name: str, spec: dict, kind: str, raw: str) -> None:
+def _raise_bad_value(conn: duckdb.DuckDBPyConnection, name: str, spec: dict, kind: str, raw: str) -> None:
     """The first value of a declared numeric / boolean feature that is not of its type: one error."""
-    if kind == "categorical":
-        return
     bad = f"{raw} IS NOT NULL AND {_typed(raw, kind)} IS NULL"
-    row = conn.execute(
+    source_file, row_number, value = conn.execute(
         f'SELECT "source_file", "row_number", {raw} FROM "impression_context" WHERE {bad} ORDER BY 1, 2 LIMIT 1'
     ).fetchone()
-    if row is not None:
-        source_file, row_number, value = row
-        raise InputFileError(
-            f"feature {name!r} is declared {kind} but holds {str(value)[:40]!r}",
-            where=f"{source_file}, row {row_number}, column {spec['source']}",
-            fix=f"fix the value, or declare {name} categorical in the mapping's [features] table",
-        )
+    raise InputFileError(
+        f"feature {name!r} is declared {kind} but holds {str(value)[:40]!r}",
+        where=f"{source_file}, row {row_number}, column {spec['source']}",
+        fix=f"fix the value, or declare {name} categorical in the mapping's [features] table",
+    )
 
 
 # ---------------------------------------------------------------- validation and reading back
