@@ -55,7 +55,10 @@ def _commands(work: Path, threads: int, step_args: list[str]) -> dict[str, list[
     }
 
 
-def run(warehouse: Path, label: str, steps: list[str], threads: int, step_args: list[str], keep: bool) -> list[dict]:
+def run(warehouse: Path, label: str, steps: list[str], threads: int, step_args: list[str], keep: bool,
+        step_extra: dict[str, list[str]] | None = None) -> list[dict]:
+    """Each step on a working copy of ``warehouse`` under ``/usr/bin/time -v``; ``step_extra`` adds
+    options to one step (e.g. ``--slice`` for fit-label-aware)."""
     work = warehouse.parent / f"{warehouse.name}-chain"
     if "fit" in steps or not work.exists():
         shutil.rmtree(work, ignore_errors=True)
@@ -63,6 +66,7 @@ def run(warehouse: Path, label: str, steps: list[str], threads: int, step_args: 
     rows = []
     for step in steps:
         commands = _commands(work, threads, step_args)
+        commands[step] += (step_extra or {}).get(step, [])
         if step == "export" and not (work / "noise.json").is_file():
             commands[step].append("--no-noise")  # noise estimate not run (e.g. measured separately)
         cmd = ["/usr/bin/time", "-v", *CLI, *commands[step]]

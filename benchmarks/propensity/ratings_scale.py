@@ -48,7 +48,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from chain_scale import STEPS, _commands  # noqa: E402
+from chain_scale import STEPS, run  # noqa: E402
 from fit_scale import CLI, _time_v  # noqa: E402
 
 USERS, ITEMS, RATINGS = 15_400, 1_000, 311_704
@@ -196,26 +196,10 @@ def _profiled_ingest(inputs: list[str], warehouse: str, extra: list[str]) -> Non
 
 
 def chain(warehouse: Path, label: str, steps: list[str], slice_file: Path | None, threads: int, step_args: list[str]) -> list[dict]:
-    """The chain as chain_scale.run runs it, on a working copy of ``warehouse``, plus ``--slice``
+    """The chain as chain_scale.run runs it, on a kept working copy of ``warehouse``, plus ``--slice``
     for fit-label-aware."""
-    work = warehouse.parent / f"{warehouse.name}-chain"
-    if "fit" in steps or not work.exists():
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(warehouse, work, ignore=shutil.ignore_patterns("propensity", "noise", "noise.json"))
-    rows = []
-    for step in steps:
-        commands = _commands(work, threads, step_args)
-        if step == "fit-label-aware" and slice_file is not None:
-            commands[step] += ["--slice", str(slice_file)]
-        if step == "export" and not (work / "noise.json").is_file():
-            commands[step].append("--no-noise")
-        row, done = _timed([*CLI, *commands[step]])
-        row = {"label": label, "step": step, "args": commands[step], **row}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if done.returncode:
-            break
-    return rows
+    extra = {"fit-label-aware": ["--slice", str(slice_file)]} if slice_file is not None else None
+    return run(warehouse, label, steps, threads, step_args, keep=True, step_extra=extra)
 
 
 def _save(rows: list[dict], meta: dict | None = None) -> None:
