@@ -33,10 +33,9 @@ def test_user_splits_equal_users_split_exactly_80_10_10_and_kept_users_stay(duck
     assert len(out) == 100 and out[f"x{moved[4:]}"] == "test"
 
 
-def test_impression_resent_with_another_answer_text_is_a_conflict(duck):
-    """Catches the SQL mutant that drops `response_text` from the content comparison of
-    stg_impression_losers (a changed answer under the same exposure_id would be dropped as a
-    harmless repeat instead of rejected as conflicting_impression). Each field differs alone."""
+def _stage_resent_impressions(duck) -> None:
+    """One impression sent four times under exposure x1: the original, then each content field
+    changed alone (answer text, prompt text), then an identical repeat; an empty warehouse."""
     rows = typed([
         impression("x1", event_id="i1"),
         impression("x1", event_id="i1-text", response_text="a different answer"),
@@ -45,6 +44,13 @@ def test_impression_resent_with_another_answer_text_is_a_conflict(duck):
     ])
     make_table(duck, "typed_events", TYPED_TYPES, rows)
     make_table(duck, "warehouse_events", STAGED_TYPES, [])
+
+
+def test_impression_resent_with_another_answer_text_is_a_conflict(duck):
+    """Catches the SQL mutant that drops `response_text` from the content comparison of
+    stg_impression_losers (a changed answer under the same exposure_id would be dropped as a
+    harmless repeat instead of rejected as conflicting_impression). Each field differs alone."""
+    _stage_resent_impressions(duck)
     run_sql(duck, "staging/stg_duplicates", into="duplicates")
     out = {r[2]: r[4] for r in run_sql(duck, "staging/stg_impression_losers").fetchall()}
     assert out == {"i1-text": False, "i1-prompt": False, "i1-same": True}
@@ -70,14 +76,7 @@ def test_one_pass_resolution_compares_every_content_field(duck):
     three-file test above give the same repeat / conflict verdicts."""
     from feedback_etl.ingest import _resolve
 
-    rows = typed([
-        impression("x1", event_id="i1"),
-        impression("x1", event_id="i1-text", response_text="a different answer"),
-        impression("x1", event_id="i1-prompt", prompt_text="a different question"),
-        impression("x1", event_id="i1-same"),
-    ])
-    make_table(duck, "typed_events", TYPED_TYPES, rows)
-    make_table(duck, "warehouse_events", STAGED_TYPES, [])
+    _stage_resent_impressions(duck)
     _resolve(duck)
     out = dict(duck.execute('SELECT "event_id", "same_content" FROM "impression_losers"').fetchall())
     assert out == {"i1-text": False, "i1-prompt": False, "i1-same": True}
