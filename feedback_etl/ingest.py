@@ -7,10 +7,9 @@ the same files, translated, run by Spark in ``feedback_etl.spark_ingest``, and e
 ==========================  ====================================================================
 read                        ``feedback_etl.sources``: files (or a source adapter) -> ``raw_events``
 stg_events_typed            type every row, reason code for those that cannot be accepted
-stg_duplicates              repeated event_ids (rule 1), against the warehouse and within the run
-stg_impression_losers       a second impression of one exposure: repeat or conflict (rule 6)
-stg_orphans                 feedback without an impression (rule 5)
-stg_resolution              the three rules above in one query on key columns (both engines; the three files stay as its reference)
+stg_resolution              rules 1, 5 and 6 in one query on key columns (both engines): repeated event_ids,
+                            feedback without an impression, a second impression (repeat or conflict);
+                            ``sql/reference/`` states each rule in its own file, as the tests' oracle
 late_content                (DuckDB, deferred content) the content of the rows rejected after typing, read again
 stg_new_events              what this run adds to ``WH/events/``
 stg_rejects                 what it adds to ``WH/rejects/``

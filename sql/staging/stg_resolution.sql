@@ -1,6 +1,6 @@
 -- stg_resolution: resolution rules 1, 5 and 6 (duplicates, orphans, impression losers) in one query
 -- over this run's key columns (issue 19), on both engines. It defines the same rows as the three
--- separate files (stg_duplicates, stg_orphans, stg_impression_losers). On Spark, each CTE marked
+-- reference files in sql/reference/ (stg_duplicates, stg_orphans, stg_impression_losers; not run). On Spark, each CTE marked
 -- MATERIALIZED is run first and kept (sql_translate.spark_statements): inlined, it was slower there
 -- than the three files.
 --

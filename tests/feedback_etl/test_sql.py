@@ -156,9 +156,9 @@ def _setup(duck, run_rows: list[dict], warehouse_rows: list[dict] | None = None)
 
 def _run_staging(duck) -> None:
     for name, into in [
-        ("staging/stg_duplicates", "duplicates"),
-        ("staging/stg_impression_losers", "impression_losers"),
-        ("staging/stg_orphans", "orphans"),
+        ("reference/stg_duplicates", "duplicates"),
+        ("reference/stg_impression_losers", "impression_losers"),
+        ("reference/stg_orphans", "orphans"),
         ("staging/stg_new_events", "new_events"),
     ]:
         run_sql(duck, name, into=into)
@@ -170,7 +170,7 @@ def test_stg_duplicates_keeps_warehouse_copy_then_first_in_input_order(duck):
                   feedback("x1", "copy", minutes=1, event_id="b"), feedback("x1", "copy", minutes=1, event_id="old")])
     rows.append({**rows[0], "row_number": 99, "reject_reason": "bad_timestamp"})  # a rejected copy never counts
     _setup(duck, rows, [feedback("x1", "copy", minutes=1, event_id="old")])
-    out = run_sql(duck, "staging/stg_duplicates").fetchall()
+    out = run_sql(duck, "reference/stg_duplicates").fetchall()
     assert sorted(out) == [(0, 3, "b"), (0, 4, "old")]
 
 
@@ -183,8 +183,8 @@ def test_stg_impression_losers_repeat_vs_conflict(duck):
         impression("x4", minutes=0),                        # uncontested
     ])
     _setup(duck, rows, [impression("x2", minutes=0, event_id="i2"), impression("x3", minutes=0, event_id="i3")])
-    run_sql(duck, "staging/stg_duplicates", into="duplicates")
-    out = {r[2]: r[4] for r in run_sql(duck, "staging/stg_impression_losers").fetchall()}
+    run_sql(duck, "reference/stg_duplicates", into="duplicates")
+    out = {r[2]: r[4] for r in run_sql(duck, "reference/stg_impression_losers").fetchall()}
     assert out == {"i1-late": False, "i2-resend": True, "i3-other": False}
 
 
@@ -192,8 +192,8 @@ def test_stg_orphans_only_feedback_without_any_impression(duck):
     rows = typed([impression("x1"), feedback("x1", "thumbs_up", minutes=1), feedback("x2", "thumbs_up", minutes=1),
                   feedback("x3", "copy", minutes=1), feedback("x9", "copy", minutes=1)])
     _setup(duck, rows, [impression("x3")])
-    run_sql(duck, "staging/stg_duplicates", into="duplicates")
-    out = run_sql(duck, "staging/stg_orphans").fetchall()
+    run_sql(duck, "reference/stg_duplicates", into="duplicates")
+    out = run_sql(duck, "reference/stg_orphans").fetchall()
     assert sorted(r[3] for r in out) == ["x2", "x9"]
 
 

@@ -51,8 +51,8 @@ def test_impression_resent_with_another_answer_text_is_a_conflict(duck):
     stg_impression_losers (a changed answer under the same exposure_id would be dropped as a
     harmless repeat instead of rejected as conflicting_impression). Each field differs alone."""
     _stage_resent_impressions(duck)
-    run_sql(duck, "staging/stg_duplicates", into="duplicates")
-    out = {r[2]: r[4] for r in run_sql(duck, "staging/stg_impression_losers").fetchall()}
+    run_sql(duck, "reference/stg_duplicates", into="duplicates")
+    out = {r[2]: r[4] for r in run_sql(duck, "reference/stg_impression_losers").fetchall()}
     assert out == {"i1-text": False, "i1-prompt": False, "i1-same": True}
 
 

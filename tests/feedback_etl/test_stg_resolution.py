@@ -15,11 +15,11 @@ FEEDBACK_TYPES = ("thumbs_up", "thumbs_down", "vote_cleared", "copy", "regenerat
 
 
 def _separate(duck) -> dict[str, set]:
-    run_sql(duck, "staging/stg_duplicates", into="duplicates")
+    run_sql(duck, "reference/stg_duplicates", into="duplicates")
     out = {
         "duplicates": set(duck.execute('SELECT * FROM "duplicates"').fetchall()),
-        "impression_losers": set(run_sql(duck, "staging/stg_impression_losers").fetchall()),
-        "orphans": set(run_sql(duck, "staging/stg_orphans").fetchall()),
+        "impression_losers": set(run_sql(duck, "reference/stg_impression_losers").fetchall()),
+        "orphans": set(run_sql(duck, "reference/stg_orphans").fetchall()),
     }
     duck.execute('DROP TABLE "duplicates"')
     return out

@@ -1,4 +1,7 @@
 -- stg_orphans: this run's feedback events whose exposure has no impression (resolution rule 5).
+-- REFERENCE ONLY: ingest does not run this file. sql/staging/stg_resolution.sql runs rules 1, 5 and 6 in one
+-- query; tests/feedback_etl/test_stg_resolution.py checks that it gives the same rows as the three files here.
+--
 --
 -- Grain: one row per orphan feedback row.   Key: ("file_index", "row_number").
 -- Inputs: "typed_events", "duplicates", "warehouse_events".

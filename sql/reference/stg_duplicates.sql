@@ -1,4 +1,7 @@
 -- stg_duplicates: input rows that repeat an event already kept (resolution rule 1).
+-- REFERENCE ONLY: ingest does not run this file. sql/staging/stg_resolution.sql runs rules 1, 5 and 6 in one
+-- query; tests/feedback_etl/test_stg_resolution.py checks that it gives the same rows as the three files here.
+--
 --
 -- Grain: one row per repeated copy in this run's input.   Key: ("file_index", "row_number").
 -- Inputs: "typed_events" (stg_events_typed), "warehouse_events" (events accepted by earlier runs).

@@ -1,4 +1,7 @@
 -- stg_impression_losers: this run's impressions of an exposure that already has one.
+-- REFERENCE ONLY: ingest does not run this file. sql/staging/stg_resolution.sql runs rules 1, 5 and 6 in one
+-- query; tests/feedback_etl/test_stg_resolution.py checks that it gives the same rows as the three files here.
+--
 --
 -- Grain: one row per losing impression row of this run.   Key: ("file_index", "row_number").
 -- Inputs: "typed_events", "duplicates" (stg_duplicates), "warehouse_events".
