@@ -132,6 +132,31 @@ def test_langfuse_adapter(tmp_path, shape):
     assert run["rejected"]["unparseable_row"] == (1 if shape == "jsonl" else 0)
 
 
+def test_langfuse_export_of_20k_traces_as_one_json_array_ingests_within_256mb(tmp_path):
+    """A JSON-array export is unnested in the select list: the lateral UNNEST ... WITH ORDINALITY it
+    replaced ran out of DuckDB's memory on this 7 MB file at 256MB ("cannot read input: Out of Memory")."""
+    n = 20_000
+    traces = [{"id": f"t{i}", "timestamp": "2026-02-01T09:05:00.000Z", "userId": f"u{i % 97}", "input": "question " * 10,
+               "output": "answer " * 40,
+               "scores": [{"id": f"s{i}", "traceId": f"t{i}", "name": "user-feedback", "value": i % 2,
+                           "timestamp": "2026-02-01T09:06:00.000Z"}] if i % 5 == 0 else []} for i in range(n)]
+    del traces[12_346]["userId"]  # one rejected trace, to check that rows keep their place in the array
+    path = tmp_path / "traces.json"
+    path.write_text(json.dumps(traces))
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[langfuse.scores]\n"user-feedback" = "vote"\n')
+    run = ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), source="langfuse", mapping=str(mapping),
+                              memory_limit="256MB"))
+    assert run["reconciliation"] == {"rows_read": n + n // 5, "accepted": n + n // 5 - 1, "rejected": 1, "duplicates": 0,
+                                     "balanced": True}
+    feedback = read_feedback(tmp_path / "wh")
+    assert feedback.height == n - 1 and int(feedback["observed"].sum()) == n // 5
+    assert feedback.filter(pl.col("exposure_id") == "t12340").select("observed", "label").rows() == [(True, 0)]
+    rejects = read_rejects(tmp_path / "wh")
+    # the adapter numbers its rows trace by trace, each trace's score after it: 12,346 traces and 2,470 scores come first
+    assert rejects.select("reason", "exposure_id", "row_number").rows() == [("missing_field", "t12346", 12_346 + 2_470 + 1)]
+
+
 # ---------------------------------------------------------------- canonical readers and mapping
 
 
