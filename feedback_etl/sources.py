@@ -344,6 +344,15 @@ _SHAPES: dict[tuple[str, int, int], str] = {}
 
 def _parse_document_shape(f: InputFile) -> str:
     try:
+        with f.path.open("rb") as handle:
+            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError as exc:
+        raise InputFileError(f"cannot read file as UTF-8 JSON: {exc}", where=str(f.path)) from exc
+    if head.startswith(b"["):
+        # A JSON Lines file cannot start with an array; DuckDB reads the array itself, element by
+        # element, and says where it is malformed (parsing a 100 MB export in Python took 1 GB).
+        return "array"
+    try:
         doc = json.loads(f.path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(f"cannot read file as UTF-8 JSON: {exc}", where=str(f.path)) from exc
@@ -665,7 +674,16 @@ def _register_records(conn: duckdb.DuckDBPyConnection, files: list[InputFile]) -
     parts = []
     for f in files:
         shape = json_document_shape(f) if f.format == "json" else "jsonl"
-        if shape != "jsonl":
+        if shape == "array":
+            # Streamed by DuckDB's JSON reader, one element per row, in file order (ROW_NUMBER() OVER ()
+            # numbers the scan as it comes): 300,000 traces (100 MB) in 0.5 s and 0.3 GB.
+            parts.append(
+                f"""SELECT {f.index} AS "file_index", {_literal(str(f.path))} AS "source_file", {_literal(f.tag)} AS "file_tag",
+                       CAST(ROW_NUMBER() OVER () AS BIGINT) AS "row_number", CAST("json" AS VARCHAR) AS "record",
+                       TRUE AS "parse_ok"
+                FROM read_json({_engine_literal(f)}, format = 'array', records = false, columns = {{'json': 'JSON'}})"""
+            )
+        elif shape != "jsonl":
             path = "'$.data'" if shape == "data" else "'$'"
             array = (
                 f"CASE WHEN json_type(\"content\") = 'OBJECT' AND {path} = '$' THEN json_array(json(\"content\")) "
@@ -696,8 +714,11 @@ def _create_table(conn: duckdb.DuckDBPyConnection, name: str, select: str, files
     try:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE {_identifier(name)} AS {select}")
     except duckdb.Error as exc:
+        message = str(exc).splitlines()[0]
+        for f in files:  # DuckDB names the link it read; the user knows their own path
+            message = message.replace(str(engine_file(f.path)), str(f.path))
         raise InputFileError(
-            f"cannot read input: {str(exc).splitlines()[0]}",
+            f"cannot read input: {message}",
             where=", ".join(str(f.path) for f in files[:3]) + (" ..." if len(files) > 3 else ""),
             fix="check the files are complete and in the format their suffix says",
         ) from exc

@@ -157,6 +157,17 @@ def test_langfuse_export_of_20k_traces_as_one_json_array_ingests_within_256mb(tm
     assert rejects.select("reason", "exposure_id", "row_number").rows() == [("missing_field", "t12346", 12_346 + 2_470 + 1)]
 
 
+def test_a_truncated_json_array_export_fails_naming_the_users_file_and_writes_nothing(tmp_path):
+    path = tmp_path / "traces.json"
+    path.write_text(json.dumps(LANGFUSE_TRACES)[:-40])  # cut inside the last trace
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[langfuse.scores]\n"user-feedback" = "vote"\n')
+    with pytest.raises(InputFileError, match=r"Malformed JSON in file \"[^\"]*traces\.json\"") as err:
+        ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), source="langfuse", mapping=str(mapping)))
+    assert str(path) in str(err.value) and "causalrm-links" not in str(err.value)
+    assert not (tmp_path / "wh").exists()
+
+
 # ---------------------------------------------------------------- canonical readers and mapping
 
 
