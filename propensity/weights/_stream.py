@@ -104,7 +104,7 @@ def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, 
             SELECT {selected}, {p} AS propensity{embedding}, f."{flag}" AS _observed
             FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {embedding_join}
         """)
-        yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware)
+        yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware, propensity=p, flag=flag)
 
 
 def _list(paths: list[str]) -> str:
@@ -118,10 +118,12 @@ def _quote(text: str) -> str:
 class _Joined:
     """The ``joined`` view of :func:`joined_inputs`: its counts and its rows in batches."""
 
-    def __init__(self, con: Any, *, has_embeddings: bool, label_aware: bool) -> None:
+    def __init__(self, con: Any, *, has_embeddings: bool, label_aware: bool, propensity: str = "s.propensity",
+                 flag: str = "observed") -> None:
         self.con = con
         self.has_embeddings = has_embeddings
         self.label_aware = label_aware
+        self.propensity, self.flag = propensity, flag  # the SQL of p over f and s, the channel's flag column
 
     def check_scores(self, where: str) -> None:
         """Context propensities must lie in (0, 1] (the in-memory export's check)."""
@@ -136,7 +138,22 @@ class _Joined:
                 fix="refit with a clipping floor > 0 (`causalrm propensity fit --clip 0.05`)",
             )
 
+    def totals(self) -> JoinedInputs:
+        """What the weights need before the first batch, without joining every row: the rows per
+        split (the feedback table alone) and the per-split sums of 1/p over the observed rows (an
+        inner join of the observed rows only, so DuckDB builds on them: a join of every row built
+        30M scores into a hash table at 30M exposures and ran past its memory share). Missing
+        propensities and embeddings are counted by :meth:`counts` once a batch shows one."""
+        per_split = self.con.execute("SELECT split, count(*) FROM feedback GROUP BY split").fetchall()
+        sums = dict(self.con.execute(
+            f"SELECT f.split, sum(1.0 / ({self.propensity})) FROM feedback f JOIN scores s ON s.exposure_id = f.exposure_id "
+            f'WHERE f."{self.flag}" GROUP BY f.split').fetchall())
+        return JoinedInputs(n_rows=sum(int(c) for _, c in per_split), missing_propensity=0, missing_sample=[], lacking_embedding=0,
+                            rows_by_split={str(k): int(c) for k, c in per_split},
+                            inverse_propensity_sum={str(k): float(sums.get(k) or 0.0) for k, _ in per_split})
+
     def counts(self) -> JoinedInputs:
+        """Every count over the joined rows (the error path: a batch lacked a propensity or an embedding)."""
         lacking = "count(*) FILTER (WHERE embedding IS NULL)" if self.has_embeddings else "0"
         n, missing, n_lacking = self.con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE propensity IS NULL), {lacking} FROM joined"
@@ -156,6 +173,9 @@ class _Joined:
         exposures; issue 23). Each batch is sorted by exposure_id."""
         self.con.execute("SET preserve_insertion_order = false")
         reader = self.con.sql("SELECT * EXCLUDE (_observed) FROM joined").to_arrow_reader(batch_rows)
-        for batch in reader:
-            if batch.num_rows:
-                yield pl.from_arrow(batch).sort("exposure_id")
+        try:
+            for batch in reader:
+                if batch.num_rows:
+                    yield pl.from_arrow(batch).sort("exposure_id")
+        finally:
+            reader.close()  # a caller that stops early (close()) frees the connection for its next query

@@ -961,16 +961,22 @@ def _write_rows_streamed(
     with joined_inputs(warehouse, files, channel=cfg.channel, label_aware=label_aware,
                        memory_limit_bytes=plan.memory_limit_bytes // 2, schema=schema) as joined:
         joined.check_scores(str(scores_path(warehouse)))
-        counts = joined.counts()
-        if counts.missing_propensity:
-            if label_aware:
-                raise WarehouseError(
-                    f"{counts.missing_propensity:,} of {counts.n_rows:,} exposures have no label-aware propensity",
-                    where="propensity/scores_label_aware.parquet", fix="rerun `causalrm propensity fit-label-aware WH` after the latest ingest",
-                )
-            raise _missing_propensity(counts.missing_propensity, counts.n_rows, counts.missing_sample, cfg.channel)
-        if counts.lacking_embedding:
-            raise _lacking_embeddings(counts.lacking_embedding, counts.n_rows)
+
+        def refuse_missing() -> None:
+            """A batch lacks a propensity or an embedding: count them over every row and refuse (the
+            staging folder is removed, nothing is written)."""
+            counts = joined.counts()
+            if counts.missing_propensity:
+                if label_aware:
+                    raise WarehouseError(
+                        f"{counts.missing_propensity:,} of {counts.n_rows:,} exposures have no label-aware propensity",
+                        where="propensity/scores_label_aware.parquet", fix="rerun `causalrm propensity fit-label-aware WH` after the latest ingest",
+                    )
+                raise _missing_propensity(counts.missing_propensity, counts.n_rows, counts.missing_sample, cfg.channel)
+            if counts.lacking_embedding:
+                raise _lacking_embeddings(counts.lacking_embedding, counts.n_rows)
+
+        counts = joined.totals()
         snips_scale = None
         if cfg.scheme == "snips":
             snips_scale = {s: (counts.rows_by_split[s] / total if total > 0 else 1.0) for s, total in counts.inverse_propensity_sum.items()}
@@ -982,7 +988,11 @@ def _write_rows_streamed(
         embedding_dim: int | None = None
         noise_segments: dict[str, Any] | None = None
         try:
-            for batch in joined.batches(cfg.batch_rows):
+            batches = joined.batches(cfg.batch_rows)
+            for batch in batches:
+                if batch["propensity"].null_count() or ("embedding" in batch.columns and batch["embedding"].null_count()):
+                    batches.close()
+                    refuse_missing()
                 rows = weighted_rows(batch, channel=cfg.channel, scheme=cfg.scheme, clip=cfg.effective_clip, rho01=rho01, rho10=rho10,
                                      snips_scale=snips_scale)
                 del batch
