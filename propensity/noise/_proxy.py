@@ -177,22 +177,61 @@ def _weighted_log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
     return float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum())
 
 
-def _fit_lightgbm(X_fit, y_fit, w_fit, X_val, y_val, w_val, seed: int):
+def _lightgbm_classifier(seed: int):
     import lightgbm as lgb
 
     # Small trees, early-stopped on held-out users: the labels are noisy (flips on top of
     # y ~ Bernoulli(r*)), and an unregularised proxy ranks the tails badly, which is exactly where
     # the anchors come from (benchmarks/noise/README.md, "proxy model"). n_jobs=1: on small shared
     # machines LightGBM's threads fight each other, and one thread is reproducible.
-    model = lgb.LGBMClassifier(
+    return lgb.LGBMClassifier(
         n_estimators=2000, learning_rate=0.05, num_leaves=4, min_child_samples=50,
         colsample_bytree=0.8, random_state=seed, n_jobs=1, verbose=-1,
     )
+
+
+def _fit_lightgbm(X_fit, y_fit, w_fit, X_val, y_val, w_val, seed: int):
+    """The fold's proxy through ``LGBMClassifier.fit`` on copies of its rows (the reference of
+    :func:`_fit_lightgbm_rows`, which the fits use)."""
+    import lightgbm as lgb
+
+    model = _lightgbm_classifier(seed)
     model.fit(
         X_fit, y_fit, sample_weight=w_fit, eval_X=(X_val,), eval_y=(y_val,), eval_sample_weight=[w_val],
         callbacks=[lgb.early_stopping(50, verbose=False)],
     )
     return model
+
+
+class _BoosterProxy:
+    """A LightGBM booster fitted by :func:`_fit_lightgbm_rows`, predicting as ``LGBMClassifier`` does."""
+
+    def __init__(self, booster) -> None:
+        self.booster_, self.best_iteration_ = booster, booster.best_iteration
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = self.booster_.predict(X)  # at the early-stopping round, as LGBMClassifier.predict_proba
+        return np.vstack((1.0 - p, p)).transpose()
+
+
+def _fit_lightgbm_rows(features, fit: np.ndarray, val: np.ndarray, label: np.ndarray, w: np.ndarray, seed: int) -> _BoosterProxy:
+    """:func:`_fit_lightgbm` on ``features``' rows ``fit`` (validation rows ``val``), the same model
+    bit for bit, without holding the fold's copy of its rows while the trees grow: each LightGBM
+    Dataset is built from a copy only it holds, freed once binned (``LGBMClassifier.fit`` keeps its
+    input for the whole fit: 0.8 times the training rows' sparse features, issue 23)."""
+    import lightgbm as lgb
+
+    spec = _lightgbm_classifier(seed)
+    spec._n_classes = 2  # as LGBMClassifier.fit sets it for 0/1 labels; the parameters it then trains with:
+    params = spec._process_params(stage="fit")
+    params["metric"] = [m for m in ([params["metric"]] if isinstance(params["metric"], (str, type(None))) else params["metric"])
+                        if m is not None]
+    train_set = lgb.Dataset(features[fit], label=label[fit], weight=w[fit], params=params)
+    valid_set = lgb.Dataset(features[val], label=label[val], weight=w[val], params=params)
+    booster = lgb.train(params, train_set, num_boost_round=spec.n_estimators, valid_sets=[valid_set], feval=[],
+                        callbacks=[lgb.early_stopping(50, verbose=False)])
+    booster.free_dataset()
+    return _BoosterProxy(booster)
 
 
 def _fit_logistic(X_fit, y_fit, w_fit, X_val, y_val, w_val, X_all, y_all, w_all):
@@ -268,7 +307,7 @@ def fit_proxy_models(
                 )
         w = weight / weight[train].mean()  # mean-1 weights keep LightGBM's min_child_weight meaningful
         if kind == "lightgbm":
-            models[int(k)] = _fit_lightgbm(features[fit], label[fit], w[fit], features[val], label[val], w[val], seed + int(k))
+            models[int(k)] = _fit_lightgbm_rows(features, fit, val, label, w, seed + int(k))
         else:
             models[int(k)] = _fit_logistic(
                 features[fit], label[fit], w[fit], features[val], label[val], w[val], features[train], label[train], w[train]
@@ -284,3 +323,25 @@ def predict_proxy(models: dict[int, object], features: sp.csr_matrix, fold: np.n
         if test.any():
             scores[test] = model.predict_proba(features[test])[:, 1]
     return scores
+
+
+def proxy_sample(n_observed: int, cap: int | None, seed: int) -> np.ndarray | None:
+    """The observed rows that train the fold proxies when there are more than ``cap`` (issue 23: a
+    streamed estimate holds its training rows' features, and at 30M exposures those of every vote
+    are twice its memory budget): sorted positions, among the observed rows in row order, of a
+    seeded uniform sample of exactly ``cap`` of them; None when all ``n_observed`` train.
+
+    Fold k's proxy then trains on the sampled rows outside fold k, a uniform sample of that fold's
+    training rows; every exposure is still scored. The sample depends on ``seed`` and the counts
+    alone (not on batch sizes), so a streamed and an in-memory estimate draw the same rows.
+    """
+    if cap is None or n_observed <= cap:
+        return None
+    return np.sort(np.random.default_rng([seed, 23]).choice(n_observed, cap, replace=False))
+
+
+def training_rows(n_observed: int, sample: np.ndarray | None, seed: int) -> dict:
+    """What trained the proxies, as recorded in noise.json (``proxy.training_rows``)."""
+    used = n_observed if sample is None else int(sample.size)
+    return {"observed": int(n_observed), "used": used, "rate": used / n_observed if n_observed else 1.0,
+            "sampled": sample is not None, "seed": int(seed)}

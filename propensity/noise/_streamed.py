@@ -9,14 +9,17 @@ but only as compact arrays. So:
    distinct texts are numbered in DuckDB and vectorised once; the scans carry each row's text
    number, not its text (:meth:`NoiseInputs.numbered_texts`).
 2. The observed rows train the fold proxies exactly as in memory: each batch becomes its sparse
-   feature rows at once (no text or id string is kept), stacked into one matrix.
+   feature rows at once (no text or id string is kept), stacked into one matrix. When those rows
+   would not fit their share of the budget (:func:`proxy_row_budget`), a seeded uniform sample of
+   them trains the proxies instead (``propensity.noise._proxy.proxy_sample``, recorded in
+   noise.json as ``proxy.training_rows``); every exposure is still scored.
 3. Every exposure is scored in batches sorted by exposure_id; kept per exposure: score, observed,
    label, 1/p, user code and segment code (about 30 bytes). The anchor rates, bootstrap and
    segments then run on those arrays with the in-memory code.
 
-Memory: the observed rows' sparse features (about 12 bytes per non-zero: 1 GB for 3M votes with
-27 non-zeros each) and LightGBM's copy of a fold's rows, one batch, the per-exposure arrays and the
-anchors' sorted copies (about 110 bytes per exposure), the distinct texts, and DuckDB's buffer
+Memory: the training rows' sparse features (about 12 bytes per non-zero: 1 GB for 3M votes with
+27 non-zeros each, hence the sample) and LightGBM's binned copy of a fold's rows, one batch, the
+per-exposure arrays and the anchors' sorted copies (about 110 bytes per exposure), the distinct texts, and DuckDB's buffer
 (half the budget). Issue 23 measured 8.5 GB at 15M exposures before the texts were numbered, the
 feature rows built per batch and the bootstrap cut to the anchors' prefix.
 """
@@ -124,7 +127,7 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
     from feedback_etl.io import feedback_dataset
     from propensity.models.casecontrol import embedding_dim
     from propensity.models.crossfit import assign_user_folds
-    from propensity.noise._proxy import ProxyFeaturizer, fit_proxy_models, predict_proxy
+    from propensity.noise._proxy import ProxyFeaturizer, fit_proxy_models, predict_proxy, proxy_sample, training_rows
     from schemas.errors import EstimationError
 
     anchor = config.method == "anchor"
@@ -139,9 +142,10 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
         if audit is not None:
             cols = ", ".join(f'"{c}"' for c in ["exposure_id", "observed", "label", *([segment] if segment else [])])
             audit_rows = inputs.frame(f"SELECT {cols} FROM feedback WHERE exposure_id IN (SELECT exposure_id FROM audit_ids)")
-        n, missing, bad, min_fold, null_fold = inputs.scalar_rows(
+        n, missing, bad, min_fold, null_fold, n_observed = inputs.scalar_rows(
             "SELECT count(*), count(*) FILTER (WHERE propensity IS NULL), count(*) FILTER (WHERE propensity <= 0), "
-            "coalesce(min(fold), 0), count(*) FILTER (WHERE fold IS NULL) FROM joined")[0]
+            "coalesce(min(fold), 0), count(*) FILTER (WHERE fold IS NULL), count(*) FILTER (WHERE coalesce(observed, false)) "
+            "FROM joined")[0]
         if with_scores and missing:
             from propensity.io import scores_path
 
@@ -182,11 +186,25 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
                 score_columns.append("_text_id")
             del docs
             score_columns += [*numeric, *categorical, *(["embedding"] if use_embeddings else [])]
-            # The observed rows train the fold proxies (the only rows with a label): each batch is turned
-            # into its feature rows at once, so no text or id string of them is held.
+            # The observed rows train the fold proxies (the only rows with a label), all of them or, when
+            # their features would not fit the budget, a seeded uniform sample (proxy_row_budget): each
+            # batch is cut to its sampled rows and turned into feature rows at once, so no text or id
+            # string of them is held.
+            nonzeros = _nonzeros_per_row(inputs, featurizer, text_rows)
+            by_memory = proxy_row_budget(plan["memory_limit_bytes"], nonzeros)
+            cap = by_memory["max_rows"] if config.proxy_rows is None else min(config.proxy_rows, by_memory["max_rows"])
+            plan["proxy"] = {**by_memory, "max_rows_option": config.proxy_rows}
+            sample = proxy_sample(n_observed, cap, config.seed)
             blocks: list = []
             label_parts, weight_parts, fold_parts, user_parts = [], [], [], []
+            at = 0
             for batch in inputs.batches(score_columns, config.batch_rows, where="coalesce(observed, false)", view=view):
+                at += batch.height
+                if sample is not None:
+                    first, last = np.searchsorted(sample, [at - batch.height, at])
+                    if first == last:
+                        continue
+                    batch = batch[sample[first:last] - (at - batch.height)]
                 coded = batch.select("user_id").join(users.select("user_id", "_user", *(["_fold"] if not folds_usable else [])),
                                                      on="user_id", how="left", maintain_order="left")
                 blocks.append(featurizer.transform(batch, text_rows=text_rows))
@@ -195,6 +213,9 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
                 fold_parts.append(batch["fold"].to_numpy() if folds_usable else coded["_fold"].to_numpy())
                 # user codes are in user-id order, so group_folds splits them as it splits the ids
                 user_parts.append(coded["_user"].to_numpy())
+            if at != n_observed:
+                raise WarehouseError(f"the feedback table changed while it was read ({n_observed} observed rows counted, {at} scanned)",
+                                     where=str(warehouse), fix="rerun `causalrm noise estimate` once no ingest is writing the warehouse")
             features = _stack_rows(blocks, len(featurizer.names))
             inputs.release_buffers()
             fold_core = np.concatenate(fold_parts)
@@ -231,9 +252,48 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
         label = frame["label"].fill_null(0).to_numpy()
         # weights 1/p, as estimate_noise_frame computes them
         info = {"model": config.proxy, "n_features": len(featurizer.names), "n_folds": int(len(fold_values)),
-                "auc_observed": float(roc_auc_score(label[observed], score[observed], sample_weight=1.0 / propensity[observed]))}
+                "auc_observed": float(roc_auc_score(label[observed], score[observed], sample_weight=1.0 / propensity[observed])),
+                "training_rows": training_rows(n_observed, sample, config.seed)}
     return estimate_frame(frame, config, propensity=propensity if with_scores else None, audit=audit, custom=custom,
                                 precomputed=(score, info) if anchor else None, audit_rows=audit_rows)
+
+
+# What one observed row that trains the proxies costs while they train: its sparse feature row
+# (8-byte value and 4-byte column per non-zero, 4-byte row pointer) and label, weight, fold and user,
+# the fold's transient copy of it, and LightGBM's binned dataset, gradients and scores. 36 x 27.5
+# non-zeros + 200 = 1,190 bytes: what every vote held through the proxy fits at 15M exposures before
+# the fold copies were freed (4.09 GB, 3.0M votes, issue 23). After (10M exposures, 1.45M sampled
+# votes of 2.0M): 1.88 GB through the fits, about 0.9 KB a row over the rest, so the estimate keeps
+# a quarter in reserve (LightGBM's memory varies with the features' bins).
+PROXY_BYTES_PER_NONZERO = 36
+PROXY_BYTES_PER_ROW = 200
+
+
+def proxy_row_budget(memory_limit_bytes: int, nonzeros_per_row: float) -> dict:
+    """How many observed rows the fold proxies may train on within the budget: the budget less
+    DuckDB's half (its sort buffers are still held while the training rows are read) and the
+    interpreter's base, at ``PROXY_BYTES_PER_NONZERO`` per non-zero feature and
+    ``PROXY_BYTES_PER_ROW`` per row; at least ``MIN_SAMPLE_ROWS``."""
+    from propensity.models.casecontrol import BASE_BYTES, MIN_SAMPLE_ROWS
+
+    budget = max(0, memory_limit_bytes - memory_limit_bytes // 2 - BASE_BYTES)
+    per_row = int(round(PROXY_BYTES_PER_NONZERO * nonzeros_per_row + PROXY_BYTES_PER_ROW))
+    return {"budget_bytes": int(budget), "nonzeros_per_row": round(float(nonzeros_per_row), 2), "bytes_per_row_estimate": per_row,
+            "max_rows": int(max(MIN_SAMPLE_ROWS, budget // per_row))}
+
+
+def _nonzeros_per_row(inputs: NoiseInputs, featurizer, text_rows) -> float:
+    """Mean non-zero features of an observed row (an upper bound for the numeric block): one per
+    numeric and categorical column and embedding dimension, and its response's n-grams."""
+    nonzeros = float(len(featurizer.numeric) + len(featurizer.levels) + featurizer.embedding_dim)
+    if text_rows is not None:
+        counts = inputs.frame("SELECT x.text_id AS i, count(*) AS n FROM feedback f JOIN _texts x ON x.t = coalesce(f.response_text, '') "
+                              "WHERE coalesce(f.observed, false) GROUP BY 1")
+        per_text = np.diff(text_rows.indptr)
+        total = int(counts["n"].sum())
+        if total:
+            nonzeros += float(per_text[counts["i"].to_numpy()] @ counts["n"].to_numpy()) / total
+    return nonzeros
 
 
 def _stack_rows(blocks: list, n_features: int):

@@ -55,7 +55,7 @@ import numpy as np
 import polars as pl
 
 from propensity.diagnostics import INTERVALS, audit_rates, proportion_ci  # noqa: F401  (re-exported)
-from propensity.noise._proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores
+from propensity.noise._proxy import PROXY_MODELS, build_proxy_features, cross_fit_scores, proxy_sample, training_rows
 from propensity.models.crossfit import group_folds
 from propensity.models.custom_features import with_custom_features
 from propensity.io import read_scores, scores_path
@@ -97,9 +97,13 @@ class NoiseConfig:
     seed : seed of folds, proxy model and bootstrap.
     max_rows : feedback rows the estimate may hold in memory (None: what ``memory_limit`` allows). A
         larger table is streamed: the proxy trains on the observed rows and every exposure is scored
-        in batches into compact arrays, with the same estimate (issue 23, ``propensity.noise._streamed``).
+        in batches into compact arrays, with the same estimate (issue 23, ``propensity.noise._streamed``)
+        unless the observed rows' features exceed the budget: the proxies then train on a sample of them.
     memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
     batch_rows : rows per batch when streaming.
+    proxy_rows : at most this many observed rows train the proxies, a seeded uniform sample when
+        there are more (None: all of them in memory; streamed, as many as ``memory_limit`` allows).
+        Every exposure is still scored (``propensity.noise._proxy.proxy_sample``).
     """
 
     channel: str = "vote"
@@ -122,6 +126,7 @@ class NoiseConfig:
     max_rows: int | None = None
     memory_limit: str = "4GB"
     batch_rows: int = 200_000
+    proxy_rows: int | None = None
 
     def __post_init__(self) -> None:
         from propensity.models.casecontrol import parse_memory
@@ -141,6 +146,7 @@ class NoiseConfig:
             (self.proxy in PROXY_MODELS, f"unknown proxy model {self.proxy!r}", f"use one of {', '.join(PROXY_MODELS)}"),
             (self.n_folds >= 2, f"n_folds must be >= 2, got {self.n_folds}", "e.g. 5"),
             (0 < self.max_ci_width <= 1, f"max_ci_width must be in (0, 1], got {self.max_ci_width}", "e.g. 0.15"),
+            (self.proxy_rows is None or self.proxy_rows >= 100, f"proxy_rows must be >= 100, got {self.proxy_rows}", "e.g. 1000000"),
         ]
         for ok, what, fix in checks:
             if not ok:
@@ -571,9 +577,16 @@ def proxy_scores(
         custom=custom,
     )
     log.info("noise proxy: %s on %d features, %d folds, %d observed rows", config.proxy, len(names), len(np.unique(fold)), observed.sum())
-    score = cross_fit_scores(features, observed, label, weight, fold, users, kind=config.proxy, seed=config.seed)
+    n_observed = int(observed.sum())
+    sample = proxy_sample(n_observed, config.proxy_rows, config.seed)
+    train = observed
+    if sample is not None:  # the same rows a streamed estimate samples (positions among the observed rows)
+        train = np.zeros_like(observed)
+        train[np.flatnonzero(observed)[sample]] = True
+    score = cross_fit_scores(features, train, label, weight, fold, users, kind=config.proxy, seed=config.seed)
     auc = float(roc_auc_score(label[observed], score[observed], sample_weight=weight[observed]))
-    return score, {"model": config.proxy, "n_features": len(names), "n_folds": int(len(np.unique(fold))), "auc_observed": auc}
+    return score, {"model": config.proxy, "n_features": len(names), "n_folds": int(len(np.unique(fold))), "auc_observed": auc,
+                   "training_rows": training_rows(n_observed, sample, config.seed)}
 
 
 def estimate_noise_frame(
