@@ -6,18 +6,30 @@ and the randomized slice (the moment equations for gamma). Unobserved organic ex
 their outputs computed: p(x) from the context fit and m(x) from the fold model of their fold. So:
 
 1. **Core pass** (DuckDB, out of core): the rows that are organic votes, solicited, or in the
-   slice file, with their features, sorted by exposure_id; plus the whole table's counts, folds,
-   categorical levels and strata levels (so features and strata codes are those of an in-memory fit).
-2. **Fit** on the core rows exactly as the in-memory fit does on the whole table: the same fold
-   models of m(x) (trained on the same organic votes, with the whole table's categorical levels),
-   the same slice, moment equations, bootstrap and clipping. The estimator's results do not depend
-   on the unobserved rows, so they equal the in-memory fit's (tests/propensity/test_streamed_chain.py).
+   slice file, sorted by exposure_id, read in batches and kept as compact arrays (:class:`CoreRows`:
+   flags, label code, stratum, fold, context propensity; the slice's rows with their ids), plus the
+   features of the rows the outcome model needs; and the whole table's counts, folds, categorical
+   levels and strata levels (so features and strata codes are those of an in-memory fit).
+2. **Fit** on the core rows as the in-memory fit does on the whole table: the same fold models of
+   m(x) (trained on the organic votes of the other folds, with the whole table's categorical
+   levels), the same slice, moment equations, bootstrap and clipping, over compact per-row arrays.
+   The estimator's results do not depend on the unobserved rows, so they equal the in-memory fit's
+   (tests/propensity/test_streamed_chain.py) **unless the votes are sampled** (below).
 3. **Scoring pass**: every exposure, in batches sorted by exposure_id, gets m(x) from its fold's
-   model and the output columns; ``scores_label_aware.parquet`` is written batch by batch.
+   model and the output columns (an organic vote's interval bounds come from the fit, in the same
+   order); ``scores_label_aware.parquet`` is written batch by batch.
 
-Memory: the core rows' features (organic votes plus slice: 2% of the exposures on the public
-ratings data), one batch, and DuckDB's buffer (half the budget, spilling beyond it). It grows with
-the number of votes, not of exposures; the estimator samples nothing (a context refit does, below).
+Memory (:func:`vote_plan`): the interpreter, DuckDB's share (a quarter of the budget, spilling
+beyond it), about :data:`BYTES_PER_CORE_ROW` per core row (organic votes plus slice: 22% of the
+exposures in the simulator, 2% on the public ratings data) and the features of the outcome model's
+training rows. When every core row's features fit, they are all held and nothing is sampled. When
+they do not (or the config's ``max_votes`` is below the votes), the fold models train on a **uniform sample of
+the organic votes** sized from what the budget leaves (a uniform sample is an unbiased training
+set for P(r | x, o=1); each fold's share of it is uniform too), and every core row's m(x) is
+predicted in a second pass over the core rows; the mean-label estimates, the moment equations and
+the bootstrap still see every vote. ``label_aware.json`` records the sample
+(``outcome_model.sampling``) and the plan (``memory.votes``). The per-row arrays grow with the
+number of votes (0.2 KB each): a budget that cannot hold them is exceeded, not refused.
 
 Also covered (issues 17 and 23):
 
@@ -26,7 +38,8 @@ Also covered (issues 17 and 23):
   model reads the columns the context fit read, with the whole table's levels, as in memory;
 * a multi-level label (``--label-column rating``): the column is read with the core rows, the
   multiclass fold models (:func:`propensity.slice.multilevel.fit_multiclass_models`) are fitted on
-  them and score each batch; every observed value is a core row's, so the codes are the same;
+  them and score each batch; every observed value is a core row's, so the codes are the same (its
+  bootstrap keeps replicates x votes bounds, so its memory is not bounded by the vote sample);
 * context scores from ``causalrm propensity score`` (fold -1): every exposure is regrouped by user
   from the users' exposure counts (:func:`user_folds`), the folds ``group_folds`` gives in memory;
 * refitting the context model on organic rows (a context fit that counted solicited votes as
@@ -52,6 +65,10 @@ import polars as pl
 from schemas.errors import WarehouseError
 
 
+# The core rows (module docstring): organic votes, solicited rows, rows of the slice file.
+CORE_WHERE = "coalesce(solicited, false) OR coalesce(observed, false) OR _in_slice_file"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TableFacts:
     """The whole table's counts and levels, from DuckDB aggregates (no rows held)."""
@@ -64,6 +81,8 @@ class TableFacts:
     folds: list[int]
     categorical_levels: dict[str, list[str]]
     strata_levels: list[str]
+    n_votes: int = 0  # organic votes (observed, not solicited)
+    n_core: int = 0  # core rows: organic votes, solicited rows and slice-file rows
 
 
 class StreamedInputs:
@@ -86,15 +105,18 @@ class StreamedInputs:
         return join_side_columns(pl.from_arrow(self.dataset.head(rows, columns=narrow)), self.side_tables)
 
     def facts(self, categorical: tuple[str, ...], strata: str | None) -> TableFacts:
-        n, organic, missing, min_fold, max_fold = self.con.execute(
+        n, organic, missing, min_fold, max_fold, votes, core = self.con.execute(
             "SELECT count(*), count(*) FILTER (WHERE NOT coalesce(solicited, false)), count(*) FILTER (WHERE propensity IS NULL), "
-            "coalesce(min(fold), 0), coalesce(max(fold), 0) FROM joined"
+            "coalesce(min(fold), 0), coalesce(max(fold), 0), "
+            "count(*) FILTER (WHERE coalesce(observed, false) AND NOT coalesce(solicited, false)), "
+            f"count(*) FILTER (WHERE {CORE_WHERE}) FROM joined"
         ).fetchone()
         folds = sorted(int(r[0]) for r in self.con.execute("SELECT DISTINCT fold FROM joined WHERE fold IS NOT NULL").fetchall())
         levels = {c: self._levels(c, nulls=False) for c in categorical}
         strata_levels = self._levels(strata, nulls=True) if strata else ["all"]
         return TableFacts(n_rows=int(n), n_organic=int(organic), missing_context=int(missing), min_fold=int(min_fold),
-                          max_fold=int(max_fold), folds=folds, categorical_levels=levels, strata_levels=strata_levels)
+                          max_fold=int(max_fold), folds=folds, categorical_levels=levels, strata_levels=strata_levels,
+                          n_votes=int(votes), n_core=int(core))
 
     def user_counts(self) -> pl.DataFrame:
         """``user_id`` (sorted as :func:`propensity.models.crossfit.group_folds` sorts them) and ``n``, its exposures."""
@@ -243,3 +265,155 @@ def strata_codes(frame: pl.DataFrame, column: str | None, levels: list[str]) -> 
         return np.zeros(frame.height, dtype=np.int64)
     values = frame[column].cast(pl.Utf8).fill_null("<null>")
     return values.replace_strict(levels, list(range(len(levels))), return_dtype=pl.Int64).to_numpy()
+
+
+# ------------------------------------------------------------------ the core rows, compact (issue 23)
+
+# Bytes held per core row (an organic vote or a slice row) while the estimator runs: its compact
+# arrays (flags, label code, stratum, fold, context propensity: 30 bytes), its outcome m(x) (16), the
+# estimator's peak (137 measured: propensities by label raw and clipped, their interval, the votes'
+# own-label inputs of the bootstrap) and the votes' interval bounds kept for the scoring pass (16).
+# The training rows' features are freed before it runs; the plan counts both, as if held together.
+BYTES_PER_CORE_ROW = 200
+# DuckDB's share of the budget once the core rows are read (it spills beyond it).
+DUCKDB_SHARE = 4
+# The outcome model trains on this many votes at least, whatever the budget.
+MIN_TRAIN_VOTES = 10_000
+# Seed offset of the vote sample's hash draw (independent of the case-control sample's).
+_VOTE_SALT = 0x707E
+
+
+def duckdb_bytes(memory_limit_bytes: int) -> int:
+    """DuckDB's memory limit in the streamed fit's passes after the first: a quarter of the budget."""
+    return int(max(64 * 2**20, memory_limit_bytes // DUCKDB_SHARE))
+
+
+def vote_plan(*, memory_limit_bytes: int, n_core: int, n_votes: int, max_votes: int | None = None,
+              embedding_dim: int = 0) -> dict[str, Any]:
+    """How many organic votes the outcome model may train on, with their features held.
+
+    The budget holds the interpreter (``BASE_BYTES``), DuckDB's share (:func:`duckdb_bytes`), the
+    compact arrays of every core row (:data:`BYTES_PER_CORE_ROW`) and the training rows' features
+    (``BYTES_PER_ROW`` each, as ``propensity fit`` plans them). When every core row's features fit
+    (and ``max_votes`` allows every vote), nothing is sampled: the features of every core row are
+    held, as before. Otherwise the outcome model's fold models train on a uniform sample of
+    ``max_train`` organic votes (:data:`MIN_TRAIN_VOTES` at least) and every row's m(x) is
+    predicted in a second pass.
+    """
+    from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_EMBEDDING_DIM, BYTES_PER_ROW
+
+    per_train = BYTES_PER_ROW + BYTES_PER_EMBEDDING_DIM * embedding_dim
+    free = memory_limit_bytes - BASE_BYTES - duckdb_bytes(memory_limit_bytes) - n_core * BYTES_PER_CORE_ROW
+    by_memory = int(max(MIN_TRAIN_VOTES, free // per_train))
+    cap = by_memory if max_votes is None else min(by_memory, int(max_votes))
+    sampled = n_core > by_memory or n_votes > cap
+    return {"sampled": bool(sampled), "n_votes": int(n_votes), "n_core": int(n_core), "max_train": int(cap),
+            "max_votes_option": max_votes, "free_bytes": int(free), "bytes_per_train_row": int(per_train),
+            "bytes_per_core_row": BYTES_PER_CORE_ROW, "duckdb_bytes": duckdb_bytes(memory_limit_bytes)}
+
+
+@dataclass(kw_only=True)
+class CoreRows:
+    """The core rows as compact arrays, in exposure_id order (issue 23).
+
+    Attributes
+    ----------
+    slice_rows : frame of the core rows that are solicited or in the slice file (exposure_id,
+        solicited, observed, label, the multi-level label column when read, ``_row``: position among
+        the core rows): what the slice is built from.
+    organic, observed, label, value, strata, folds, context : per core row (``value``: the multi-level
+        label column as float64, None for the binary vote).
+    X : the features of the ``held`` rows (positions among the core rows, increasing): every core row
+        when nothing is sampled, else the sampled organic votes.
+    sampling : what was sampled (``label_aware.json`` ``outcome_model.sampling``), None when nothing was.
+    """
+
+    slice_rows: pl.DataFrame
+    organic: np.ndarray
+    observed: np.ndarray
+    label: np.ndarray
+    value: np.ndarray | None
+    strata: np.ndarray
+    folds: np.ndarray
+    context: np.ndarray
+    X: Any
+    held: np.ndarray
+    sampling: dict[str, Any] | None
+
+    @property
+    def n(self) -> int:
+        return len(self.organic)
+
+
+def read_core(inputs: StreamedInputs, *, batch_rows: int, columns: list[str], plan: dict[str, Any], seed: int,
+              strata: str | None, strata_levels: list[str], label_column: str | None, features: Any) -> CoreRows:
+    """The core rows (:data:`CORE_WHERE`), batch by batch, as :class:`CoreRows`; ``features(frame)``
+    builds a feature frame (pandas, fixed levels). Nothing of a batch is kept but its compact arrays,
+    its slice rows and the features of its held rows: every row's when ``plan`` (:func:`vote_plan`)
+    samples nothing, else those of the organic votes whose hash falls under the sample's rate (a
+    little above ``max_train / n_votes``), trimmed at the end to the ``max_train`` lowest hashes:
+    a uniform sample of exactly ``min(max_train, votes)`` votes, whatever the batch order."""
+    import pandas as pd
+
+    from propensity.models.casecontrol import detached
+    from propensity.models.crossfit import _take
+
+    sampled, cap, n_votes = plan["sampled"], plan["max_train"], max(1, plan["n_votes"])
+    # Bernoulli candidates at a rate 5 standard deviations above cap / votes, so that at least cap are drawn.
+    rate = min(1.0, (cap + 5 * np.sqrt(cap) + 10) / n_votes)
+    threshold = np.uint64(min(2**64 - 1, int(rate * 2.0**64)))
+    parts: dict[str, list] = {k: [] for k in ("organic", "observed", "label", "value", "strata", "folds", "context", "held", "hash", "X",
+                                              "slices")}
+    offset = 0
+    slice_columns = ["exposure_id", "solicited", "observed", "label", *([label_column] if label_column else [])]
+    for batch in inputs.batches(batch_rows, [*columns, "_in_slice_file"], where=CORE_WHERE):
+        solicited = batch["solicited"].fill_null(False).to_numpy().astype(bool)
+        organic = ~batch["solicited"].to_numpy().astype(bool)
+        observed = batch["observed"].to_numpy().astype(bool) & organic
+        parts["organic"].append(organic)
+        parts["observed"].append(observed)
+        parts["label"].append(batch["label"].fill_null(0).to_numpy().astype(np.int64))
+        if label_column:
+            parts["value"].append(batch[label_column].cast(pl.Float64).to_numpy())
+        parts["strata"].append(strata_codes(batch, strata, strata_levels))
+        parts["folds"].append(batch["fold"].to_numpy())
+        parts["context"].append(batch["propensity"].to_numpy().astype(np.float64))
+        in_slice = solicited | batch["_in_slice_file"].fill_null(False).to_numpy().astype(bool)
+        if in_slice.any():
+            positions = pl.Series(offset + np.flatnonzero(in_slice), dtype=pl.Int64)
+            parts["slices"].append(detached(batch.filter(pl.Series(in_slice)).select(*slice_columns, _row=positions)))
+        if features is not None:
+            if sampled:
+                hashes = batch["exposure_id"].cast(pl.String).hash(seed=seed + _VOTE_SALT).to_numpy()
+                keep = observed & (hashes < threshold)
+                parts["hash"].append(hashes[keep])
+            else:
+                keep = np.ones(batch.height, dtype=bool)
+            if keep.any():
+                parts["X"].append(features(batch.filter(pl.Series(keep)) if sampled else batch))
+                parts["held"].append(offset + np.flatnonzero(keep))
+        offset += batch.height
+        del batch
+
+    def joined(key: str, dtype: Any) -> np.ndarray:
+        pieces = parts.pop(key, None) or []  # released as they are joined: no second copy of every part held at the end
+        return np.concatenate(pieces) if pieces else np.empty(0, dtype=dtype)
+
+    held = joined("held", np.int64)
+    X = pd.concat(parts["X"], ignore_index=True) if len(parts["X"]) > 1 else (parts["X"][0] if parts["X"] else None)
+    parts["X"].clear()
+    sampling = None
+    if features is not None and sampled:
+        hashes = joined("hash", np.uint64)
+        if len(held) > cap:
+            chosen = np.sort(np.argpartition(hashes, cap - 1)[:cap])  # the cap lowest hashes, in row order
+            held, X = held[chosen], _take(X, chosen).reset_index(drop=True)
+        total = int(sum(int(o.sum()) for o in parts["observed"]))
+        sampling = {"method": "uniform sample of the organic votes (lowest seeded hashes of exposure_id)",
+                    "votes_total": total, "votes_used": int(len(held)), "rate": len(held) / total if total else 1.0,
+                    "seed": int(seed), "max_train": int(cap), "max_votes_option": plan.get("max_votes_option")}
+    slices = pl.concat(parts["slices"]) if parts["slices"] else pl.DataFrame(
+        schema={"exposure_id": pl.String, "solicited": pl.Boolean, "observed": pl.Boolean, "label": pl.Int8, "_row": pl.Int64})
+    return CoreRows(slice_rows=slices, organic=joined("organic", bool), observed=joined("observed", bool), label=joined("label", np.int64),
+                    value=joined("value", np.float64) if label_column else None, strata=joined("strata", np.int64),
+                    folds=joined("folds", np.int32), context=joined("context", np.float64), X=X, held=held, sampling=sampling)

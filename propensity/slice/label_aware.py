@@ -131,6 +131,9 @@ class LabelAwareConfig:
         except a context refit, which is then a case-control fit (close, not equal).
     memory_limit : memory budget (``4GB``, ``512MB``), turned into rows as ``propensity fit`` does.
     batch_rows : rows per batch when streaming.
+    max_votes : organic votes a streamed fit's outcome model may train on (None: what ``memory_limit``
+        leaves once the votes' compact arrays are planned); beyond it the fold models train on a uniform
+        sample of the votes, recorded in ``label_aware.json`` (``outcome_model.sampling``).
     """
 
     channel: str = "vote"
@@ -147,6 +150,7 @@ class LabelAwareConfig:
     max_rows: int | None = None
     memory_limit: str = "4GB"
     batch_rows: int = 200_000
+    max_votes: int | None = None
     # A multi-level label (issue 17): an outcome column such as the ratings source's raw ``rating``
     # (propensity/slice/multilevel.py); "label" is the binary vote.
     label_column: str = "label"
@@ -170,6 +174,7 @@ class LabelAwareConfig:
             (self.refit_context in ("auto", "always", "never"), f"unknown refit_context {self.refit_context!r}", "use auto, always or never"),
             (self.max_rows is None or self.max_rows >= 1, f"max_rows must be >= 1, got {self.max_rows}", "e.g. --max-rows 2000000"),
             (self.batch_rows >= 1, f"batch_rows must be >= 1, got {self.batch_rows}", "e.g. 200000"),
+            (self.max_votes is None or self.max_votes >= 100, f"max_votes must be >= 100, got {self.max_votes}", "e.g. 1000000"),
         ]
         for ok, what, fix in checks:
             if not ok:
@@ -313,6 +318,23 @@ def _percentile(values: np.ndarray, confidence: float, axis: int = 0) -> np.ndar
     return np.nanquantile(values, [alpha, 1 - alpha], axis=axis)
 
 
+class _Votes:
+    """The organic votes' inputs of :func:`estimate_label_aware` (arrays over the votes only): the
+    context propensity, m(x) clipped and normalised once (as :func:`tilted_propensity` does), the
+    stratum and the label code. :meth:`own_propensity` is ``tilted_propensity(...)[i, code_i]``
+    without the (votes x labels) result: the same operations on the same numbers, so the same values."""
+
+    def __init__(self, context: np.ndarray, outcome: np.ndarray, strata: np.ndarray, code: np.ndarray) -> None:
+        m = np.clip(np.asarray(outcome, dtype=np.float64), _M_EPS, 1.0)
+        m /= m.sum(axis=1, keepdims=True)
+        self.context, self.m, self.strata, self.code = np.asarray(context, dtype=np.float64), m, strata, code
+
+    def own_propensity(self, gamma: np.ndarray) -> np.ndarray:
+        """p(x, r) at each vote's own label r (unclipped) for label factors ``gamma`` (n_strata, n_labels)."""
+        z = (self.m * gamma[self.strata]).sum(axis=1)
+        return self.context * z / gamma[self.strata, self.code]
+
+
 def estimate_label_aware(
     *,
     context: np.ndarray,
@@ -357,18 +379,18 @@ def estimate_label_aware(
     strata = np.asarray(strata, dtype=np.int64)
     slice_rows = np.asarray(slice_rows, dtype=np.int64)
     slice_label = np.asarray(slice_label, dtype=np.int64)
-    context = np.where(organic, context, np.nan)
-
-    tilt = fit_tilt(outcome[slice_rows], slice_label, strata[slice_rows], n_strata)
-    raw = tilted_propensity(np.nan_to_num(context, nan=1.0), outcome, tilt, strata)  # NaN context: non-organic rows
-    clipped = np.clip(raw, floor, 1.0)
-    own_raw = raw[np.arange(n), code]
-    value = values[code]
-    context_raw = np.nan_to_num(context, nan=1.0)
+    context_raw = np.nan_to_num(np.where(organic, context, np.nan), nan=1.0)  # NaN context: non-organic rows
     p_context = np.clip(context_raw, floor, 1.0)
 
-    rng = np.random.default_rng([seed, 11])
+    tilt = fit_tilt(outcome[slice_rows], slice_label, strata[slice_rows], n_strata)
+    # The organic votes' inputs, taken once: the replicates and the interval read only these rows and
+    # only their own label's propensity (issue 23: a streamed fit holds millions of votes; every
+    # (rows x labels) matrix is built once, after the bootstrap).
     obs_rows = np.flatnonzero(obs)
+    vote = _Votes(context_raw[obs_rows], outcome[obs_rows], strata[obs_rows], code[obs_rows])
+    value_obs, p_context_obs, all_obs = values[vote.code], p_context[obs_rows], np.ones(len(obs_rows), bool)
+
+    rng = np.random.default_rng([seed, 11])
     slice_strata = strata[slice_rows]
     replicates = np.empty((bootstrap, n_strata, n_labels))
     est_b = {"naive": np.empty(bootstrap), "context_snips": np.empty(bootstrap), "label_aware_snips": np.empty(bootstrap), "slice": np.empty(bootstrap)}
@@ -391,17 +413,18 @@ def estimate_label_aware(
                 est_b[key][b] = np.nan
             continue
         replicates[b] = tilt_b.gamma
-        p_b = np.clip(tilted_propensity(context_raw[obs_rows], outcome[obs_rows], tilt_b, strata[obs_rows])[np.arange(len(obs_rows)), code[obs_rows]], floor, 1.0)
+        p_b = np.clip(vote.own_propensity(tilt_b.gamma), floor, 1.0)
         if own_b is not None:
             own_b[b] = p_b
         w = rng.poisson(1.0, len(obs_rows)).astype(np.float64)
-        est_b["naive"][b] = float((w * value[obs_rows]).sum() / w.sum()) if w.sum() else math.nan
-        est_b["context_snips"][b] = snips(value[obs_rows], np.ones(len(obs_rows), bool), p_context[obs_rows], w)
-        est_b["label_aware_snips"][b] = snips(value[obs_rows], np.ones(len(obs_rows), bool), p_b, w)
+        est_b["naive"][b] = float((w * value_obs).sum() / w.sum()) if w.sum() else math.nan
+        est_b["context_snips"][b] = snips(value_obs, all_obs, p_context_obs, w)
+        est_b["label_aware_snips"][b] = snips(value_obs, all_obs, p_b, w)
         est_b["slice"][b] = float((counts * values[slice_label]).sum() / counts.sum())
+        del p_b, w
     failed = int(np.isnan(replicates[:, 0, 0]).sum())
 
-    interval = np.full((n, n_labels, 2), np.nan)
+    lo = hi = None
     if len(obs_rows) and failed < bootstrap:
         # Only the own-label propensity of an observed row enters a weight; that is the one we bound.
         if own_b is not None:
@@ -412,11 +435,20 @@ def estimate_label_aware(
             for g in (g_lo, g_hi):
                 gamma = tilt.gamma.copy()
                 gamma[:, 1] = g
-                bound = tilted_propensity(context_raw[obs_rows], outcome[obs_rows], LabelTilt(gamma=gamma, converged=True), strata[obs_rows])
-                bounds.append(np.clip(bound[np.arange(len(obs_rows)), code[obs_rows]], floor, 1.0))
+                bounds.append(np.clip(vote.own_propensity(gamma), floor, 1.0))
             lo, hi = np.minimum(*bounds), np.maximum(*bounds)
+            del bounds
+    del own_b, vote, value_obs, p_context_obs, all_obs
+
+    raw = tilted_propensity(context_raw, outcome, tilt, strata)
+    clipped = np.clip(raw, floor, 1.0)
+    own_raw_obs = raw[obs_rows, code[obs_rows]]
+    interval = np.full((n, n_labels, 2), np.nan)
+    if lo is not None:
         interval[obs_rows, code[obs_rows], 0] = lo
         interval[obs_rows, code[obs_rows], 1] = hi
+    del lo, hi
+    value = values[code]
 
     point = {
         "naive": float(value[obs_rows].mean()) if len(obs_rows) else math.nan,
@@ -432,8 +464,8 @@ def estimate_label_aware(
     estimates["n_organic_observed"] = int(obs.sum())
     estimates["n_slice"] = int(len(slice_rows))
     estimates["bootstrap"] = {"replicates": bootstrap, "failed": failed}
-    at_floor = int((own_raw[obs_rows] <= floor).sum())
-    at_one = int((own_raw[obs_rows] > 1.0).sum())
+    at_floor = int((own_raw_obs <= floor).sum())
+    at_one = int((own_raw_obs > 1.0).sum())
     clip_report = {
         "floor": floor, "ceiling": 1.0, "n_observed": int(len(obs_rows)),
         "n_clipped_low": at_floor, "n_clipped_high": at_one,
@@ -948,8 +980,11 @@ class _Rows:
     warnings: list[str]
 
 
-def _prepare_rows(feedback: pl.DataFrame, slice_file: pl.DataFrame | None, cfg: LabelAwareConfig, warehouse: Path) -> _Rows:
-    """The slice and the organic votes of ``feedback``, with the refusals of an unusable slice."""
+def _prepare_rows(feedback: pl.DataFrame, slice_file: pl.DataFrame | None, cfg: LabelAwareConfig, warehouse: Path, *,
+                  rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> _Rows:
+    """The slice and the organic votes of ``feedback``, with the refusals of an unusable slice.
+    ``rows`` (organic, observed, label; a streamed fit's compact core rows): the rows' arrays, when
+    ``feedback`` holds only the rows the slice is built from (solicited rows, slice-file rows)."""
     slice_frame, slice_counts = build_slice(feedback, slice_file)
     warnings: list[str] = []
     if slice_counts.get("file_not_in_warehouse"):
@@ -968,9 +1003,12 @@ def _prepare_rows(feedback: pl.DataFrame, slice_file: pl.DataFrame | None, cfg: 
     if unanswered:
         warnings.append(f"{unanswered:,} of {slice_counts['flagged']:,} solicited exposures went unanswered (response rate "
                         f"{response_rate:.1%}); assumed missing completely at random")
-    organic = ~feedback["solicited"].to_numpy().astype(bool)
-    observed = feedback["observed"].to_numpy().astype(bool) & organic
-    label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
+    if rows is None:
+        organic = ~feedback["solicited"].to_numpy().astype(bool)
+        observed = feedback["observed"].to_numpy().astype(bool) & organic
+        label = feedback["label"].fill_null(0).to_numpy().astype(np.int64)
+    else:
+        organic, observed, label = rows
     if observed.sum() == 0 or label[observed].min() == label[observed].max():
         raise EstimationError(
             f"organic votes hold one class only ({int(observed.sum()):,} votes)", where=str(warehouse / "feedback"),
@@ -1136,10 +1174,19 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
 
     import pyarrow.parquet as pq
 
-    from propensity.models.casecontrol import detached, release_unused_memory
+    from propensity.models.casecontrol import embedding_dim, release_unused_memory
     from propensity.models.custom_features import select_features
     from propensity.models.features import build_features
-    from propensity.slice._label_aware_streamed import check_streamable, strata_codes, streamed_inputs, user_folds
+    from propensity.slice._label_aware_streamed import (
+        CORE_WHERE,
+        check_streamable,
+        duckdb_bytes,
+        read_core,
+        strata_codes,
+        streamed_inputs,
+        user_folds,
+        vote_plan,
+    )
 
     try:
         metrics = read_metrics(warehouse, cfg.channel)
@@ -1185,67 +1232,96 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
             release_unused_memory()  # what the case-control refit freed, before the core rows are read
         elif folds_by_user is not None:
             context_info["folds"] = f"regrouped by user ({n_folds} folds): some context scores had no fold"
-        # The scoring pass sorts every exposure in DuckDB: its share is what this process leaves of the budget.
-        options["memory_limit_bytes"] = _duckdb_share(plan["memory_limit_bytes"])
+        # DuckDB sorts the core rows, then every exposure: its share is what this process leaves of the
+        # budget, and at most a quarter of it (the core rows' compact arrays and the vote sample are planned
+        # with that share, propensity.slice._label_aware_streamed.vote_plan).
+        options["memory_limit_bytes"] = min(_duckdb_share(plan["memory_limit_bytes"]), duckdb_bytes(plan["memory_limit_bytes"]))
         inputs = stack.enter_context(streamed_inputs(warehouse, **options, context_files=context_files, user_folds=folds_by_user))
         if context_files is not None or folds_by_user is not None:
             facts = inputs.facts(categorical, cfg.strata)  # the folds changed
             check_streamable(facts, warehouse=warehouse)
 
-        # 1. the core rows: organic votes, solicited rows, slice-file rows, sorted by exposure_id
+        # 1. the core rows (organic votes, solicited rows, slice-file rows, by exposure_id) as compact
+        # arrays, with the features of the rows the outcome model needs (all, or a uniform sample of the votes)
         needed = ["observed", "label", "solicited", "propensity", "fold", *categorical, *numeric,
                   *([cfg.strata] if cfg.strata else []), *(["embedding"] if context_cfg.use_embeddings and inputs.has_embeddings else []),
                   *([cfg.label_column] if multilevel else [])]
-        core = pl.concat([detached(b) for b in inputs.batches(
-            cfg.batch_rows, needed, where="coalesce(solicited, false) OR coalesce(observed, false) OR _in_slice_file")])
-        prepared = _prepare_rows(core, slice_file, cfg, warehouse)
+        levels = facts.strata_levels
+
+        def features(frame: pl.DataFrame) -> Any:
+            embedding = frame.select("exposure_id", "embedding") if "embedding" in frame.columns else None
+            return build_features(frame, embedding, categorical=categorical, numeric=numeric, levels=facts.categorical_levels)[0]
+
+        votes_plan = vote_plan(memory_limit_bytes=plan["memory_limit_bytes"], n_core=facts.n_core, n_votes=facts.n_votes,
+                               max_votes=cfg.max_votes, embedding_dim=embedding_dim(warehouse) if "embedding" in needed else 0)
+        core = read_core(inputs, batch_rows=cfg.batch_rows, columns=needed, plan=votes_plan, seed=cfg.seed, strata=cfg.strata,
+                         strata_levels=levels, label_column=cfg.label_column if multilevel else None,
+                         features=None if cfg.label_model == "none" else features)
+        votes_plan["sampled"] = core.sampling is not None  # label model none: no features, nothing to sample
+        release_unused_memory()
+        prepared = _prepare_rows(core.slice_rows, slice_file, cfg, warehouse, rows=(core.organic, core.observed, core.label))
         label_values = None
         if multilevel:
             from dataclasses import replace
 
             from propensity.slice.multilevel import labels_from_values
 
-            label, slice_label, label_values = labels_from_values(
-                core[cfg.label_column].cast(pl.Float64).to_numpy(), prepared.observed, cfg.label_column, cfg.slice, prepared.labelled,
-                warehouse)
+            label, slice_label, label_values = labels_from_values(core.value, prepared.observed, cfg.label_column, cfg.slice,
+                                                                  prepared.labelled, warehouse)
             prepared = replace(prepared, label=label, slice_label=slice_label)
-        levels = facts.strata_levels
-        strata = strata_codes(core, cfg.strata, levels)
-        slice_rows = _slice_rows(core, prepared)
+        strata, folds, context = core.strata, core.folds, core.context
+        slice_rows = prepared.labelled.select("exposure_id").join(core.slice_rows.select("exposure_id", "_row"), on="exposure_id",
+                                                                  how="left", maintain_order="left")["_row"].to_numpy().astype(np.int64)
         per_stratum = _check_slice_strata(strata, slice_rows, levels, cfg)
-        embedding = core.select("exposure_id", "embedding") if "embedding" in core.columns else None
-        X, _, _ = build_features(core, embedding, categorical=categorical, numeric=numeric, levels=facts.categorical_levels)
-        folds = core["fold"].to_numpy()
-        context = core["propensity"].to_numpy().astype(np.float64)
         floor = cfg.clip if cfg.clip is not None else float((metrics or {}).get("config", {}).get("clip") or 0.05)
 
-        # 2. the estimator on the core rows (its results do not depend on the other rows)
-        train_rows = np.flatnonzero(prepared.observed)
+        # 2. the outcome model's fold models, on the held rows' organic votes (all, or the sample)
+        held = core.held if cfg.label_model != "none" else np.arange(core.n)
+        train_rows = np.flatnonzero(prepared.observed[held])
         fold_values = np.array(facts.folds)
+        X = core.X
+        core.X = None
         if multilevel:
             from propensity.slice.multilevel import fit_multiclass_models, multiclass_info, predict_multiclass, row_codes
 
-            models = fit_multiclass_models(X, prepared.label, train_rows, folds, fold_values, len(label_values), model=cfg.label_model,
-                                           strata=strata, n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
+            models = fit_multiclass_models(X, prepared.label[held], train_rows, folds[held], fold_values, len(label_values),
+                                           model=cfg.label_model, strata=strata[held], n_strata=len(levels), seed=cfg.seed,
+                                           n_jobs=cfg.n_jobs)
 
             def outcome_of(X_rows: Any, folds_rows: np.ndarray, strata_rows: np.ndarray) -> np.ndarray:
                 return predict_multiclass(models, X_rows, folds_rows, strata_rows)
-
-            outcome = outcome_of(X, folds, strata)
-            outcome_info = multiclass_info(cfg.label_model, len(label_values), outcome[train_rows])
         else:
-            models = fit_outcome_models(X, prepared.label, train_rows, folds, fold_values, model=cfg.label_model,
-                                        strata=strata, n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
+            models = fit_outcome_models(X, prepared.label[held], train_rows, folds[held], fold_values, model=cfg.label_model,
+                                        strata=strata[held], n_strata=len(levels), seed=cfg.seed, n_jobs=cfg.n_jobs)
 
             def outcome_of(X_rows: Any, folds_rows: np.ndarray, strata_rows: np.ndarray) -> np.ndarray:
                 m1 = predict_outcome(models, X_rows, folds_rows, strata_rows)
                 return np.column_stack([1 - m1, m1])
-
-            outcome = outcome_of(X, folds, strata)
-            outcome_info = _outcome_info(cfg.label_model, prepared.label[train_rows], outcome[train_rows, 1])
+        if core.sampling is None:
+            outcome = outcome_of(X, folds, strata)  # every core row's features are held (or none are needed)
+            del X
+        else:
+            # The fold models saw a sample of the votes: every core row's m(x) in a second pass.
+            del X
+            release_unused_memory()
+            outcome = np.empty((core.n, len(label_values) if multilevel else 2))
+            done = 0
+            for batch in inputs.batches(cfg.batch_rows, needed, where=CORE_WHERE):
+                rows = slice(done, done + batch.height)
+                outcome[rows] = outcome_of(features(batch), folds[rows], strata[rows])
+                done += batch.height
+            if done != core.n:
+                raise WarehouseError(f"the feedback table changed during the fit ({done:,} core rows, then {core.n:,})",
+                                     where=str(warehouse / "feedback"), fix="rerun after the ingest ends")
+        votes = np.flatnonzero(prepared.observed)
+        if multilevel:
+            outcome_info = multiclass_info(cfg.label_model, len(label_values), outcome[votes])
+        else:
+            outcome_info = _outcome_info(cfg.label_model, prepared.label[votes], outcome[votes, 1])
+        if core.sampling is not None:
+            outcome_info["sampling"] = core.sampling
         if side_tables:
             outcome_info["side_feature_files"] = [t.path for t in side_tables]
-        del X
         result = estimate_label_aware(
             context=context, outcome=outcome, organic=prepared.organic, observed=prepared.observed,
             label=prepared.label, slice_rows=slice_rows, slice_label=prepared.slice_label, strata=strata, n_strata=len(levels),
@@ -1253,30 +1329,29 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
         )
         del outcome
         result.estimates["n_organic"] = facts.n_organic  # the estimator saw the core rows; this count is the table's
-        own = np.where(prepared.observed, prepared.label, 0)
-        index = np.arange(core.height)
-        intervals = pl.DataFrame({
-            "exposure_id": core["exposure_id"],
-            "_lo": np.where(prepared.observed, result.interval_by_label[index, own, 0], np.nan),
-            "_hi": np.where(prepared.observed, result.interval_by_label[index, own, 1], np.nan),
-        }).filter(pl.Series(prepared.observed))
-        votes = core.select("exposure_id", "observed", "label")
-        report = _report(cfg, result, prepared, levels, per_stratum, strata[slice_rows], votes, context_info, outcome_info, floor,
-                         started, memory={**plan, "core_rows": core.height,
-                                          "note": "the estimator ran on the organic votes and the slice rows; every exposure was "
-                                                  "scored in batches of batch_rows"},
+        # The organic votes' interval bounds, in exposure_id order: the scoring pass reads its votes in that order.
+        own = prepared.label[votes]
+        vote_lo = result.interval_by_label[votes, own, 0]
+        vote_hi = result.interval_by_label[votes, own, 1]
+        report = _report(cfg, result, prepared, levels, per_stratum, strata[slice_rows], core.slice_rows.drop("_row"), context_info,
+                         outcome_info, floor, started,
+                         memory={**plan, "core_rows": core.n, "votes": votes_plan,
+                                 "note": "the estimator ran on the organic votes and the slice rows, held as compact arrays; every "
+                                         "exposure was scored in batches of batch_rows"},
                          label_values=label_values)
-        del core
+        result = _without_row_arrays(result)
+        del core, context, strata, folds, votes, own
+        release_unused_memory()
 
         # 3. scoring pass: every exposure, sorted by exposure_id, written batch by batch
         first: list[pl.DataFrame] = []
+        cursor = [0]
 
         def write(path: Path) -> None:
             writer = None
             try:
                 for batch in inputs.batches(cfg.batch_rows, needed):
-                    embedding = batch.select("exposure_id", "embedding") if "embedding" in batch.columns else None
-                    X_b, _, _ = build_features(batch, embedding, categorical=categorical, numeric=numeric, levels=facts.categorical_levels)
+                    X_b = features(batch) if cfg.label_model != "none" else None
                     strata_b = strata_codes(batch, cfg.strata, levels)
                     folds_b = batch["fold"].to_numpy()
                     outcome_b = outcome_of(X_b, folds_b, strata_b)
@@ -1291,10 +1366,13 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
                                  response_rate=prepared.response_rate, warnings=[])
                     context_b = batch["propensity"].to_numpy().astype(np.float64)
                     raw = tilted_propensity(np.nan_to_num(np.where(organic, context_b, np.nan), nan=1.0), outcome_b, result.tilt, strata_b)
-                    bounds = batch.select("exposure_id").join(intervals, on="exposure_id", how="left", maintain_order="left")
+                    n_obs = int(observed.sum())
+                    lo, hi = np.full(batch.height, np.nan), np.full(batch.height, np.nan)
+                    lo[observed] = vote_lo[cursor[0]:cursor[0] + n_obs]
+                    hi[observed] = vote_hi[cursor[0]:cursor[0] + n_obs]
+                    cursor[0] += n_obs
                     out = _score_rows(batch["exposure_id"], rows, np.where(organic, context_b, np.nan), np.clip(raw, floor, 1.0), raw,
-                                      None, folds_b, floor=floor, channel=cfg.channel, multilevel=multilevel,
-                                      lo_hi=(bounds["_lo"].fill_null(np.nan).to_numpy(), bounds["_hi"].fill_null(np.nan).to_numpy()))
+                                      None, folds_b, floor=floor, channel=cfg.channel, multilevel=multilevel, lo_hi=(lo, hi))
                     table = out.to_arrow(compat_level=pl.CompatLevel.oldest())
                     if writer is None:
                         writer = pq.ParquetWriter(path, table.schema, compression="zstd")
@@ -1303,9 +1381,21 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
             finally:
                 if writer is not None:
                     writer.close()
+            if cursor[0] != len(vote_lo):
+                raise WarehouseError(f"the feedback table changed during the fit ({len(vote_lo):,} organic votes, then {cursor[0]:,})",
+                                     where=str(warehouse / "feedback"), fix="rerun after the ingest ends")
 
         _write_atomic(label_aware_scores_path(warehouse), write)
     return _write_outputs(warehouse, cfg, first[0] if first else pl.DataFrame(), report, prepared.slice_frame, result)
+
+
+def _without_row_arrays(result: LabelAwareEstimate) -> LabelAwareEstimate:
+    """``result`` without its per-row arrays (a streamed fit keeps the tilt and the estimates only)."""
+    from dataclasses import replace
+
+    n_labels = result.propensity_by_label.shape[1]
+    return replace(result, propensity_by_label=np.empty((0, n_labels)), propensity_by_label_raw=np.empty((0, n_labels)),
+                   interval_by_label=np.empty((0, n_labels, 2)))
 
 
 # The refit's scores feed the tilt unclipped, as an in-memory refit's calibrated scores do; the
