@@ -283,22 +283,31 @@ def anchor_rates(
     if n == 0 or not observed.any():
         raise IdentifiabilityError("no observed rows, so no anchor can carry a label", where=where, fix="check the channel and the warehouse")
     # Stable sorts on (score, position): ties are broken the same way in every run. Only the sorted
-    # arrays are kept (a streamed estimate has tens of millions of exposures, issue 23).
+    # arrays are kept, one side built and its order freed before the other side is sorted (a streamed
+    # estimate has tens of millions of exposures, issue 23): about 70 bytes per exposure at the peak.
     score = np.asarray(score, dtype=np.float64)
-    top_order = np.argsort(-score, kind="stable")
-    bottom_order = np.argsort(score, kind="stable")
     user_index, n_users = _user_index(user)
     # exposures per user: sum(m) of a replicate is counts @ user_sizes (integers, so exactly cumsum(m)[-1])
     user_sizes = np.bincount(user_index, minlength=n_users).astype(np.float64)
     index_type = np.int32 if n_users < np.iinfo(np.int32).max else np.int64
-    user_top, user_bottom = user_index[top_order].astype(index_type), user_index[bottom_order].astype(index_type)
+    user_index = user_index.astype(index_type, copy=False)
+    weight, label = np.asarray(weight, dtype=np.float64), np.asarray(label)
+
+    def sorted_side(order: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        # obs stays bool (its cumulative sums are integers either way); w = 1/p and wy = w * r on
+        # observed rows, 0 elsewhere, the same products as on the unsorted arrays
+        obs = observed[order]
+        unobserved = ~obs
+        w = weight[order]
+        np.putmask(w, unobserved, 0.0)
+        wy = label[order].astype(np.float64)
+        np.putmask(wy, unobserved, 0.0)
+        np.multiply(w, wy, out=wy)
+        return (obs, wy, w), user_index[order]
+
+    top_arrays, user_top = sorted_side(np.argsort(-score, kind="stable"))
+    bottom_arrays, user_bottom = sorted_side(np.argsort(score, kind="stable"))
     del user_index
-    w = np.where(observed, np.asarray(weight, dtype=np.float64), 0.0)
-    wy = w * np.where(observed, np.asarray(label, dtype=np.float64), 0.0)
-    obs = observed.astype(np.float64)
-    top_arrays = (obs[top_order], wy[top_order], w[top_order])
-    bottom_arrays = (obs[bottom_order], wy[bottom_order], w[bottom_order])
-    del w, wy, obs, top_order, bottom_order
     params = {"quantile": quantile, "min_anchors": min_anchors, "min_quantile": min_quantile}
     top = _side_point(*top_arrays, **params)
     bottom = _side_point(*bottom_arrays, **params)
@@ -363,6 +372,12 @@ def anchor_sets(score: np.ndarray, n_top: int, n_bottom: int) -> tuple[np.ndarra
 
 def _user_index(user: np.ndarray) -> tuple[np.ndarray, int]:
     user = np.asarray(user)
+    if np.issubdtype(user.dtype, np.integer) and user.size and user.min() == 0 and user.max() < user.size:
+        # Dense codes 0..n_users-1, every one present (a streamed estimate's): they are their own
+        # index, as np.unique would return it, without its sort.
+        n_users = int(user.max()) + 1
+        if np.bincount(user, minlength=n_users).all():
+            return user, n_users
     # Integer user codes (a streamed estimate's, issue 23) are already in user-id order.
     _, index = np.unique(user if np.issubdtype(user.dtype, np.integer) else user.astype(str), return_inverse=True)
     return index, int(index.max()) + 1 if index.size else 0

@@ -106,6 +106,24 @@ def test_bootstrap_is_seeded():
     assert a == b
 
 
+def test_user_codes_strings_and_sparse_ids_give_the_same_bootstrap():
+    # dense integer codes skip np.unique's sort (a streamed estimate's users); the bootstrap must
+    # resample the same users in the same order as from their ids, and the unweighted, unlabelled
+    # parts of unobserved rows (inf weights, any label) must not leak into the rates
+    rng = np.random.default_rng(5)
+    n = 3000
+    score, observed = rng.random(n), rng.random(n) < 0.3
+    label = np.where(observed, (rng.random(n) < score).astype(float), np.nan)
+    weight = np.where(observed, 1 / rng.uniform(0.2, 0.9, n), np.inf)
+    codes = rng.integers(0, 150, n)
+    codes = np.unique(codes, return_inverse=True)[1].astype(np.int32)  # every code 0..n_users-1 present
+    kw = {"quantile": 0.9, "min_anchors": 30, "n_bootstrap": 40, "seed": 1}
+    dense = anchor_rates(score, observed, label, weight, codes, **kw)
+    assert dense == anchor_rates(score, observed, label, weight, np.array([f"u{c:04d}" for c in codes]), **kw)
+    assert dense == anchor_rates(score, observed, label, weight, codes.astype(np.int64) * 7 + 3, **kw)
+    assert all(math.isfinite(dense[k]) for k in ("rho01", "rho10"))
+
+
 # ------------------------------------------------------------------------------------ audit
 
 
