@@ -558,8 +558,9 @@ def propensity_fit_label_aware(
     threads: Annotated[Optional[int], typer.Option(min=1, help="LightGBM threads (default: all cores).")] = None,
     n_jobs: Annotated[Optional[int], typer.Option("--n-jobs", hidden=True, help="Deprecated: --threads.")] = None,
     label_column: Annotated[str, typer.Option(help="Label the selection depends on: label (the binary vote) or a multi-level outcome column, e.g. rating (kept by --source ratings; the --slice file then needs a rating column). Weights stay per exposure (docs/slice.md).")] = "label",
-    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the fit may hold in memory (default: what --memory-limit allows). A larger table is fitted on its organic votes and slice rows and scored in batches, with the same results (docs/propensity-memory.md).")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the fit may hold in memory (default: what --memory-limit allows). A larger table is fitted on its organic votes and slice rows and scored in batches: the same results while every vote's features fit the budget, else see --max-votes (docs/propensity-memory.md).")] = None,
     memory_limit: Annotated[str, typer.Option(help="Memory budget of the fit (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
+    max_votes: Annotated[Optional[int], typer.Option(min=100, help="Organic votes a streamed fit's outcome model may train on (default: what --memory-limit leaves). Beyond it the fold models train on a seeded uniform sample of the votes; every vote still enters the estimates; recorded as outcome_model.sampling in label_aware.json.")] = None,
 ) -> None:
     """Label-aware propensities P(feedback | exposure, label) from a randomized slice; writes
     WH/propensity/scores_label_aware.parquet, label_aware.json and slice.parquet."""
@@ -570,7 +571,7 @@ def propensity_fit_label_aware(
     try:
         cfg = LabelAwareConfig(slice=str(slice_file) if slice_file else None, label_model=label_model.value, strata=strata,
                                bootstrap=bootstrap, clip=clip, min_slice=min_slice, seed=seed, n_jobs=threads or n_jobs or 0,
-                               label_column=label_column, max_rows=max_rows, memory_limit=memory_limit)
+                               label_column=label_column, max_rows=max_rows, memory_limit=memory_limit, max_votes=max_votes)
         result = fit_label_aware(warehouse, cfg)
     except CausalRMError as exc:
         _fail(exc)
@@ -590,6 +591,10 @@ def propensity_fit_label_aware(
     else:
         out.print(f"slice: {r['slice']['labelled']:,} labelled exposures; label factor P(vote | x, up) / P(vote | x, down) = {factors}",
                   highlight=False, soft_wrap=True)
+    sampling = (r.get("outcome_model") or {}).get("sampling")
+    if sampling:
+        out.print(f"outcome model trained on a uniform sample of {sampling['votes_used']:,} of {sampling['votes_total']:,} votes "
+                  f"(--max-votes / --memory-limit); every vote enters the estimates", highlight=False, soft_wrap=True)
     out.print(f"mean label: naive {fmt('naive')}, context SNIPS {fmt('context_snips')}, label-aware SNIPS {fmt('label_aware_snips')}, "
               f"slice {fmt('slice')}", highlight=False, soft_wrap=True)
     noise = r.get("noise_from_slice")
@@ -622,8 +627,9 @@ def noise_estimate(
     embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Give the proxy WH/embeddings when `causalrm embed` has produced them.")] = True,
     max_ci_width: Annotated[float, typer.Option(help="Warn when an interval is wider than this.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of folds, proxy model and bootstrap.")] = 0,
-    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the estimate may hold in memory (default: what --memory-limit allows). A larger table is streamed: the proxy trains on the observed rows, every exposure is scored in batches; same estimate (docs/propensity-memory.md).")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(min=1, help="Feedback rows the estimate may hold in memory (default: what --memory-limit allows). A larger table is streamed: the proxy trains on the observed rows, every exposure is scored in batches; the same estimate while the observed rows' features fit the budget, else see --proxy-rows (docs/propensity-memory.md).")] = None,
     memory_limit: Annotated[str, typer.Option(help="Memory budget of the estimate (e.g. 4GB, 512MB), as for `propensity fit`; sets the default --max-rows.")] = "4GB",
+    proxy_rows: Annotated[Optional[int], typer.Option(min=100, help="Observed rows the proxy models may train on (default: all of them in memory; streamed, what --memory-limit allows). Beyond it a seeded uniform sample trains them; every exposure is still scored; recorded as proxy.training_rows in noise.json.")] = None,
 ) -> None:
     """Estimate flip rates rho01 = P(r=0 | r*=1), rho10 = P(r=1 | r*=0) with intervals; writes WH/noise.json."""
     from propensity.noise.estimate import NoiseConfig, estimate_noise, noise_path
@@ -634,6 +640,7 @@ def noise_estimate(
             min_quantile=min_quantile, segment_by=_value(segment_by), bootstrap=bootstrap, confidence=confidence, interval=interval.value,
             use_weights=not no_weights, proxy=proxy.value, n_folds=folds, text_features=not no_text,
             use_embeddings=embeddings, max_ci_width=max_ci_width, seed=seed, max_rows=max_rows, memory_limit=memory_limit,
+            proxy_rows=proxy_rows,
         )
         result = estimate_noise(warehouse, cfg)
     except CausalRMError as exc:
@@ -651,6 +658,10 @@ def noise_estimate(
         f"rho10 {result['rho10']:.3f} [{lo10:.3f}, {hi10:.3f}] ({detail}); wrote {noise_path(warehouse, channel.value)}",
         highlight=False, soft_wrap=True,
     )
+    trained = (result.get("proxy") or {}).get("training_rows") or {}
+    if trained.get("sampled"):
+        out.print(f"proxy trained on a uniform sample of {trained['used']:,} of {trained['observed']:,} votes "
+                  f"(--proxy-rows / --memory-limit); every exposure scored", highlight=False, soft_wrap=True)
     if result.get("comparison"):
         d = result["comparison"]["distance"]
         a = result["comparison"]["audit"]

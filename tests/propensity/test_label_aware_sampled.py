@@ -194,3 +194,19 @@ def test_sampled_multilevel_fit_trains_on_the_sample_and_weights_every_rated_row
     assert sampled["outcome_model"]["n_labels"] == 5 and sampled["estimates"]["n_organic_observed"] == n_votes
     e_a, e_b = full["estimates"]["label_aware_snips"], sampled["estimates"]["label_aware_snips"]
     assert abs(e_b["estimate"] - e_a["estimate"]) < (e_a["ci"][1] - e_a["ci"][0]) / 2
+
+
+def test_cli_max_votes_option_samples_and_says_so(fits: dict, mnar: dict, tmp_path: Path) -> None:  # noqa: F811
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    wh = tmp_path / "wh"
+    shutil.copytree(mnar["wh"], wh)
+    args = ["propensity", "fit-label-aware", str(wh), "--slice", str(mnar["root"] / "logs" / "slice.parquet"), "--bootstrap", "20",
+            "--threads", "1", "--max-rows", "1000", "--max-votes", str(fits["used"])]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    assert f"uniform sample of {fits['used']:,} of {fits['n_votes']:,} votes" in run.output.replace("\n", " ")
+    report = __import__("json").loads((wh / "propensity" / "label_aware.json").read_text())
+    assert report["outcome_model"]["sampling"]["votes_used"] == fits["used"]

@@ -170,3 +170,18 @@ def test_fold_fit_from_row_masks_equals_the_lgbmclassifier_fit_bit_for_bit() -> 
     rows = proxy._fit_lightgbm_rows(X, fit, val, y, w, 3)
     assert 10 < rows.best_iteration_ == reference.best_iteration_ < 2000
     np.testing.assert_array_equal(rows.predict_proba(X), reference.predict_proba(X))
+
+
+def test_cli_proxy_rows_option_samples_and_says_so(wh: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+    from propensity.noise.estimate import read_noise
+
+    run = CliRunner().invoke(app, ["noise", "estimate", str(wh), "--proxy-rows", str(PROXY_ROWS), "--bootstrap", "20", "--min-anchors", "100"])
+    assert run.exit_code == 0, run.output
+    assert f"uniform sample of {PROXY_ROWS:,} of" in run.output.replace("\n", " ")
+    recorded = read_noise(wh)["proxy"]["training_rows"]
+    assert recorded["used"] == PROXY_ROWS and recorded["sampled"] is True
+    refused = CliRunner().invoke(app, ["noise", "estimate", str(wh), "--proxy-rows", "10"])
+    assert refused.exit_code != 0 and "--proxy-rows" in refused.output
