@@ -24,6 +24,7 @@ from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware, read
 from schemas.errors import ConfigError
 from tests.propensity.test_label_aware import mnar  # noqa: F401  (the shared simulated warehouse)
 from tests.propensity.test_multilevel_label import rated  # noqa: F401  (a simulated warehouse with a 1-5 rating)
+from tests.propensity.test_streamed_chain import _close
 
 STREAMED = {"max_rows": 1, "batch_rows": 997}
 
@@ -99,17 +100,6 @@ def test_second_pass_with_every_vote_equals_the_unsampled_fit(fits: dict, mnar: 
         assert _close(result.report[key], full.report[key]), key
     assert_frame_equal(read_label_aware_scores(fits["full"][0]), read_label_aware_scores(tmp_path / "wh"),
                        check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
-
-
-def _close(x, y) -> bool:
-    """Nested dicts / lists equal, floats to a relative 1e-12."""
-    if isinstance(x, dict):
-        return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
-    if isinstance(x, list):
-        return len(x) == len(y) and all(_close(u, v) for u, v in zip(x, y))
-    if isinstance(x, float) and isinstance(y, float):
-        return x == pytest.approx(y, rel=1e-12, abs=1e-15) or (np.isnan(x) and np.isnan(y))
-    return x == y
 
 
 def _core(wh: Path, cap: int, n_votes: int, *, seed: int = 0, batch_rows: int = 997) -> streamed.CoreRows:
