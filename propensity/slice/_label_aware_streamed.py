@@ -98,20 +98,28 @@ class StreamedInputs:
         self.side_warnings = list(side_warnings or [])  # the side files' key checks, as join_entity_features words them
 
     def head(self, rows: int = 10_000) -> pl.DataFrame:
-        """The feedback table's first rows with the side files' columns (what ``select_features`` looks at)."""
+        """The feedback table's first rows with the side files' columns (what ``select_features`` looks at),
+        read without pyarrow's row-group buffering (1.2 GB for 1M-row row groups otherwise, issue 23)."""
+        from propensity.models.casecontrol import _head
         from propensity.models.entity_features import join_side_columns
 
-        narrow = [c for c in self.columns if c not in ("prompt_text", "response_text")]
-        return join_side_columns(pl.from_arrow(self.dataset.head(rows, columns=narrow)), self.side_tables)
+        return join_side_columns(pl.from_arrow(_head(self.dataset, rows)), self.side_tables)
 
     def facts(self, categorical: tuple[str, ...], strata: str | None) -> TableFacts:
-        n, organic, missing, min_fold, max_fold, votes, core = self.con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE NOT coalesce(solicited, false)), count(*) FILTER (WHERE propensity IS NULL), "
-            "coalesce(min(fold), 0), coalesce(max(fold), 0), "
+        """Counts and levels. Only what needs the context scores (missing propensities, folds) reads
+        ``joined``, in one pass; the rest reads the feedback table alone (``own``): ``joined`` is a
+        left join on exposure_id with one score row per exposure, so it has the same rows, and each
+        query over it built a hash table of every score (2 GB at 30M exposures)."""
+        n, organic, votes, core = self.con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE NOT coalesce(solicited, false)), "
             "count(*) FILTER (WHERE coalesce(observed, false) AND NOT coalesce(solicited, false)), "
-            f"count(*) FILTER (WHERE {CORE_WHERE}) FROM joined"
-        ).fetchone()
-        folds = sorted(int(r[0]) for r in self.con.execute("SELECT DISTINCT fold FROM joined WHERE fold IS NOT NULL").fetchall())
+            f"count(*) FILTER (WHERE {CORE_WHERE}) FROM own"
+        ).fetchall()[0]
+        missing, min_fold, max_fold, folds = self.con.execute(
+            "SELECT count(*) FILTER (WHERE propensity IS NULL), coalesce(min(fold), 0), coalesce(max(fold), 0), "
+            "list(DISTINCT fold) FILTER (WHERE fold IS NOT NULL) FROM joined"
+        ).fetchall()[0]
+        folds = sorted(int(f) for f in folds or [])
         levels = {c: self._levels(c, nulls=False) for c in categorical}
         strata_levels = self._levels(strata, nulls=True) if strata else ["all"]
         return TableFacts(n_rows=int(n), n_organic=int(organic), missing_context=int(missing), min_fold=int(min_fold),
@@ -126,7 +134,8 @@ class StreamedInputs:
 
     def _levels(self, column: str, *, nulls: bool) -> list[str]:
         """Sorted distinct values of ``column`` as polars casts them to strings ("<null>" for null when ``nulls``)."""
-        values = pl.from_arrow(self.con.sql(f'SELECT DISTINCT "{column}" AS v FROM joined').to_arrow_table())["v"]
+        source = "own" if column in self.columns else "joined"  # a side file's column is joined in
+        values = pl.from_arrow(self.con.sql(f'SELECT DISTINCT "{column}" AS v FROM {source}').to_arrow_table())["v"]
         values = values.cast(pl.Utf8)
         values = values.fill_null("<null>") if nulls else values.drop_nulls()
         return sorted(set(values.to_list()))
@@ -198,6 +207,7 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
         if slice_ids is not None and slice_ids.height:
             con.register("slice_ids", slice_ids.select("exposure_id").to_arrow())
             in_slice = "f.exposure_id IN (SELECT exposure_id FROM slice_ids)"
+        con.execute(f"CREATE TEMP VIEW own AS SELECT f.*, {in_slice} AS _in_slice_file FROM feedback f")
         con.execute(f"""
             CREATE TEMP VIEW joined AS
             SELECT f.*, s.propensity, {fold} AS fold{extra}, {in_slice} AS _in_slice_file

@@ -1209,6 +1209,7 @@ def _fit_label_aware_streamed(warehouse: Path, cfg: LabelAwareConfig, plan: dict
         # The feedback table's own columns (texts aside): the joined score / fold / slice columns are no features.
         categorical, numeric = select_features(head, context_cfg.features, context_cfg.exclude_features)
         del head
+        release_unused_memory()  # the head's Arrow pages, before DuckDB takes its share for the facts
         facts = inputs.facts(categorical, cfg.strata)
         check_streamable(facts, warehouse=warehouse)
         has_solicited = facts.n_organic < facts.n_rows
