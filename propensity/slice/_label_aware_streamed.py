@@ -207,11 +207,12 @@ def streamed_inputs(warehouse: Path, *, channel: str, embeddings: bool, slice_id
         if slice_ids is not None and slice_ids.height:
             con.register("slice_ids", slice_ids.select("exposure_id").to_arrow())
             in_slice = "f.exposure_id IN (SELECT exposure_id FROM slice_ids)"
+        # own: the feedback rows alone (the table facts that need no score read it); joined: with the scores
         con.execute(f"CREATE TEMP VIEW own AS SELECT f.*, {in_slice} AS _in_slice_file FROM feedback f")
         con.execute(f"""
             CREATE TEMP VIEW joined AS
-            SELECT f.*, s.propensity, {fold} AS fold{extra}, {in_slice} AS _in_slice_file
-            FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins} {fold_join}
+            SELECT f.*, s.propensity, {fold} AS fold{extra}
+            FROM own f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {joins} {fold_join}
         """)
         yield StreamedInputs(con, list(dataset.schema.names), has_embeddings=bool(embedding_files), dataset=dataset,
                              side_tables=side_tables, side_warnings=side_warnings)

@@ -9,6 +9,7 @@ fit; ``max_votes`` forces the sample (30% of the votes) where a small table woul
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -198,5 +199,5 @@ def test_cli_max_votes_option_samples_and_says_so(fits: dict, mnar: dict, tmp_pa
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 0, run.output
     assert f"uniform sample of {fits['used']:,} of {fits['n_votes']:,} votes" in run.output.replace("\n", " ")
-    report = __import__("json").loads((wh / "propensity" / "label_aware.json").read_text())
+    report = json.loads((wh / "propensity" / "label_aware.json").read_text())
     assert report["outcome_model"]["sampling"]["votes_used"] == fits["used"]
