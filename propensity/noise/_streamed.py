@@ -110,9 +110,12 @@ def noise_inputs(warehouse: Path, *, channel: str, with_scores: bool, embeddings
                 SELECT exposure_id, embedding FROM read_parquet({files(embedding_files)}, filename = true, file_row_number = true)
                 QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
             """)
-            joins += " LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id"
-            extra += ", e.embedding"
-        con.execute(f"CREATE TEMP VIEW joined AS SELECT f.*{extra} FROM feedback f {joins}")
+        # scored: the rows with their scores (the counts read it); joined: with the embeddings too
+        con.execute(f"CREATE TEMP VIEW scored AS SELECT f.*{extra} FROM feedback f {joins}")
+        if embedding_files:
+            con.execute("CREATE TEMP VIEW joined AS SELECT f.*, e.embedding FROM scored f LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id")
+        else:
+            con.execute("CREATE TEMP VIEW joined AS SELECT * FROM scored")
         if audit is not None:
             con.register("audit_ids", audit.select("exposure_id").to_arrow())
         yield NoiseInputs(con, list(dataset.schema.names), max(64, memory_limit_bytes // 2**20))  # as feedback_connection sets it
@@ -142,10 +145,11 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
         if audit is not None:
             cols = ", ".join(f'"{c}"' for c in ["exposure_id", "observed", "label", *([segment] if segment else [])])
             audit_rows = inputs.frame(f"SELECT {cols} FROM feedback WHERE exposure_id IN (SELECT exposure_id FROM audit_ids)")
-        n, missing, bad, min_fold, null_fold, n_observed = inputs.scalar_rows(
+        # One pass over the rows and their scores (each query over the join hashes every score).
+        n, missing, bad, min_fold, null_fold, n_observed, score_folds = inputs.scalar_rows(
             "SELECT count(*), count(*) FILTER (WHERE propensity IS NULL), count(*) FILTER (WHERE propensity <= 0), "
-            "coalesce(min(fold), 0), count(*) FILTER (WHERE fold IS NULL), count(*) FILTER (WHERE coalesce(observed, false)) "
-            "FROM joined")[0]
+            "coalesce(min(fold), 0), count(*) FILTER (WHERE fold IS NULL), count(*) FILTER (WHERE coalesce(observed, false)), "
+            "list(DISTINCT fold) FILTER (WHERE fold IS NOT NULL) FROM scored")[0]
         if with_scores and missing:
             from propensity.io import scores_path
 
@@ -219,7 +223,7 @@ def estimate_streamed(warehouse: Path, config: Any, plan: dict[str, Any], audit:
             features = _stack_rows(blocks, len(featurizer.names))
             inputs.release_buffers()
             fold_core = np.concatenate(fold_parts)
-            fold_values = np.array(sorted(int(r[0]) for r in inputs.scalar_rows("SELECT DISTINCT fold FROM joined"))) if folds_usable \
+            fold_values = np.array(sorted(int(f) for f in score_folds or [])) if folds_usable \
                 else np.unique(users["_fold"].to_numpy())
             models = fit_proxy_models(features, np.ones(features.shape[0], dtype=bool), np.concatenate(label_parts),
                                       np.concatenate(weight_parts), fold_core, np.concatenate(user_parts), fold_values,

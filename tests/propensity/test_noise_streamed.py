@@ -50,6 +50,32 @@ def test_streamed_noise_estimate_equals_the_in_memory_one(warehouse: Path, tmp_p
     assert streamed["rho01"] is not None and (streamed["segments"] or not options.get("segment_by"))
 
 
+def test_streamed_noise_estimate_with_embeddings_equals_the_in_memory_one(warehouse: Path, tmp_path: Path) -> None:
+    """The proxy's embedding features reach the streamed estimate through DuckDB's join: exposures
+    without an embedding are zero-filled and an exposure written again in a later file takes its
+    last vector, as in memory; the counts and folds are read without the embeddings."""
+    wh = prepare(warehouse, tmp_path, noise=None)
+    users = read_feedback(wh).select("exposure_id", "user_id")
+    scores = read_scores(wh).drop("fold").join(users, on="exposure_id")
+    write_scores(wh, "vote", scores.with_columns(fold=pl.Series(group_folds(scores["user_id"].to_numpy(), 3, 0))).drop("user_id"))
+    ids = users["exposure_id"]
+    vectors = np.random.default_rng(1).normal(size=(ids.len(), 3)).astype(np.float32)
+    embeddings = pl.DataFrame({"exposure_id": ids, "embedding": vectors.tolist()})
+    (wh / "embeddings").mkdir()
+    embeddings[: ids.len() // 2].write_parquet(wh / "embeddings" / "part-0.parquet")
+    # the second file leaves out 500 exposures and rewrites 200 of the first file's
+    again = embeddings[:200].with_columns(pl.col("embedding").list.eval(pl.element() * -1))
+    pl.concat([embeddings[ids.len() // 2 : -500], again]).write_parquet(wh / "embeddings" / "part-1.parquet")
+    base = {"bootstrap": 20, "min_anchors": 100, "use_embeddings": True}
+    whole = estimate_noise(wh, NoiseConfig(**base))
+    streamed = estimate_noise(wh, NoiseConfig(**base, **STREAMED))
+    assert streamed["memory"]["streamed"] is True
+    for key in whole.keys() - VOLATILE:
+        assert _close(streamed[key], whole[key]), key
+    plain = estimate_noise(wh, NoiseConfig(**{**base, "use_embeddings": False}, **STREAMED))
+    assert plain["proxy"]["n_features"] < streamed["proxy"]["n_features"]
+
+
 def _side_bootstrap_whole(obs, wy, w, m, *, quantile: float, min_anchors: int, min_quantile: float) -> float:
     """The replicate's P(r=1 | anchors) with cumulative sums over every exposure (the computation
     before issue 23's prefix scan), the reference for ``_side_bootstrap``."""
