@@ -73,7 +73,7 @@ def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, 
     Scores are read as written (one row per exposure and channel, as every fit writes them; a
     window to drop duplicates cost 1 GB more at 10M exposures); the last row of an exposure in the
     embedding files wins, as in :func:`feedback_etl.io.read_embeddings`."""
-    from propensity.models.casecontrol import feedback_connection
+    from propensity.models.casecontrol import embedding_dim, feedback_connection, join_partitions
 
     score_files, has_channel = _score_files(warehouse, channel, label_aware)
     embedding_files = sorted((warehouse / "embeddings").glob("*.parquet"))
@@ -94,17 +94,25 @@ def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, 
         if embedding_files:
             files = [str(links.file(p)) for p in embedding_files]
             con.execute(f"""
-                CREATE TEMP VIEW embeddings AS
-                SELECT exposure_id, embedding FROM read_parquet({_list(files)}, filename = true, file_row_number = true)
-                QUALIFY row_number() OVER (PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1
+                CREATE TEMP VIEW embedding_rows AS
+                SELECT exposure_id, embedding, filename, file_row_number
+                FROM read_parquet({_list(files)}, filename = true, file_row_number = true)
             """)
-            embedding_join, embedding = "LEFT JOIN embeddings e ON e.exposure_id = f.exposure_id", ", e.embedding"
-        con.execute(f"""
-            CREATE TEMP VIEW joined AS
-            SELECT {selected}, {p} AS propensity{embedding}, f."{flag}" AS _observed
-            FROM feedback f LEFT JOIN scores s ON s.exposure_id = f.exposure_id {embedding_join}
-        """)
-        yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware, propensity=p, flag=flag)
+            # the last row of an exposure wins; the pass's predicate is applied before the window
+            # (it is on exposure_id, the window's partition, so each pass keeps whole partitions)
+            embedding_join = ("LEFT JOIN (SELECT exposure_id, embedding FROM embedding_rows WHERE {part} QUALIFY row_number() OVER "
+                              "(PARTITION BY exposure_id ORDER BY filename DESC, file_row_number DESC) = 1) e ON e.exposure_id = f.exposure_id")
+            embedding = ", e.embedding"
+        # The rows of one pass (``{part}``: a predicate on exposure_id, TRUE for every row); the view
+        # ``joined`` is every row (the counts), batches() reads it pass by pass (join_partitions).
+        template = (f'SELECT {selected}, {p} AS propensity{embedding}, f."{flag}" AS _observed '
+                    "FROM (SELECT * FROM feedback WHERE {part}) f LEFT JOIN (SELECT * FROM scores WHERE {part}) s "
+                    f"ON s.exposure_id = f.exposure_id {embedding_join}")
+        con.execute(f"CREATE TEMP VIEW joined AS {template.replace('{part}', 'TRUE')}")
+        n_rows = int(con.execute("SELECT count(*) FROM feedback").fetchall()[0][0])
+        parts = join_partitions(n_rows, memory_limit_bytes, embedding_dim=embedding_dim(warehouse) if embedding_files else 0)
+        yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware, propensity=p, flag=flag,
+                      template=template, parts=parts)
 
 
 def _list(paths: list[str]) -> str:
@@ -119,8 +127,9 @@ class _Joined:
     """The ``joined`` view of :func:`joined_inputs`: its counts and its rows in batches."""
 
     def __init__(self, con: Any, *, has_embeddings: bool, label_aware: bool, propensity: str = "s.propensity",
-                 flag: str = "observed") -> None:
+                 flag: str = "observed", template: str = "SELECT * FROM joined WHERE {part}", parts: int = 1) -> None:
         self.con = con
+        self.template, self.parts = template, parts  # the rows of one pass, and the passes (join_partitions)
         self.has_embeddings = has_embeddings
         self.label_aware = label_aware
         self.propensity, self.flag = propensity, flag  # the SQL of p over f and s, the channel's flag column
@@ -170,12 +179,18 @@ class _Joined:
     def batches(self, batch_rows: int) -> Iterator[pl.DataFrame]:
         """Every joined row, ``batch_rows`` at a time, in the order DuckDB streams them (no global
         sort: sorting whole rows, texts included, took DuckDB past its memory limit, 5 GB at 10M
-        exposures; issue 23). Each batch is sorted by exposure_id."""
+        exposures; issue 23), one pass per partition of the exposures when the scores' hash table
+        would not fit DuckDB's share (:func:`propensity.models.casecontrol.join_partitions`: at 30M
+        exposures a spilled join cost 73 CPU s, two passes 29). Each batch is sorted by exposure_id."""
+        from propensity.models.casecontrol import partition_predicate
+
         self.con.execute("SET preserve_insertion_order = false")
-        reader = self.con.sql("SELECT * EXCLUDE (_observed) FROM joined").to_arrow_reader(batch_rows)
-        try:
-            for batch in reader:
-                if batch.num_rows:
-                    yield pl.from_arrow(batch).sort("exposure_id")
-        finally:
-            reader.close()  # a caller that stops early (close()) frees the connection for its next query
+        for k in range(self.parts):
+            query = self.template.replace("{part}", partition_predicate(k, self.parts))
+            reader = self.con.sql(f"SELECT * EXCLUDE (_observed) FROM ({query})").to_arrow_reader(batch_rows)
+            try:
+                for batch in reader:
+                    if batch.num_rows:
+                        yield pl.from_arrow(batch).sort("exposure_id")
+            finally:
+                reader.close()  # a caller that stops early (close()) frees the connection for its next query

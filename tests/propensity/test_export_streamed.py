@@ -73,6 +73,43 @@ def test_streamed_export_equals_the_in_memory_export(wh: Path, tmp_path: Path) -
     assert whole["pairs"] == streamed["pairs"] and whole["pairs"]["rows"] > 100
 
 
+def test_streamed_export_in_several_join_passes_equals_the_in_memory_export(wh: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table whose scores would not fit DuckDB's share is joined in passes over hash(exposure_id) % K
+    (casecontrol.join_partitions): every row comes once, with its own score and the last-written
+    embedding of its exposure (100 exposures rewritten in a later file), as in memory."""
+    import shutil
+
+    import propensity.models.casecontrol as casecontrol
+
+    copy = tmp_path / "wh"
+    shutil.copytree(wh, copy)
+    first = pl.read_parquet(copy / "embeddings" / "part-0.parquet")
+    first.head(100).with_columns(pl.col("embedding").list.eval(pl.element() * -1)).write_parquet(copy / "embeddings" / "part-1.parquet")
+    passes: list[str] = []
+    predicate = casecontrol.partition_predicate
+    monkeypatch.setattr(casecontrol, "join_partitions", lambda *args, **kwargs: 3)
+    monkeypatch.setattr(casecontrol, "partition_predicate", lambda k, n: passes.append(predicate(k, n)) or predicate(k, n))
+    (whole_dir, whole), (streamed_dir, streamed) = _both(copy, tmp_path, pairs=True)
+    assert passes == [f"hash(exposure_id) % 3 = {k}" for k in range(3)]
+    data = read_weighted_dataset(streamed_dir)
+    assert data["exposure_id"].n_unique() == data.height == 8_000
+    assert_frame_equal(read_weighted_dataset(whole_dir), data.sort("exposure_id"), check_exact=True)
+    assert_frame_equal(read_pairs(whole_dir), read_pairs(streamed_dir), check_exact=True)
+    _same_manifest(whole, streamed)
+
+
+def test_join_partitions_grow_with_the_rows_and_the_tables() -> None:
+    from propensity.models.casecontrol import JOIN_BYTES_PER_ROW, join_partitions
+
+    share = 2 * 2**30
+    assert join_partitions(10_000_000, share) == 1  # 1.2 GB of scores fit a 2GB share
+    assert join_partitions(30_000_000, share) == 2  # 3.6 GB: two passes (one spilled, measured)
+    assert join_partitions(30_000_000, share, tables=2) == 4
+    assert join_partitions(1_000, share, embedding_dim=384) == 1
+    assert join_partitions(10_000_000, share, embedding_dim=384) == -(-10_000_000 * (2 * JOIN_BYTES_PER_ROW + 8 * 384) // share)
+
+
 @pytest.mark.parametrize("options", [{"scheme": "snips", "format": "jsonl"}, {"scheme": "clipped-ips", "clip": 0.1, "channel": "copy"}])
 def test_streamed_export_equals_in_memory_for_other_schemes_formats_and_channels(wh: Path, tmp_path: Path, options: dict) -> None:
     (whole_dir, whole), (streamed_dir, streamed) = _both(wh, tmp_path, **options)
