@@ -67,12 +67,13 @@ def _score_files(warehouse: Path, channel: str, label_aware: bool) -> tuple[list
 
 @contextmanager
 def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, label_aware: bool,
-                  memory_limit_bytes: int, schema: Any = None) -> Iterator["_Joined"]:
+                  memory_limit_bytes: int, n_rows: int, schema: Any = None) -> Iterator["_Joined"]:
     """A DuckDB connection with the view ``joined``: one row per feedback row with its columns,
     ``propensity`` (null when the channel has none) and ``embedding`` when WH/embeddings exists.
     Scores are read as written (one row per exposure and channel, as every fit writes them; a
     window to drop duplicates cost 1 GB more at 10M exposures); the last row of an exposure in the
-    embedding files wins, as in :func:`feedback_etl.io.read_embeddings`."""
+    embedding files wins, as in :func:`feedback_etl.io.read_embeddings`. ``n_rows`` (the feedback
+    rows, as the export's plan counted them) sizes the passes of :meth:`_Joined.batches`."""
     from propensity.models.casecontrol import embedding_dim, feedback_connection, join_partitions
 
     score_files, has_channel = _score_files(warehouse, channel, label_aware)
@@ -109,7 +110,6 @@ def joined_inputs(warehouse: Path, feedback_files: list[Path], *, channel: str, 
                     "FROM (SELECT * FROM feedback WHERE {part}) f LEFT JOIN (SELECT * FROM scores WHERE {part}) s "
                     f"ON s.exposure_id = f.exposure_id {embedding_join}")
         con.execute(f"CREATE TEMP VIEW joined AS {template.replace('{part}', 'TRUE')}")
-        n_rows = int(con.execute("SELECT count(*) FROM feedback").fetchall()[0][0])
         parts = join_partitions(n_rows, memory_limit_bytes, embedding_dim=embedding_dim(warehouse) if embedding_files else 0)
         yield _Joined(con, has_embeddings=bool(embedding_files), label_aware=label_aware, propensity=p, flag=flag,
                       template=template, parts=parts)

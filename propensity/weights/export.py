@@ -959,7 +959,7 @@ def _write_rows_streamed(
 
     label_aware = cfg.propensity == "label-aware"
     with joined_inputs(warehouse, files, channel=cfg.channel, label_aware=label_aware,
-                       memory_limit_bytes=plan.memory_limit_bytes // 2, schema=schema) as joined:
+                       memory_limit_bytes=plan.memory_limit_bytes // 2, n_rows=plan.n_rows, schema=schema) as joined:
         joined.check_scores(str(scores_path(warehouse)))
 
         def refuse_missing() -> None:
