@@ -19,8 +19,10 @@ The flow (DuckDB engine; ``feedback_etl.spark_ingest`` runs the same steps on Sp
    exposure's impression (:func:`add_feature_columns`): declared types are checked (a value that
    does not parse is one error naming file, row and column), categorical columns are capped in
    distinct values, all-null and constant columns are warned about;
-4. :func:`validate_feedback` validates the contract columns with ``FeedbackTable`` and the
-   features with a pandera schema of their declared types; the manifest records each feature.
+4. the DuckDB engine checks every row of the written feedback files against ``FeedbackTable``'s
+   SQL form and each feature against its declared type (:func:`feature_sql`, the SQL form of
+   :func:`feature_schema`); the Spark engine validates with :func:`validate_feedback` (pandera);
+   the manifest records each feature.
 
 Features accumulate across runs: a column declared in one batch and absent in another is null for
 the other batch's exposures (the manifest's ``tables.features`` keeps every feature's type).
@@ -341,6 +343,33 @@ def feature_schema(types: dict[str, str]):
         checks = [pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite() | pl.col(data.key).is_null()), name="finite")] if kind == "numeric" else []
         columns[name] = pa.Column(getattr(pl, _POLARS_TYPES[kind])(), nullable=True, coerce=True, checks=checks)
     return pa.DataFrameSchema(columns, strict=True, name="FeedbackFeatures")
+
+
+# Each feature type's DuckDB cast and the Arrow type a validated polars batch writes it as
+# (``_POLARS_TYPES``: String as large_string, as polars writes strings).
+_SQL_TYPES: dict[str, tuple[str, str]] = {
+    "categorical": ("VARCHAR", "large_string"), "numeric": ("DOUBLE", "float64"), "boolean": ("BOOLEAN", "bool_"),
+}
+
+
+def feature_sql(types: dict[str, str]) -> tuple[list[str], list, list[tuple[str, str]]]:
+    """:func:`feature_schema` in SQL, for the DuckDB engine (issue 19: no pandera, no Python-side frame).
+
+    Returns the select list entries (each feature cast to its declared type, as pandera's coerce
+    does), the Arrow fields the warehouse commits for them, and the checks as ``(name, SQL of an
+    aggregate counting the rows that break it)``: a numeric feature must be finite or null.
+    """
+    import pyarrow as pa
+
+    select, fields, checks = [], [], []
+    for name, kind in types.items():
+        cast, arrow = _SQL_TYPES[kind]
+        quoted = '"' + name.replace('"', '""') + '"'
+        select.append(f"CAST({quoted} AS {cast}) AS {quoted}")
+        fields.append(pa.field(name, getattr(pa, arrow)()))
+        if kind == "numeric":
+            checks.append((f"{name}: finite", f"COUNT_IF(NOT isfinite({quoted}))"))
+    return select, fields, checks
 
 
 def validate_feedback(frame: pl.DataFrame, types: dict[str, str] | None = None) -> pl.DataFrame:

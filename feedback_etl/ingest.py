@@ -571,7 +571,7 @@ def _pipeline(
     totals = conn.execute('SELECT COUNT(*) FROM "all_events"').fetchone()[0]
     content = None
     if deferred.columns:  # each impression's content: from the events files, this run's as just written
-        content = lambda first, last: _feedback_full(conn, mart_columns, first, last)  # noqa: E731
+        content = lambda frame: _feedback_full(conn, mart_columns, frame)  # noqa: E731
     # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
@@ -962,13 +962,32 @@ def _written_view(conn: duckdb.DuckDBPyConnection, write: TableWrite, view: str)
     return True
 
 
-def _validate_written(conn: duckdb.DuckDBPyConnection, write: TableWrite, table: str) -> None:
+def _validate_written(conn: duckdb.DuckDBPyConnection, write: TableWrite, table: str, types: dict[str, str] | None = None) -> None:
     """Check every row of the files ``write`` holds against ``table``'s contract
-    (:func:`sql_checks.validate_relation`, unique keys excepted: checked before writing). With
-    deferred content (issue 19) the rows are checked as written -- one read of the files -- rather
-    than as a second join with the input; a file that breaks the contract is never committed."""
+    (:func:`sql_checks.validate_relation`, unique keys excepted: checked before writing), and the
+    feedback table's custom feature columns ``types`` against theirs. With deferred content
+    (issue 19) the rows are checked as written -- one read of the files -- rather than as a second
+    join with the input; a file that breaks the contract is never committed."""
     if _written_view(conn, write, f"written_{table}"):
-        sql_checks.validate_relation(conn, f"written_{table}", table, skip_unique=True)
+        _validate_relation(conn, f"written_{table}", table, types)
+
+
+def _validate_relation(conn: duckdb.DuckDBPyConnection, relation: str, table: str, types: dict[str, str] | None = None) -> None:
+    """:func:`sql_checks.validate_relation` (unique keys excepted); with custom feature columns
+    ``types``, on the contract's columns, then each feature against its declared type
+    (:func:`features.feature_sql`: the pandera feature schema's rules, in SQL)."""
+    if not types:
+        sql_checks.validate_relation(conn, relation, table, skip_unique=True)
+        return
+    contract = ", ".join(f'"{c}"' for c in sql_checks.contract_columns(table))
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "{relation}__contract_columns" AS SELECT {contract} FROM "{relation}"')
+    sql_checks.validate_relation(conn, f"{relation}__contract_columns", table, skip_unique=True)
+    checks = features.feature_sql(types)[2]
+    if checks:
+        row = conn.execute(f'SELECT {", ".join(sql for _, sql in checks)} FROM "{relation}"').fetchone()
+        failing = {name: int(n) for (name, _), n in zip(checks, row) if n}
+        if failing:
+            raise TableValidationError(f"{table} (custom features)", len(failing), f"on all rows: {failing}")
 
 
 def _events_full(deferred: Deferred, files: "list[int] | None" = None) -> str:
@@ -993,15 +1012,17 @@ def _narrow_mart(conn: duckdb.DuckDBPyConnection, window: timedelta) -> list[str
     return order
 
 
-def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], first: Any, last: Any) -> str:
-    """SQL of the feedback table's rows (``order``, then feature columns), the days ``first`` to
-    ``last`` only unless both are None (binding ``$first`` and ``$last`` then): ``feedback_mart``
-    joined to each exposure's impression content as feedback.sql computes it, read from the events
-    files (earlier runs' and this run's ``written_events``, hook-rewritten where it rewrote)."""
+def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], frame: "_Frame | None") -> str:
+    """SQL of the feedback table's rows (``order``, then feature columns), those of the part
+    ``frame`` only (binding its parameters) unless it is None: ``feedback_mart`` joined to each
+    exposure's impression content as feedback.sql computes it, read from the events files (earlier
+    runs' and this run's ``written_events``, hook-rewritten where it rewrote)."""
     day = ""
-    if first is not None:  # the impression's UTC date is the exposure's impression_date; bounds on
-        # event_time itself are pushed into the Parquet scan (texts of other days are not decoded)
+    if frame is not None:  # the impression's UTC date is the exposure's impression_date; bounds on
+        # event_time itself are pushed into the Parquet scan (texts of other days are not decoded),
+        # and so is a part's exposure_id range (one day cut into parts: each part reads its own rows)
         day = ' AND "event_time" >= CAST($first AS TIMESTAMPTZ) AND "event_time" < CAST($last AS TIMESTAMPTZ) + INTERVAL 1 DAY'
+        day += frame.id_range
     present = [r[0] for r in conn.execute('DESCRIBE "feedback_mart"').fetchall()]
     columns = [f'{MART_CONTENT[c]} AS "{c}"' if c in MART_CONTENT else f'm."{c}"' for c in order]
     columns += [f'm."{c}"' for c in present if c not in order]  # custom feature columns
@@ -1010,7 +1031,9 @@ def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], first: Any
         f'SELECT "exposure_id", {content} FROM "{relation}" WHERE "event_type" = \'impression\'{day}'
         for relation in ("warehouse_events", "written_events")
     )
-    where = ' WHERE m."impression_date" BETWEEN $first AND $last' if day else ""
+    where = ""
+    if frame is not None:
+        where = ' WHERE m."impression_date" BETWEEN $first AND $last' + frame.range_of('m."exposure_id"')
     return f'SELECT {", ".join(columns)} FROM "feedback_mart" AS m JOIN ({impressions}) AS i ON i."exposure_id" = m."exposure_id"{where}'
 
 
@@ -1028,14 +1051,18 @@ _ARROW_TO_DUCKDB: dict[str, str] = {
 }
 
 
-def _contract_select(conn: duckdb.DuckDBPyConnection, relation: str, table: str, *, run_id: str | None = None):
+def _contract_select(conn: duckdb.DuckDBPyConnection, relation: str, table: str, *, run_id: str | None = None,
+                     features_: dict[str, str] | None = None):
     """``relation``'s columns cast to ``table``'s contract types as a DuckDB select list, and the
     Arrow schema the warehouse commits for them (that of a validated polars batch: large strings,
     ``run_id`` last when given, as ``io.validated_batches`` writes it). With ``run_id`` the select
-    list ends with the parameter ``$run_id``."""
+    list ends with the parameter ``$run_id``. With custom feature columns ``features_`` (name ->
+    type), the contract's columns come in its order and the features after them, cast to their
+    types, as ``features.validate_feedback`` lays out a validated batch."""
     current = dict(conn.execute(f'SELECT column_name, column_type FROM (DESCRIBE "{relation}")').fetchall())
+    names = sql_checks.contract_columns(table) if features_ else list(current)
     # The schema of a validated polars batch, derived without polars (issue 19: start-up).
-    schema = sql_checks.arrow_schema(table, list(current), run_id=run_id is not None)
+    schema = sql_checks.arrow_schema(table, names, run_id=run_id is not None)
     columns = []
     for field_ in schema:
         if field_.name == "run_id" and run_id is not None:
@@ -1046,6 +1073,12 @@ def _contract_select(conn: duckdb.DuckDBPyConnection, relation: str, table: str,
             raise TableValidationError(table, 1, f"column {field_.name} has type {field_.type}, which the DuckDB writer does not map")
         quoted = f'"{field_.name}"'
         columns.append(quoted if current[field_.name] == kind else f"CAST({quoted} AS {kind}) AS {quoted}")
+    if features_:
+        import pyarrow as pa
+
+        select, fields, _ = features.feature_sql(features_)
+        columns += select
+        schema = pa.schema([*schema, *fields])
     return ", ".join(columns), schema
 
 
@@ -1083,63 +1116,51 @@ def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, tabl
 
 def _write_feedback(
     conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int, types: dict[str, str] | None = None,
-    content: "Callable[[Any, Any], str] | None" = None,
+    content: "Callable[[_Frame | None], str] | None" = None,
 ) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
-    Days are grouped into frames of at most ``batch_rows`` rows (a day larger than that is cut into
-    exposure_id ranges, :func:`_feedback_frames`); each frame is collected and validated on its full data with
-    :func:`feedback_etl.io.validate_feedback` before it is written. A table that fits in one
-    batch is validated as one frame; exposure_id uniqueness across frames is checked on the whole
-    table first. Memory stays bounded by one batch.
+    Days are grouped into parts of at most ``batch_rows`` rows (a day larger than that is cut into
+    exposure_id ranges, :func:`_feedback_frames`), each sorted by exposure_id and written by DuckDB
+    itself (issue 19). Every row is checked in SQL against ``FeedbackTable``'s rules, and the
+    custom feature columns ``types`` (issue 17) against their declared types
+    (:func:`features.feature_sql`); exposure_id uniqueness is checked on the whole table first.
 
-    ``content(first, last)``, when given, is the SQL of the table's rows of the days ``first`` to
-    ``last`` (both None: every day) with the columns ``feedback_mart`` lacks (deferred content,
-    issue 19; it binds ``$first`` and ``$last``); the rows are read from it, sorted, and counted.
+    ``content(frame)``, when given, is the SQL of the rows of one part (None: every row) with the
+    columns ``feedback_mart`` lacks (deferred content, issue 19; it binds the part's parameters);
+    the rows are then checked as written, one read of the files rather than a second join.
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
     relation = "feedback_mart"
-    if content is not None:  # its rows are checked as written (below): one read of the files, not a second join
-        conn.execute(f'CREATE OR REPLACE TEMP VIEW "feedback_full" AS {content(None, None)}')
+    if content is not None:
+        conn.execute(f'CREATE OR REPLACE TEMP VIEW "feedback_full" AS {content(None)}')
         relation = "feedback_full"
 
     def day_rows_sql(select: str, frame: "_Frame") -> str:
-        source = '"feedback_mart"' if content is None else f'({content(frame.first, frame.last)}) AS "feedback_full"'
+        source = '"feedback_mart"' if content is None else f'({content(frame)}) AS "feedback_full"'
         return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last{frame.id_range} ORDER BY "exposure_id"'
 
-    if types:  # custom features (issue 17): contract and feature columns validated with pandera, per frame
-        validate = lambda frame: features.validate_feedback(frame, types)  # noqa: E731
-    else:  # every row in SQL against FeedbackTable's rules, frames cast to its types (issue 19)
-        if content is None:
-            sql_checks.validate_relation(conn, relation, "feedback", skip_unique=True)
-        validate = lambda frame: sql_checks.conform(frame, "feedback")  # noqa: E731
+    select, schema = _contract_select(conn, relation, "feedback", features_=types)
+    write.set_schema(schema)  # also the schema of an emptied table
+    if content is None:
+        _validate_relation(conn, relation, "feedback", types)
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
-    groups = _feedback_frames(conn, day_rows, batch_rows)
     written = 0
-    if types:
-        for group in groups:
-            # Sorted by the engine (parallel), not as a full-width polars frame (issue 19).
-            frame = conn.sql(day_rows_sql("*", group), params=group.params).pl()
-            written += write.write(validate(frame))
-    else:  # validated above on every row: DuckDB writes each group's file itself (issue 19)
-        select, schema = _contract_select(conn, relation, "feedback")
-        write.set_schema(schema)
-        for group in groups:
+    try:
+        for group in _feedback_frames(conn, day_rows, batch_rows):
             written += write.copy(conn, day_rows_sql(select, group), schema, group.params)
-    if not groups:  # no exposure: the table is emptied, with the schema of a validated empty frame
-        from feedback_etl import io
-
-        write.set_schema(io.to_arrow(validate(conn.sql(f'SELECT * FROM "{relation}" LIMIT 0').pl())).schema)
+    except duckdb.ConversionException as exc:  # a feature value its declared type cannot hold
+        raise TableValidationError("feedback (custom features)", 1, f"cannot cast to the declared types: {str(exc).splitlines()[0][:300]}") from exc
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'
     ).fetchone()
     if written != exposures:  # each exposure's content joined exactly once
         raise TableValidationError("feedback", 1, f"{written} rows written for {exposures} exposures")
-    if content is not None and not types:
-        _validate_written(conn, write, "feedback")
+    if content is not None:
+        _validate_written(conn, write, "feedback", types)
     return {
         "exposures": int(exposures), "observed": int(observed), "copied": int(copied),
         "regenerated": int(regenerated), "shared": int(shared), "days": len(day_rows),
@@ -1159,8 +1180,12 @@ class _Frame:
 
     @property
     def id_range(self) -> str:
-        low = ' AND "exposure_id" >= $low' if self.low is not None else ""
-        return low + (' AND "exposure_id" < $high' if self.high is not None else "")
+        return self.range_of('"exposure_id"')
+
+    def range_of(self, column: str) -> str:
+        """The SQL conditions (each led by AND) keeping ``column`` within the part's exposure_id range."""
+        low = f" AND {column} >= $low" if self.low is not None else ""
+        return low + (f" AND {column} < $high" if self.high is not None else "")
 
     @property
     def params(self) -> dict:

@@ -171,3 +171,43 @@ def test_adapter_sources_refuse_custom_features_in_one_line(tmp_path):
     path.write_text("user_id,item_id,rating\nu1,i1,4\n")
     with pytest.raises(ConfigError, match="read from canonical raw events, not --source ratings"):
         ingest(IngestConfig(inputs=(str(path),), warehouse=str(tmp_path / "wh"), source="ratings", keep_extra_columns=True))
+
+
+def test_feature_columns_are_committed_as_a_validated_polars_batch_types_them():
+    # The DuckDB engine writes feature columns itself (issue 19); the committed Arrow types must be
+    # those the pandera path gave (features.validate_feedback, then io.to_arrow), or readers differ.
+    import pyarrow as pa
+
+    from feedback_etl import features
+
+    types = {"plan": "categorical", "turn": "numeric", "beta": "boolean"}
+    frame = pl.DataFrame({"plan": ["a", None], "turn": [1, None], "beta": [True, None]})
+    from schemas.validation import validate_table
+
+    validated = validate_table(frame, features.feature_schema(types), "features")
+    expected = validated.to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+    assert pa.schema(features.feature_sql(types)[1]) == expected
+
+
+def test_feature_columns_are_checked_in_sql_on_every_row(tmp_path):
+    # The SQL form of the pandera feature schema: a numeric feature must be finite or null. The
+    # ingest's own typing already nulls non-finite values, so this guards the files as written.
+    import duckdb
+
+    from feedback_etl import ingest as ingest_module
+    from schemas.errors import TableValidationError
+
+    logs = _write_jsonl(tmp_path / "a.jsonl", _events(12, extra=lambda k: {"turn": k, "plan": ["a", "b"][k % 2]}))
+    mapping = _mapping(tmp_path, '[features]\nturn = "numeric"\nplan = "categorical"\n')
+    ingest(IngestConfig(inputs=(str(logs),), warehouse=str(tmp_path / "wh"), mapping=str(mapping)))
+    files = sorted(str(p) for p in (tmp_path / "wh" / "feedback").rglob("*.parquet"))
+    conn = duckdb.connect()
+    conn.execute(f"CREATE VIEW good AS SELECT * FROM read_parquet({files!r})")
+    types = {"turn": "numeric", "plan": "categorical"}
+    ingest_module._validate_relation(conn, "good", "feedback", types)  # as written: passes
+    conn.execute("CREATE VIEW bad AS SELECT * REPLACE (CASE WHEN exposure_id = 'ex3' THEN 'inf'::DOUBLE ELSE turn END AS turn) FROM good")
+    with pytest.raises(TableValidationError, match=r"custom features.*turn: finite.*1"):
+        ingest_module._validate_relation(conn, "bad", "feedback", types)
+    conn.execute("CREATE VIEW broken_contract AS SELECT * REPLACE (CASE WHEN exposure_id = 'ex3' THEN NULL ELSE observed END AS observed) FROM good")
+    with pytest.raises(TableValidationError, match="feedback"):
+        ingest_module._validate_relation(conn, "broken_contract", "feedback", types)
