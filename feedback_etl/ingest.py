@@ -1019,10 +1019,8 @@ def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], frame: "_F
     runs' and this run's ``written_events``, hook-rewritten where it rewrote)."""
     day = ""
     if frame is not None:  # the impression's UTC date is the exposure's impression_date; bounds on
-        # event_time itself are pushed into the Parquet scan (texts of other days are not decoded),
-        # and so is a part's exposure_id range (one day cut into parts: each part reads its own rows)
+        # event_time itself are pushed into the Parquet scan (texts of other days are not decoded)
         day = ' AND "event_time" >= CAST($first AS TIMESTAMPTZ) AND "event_time" < CAST($last AS TIMESTAMPTZ) + INTERVAL 1 DAY'
-        day += frame.id_range
     present = [r[0] for r in conn.execute('DESCRIBE "feedback_mart"').fetchall()]
     columns = [f'{MART_CONTENT[c]} AS "{c}"' if c in MART_CONTENT else f'm."{c}"' for c in order]
     columns += [f'm."{c}"' for c in present if c not in order]  # custom feature columns
@@ -1031,9 +1029,7 @@ def _feedback_full(conn: duckdb.DuckDBPyConnection, order: list[str], frame: "_F
         f'SELECT "exposure_id", {content} FROM "{relation}" WHERE "event_type" = \'impression\'{day}'
         for relation in ("warehouse_events", "written_events")
     )
-    where = ""
-    if frame is not None:
-        where = ' WHERE m."impression_date" BETWEEN $first AND $last' + frame.range_of('m."exposure_id"')
+    where = ' WHERE m."impression_date" BETWEEN $first AND $last' if frame is not None else ""
     return f'SELECT {", ".join(columns)} FROM "feedback_mart" AS m JOIN ({impressions}) AS i ON i."exposure_id" = m."exposure_id"{where}'
 
 
@@ -1120,9 +1116,9 @@ def _write_feedback(
 ) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
-    Days are grouped into parts of at most ``batch_rows`` rows (a day larger than that is cut into
-    exposure_id ranges, :func:`_feedback_frames`), each sorted by exposure_id and written by DuckDB
-    itself (issue 19). Every row is checked in SQL against ``FeedbackTable``'s rules, and the
+    Days are grouped into parts of at most ``batch_rows`` rows (a day larger than that is written
+    as several files of at most ``batch_rows`` rows by one COPY, :func:`_feedback_frames`), each
+    sorted by exposure_id and written by DuckDB itself (issue 19). Every row is checked in SQL against ``FeedbackTable``'s rules, and the
     custom feature columns ``types`` (issue 17) against their declared types
     (:func:`features.feature_sql`); exposure_id uniqueness is checked on the whole table first.
 
@@ -1138,7 +1134,7 @@ def _write_feedback(
 
     def day_rows_sql(select: str, frame: "_Frame") -> str:
         source = '"feedback_mart"' if content is None else f'({content(frame)}) AS "feedback_full"'
-        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last{frame.id_range} ORDER BY "exposure_id"'
+        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"'
 
     select, schema = _contract_select(conn, relation, "feedback", features_=types)
     write.set_schema(schema)  # also the schema of an emptied table
@@ -1149,8 +1145,9 @@ def _write_feedback(
     ).fetchall()
     written = 0
     try:
-        for group in _feedback_frames(conn, day_rows, batch_rows):
-            written += write.copy(conn, day_rows_sql(select, group), schema, group.params)
+        for group in _feedback_frames(day_rows, batch_rows):
+            written += write.copy(conn, day_rows_sql(select, group), schema, group.params,
+                                  rows_per_file=batch_rows if group.split else None)
     except duckdb.ConversionException as exc:  # a feature value its declared type cannot hold
         raise TableValidationError("feedback (custom features)", 1, f"cannot cast to the declared types: {str(exc).splitlines()[0][:300]}") from exc
     exposures, observed, copied, regenerated, shared = conn.execute(
@@ -1169,34 +1166,24 @@ def _write_feedback(
 
 @dataclass(frozen=True)
 class _Frame:
-    """One written part of the feedback table: the days ``first`` to ``last``, and within a single
-    day larger than ``batch_rows`` the exposure_ids from ``low`` (inclusive) to ``high`` (exclusive;
-    None: unbounded)."""
+    """One COPY of the feedback table's rows: the days ``first`` to ``last``; ``split``: a single
+    day larger than ``batch_rows``, written as several files by that one COPY."""
 
     first: Any
     last: Any
-    low: str | None = None
-    high: str | None = None
-
-    @property
-    def id_range(self) -> str:
-        return self.range_of('"exposure_id"')
-
-    def range_of(self, column: str) -> str:
-        """The SQL conditions (each led by AND) keeping ``column`` within the part's exposure_id range."""
-        low = f" AND {column} >= $low" if self.low is not None else ""
-        return low + (f" AND {column} < $high" if self.high is not None else "")
+    split: bool = False
 
     @property
     def params(self) -> dict:
-        bounds = {"low": self.low, "high": self.high}
-        return {"first": self.first, "last": self.last, **{k: v for k, v in bounds.items() if v is not None}}
+        return {"first": self.first, "last": self.last}
 
 
-def _feedback_frames(conn: duckdb.DuckDBPyConnection, day_rows: list, batch_rows: int) -> list[_Frame]:
+def _feedback_frames(day_rows: list, batch_rows: int) -> list[_Frame]:
     """Whole days grouped into frames of at most ``batch_rows`` rows; a day larger than that (a
-    ratings log puts every cell on one day: 15.4M rows in one frame took 7 GB) is cut into
-    exposure_id ranges of ``batch_rows`` rows, so one frame never holds more (issue 23)."""
+    ratings log puts every cell on one day) is a frame of its own, which DuckDB writes as files of
+    at most ``batch_rows`` rows in one sorted pass (``TableWrite.copy(rows_per_file=...)``; cut into
+    exposure_id ranges instead, each range re-read the whole day: 16 ranges of a 15.4M-row day
+    took 82 s, issue 23)."""
     frames: list[_Frame] = []
     days: list = []
     size = 0
@@ -1206,17 +1193,11 @@ def _feedback_frames(conn: duckdb.DuckDBPyConnection, day_rows: list, batch_rows
             days, size = [], 0
         if day is None:
             break
-        if rows <= batch_rows:
-            days.append(day)
-            size += rows
+        if rows > batch_rows:
+            frames.append(_Frame(day, day, split=True))
             continue
-        starts = [row[0] for row in conn.execute(
-            'SELECT "exposure_id" FROM (SELECT "exposure_id", ROW_NUMBER() OVER (ORDER BY "exposure_id") - 1 AS "k" '
-            'FROM "feedback_mart" WHERE "impression_date" = $day) WHERE "k" % $n = 0 ORDER BY 1',
-            {"day": day, "n": batch_rows},
-        ).fetchall()]
-        frames.extend(_Frame(day, day, low if k else None, starts[k + 1] if k + 1 < len(starts) else None)
-                      for k, low in enumerate(starts))
+        days.append(day)
+        size += rows
     return frames
 
 

@@ -467,18 +467,41 @@ class TableWrite:
         self.files.append((path, table.num_rows))
         return table.num_rows
 
-    def copy(self, conn, query: str, schema: pa.Schema, params: dict | None = None) -> int:
+    def copy(self, conn, query: str, schema: pa.Schema, params: dict | None = None, *, rows_per_file: int | None = None) -> int:
         """Write the rows of a DuckDB ``query`` as the next Parquet part, straight from the engine
         (``COPY ... TO``: no Arrow or polars copy, memory bounded by DuckDB's limit; issue 19).
         ``schema`` is the Arrow schema to commit (the query's columns cast to the contract's
         types: DuckDB writes plain strings where polars writes large ones, and readers open the
-        files with the table's schema, as for Spark's files). Returns the rows written."""
+        files with the table's schema, as for Spark's files). Returns the rows written.
+
+        ``rows_per_file``: the rows go into as many parts as it takes, in the query's order, each of
+        at most that many rows (whole row groups: at least 2,048 rows, DuckDB's smallest row
+        group), all from one run of the query."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part-{len(self.files):05d}.parquet"
         target = str(path).replace("'", "''")
-        rows = int(conn.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params or {}).fetchone()[0])
+        if rows_per_file is None:
+            rows = int(conn.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params or {}).fetchone()[0])
+            self.schema = self.schema or schema
+            self.files.append((path, rows))
+            return rows
+        import pyarrow.parquet as pq
+
+        # A row group holds a multiple of 2,048 rows (DuckDB's vector); a file holds whole row groups.
+        group = max(2048, min(rows_per_file, 122_880) // 2048 * 2048)
+        folder = self.folder / f"_copy-{len(self.files):05d}"
+        out = str(folder).replace("'", "''")
+        rows = int(conn.execute(
+            f"COPY ({query}) TO '{out}' (FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE {group}, "
+            f"ROW_GROUPS_PER_FILE {max(1, rows_per_file // group)})", params or {},
+        ).fetchone()[0])
+        # DuckDB names them data_0, data_1, ... in the query's order.
+        for written in sorted(folder.glob("data_*.parquet"), key=lambda p: int(p.stem.split("_")[1])):
+            part = self.folder / f"part-{len(self.files):05d}.parquet"
+            written.rename(part)
+            self.files.append((part, pq.ParquetFile(part).metadata.num_rows))
+        folder.rmdir()
         self.schema = self.schema or schema
-        self.files.append((path, rows))
         return rows
 
     def adopt(self, paths: Iterable[Path], schema: pa.Schema) -> int:

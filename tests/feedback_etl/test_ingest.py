@@ -180,9 +180,9 @@ def test_rejects_are_written_in_parts_of_batch_rows_in_file_order(tmp_path: Path
 @pytest.mark.parametrize("source", ["ratings", "canonical"])
 def test_a_day_larger_than_batch_rows_is_written_in_parts_of_batch_rows(tmp_path: Path, source: str) -> None:
     """A ratings log puts every cell on one day (15.4M rows held as one frame took 7 GB, issue 23):
-    a day larger than batch_rows is cut into exposure_id ranges, each part at most batch_rows rows,
-    with the same rows as one part (the ratings source validates frames with pandera, canonical
-    Parquet is written by DuckDB with its content joined back)."""
+    a day larger than batch_rows is written by one sorted COPY as files of at most batch_rows rows
+    (whole 2,048-row groups), in exposure_id order across files, with the same rows as one part
+    (the ratings source has a feature column; canonical Parquet has its content joined back)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -190,10 +190,10 @@ def test_a_day_larger_than_batch_rows_is_written_in_parts_of_batch_rows(tmp_path
 
     if source == "ratings":
         logs = tmp_path / "ratings.csv"
-        logs.write_text("user_id,item_id,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n" for u in range(50) for i in range(50) if (u + i) % 7 == 0))
+        logs.write_text("user_id,item_id,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n" for u in range(100) for i in range(100) if (u + i) % 7 == 0))
     else:
         logs = tmp_path / "events.parquet"
-        n = 2_500
+        n = 10_000
         pq.write_table(pa.table({
             "event_id": [f"e{k}" for k in range(n)], "event_time": ["2026-01-01T10:00:00Z"] * n,
             "event_type": ["impression"] * n, "exposure_id": [f"x{k:05d}" for k in range(n)],
@@ -202,14 +202,14 @@ def test_a_day_larger_than_batch_rows_is_written_in_parts_of_batch_rows(tmp_path
             "prompt_text": ["a prompt"] * n, "response_text": [f"answer {k}" for k in range(n)],
         }), logs)
     tables = {}
-    for batch_rows in (1_000, 1_000_000):
+    for batch_rows in (4_096, 1_000_000):
         wh = tmp_path / f"wh{batch_rows}"
         ingest(IngestConfig(inputs=(str(logs),), warehouse=str(wh), source=source, batch_rows=batch_rows))
         files = snapshot(wh, "feedback").files
         sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
         tables[batch_rows] = pl.concat([pl.read_parquet(f) for f in files])
         assert read_feedback(wh).select(pl.col("impression_date").n_unique()).item() == 1
-        assert sorted(sizes) == ([500, 1_000, 1_000] if batch_rows == 1_000 else [2_500])
-    small, whole = tables[1_000], tables[1_000_000]
+        assert sizes == ([4_096, 4_096, 1_808] if batch_rows == 4_096 else [10_000])
+    small, whole = tables[4_096], tables[1_000_000]
     assert small["exposure_id"].to_list() == sorted(small["exposure_id"].to_list())  # parts in exposure_id order
     assert small.sort("exposure_id").equals(whole.sort("exposure_id"))
