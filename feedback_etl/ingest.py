@@ -155,7 +155,8 @@ class IngestConfig:
     force : re-read files already ingested (same sha256); by default they are skipped.
     memory_limit : DuckDB memory limit (it spills to a temp folder inside the warehouse beyond it).
     threads : DuckDB threads, or Spark's local[threads] (None: all cores).
-    batch_rows : rows per validated, written Parquet part (bounds Python-side memory).
+    batch_rows : the most rows of one written Parquet part (a feedback day larger than this is
+        split into parts of whole 2,048-row groups: below 2,048, such parts hold 2,048 rows).
     engine : duckdb (default) or spark (``feedback_etl.spark_ingest``: canonical Parquet / JSON
         Lines, no privacy hook; memory_limit becomes the JVM heap when causalrm starts Spark).
     allow_empty : commit a run that accepts no event (else EmptyIngestError, nothing written).
