@@ -1119,9 +1119,10 @@ def _write_feedback(
 
     Days are grouped into parts of at most ``batch_rows`` rows (a day larger than that is written
     as several files of at most ``batch_rows`` rows by one COPY, :func:`_feedback_frames`), each
-    sorted by exposure_id and written by DuckDB itself (issue 19). Every row is checked in SQL against ``FeedbackTable``'s rules, and the
-    custom feature columns ``types`` (issue 17) against their declared types
-    (:func:`features.feature_sql`); exposure_id uniqueness is checked on the whole table first.
+    sorted by exposure_id and written by DuckDB itself (issue 19). Every row is checked in SQL
+    against ``FeedbackTable``'s rules, and the custom feature columns ``types`` (issue 17) against
+    their declared types (:func:`features.feature_sql`); exposure_id uniqueness is checked on the
+    whole table first.
 
     ``content(frame)``, when given, is the SQL of the rows of one part (None: every row) with the
     columns ``feedback_mart`` lacks (deferred content, issue 19; it binds the part's parameters);
@@ -1149,8 +1150,9 @@ def _write_feedback(
         for group in _feedback_frames(day_rows, batch_rows):
             written += write.copy(conn, day_rows_sql(select, group), schema, group.params,
                                   rows_per_file=batch_rows if group.split else None)
-    except duckdb.ConversionException as exc:  # a feature value its declared type cannot hold
-        raise TableValidationError("feedback (custom features)", 1, f"cannot cast to the declared types: {str(exc).splitlines()[0][:300]}") from exc
+    except duckdb.ConversionException as exc:  # a value its column's type cannot hold
+        table = "feedback (custom features)" if types else "feedback"
+        raise TableValidationError(table, 1, f"cannot cast to the declared types: {str(exc).splitlines()[0][:300]}") from exc
     exposures, observed, copied, regenerated, shared = conn.execute(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'

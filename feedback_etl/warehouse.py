@@ -478,13 +478,19 @@ class TableWrite:
         at most that many rows (whole row groups: at least 2,048 rows, DuckDB's smallest row
         group), all from one run of the query."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"part-{len(self.files):05d}.parquet"
-        target = str(path).replace("'", "''")
         if rows_per_file is None:
+            path = self.folder / f"part-{len(self.files):05d}.parquet"
+            target = str(path).replace("'", "''")
             rows = int(conn.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params or {}).fetchone()[0])
-            self.schema = self.schema or schema
             self.files.append((path, rows))
-            return rows
+        else:
+            rows = self._copy_files(conn, query, params, rows_per_file)
+        self.schema = self.schema or schema
+        return rows
+
+    def _copy_files(self, conn, query: str, params: dict | None, rows_per_file: int) -> int:
+        """:meth:`copy` with ``rows_per_file``: DuckDB writes the files into a scratch folder, in
+        the query's order, and they become the next parts."""
         import pyarrow.parquet as pq
 
         # A row group holds a multiple of 2,048 rows (DuckDB's vector); a file holds whole row groups.
@@ -501,7 +507,6 @@ class TableWrite:
             written.rename(part)
             self.files.append((part, pq.ParquetFile(part).metadata.num_rows))
         folder.rmdir()
-        self.schema = self.schema or schema
         return rows
 
     def adopt(self, paths: Iterable[Path], schema: pa.Schema) -> int:
