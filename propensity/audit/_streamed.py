@@ -57,7 +57,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
     from feedback_etl.io import feedback_dataset, feedback_files
     from propensity.io import score_files as channel_score_files
     from propensity.io import sql_file_list
-    from propensity.models.casecontrol import SampleRates, detached, feedback_connection, join_partitions, keep_mask, partition_predicate
+    from propensity.models.casecontrol import SampleRates, detached, feedback_connection, join_partitions, keep_mask, partitioned_batches
     from propensity.slice.label_aware import label_aware_scores_path
 
     score_files, has_channel = channel_score_files(warehouse, channel)
@@ -101,14 +101,7 @@ def read_audit_inputs(warehouse: Path, channel: str, plan: dict[str, Any], *, la
             {la_join}
         """
         parts = join_partitions(n, budget, tables=2 if with_label_aware else 1)
-
-        def rows_of_every_pass():
-            for k in range(parts):
-                yield from con.sql(query.replace("{part}", partition_predicate(k, parts))).to_arrow_reader(batch_rows)
-
-        for batch in rows_of_every_pass():
-            if not batch.num_rows:
-                continue
+        for batch in partitioned_batches(con, query, parts, batch_rows):
             frame = pl.from_arrow(batch)
             rows = slice(offset, offset + frame.height)
             if offset + frame.height > n:

@@ -601,6 +601,21 @@ def partition_predicate(k: int, n_parts: int) -> str:
     return "TRUE" if n_parts == 1 else f"hash(exposure_id) % {int(n_parts)} = {int(k)}"
 
 
+def partitioned_batches(con, template: str, n_parts: int, batch_rows: int) -> Iterator[Any]:
+    """The non-empty Arrow batches of ``template`` (SQL whose ``{part}`` marks where each pass's
+    :func:`partition_predicate` goes), pass after pass over the ``n_parts`` of :func:`join_partitions`.
+    Each pass's reader is closed when it ends, or when the caller stops early (the connection is then
+    free for its next query)."""
+    for k in range(n_parts):
+        reader = con.sql(template.replace("{part}", partition_predicate(k, n_parts))).to_arrow_reader(batch_rows)
+        try:
+            for batch in reader:
+                if batch.num_rows:
+                    yield batch
+        finally:
+            reader.close()
+
+
 @contextmanager
 def feedback_connection(files, schema=None, *, memory_limit_bytes: int, prefix: str) -> Iterator[tuple[Any, Any]]:
     """A DuckDB connection for the streamed steps, yielded with its :class:`feedback_etl.paths.LiteralPaths`

@@ -182,15 +182,9 @@ class _Joined:
         exposures; issue 23), one pass per partition of the exposures when the scores' hash table
         would not fit DuckDB's share (:func:`propensity.models.casecontrol.join_partitions`: at 30M
         exposures a spilled join cost 73 CPU s, two passes 29). Each batch is sorted by exposure_id."""
-        from propensity.models.casecontrol import partition_predicate
+        from propensity.models.casecontrol import partitioned_batches
 
         self.con.execute("SET preserve_insertion_order = false")
-        for k in range(self.parts):
-            query = self.template.replace("{part}", partition_predicate(k, self.parts))
-            reader = self.con.sql(f"SELECT * EXCLUDE (_observed) FROM ({query})").to_arrow_reader(batch_rows)
-            try:
-                for batch in reader:
-                    if batch.num_rows:
-                        yield pl.from_arrow(batch).sort("exposure_id")
-            finally:
-                reader.close()  # a caller that stops early (close()) frees the connection for its next query
+        query = f"SELECT * EXCLUDE (_observed) FROM ({self.template})"
+        for batch in partitioned_batches(self.con, query, self.parts, batch_rows):
+            yield pl.from_arrow(batch).sort("exposure_id")
