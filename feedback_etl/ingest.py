@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import shutil
 import time
@@ -50,6 +51,7 @@ import duckdb
 from feedback_etl import features, sql_checks, sqlfiles
 from feedback_etl.mapping import FieldMapping, load_mapping
 from feedback_etl.run_checks import check_run
+from feedback_etl.sizes import parse_memory
 from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
 from feedback_etl.sqlfiles import load_sql, run_sql
 from feedback_etl.warehouse import (
@@ -69,7 +71,7 @@ from feedback_etl.warehouse import (
     snapshot,
     write_json,
 )
-from schemas.errors import ConfigError, InputFileError, ReconciliationError, RejectReason, TableValidationError
+from schemas.errors import ConfigError, InputFileError, ReconciliationError, RejectReason, ResourceError, TableValidationError
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,9 @@ class IngestConfig:
     rating_threshold : ratings source: label = 1 when rating >= this.
     force : re-read files already ingested (same sha256); by default they are skipped.
     memory_limit : DuckDB memory limit (it spills to a temp folder inside the warehouse beyond it).
+        It also bounds what one write holds: a feedback part at most a quarter of it (wide rows,
+        e.g. chat-length texts, give parts of fewer than ``batch_rows`` rows), a row group of any
+        table a sixteenth (64 MiB at most).
     threads : DuckDB threads, or Spark's local[threads] (None: all cores).
     batch_rows : the most rows of one written Parquet part (a feedback day larger than this is
         split into parts of whole 2,048-row groups: below 2,048, such parts hold 2,048 rows).
@@ -222,6 +227,7 @@ class _Steps:
 
     progress: bool
     timings: dict[str, float] = field(default_factory=dict)
+    current: str | None = None  # the step running (or that failed)
     _bar: Any = None
     _task: Any = None
 
@@ -239,6 +245,7 @@ class _Steps:
             self._bar.stop()
 
     def run(self, name: str, action: Callable[[], Any]) -> Any:
+        self.current = name
         if self._bar is not None:
             self._bar.update(self._task, description=f"ingest: {name}")
         start = time.perf_counter()
@@ -358,11 +365,13 @@ def _run(
         "files": file_entries,
     }
     staging = new_staging(warehouse, run_id)
-    # Each table's new files are written aside by the pipeline and committed together below.
+    # Each table's new files are written aside by the pipeline and committed together below. A row
+    # group closes at a sixteenth of the memory limit, 64 MiB at most (only wide rows reach that).
+    group_bytes = min(_ROW_GROUP_BYTES, parse_memory(cfg.memory_limit) // 16)
     writes = {
-        "events": TableWrite(warehouse, "events", run_id, mode="append"),
-        "rejects": TableWrite(warehouse, "rejects", run_id, mode="append"),
-        "feedback": TableWrite(warehouse, "feedback", run_id, mode="overwrite"),
+        "events": TableWrite(warehouse, "events", run_id, mode="append", row_group_bytes=group_bytes),
+        "rejects": TableWrite(warehouse, "rejects", run_id, mode="append", row_group_bytes=group_bytes),
+        "feedback": TableWrite(warehouse, "feedback", run_id, mode="overwrite", row_group_bytes=group_bytes),
     }
     committed = False
     try:
@@ -377,10 +386,18 @@ def _run(
                         cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, writes=writes
                     )
                 else:
-                    with _connect(cfg, staging / ".duckdb-tmp") as conn:
-                        counts, new_tables = _pipeline(
-                            conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook, writes=writes
-                        )
+                    try:
+                        with _connect(cfg, staging / ".duckdb-tmp") as conn:
+                            counts, new_tables = _pipeline(
+                                conn, cfg, warehouse, staging, to_read, mapping, run_id, tables, steps, typed_hook, writes=writes
+                            )
+                    except duckdb.OutOfMemoryException as exc:
+                        raise ResourceError(
+                            f"ingest ran out of memory under --memory-limit {cfg.memory_limit} "
+                            f"({str(exc).splitlines()[0].removeprefix('Out of Memory Error: ')})",
+                            where=f"ingest step {steps.current}",
+                            fix="raise --memory-limit (or lower --threads: each thread holds its own buffers); nothing was committed",
+                        ) from exc
             rows = counts.pop("_rows_per_file")
             sources = counts.pop("_source_rows_per_file")
             rejected_by_file, reject_details = counts.pop("_rejected_by_file", {}), counts.pop("_reject_details", {})
@@ -577,7 +594,8 @@ def _pipeline(
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
             conn.execute(f'DROP TABLE "{table}"')
-    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types, content))
+    summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types, content,
+                                                                  memory_bytes=parse_memory(cfg.memory_limit)))
 
     new_tables = {
         "events": int(totals),
@@ -656,6 +674,8 @@ def stage(
                 else:
                     run_sql(conn, "staging/stg_events_typed", into="typed_events", append=k > 0)
                 features.capture_context(conn, append=k > 0)  # custom context columns (issue 17)
+            except duckdb.OutOfMemoryException:
+                raise  # not the file's fault: _run names the memory limit
             except duckdb.Error as exc:
                 where = str(files[k].path) if len(parts) == len(files) else ", ".join(str(f.path) for f in files[:3])
                 raise InputFileError(
@@ -1113,7 +1133,7 @@ def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, tabl
 
 def _write_feedback(
     conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int, types: dict[str, str] | None = None,
-    content: "Callable[[_Frame | None], str] | None" = None,
+    content: "Callable[[_Frame | None], str] | None" = None, *, memory_bytes: int | None = None,
 ) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
@@ -1123,6 +1143,12 @@ def _write_feedback(
     against ``FeedbackTable``'s rules, and the custom feature columns ``types`` (issue 17) against
     their declared types (:func:`features.feature_sql`); exposure_id uniqueness is checked on the
     whole table first.
+
+    With ``memory_bytes`` (DuckDB's memory limit), a part also holds at most a quarter of it, at
+    the bytes a row measures (:func:`_feedback_row_bytes`): each part is joined and sorted in
+    memory, and with chat-length texts a million rows hold 1.5 GB, which a 2GB limit cannot sort
+    (3M events of such logs failed with DuckDB's out-of-memory error). A day larger than that is
+    cut into exposure_id ranges (:func:`_day_ranges`).
 
     ``content(frame)``, when given, is the SQL of the rows of one part (None: every row) with the
     columns ``feedback_mart`` lacks (deferred content, issue 19; it binds the part's parameters);
@@ -1136,7 +1162,7 @@ def _write_feedback(
 
     def day_rows_sql(select: str, frame: "_Frame") -> str:
         source = '"feedback_mart"' if content is None else f'({content(frame)}) AS "feedback_full"'
-        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last ORDER BY "exposure_id"'
+        return f'SELECT {select} FROM {source} WHERE "impression_date" BETWEEN $first AND $last{frame.where} ORDER BY "exposure_id"'
 
     select, schema = _contract_select(conn, relation, "feedback", features_=types)
     write.set_schema(schema)  # also the schema of an emptied table
@@ -1145,9 +1171,17 @@ def _write_feedback(
     day_rows = conn.execute(
         'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
     ).fetchall()
+    frame_rows = batch_rows
+    if memory_bytes is not None and day_rows:
+        frame_rows = max(1, min(batch_rows, memory_bytes // _FRAME_MEMORY_SHARE // _feedback_row_bytes(conn, content is not None)))
+    frames = [
+        ranged
+        for frame in _feedback_frames(day_rows, batch_rows, frame_rows)
+        for ranged in (_day_ranges(conn, frame.first, frame_rows) if frame.ranged else [frame])
+    ]
     written = 0
     try:
-        for group in _feedback_frames(day_rows, batch_rows):
+        for group in frames:
             written += write.copy(conn, day_rows_sql(select, group), schema, group.params,
                                   rows_per_file=batch_rows if group.split else None)
     except duckdb.ConversionException as exc:  # a value its column's type cannot hold
@@ -1167,41 +1201,106 @@ def _write_feedback(
     }
 
 
+# The share of DuckDB's memory limit one feedback part may hold (its rows are joined to their
+# content, then sorted): a quarter. 1M rows of chat-length texts (1.5 KB a row) held at once failed
+# under a 2GB limit; parts of a quarter of it wrote the same rows with the same CPU and peaked lower.
+_FRAME_MEMORY_SHARE = 4
+# The most bytes of one row group of a written table: 122,880 rows of ~100 bytes (the simulator's
+# logs) stay whole; of 8 KB texts, they would be 1 GB held by each writer thread.
+_ROW_GROUP_BYTES = 64 * 2**20
+# Bytes of a feedback row beside its strings (numbers, dates, flags, DuckDB's own row overhead).
+_FEEDBACK_FIXED_BYTES = 160
+_SAMPLED_ROWS = 20_000
+
+
 @dataclass(frozen=True)
 class _Frame:
     """One COPY of the feedback table's rows: the days ``first`` to ``last``; ``split``: a single
-    day larger than ``batch_rows``, written as several files by that one COPY."""
+    day larger than ``batch_rows``, written as several files by that one COPY; ``ranged``: a single
+    day larger than a part may hold in memory, to be cut into exposure_id ranges ``[low, high)``
+    (:func:`_day_ranges`; None: unbounded)."""
 
     first: Any
     last: Any
     split: bool = False
+    ranged: bool = False
+    low: str | None = None
+    high: str | None = None
 
     @property
     def params(self) -> dict:
-        return {"first": self.first, "last": self.last}
+        bounds = {name: value for name, value in (("low", self.low), ("high", self.high)) if value is not None}
+        return {"first": self.first, "last": self.last, **bounds}
+
+    @property
+    def where(self) -> str:
+        """SQL of the exposure_id bounds (binding ``params``)."""
+        return (' AND "exposure_id" >= $low' if self.low is not None else "") + (' AND "exposure_id" < $high' if self.high is not None else "")
 
 
-def _feedback_frames(day_rows: list, batch_rows: int) -> list[_Frame]:
-    """Whole days grouped into frames of at most ``batch_rows`` rows; a day larger than that (a
-    ratings log puts every cell on one day) is a frame of its own, which DuckDB writes as files of
-    at most ``batch_rows`` rows in one sorted pass (``TableWrite.copy(rows_per_file=...)``; cut into
-    exposure_id ranges instead, each range re-read the whole day: 16 ranges of a 15.4M-row day
-    took 82 s, issue 23)."""
+def _feedback_frames(day_rows: list, batch_rows: int, frame_rows: int | None = None) -> list[_Frame]:
+    """Whole days grouped into frames of at most ``frame_rows`` rows (``batch_rows`` by default,
+    never more). A day larger than that is a frame of its own:
+
+    * larger than ``batch_rows`` (a ratings log puts every cell on one day): DuckDB writes it as
+      files of at most ``batch_rows`` rows in one sorted pass (``TableWrite.copy(rows_per_file=...)``;
+      cut into exposure_id ranges instead, each range re-read the whole day: 16 ranges of a
+      15.4M-row day took 82 s, issue 23);
+    * larger than ``frame_rows`` only (rows too wide to sort that many at once): cut into
+      exposure_id ranges of ``frame_rows`` rows (``ranged``), each its own sorted pass."""
+    limit = min(batch_rows, frame_rows or batch_rows)
     frames: list[_Frame] = []
     days: list = []
     size = 0
     for day, rows in [*day_rows, (None, 0)]:
-        if days and (day is None or size + rows > batch_rows):
+        if days and (day is None or size + rows > limit):
             frames.append(_Frame(days[0], days[-1]))
             days, size = [], 0
         if day is None:
             break
-        if rows > batch_rows:
-            frames.append(_Frame(day, day, split=True))
+        if rows > limit:
+            frames.append(_Frame(day, day, ranged=True) if limit < batch_rows else _Frame(day, day, split=True))
             continue
         days.append(day)
         size += rows
     return frames
+
+
+def _day_ranges(conn: duckdb.DuckDBPyConnection, day: Any, rows: int) -> list[_Frame]:
+    """The exposures of ``feedback_mart`` on ``day`` as exposure_id ranges of ``rows`` rows each, in
+    order (the bounds come from a sort of the ids alone)."""
+    bounds = [
+        b for (b,) in conn.execute(
+            'SELECT "exposure_id" FROM (SELECT "exposure_id", ROW_NUMBER() OVER (ORDER BY "exposure_id") AS "k" '
+            'FROM "feedback_mart" WHERE "impression_date" = $day) WHERE ("k" - 1) % $rows = 0 AND "k" > 1 ORDER BY "k"',
+            {"day": day, "rows": rows},
+        ).fetchall()
+    ]
+    edges = [None, *bounds, None]
+    return [_Frame(day, day, ranged=True, low=low, high=high) for low, high in zip(edges, edges[1:])]
+
+
+def _feedback_row_bytes(conn: duckdb.DuckDBPyConnection, deferred: bool) -> int:
+    """Bytes one feedback row holds while it is sorted: its string columns as measured on the first
+    impressions (a LIMIT: the scan stops there), plus the fixed columns. With ``deferred`` content
+    the strings are those of the events files (``all_events`` holds key columns only), else of
+    ``feedback_mart`` itself."""
+    if deferred:  # written_events and warehouse_events: views over the events files (empty or not)
+        columns = [c for c in CONTENT_COLUMNS if _EVENT_COLUMNS[c] == "VARCHAR"] + ["exposure_id", "user_id"]
+        listed = ", ".join(f'"{c}"' for c in columns)
+        source = " UNION ALL ".join(
+            f'(SELECT {listed} FROM "{relation}" WHERE "event_type" = \'impression\' LIMIT {_SAMPLED_ROWS})'
+            for relation in ("written_events", "warehouse_events")
+        )
+    else:
+        present = dict(conn.execute('SELECT column_name, column_type FROM (DESCRIBE "feedback_mart")').fetchall())
+        columns = [c for c, kind in present.items() if kind == "VARCHAR"]
+        source = f'SELECT * FROM "feedback_mart" LIMIT {_SAMPLED_ROWS}'
+    if not columns:
+        return _FEEDBACK_FIXED_BYTES
+    width = " + ".join(f'COALESCE(STRLEN("{c}"), 0)' for c in columns)
+    measured = conn.execute(f'SELECT AVG({width}) FROM ({source}) AS "sampled"').fetchone()[0]
+    return _FEEDBACK_FIXED_BYTES + int(math.ceil(measured or 0)) + 16 * len(columns)
 
 
 def _sha256(path: Path) -> str:
@@ -1213,10 +1312,12 @@ def _sha256(path: Path) -> str:
 
 
 def _remove_if_only_lock(warehouse: Path) -> None:
-    """A failed first run leaves no warehouse folder behind (only its lock file was created)."""
+    """A failed first run leaves no warehouse folder behind (only its lock file and the empty
+    folders of the tables it was writing were created)."""
     try:
         entries = list(warehouse.iterdir())
+        leftovers = all(e.name == LOCK_NAME or (e.is_dir() and not any(e.iterdir())) for e in entries)
     except OSError:
         return
-    if all(e.name == LOCK_NAME for e in entries):
+    if leftovers:
         shutil.rmtree(warehouse, ignore_errors=True)

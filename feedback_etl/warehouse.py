@@ -433,10 +433,13 @@ class TableWrite:
     the run fails instead. Files of a killed run stay unreferenced until ``causalrm vacuum``.
     """
 
-    def __init__(self, warehouse: Path, table: str, run_id: str, *, mode: str) -> None:
+    def __init__(self, warehouse: Path, table: str, run_id: str, *, mode: str, row_group_bytes: int | None = None) -> None:
         if mode not in ("append", "overwrite"):
             raise ValueError(f"mode must be append or overwrite, not {mode!r}")
         self.warehouse, self.table, self.run_id, self.mode = Path(warehouse), table, run_id, mode
+        # The most bytes DuckDB's writer gathers into one row group (:meth:`copy`; None: its own
+        # default, 122,880 rows whatever their width).
+        self.row_group_bytes = row_group_bytes
         self.folder = self.warehouse / table / run_id
         self.files: list[tuple[Path, int]] = []  # (path, rows)
         self.schema: pa.Schema | None = None
@@ -474,6 +477,9 @@ class TableWrite:
         types: DuckDB writes plain strings where polars writes large ones, and readers open the
         files with the table's schema, as for Spark's files). Returns the rows written.
 
+        Each writer thread holds a row group in memory until it is full: with ``row_group_bytes``
+        a row group closes at that many bytes (wide rows: 122,880 rows of 8 KB texts would be 1 GB).
+
         ``rows_per_file``: the rows go into as many parts as it takes, in the query's order, each of
         at most that many rows (whole row groups: at least 2,048 rows, DuckDB's smallest row
         group), all from one run of the query."""
@@ -481,7 +487,8 @@ class TableWrite:
         if rows_per_file is None:
             path = self.folder / f"part-{len(self.files):05d}.parquet"
             target = str(path).replace("'", "''")
-            rows = int(conn.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params or {}).fetchone()[0])
+            rows = int(conn.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION snappy{self._group_bytes()})",
+                                    params or {}).fetchone()[0])
             self.files.append((path, rows))
         else:
             rows = self._copy_files(conn, query, params, rows_per_file)
@@ -499,7 +506,7 @@ class TableWrite:
         out = str(folder).replace("'", "''")
         rows = int(conn.execute(
             f"COPY ({query}) TO '{out}' (FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE {group}, "
-            f"ROW_GROUPS_PER_FILE {max(1, rows_per_file // group)})", params or {},
+            f"ROW_GROUPS_PER_FILE {max(1, rows_per_file // group)}{self._group_bytes()})", params or {},
         ).fetchone()[0])
         # DuckDB names them data_0, data_1, ... in the query's order.
         for written in sorted(folder.glob("data_*.parquet"), key=lambda p: int(p.stem.split("_")[1])):
@@ -508,6 +515,9 @@ class TableWrite:
             self.files.append((part, pq.ParquetFile(part).metadata.num_rows))
         folder.rmdir()
         return rows
+
+    def _group_bytes(self) -> str:
+        return f", ROW_GROUP_SIZE_BYTES {int(self.row_group_bytes)}" if self.row_group_bytes else ""
 
     def adopt(self, paths: Iterable[Path], schema: pa.Schema) -> int:
         """Take Parquet files already written under :attr:`folder`; returns their rows."""

@@ -69,6 +69,10 @@ class WarehouseError(CausalRMError):
     """The warehouse is missing, empty, locked or inconsistent."""
 
 
+class ResourceError(CausalRMError):
+    """A step needed more memory than its limit gave it."""
+
+
 class ReconciliationError(WarehouseError):
     """rows read != accepted + rejected + duplicates."""
 

@@ -156,7 +156,7 @@ class AuditConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from propensity.models.casecontrol import parse_memory
+        from feedback_etl.sizes import parse_memory
 
         parse_memory(self.memory_limit)
         if self.max_rows is not None and self.max_rows < 1:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import time
 import uuid
@@ -54,6 +53,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from feedback_etl.sizes import parse_memory
 from schemas.errors import ConfigError, EstimationError, WarehouseError
 
 log = logging.getLogger(__name__)
@@ -72,20 +72,10 @@ BASE_BYTES = 400 * 2**20
 # budget planned at 24 bytes per exposure.
 BYTES_PER_STREAMED_ROW = 80
 MIN_SAMPLE_ROWS = 10_000
-_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(K|M|G|T)i?B\s*", re.IGNORECASE)
-_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # Seeds of the two hash draws (sample; thinning observed rows for the balance sample), offset from
 # the fit's seed so they are independent of each other.
 _SAMPLE_SALT = 0x5EED
 _BALANCE_SALT = 0xBA1A
-
-
-def parse_memory(text: str, *, where: str = "--memory-limit") -> int:
-    """Bytes of a size such as ``4GB``, ``512MB`` or ``1.5GiB`` (binary units, like DuckDB's)."""
-    match = _MEMORY.fullmatch(str(text))
-    if not match:
-        raise ConfigError(f"memory limit {text!r} is not a size", where=where, fix="use e.g. --memory-limit 4GB or 512MB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 @dataclass(frozen=True, kw_only=True)

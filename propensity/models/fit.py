@@ -21,7 +21,8 @@ import numpy as np
 import polars as pl
 
 from propensity.models.calibration import CALIBRATIONS, ClipReport, clip_propensity, cross_calibrate, default_floor, MAX_DEFAULT_FLOOR
-from propensity.models.casecontrol import RowPlan, fit_case_control, parse_memory, row_plan
+from feedback_etl.sizes import parse_memory
+from propensity.models.casecontrol import RowPlan, fit_case_control, row_plan
 from propensity.models.score import load_fold_models  # noqa: F401  (public here too: propensity.models.fit.load_fold_models)
 from propensity.models.crossfit import _take, cross_fit, group_folds
 from propensity.diagnostics import propensity_diagnostics

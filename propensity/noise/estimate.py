@@ -129,7 +129,7 @@ class NoiseConfig:
     proxy_rows: int | None = None
 
     def __post_init__(self) -> None:
-        from propensity.models.casecontrol import parse_memory
+        from feedback_etl.sizes import parse_memory
 
         parse_memory(self.memory_limit)
         checks = [

@@ -179,7 +179,7 @@ class LabelAwareConfig:
         for ok, what, fix in checks:
             if not ok:
                 raise ConfigError(what, where=where, fix=fix)
-        from propensity.models.casecontrol import parse_memory
+        from feedback_etl.sizes import parse_memory
 
         parse_memory(self.memory_limit)
 

@@ -161,7 +161,7 @@ class ExportConfig:
             raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}", where="--max-rows", fix="use e.g. --max-rows 2000000")
         if self.batch_rows < 1:
             raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}", where="batch_rows")
-        from propensity.models.casecontrol import parse_memory
+        from feedback_etl.sizes import parse_memory
 
         parse_memory(self.memory_limit)
         if Path(self.out).resolve() == Path(self.warehouse).resolve():

@@ -213,3 +213,72 @@ def test_a_day_larger_than_batch_rows_is_written_in_parts_of_batch_rows(tmp_path
     small, whole = tables[4_096], tables[1_000_000]
     assert small["exposure_id"].to_list() == sorted(small["exposure_id"].to_list())  # parts in exposure_id order
     assert small.sort("exposure_id").equals(whole.sort("exposure_id"))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_wide_rows_are_written_in_parts_a_quarter_of_the_memory_limit_holds(tmp_path: Path, fmt: str) -> None:
+    """Chat-length texts: 1M rows of them (1.5 KB each) held in one part failed DuckDB's 2GB limit.
+    A part holds at most a quarter of --memory-limit at the bytes a row measures: days are grouped
+    into such parts, and a day larger than one is cut into exposure_id ranges. The rows are the same
+    as one part's, in exposure_id order within each part and across a day's ranges (Parquet input:
+    content joined back from the events files; JSON Lines: the mart holds the texts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feedback_etl.warehouse import snapshot
+
+    rows = []
+    for k in range(14_000):  # day 1 holds 10,000 impressions, day 2 holds 4,000
+        day = "2026-01-01" if k < 10_000 else "2026-01-02"
+        rows.append({
+            "event_id": f"e{k}", "event_time": f"{day}T10:00:00Z", "event_type": "impression",
+            "exposure_id": f"x{(k * 7919) % 14_000:05d}", "user_id": f"u{k % 40}", "session_id": "s",
+            "prompt_id": "p", "response_id": f"r{k}", "model_id": "m", "prompt_text": "a prompt",
+            "response_text": f"answer {k} " + "text " * 1_600,  # 8 KB
+        })
+    if fmt == "parquet":
+        logs = tmp_path / "events.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), logs)
+    else:
+        logs = tmp_path / "events.jsonl"
+        logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tables = {}
+    for limit in ("256MB", "2GB"):  # a quarter of 256 MB holds about 7,800 of these rows
+        wh = tmp_path / f"wh{limit}"
+        ingest(IngestConfig(inputs=(str(logs),), warehouse=str(wh), memory_limit=limit))
+        parts = [pl.read_parquet(f) for f in snapshot(wh, "feedback").files]
+        tables[limit] = parts
+    small, whole = tables["256MB"], tables["2GB"]
+    assert [p.height for p in whole] == [14_000]
+    # day 1 cut into two exposure_id ranges, then day 2 whole; each part's texts within a quarter of 256 MB
+    assert len(small) == 3 and small[2].height == 4_000 and small[0].height + small[1].height == 10_000
+    assert all(p["response_text"].str.len_bytes().sum() < 256 * 2**20 // 4 for p in small)
+    assert [p["impression_date"].n_unique() for p in small] == [1, 1, 1]
+    day_one = pl.concat(small[:2])["exposure_id"].to_list()
+    assert day_one == sorted(day_one)  # ranges in exposure_id order across files
+    assert all(p["exposure_id"].to_list() == sorted(p["exposure_id"].to_list()) for p in small)
+    assert pl.concat(small).sort("exposure_id").equals(whole[0].sort("exposure_id"))
+
+
+def test_running_out_of_memory_is_one_line_naming_the_step_and_commits_nothing(tmp_path: Path) -> None:
+    """DuckDB's out-of-memory error (here a 16MB limit for 80 MB of texts) becomes a ResourceError
+    naming the limit, the step and the fix; a first run leaves no warehouse folder behind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.errors import ResourceError
+
+    n = 20_000
+    logs = tmp_path / "events.parquet"
+    pq.write_table(pa.table({
+        "event_id": [f"e{k}" for k in range(n)], "event_time": ["2026-01-01T10:00:00Z"] * n,
+        "event_type": ["impression"] * n, "exposure_id": [f"x{k}" for k in range(n)], "user_id": ["u"] * n,
+        "session_id": ["s"] * n, "prompt_id": ["p"] * n, "response_id": ["r"] * n, "model_id": ["m"] * n,
+        "prompt_text": ["p"] * n, "response_text": [f"{k} " + "t" * 4_000 for k in range(n)],
+    }), logs)
+    wh = tmp_path / "wh"
+    with pytest.raises(ResourceError) as caught:
+        ingest(IngestConfig(inputs=(str(logs),), warehouse=str(wh), memory_limit="16MB"))
+    assert "--memory-limit 16MB" in caught.value.what and caught.value.where.startswith("ingest step ")
+    assert "raise --memory-limit" in caught.value.fix and "\n" not in str(caught.value)
+    assert not wh.exists()

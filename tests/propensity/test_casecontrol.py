@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from cli import app
 from feedback_etl.io import read_feedback, write_feedback
 from propensity import read_metrics, read_scores
-from propensity.models.casecontrol import keep_mask, parse_memory, plan_rows, sample_rates
+from feedback_etl.sizes import parse_memory
+from propensity.models.casecontrol import keep_mask, plan_rows, sample_rates
 from propensity.models.fit import PropensityConfig, fit_propensity
 from propensity.models.score import load_fold_models, score_frame
 from schemas.errors import ConfigError

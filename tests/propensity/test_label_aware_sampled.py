@@ -19,7 +19,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from feedback_etl.io import read_feedback
-from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW, parse_memory
+from feedback_etl.sizes import parse_memory
+from propensity.models.casecontrol import BASE_BYTES, BYTES_PER_ROW
 from propensity.slice import _label_aware_streamed as streamed
 from propensity.slice.label_aware import LabelAwareConfig, fit_label_aware, read_label_aware_scores
 from schemas.errors import ConfigError
