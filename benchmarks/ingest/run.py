@@ -16,6 +16,7 @@ besides the process's own ``ru_maxrss``. Not a test: run it by hand::
 
     .venv/bin/python benchmarks/ingest/run.py --sizes 1M 3M 10M --work /tmp/ingest-bench
     .venv/bin/python benchmarks/ingest/run.py --sizes 1M --engines duckdb spark --results /tmp/engines.json
+    .venv/bin/python benchmarks/ingest/run.py --sizes 1M 3M --texts unique --results /tmp/unique.json
 
 Results go to ``benchmarks/ingest/results.json`` (and a Markdown table on stdout for the README).
 """
@@ -187,13 +188,38 @@ def _spark_ratios(pairs: list, spark_floor: dict, events: int) -> dict:
     }
 
 
-def _simulate(events: int, target: Path) -> dict:
+def _simulate(events: int, target: Path, texts: str = "synthetic") -> dict:
+    """The simulator's messy logs of about ``events`` events under ``target`` (kept for reruns).
+
+    ``texts``: ``synthetic`` (the simulator's short texts, 4,000 distinct responses of ~170
+    characters: Parquet stores them as dictionaries) or ``unique``: OpenAssistant's prompts and
+    replies (``../shared/data/oasst``: ~590 and ~810 characters on average), each made unique to its
+    exposure by appending the exposure_id, as in production logs where no two generations are
+    byte-equal (~1.4 KB of text per impression that no dictionary shrinks)."""
     from feedback_etl.simulator import SimulationConfig, simulate
 
     if (target / "simulation.json").exists():
         return json.loads((target / "simulation.json").read_text())
     n_exposures = int(events / EVENTS_PER_EXPOSURE)
-    return simulate(SimulationConfig(out=str(target), n_exposures=n_exposures, messiness=0.3, seed=0, chunk_size=250_000))
+    config = dict(n_exposures=n_exposures, messiness=0.3, seed=0, chunk_size=250_000)
+    if texts == "synthetic":
+        return simulate(SimulationConfig(out=str(target), **config))
+    import duckdb
+
+    pooled = target.with_name(target.name + "-pooled")
+    summary = simulate(SimulationConfig(out=str(pooled), texts="oasst", **config))
+    (target / "events").mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect()
+    for path in sorted((pooled / "events").glob("*.parquet")):
+        unique = ", ".join(
+            f"CASE WHEN {c} IS NOT NULL THEN {c} || ' [' || exposure_id || ']' END AS {c}" for c in ("prompt_text", "response_text")
+        )
+        source, out = str(path).replace("'", "''"), str(target / "events" / path.name).replace("'", "''")
+        conn.execute(f"COPY (SELECT * REPLACE ({unique}) FROM read_parquet('{source}')) TO '{out}' (FORMAT parquet, COMPRESSION snappy)")
+    conn.close()
+    shutil.rmtree(pooled)
+    (target / "simulation.json").write_text(json.dumps(summary, default=str))
+    return summary
 
 
 def main() -> None:
@@ -205,6 +231,8 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["duckdb"], choices=["duckdb", "spark"], help="ingest engines to run")
     parser.add_argument("--results", default=str(Path(__file__).with_name("results.json")))
     parser.add_argument("--repeat", type=int, default=1, help="interleaved floor / ingest pairs per size; medians reported")
+    parser.add_argument("--texts", default="synthetic", choices=["synthetic", "unique"],
+                        help="the simulator's short pooled texts, or OpenAssistant's made unique per exposure (chat-length)")
     parser.add_argument("--child", choices=["floor", "spark-floor", "ingest"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -218,8 +246,8 @@ def main() -> None:
     rows = []
     for label in args.sizes:
         events = _size(label)
-        logs = work / f"logs-{label}"
-        summary = _simulate(events, logs)
+        logs = work / (f"logs-{label}" if args.texts == "synthetic" else f"logs-{label}-{args.texts}")
+        summary = _simulate(events, logs, args.texts)
         run_dir = work / f"run-{label}"
         shutil.rmtree(run_dir, ignore_errors=True)
         # Interleaved pairs (floor, then each engine), so both see the same machine load; medians.
@@ -275,7 +303,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         shutil.rmtree(run_dir, ignore_errors=True)
     meta = {"cpu_count": os.cpu_count(), "memory_limit": args.memory_limit, "threads": args.threads or os.cpu_count(),
-            "engines": args.engines}
+            "engines": args.engines, "texts": args.texts}
     Path(args.results).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print("\n| events | exposures | input MB | floor s | ingest s | ingest / floor (median of pairs) | CPU ratio | "
           "ingest CPU s / M events | events/s | peak RSS MB (ingest / floor) | ingest spill MB |")
