@@ -52,7 +52,7 @@ from feedback_etl import features, sql_checks, sqlfiles
 from feedback_etl.mapping import FieldMapping, load_mapping
 from feedback_etl.run_checks import check_run
 from feedback_etl.sizes import parse_memory
-from feedback_etl.sources import SOURCES, InputFile, discover_inputs, preflight, raw_event_parts
+from feedback_etl.sources import SOURCES, InputFile, discover_inputs, lean_parquet_part, preflight, raw_event_parts
 from feedback_etl.sqlfiles import load_sql, run_sql
 from feedback_etl.warehouse import (
     LOCK_NAME,
@@ -502,7 +502,14 @@ def _pipeline(
     )
     # Content columns read from the input when writing, not kept in typed_events (issue 19).
     deferred = deferred_content(cfg, files, mapping, typed_hook) if len(parts) == len(files) else Deferred()
-    hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook, deferred=deferred)
+    typing_parts = None
+    if deferred.columns and typed_hook is None:
+        # Parquet files of long texts are typed without them: a rejected row's payload (the only
+        # thing that reads them) is built afterwards for those rows alone (_late_content). Not with
+        # a privacy hook, whose scrubbing of rejected payloads runs on what typing built.
+        typing_parts = [lean_parquet_part(conn, f, mapping) or part for f, part in zip(files, parts)]
+    hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook, deferred=deferred,
+                        typing_parts=typing_parts)
 
     counts = steps.run("reconcile", lambda: reconcile(conn, source_relations))
     if _has_relation(conn, "new_events"):
@@ -644,6 +651,7 @@ def stage(
     steps: _Steps | None = None,
     typed_hook: TypedHook | None = None,
     deferred: "Deferred | None" = None,
+    typing_parts: list[str] | None = None,
 ) -> dict | None:
     """Run the staging transforms over the slices of ``raw_events`` (needs ``warehouse_events``
     and ``event_type_map``): typed_events, duplicates, impression_losers, orphans, new_events,
@@ -651,7 +659,9 @@ def stage(
 
     With ``deferred`` columns (one slice per file of ``files``), typed_events keeps every column
     but those, and each slice stays readable as the view ``raw_input_<file_index>``; new_events
-    has them null (they are joined in when the events are written)."""
+    has them null (they are joined in when the events are written). ``typing_parts``, when given,
+    are the slices typing reads instead of ``parts`` (the same rows; a null payload where the
+    deferred content builds it later)."""
     steps = steps or _Steps(progress=False)
     files = files or []
     deferred = deferred or Deferred()
@@ -662,7 +672,7 @@ def stage(
     def type_events() -> None:
         # One pass per slice of raw_events (one per canonical file), all into one typed table.
         for k, part in enumerate(parts):
-            conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {part}')
+            conn.execute(f'CREATE OR REPLACE TEMP VIEW "raw_events" AS {typing_parts[k] if typing_parts else part}')
             if deferred.columns:
                 view = _raw_view(files[k].index)
                 conn.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {part}")
@@ -692,7 +702,8 @@ def stage(
     # it replaces (stg_duplicates, stg_impression_losers, stg_orphans) give the same rows (tested).
     steps.run("stg_resolution", lambda: _resolve(conn))
     if deferred.columns:
-        steps.run("late_content", lambda: _late_content(conn, deferred))
+        lean = typing_parts is not None and any(t is not p for t, p in zip(typing_parts, parts))
+        steps.run("late_content", lambda: _late_content(conn, deferred, lean))
     # A view over typed_events (issue 19): the accepted rows are not copied. With custom context
     # columns they are materialised once, with their context column (features.attach_context).
     new_events = _staging_sql("staging/stg_new_events", deferred)
@@ -860,13 +871,15 @@ class Deferred:
     columns: tuple[str, ...] = ()
     files: tuple[int, ...] = ()
 
-    def content(self, files: "list[int] | tuple[int, ...] | None" = None, *, only: str | None = None) -> str:
+    def content(self, files: "list[int] | tuple[int, ...] | None" = None, *, only: str | None = None,
+                extra: tuple[str, ...] = ()) -> str:
         """SQL of ``file_index``, ``row_number`` and the deferred columns of every input row of
         ``files`` (all by default), typed by stg_events_typed itself over the input read again;
         with ``only`` (SQL of a relation of ``file_index``, ``row_number``), of those rows only,
-        picked before typing (a few rows then cost a scan, not the typing of every row)."""
+        picked before typing (a few rows then cost a scan, not the typing of every row); ``extra``:
+        further typed columns after those (``payload``)."""
         text = sqlfiles.load_sql("staging/stg_events_typed")
-        columns = ", ".join(f'"{c}"' for c in self.columns)
+        columns = ", ".join(f'"{c}"' for c in (*self.columns, *extra))
         chosen = sorted(set(self.files if files is None else files))
 
         def source(k: int) -> str:
@@ -881,7 +894,8 @@ class Deferred:
         ]
         if selects:
             return "\nUNION ALL\n".join(selects)
-        nulls = ", ".join(f'CAST(NULL AS {_EVENT_COLUMNS[c]}) AS "{c}"' for c in self.columns)
+        nulls = ", ".join([*(f'CAST(NULL AS {_EVENT_COLUMNS[c]}) AS "{c}"' for c in self.columns),
+                           *(f'CAST(NULL AS VARCHAR) AS "{c}"' for c in extra)])  # extra: payload, text
         return f'SELECT CAST(NULL AS INTEGER) AS "file_index", CAST(NULL AS BIGINT) AS "row_number", {nulls} WHERE FALSE'
 
     def join(self, alias: str, files: "list[int] | None" = None) -> str:
@@ -946,17 +960,24 @@ def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
     conn.execute(f'CREATE OR REPLACE TEMP VIEW "typed_content" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" {deferred.join("t")}')
 
 
-def _late_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
+def _late_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred, lean: bool = False) -> None:
     """``typed_rows``: typed_events with the deferred content of the rows rejected after typing
-    (conflicting impressions, orphan feedback: stg_rejects rebuilds their payload from it; read
-    again from their files only), null on every other row."""
+    (conflicting impressions, orphan feedback: stg_rejects rebuilds their payload from it) and the
+    payload of the rows typing rejected without building one (``lean``: some files were typed with
+    a null payload), all read again from their files only, in one pass; null on every other row."""
     late = 'SELECT "file_index", "row_number" FROM "resolution" WHERE "rule" IN (\'impression_loser\', \'orphan\')'
-    files = [int(k) for (k,) in conn.execute(f'SELECT DISTINCT "file_index" FROM ({late})').fetchall()]
-    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_content" AS {deferred.content(files, only=late)}')
+    if lean:  # asking for the payload builds every picked row's STRUCT: only when some are missing
+        late += ' UNION ALL SELECT "file_index", "row_number" FROM "typed_events" WHERE "reject_reason" IS NOT NULL AND "payload" IS NULL'
+    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_rows" AS {late}')  # read once per file below
+    files = [int(k) for (k,) in conn.execute('SELECT DISTINCT "file_index" FROM "late_rows"').fetchall()]
+    extra = ("payload",) if lean else ()
+    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_content" AS {deferred.content(files, only="SELECT * FROM late_rows", extra=extra)}')
+    payload = ' REPLACE (COALESCE("t"."payload", "c"."payload") AS "payload")' if lean else ""
     # Every row's source_file, from the file's own (typing names each file's rows alike).
     picked = ", ".join(f'"f"."{c}"' if c == "source_file" else f'"c"."{c}"' for c in deferred.columns)
     conn.execute(
-        f'CREATE OR REPLACE TEMP VIEW "typed_rows" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" '
+        'CREATE OR REPLACE TEMP VIEW "typed_rows" AS '
+        f'SELECT "t".*{payload}, {picked} FROM "typed_events" AS "t" '
         'LEFT JOIN "input_files" AS "f" ON "f"."file_index" = "t"."file_index" '
         'LEFT JOIN "late_content" AS "c" ON "c"."file_index" = "t"."file_index" AND "c"."row_number" = "t"."row_number"'
     )

@@ -747,8 +747,33 @@ def _read_csv(conn: duckdb.DuckDBPyConnection, f: InputFile) -> tuple[str, str]:
     return table + "_numbered", rejects
 
 
-def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping) -> str:
-    """One canonical file as a slice of ``raw_events``, with --mapping renames applied."""
+# Bytes of text per row (as Parquet stores it, before compression) from which typing a file without
+# its texts pays: building rejected rows' payloads afterwards costs a second pass over the file's
+# rows (0.3 CPU s per million events), reading the texts in typing costs their bytes (1.5 CPU s per
+# million events of ~1.4 KB; the simulator's pooled texts are stored as dictionaries, ~6 bytes a row).
+LEAN_TEXT_BYTES = 64
+
+
+def lean_parquet_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping) -> str | None:
+    """``f`` (a canonical Parquet file) as a slice of ``raw_events`` whose ``payload`` is null, when
+    its texts weigh at least :data:`LEAN_TEXT_BYTES` a row, else None: the typing step then reads
+    only the columns it types, not the texts that only a rejected row's payload needs (the ingest
+    builds those payloads later, for the rejected rows alone; issue 19)."""
+    if f.format != "parquet":
+        return None
+    texts = [mapping.column(c) for c in ("prompt_text", "response_text")]
+    rows, size = conn.execute(
+        f"SELECT (SELECT SUM(num_rows) FROM parquet_file_metadata({_engine_literal(f)})), "
+        f"SUM(total_uncompressed_size) FILTER (WHERE path_in_schema IN (?, ?)) FROM parquet_metadata({_engine_literal(f)})", texts,
+    ).fetchone()
+    if not rows or (size or 0) / rows < LEAN_TEXT_BYTES:
+        return None
+    return _canonical_part(conn, f, mapping, payload=False)
+
+
+def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: FieldMapping, *, payload: bool = True) -> str:
+    """One canonical file as a slice of ``raw_events``, with --mapping renames applied (``payload``
+    False: a null payload, Parquet only)."""
     if f.format == "jsonl":
         return _canonical_jsonl(conn, f, mapping)
     if f.format == "parquet":
@@ -766,10 +791,11 @@ def _canonical_part(conn: duckdb.DuckDBPyConnection, f: InputFile, mapping: Fiel
     if context is not None:
         selected += f', {context} AS "context"'
     packed = ", ".join(f"{_identifier(c)} := {_identifier(c)}" for c in columns)
+    packed = f"STRUCT_PACK({packed})" if payload or f.format != "parquet" else "CAST(NULL AS VARCHAR)"
     head = f'{f.index} AS "file_index", {_literal(str(f.path))} AS "source_file"'
     nested = _nested_column(conn, f, mapping, columns) if f.format == "parquet" else "CAST(NULL AS VARCHAR)"
     part = f"""SELECT {head}, CAST({row_number} AS BIGINT) AS "row_number", TRUE AS "parse_ok",
-               CAST(NULL AS VARCHAR) AS "payload_text", STRUCT_PACK({packed}) AS "payload",
+               CAST(NULL AS VARCHAR) AS "payload_text", {packed} AS "payload",
                {nested} AS "nested_column", {selected}
         FROM {reader}"""
     if f.format == "csv":

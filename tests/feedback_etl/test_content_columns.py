@@ -153,3 +153,25 @@ def test_deferred_content_in_many_parts_and_day_groups(messy_logs, tmp_path):
     for name in want:
         assert got[name].equals(want[name]), name
     assert len(list((tmp_path / "d" / "feedback").rglob("*.parquet"))) > 3
+
+
+def test_long_texts_are_typed_without_them_and_rejected_rows_keep_their_payload(messy_logs, tmp_path, monkeypatch):
+    """Parquet files whose texts weigh LEAN_TEXT_BYTES a row or more are typed without them (the
+    payload of a row typing rejects, the only thing that reads them, is built afterwards for those
+    rows alone): the warehouse, every rejected row's payload included, is the plain path's. Forced
+    here on the messy logs (their pooled texts are below the threshold, as the check shows)."""
+    import feedback_etl.sources as sources
+
+    inputs = (str(messy_logs / "events"),)
+    default = ingest(IngestConfig(inputs=inputs, warehouse=str(tmp_path / "default")))
+    monkeypatch.setattr(sources, "LEAN_TEXT_BYTES", 0)
+    lean = ingest(IngestConfig(inputs=inputs, warehouse=str(tmp_path / "lean")))
+    ingest(IngestConfig(inputs=inputs, warehouse=str(tmp_path / "plain")), typed_hook=_every_column)
+    assert "late_content" in lean["timings_s"] and lean["rejected"] == default["rejected"]
+    typed_rejects = sum(n for reason, n in lean["rejected"].items() if reason not in ("orphan_feedback", "conflicting_impression"))
+    assert typed_rejects > 0
+    got, want = _tables(tmp_path / "lean"), _tables(tmp_path / "plain")
+    for name in want:
+        assert got[name].equals(want[name]), name
+    payloads = got["rejects"].filter(pl.col("reason") == "bad_timestamp")["payload"]
+    assert payloads.len() > 0 and payloads.str.contains('"response_text"').all()
