@@ -702,6 +702,7 @@ def stage(
     # it replaces (stg_duplicates, stg_impression_losers, stg_orphans) give the same rows (tested).
     steps.run("stg_resolution", lambda: _resolve(conn))
     if deferred.columns:
+        # a slice other than the file's own part is a lean one: its rejected rows lack a payload
         lean = typing_parts is not None and any(t is not p for t, p in zip(typing_parts, parts))
         steps.run("late_content", lambda: _late_content(conn, deferred, lean))
     # A view over typed_events (issue 19): the accepted rows are not copied. With custom context
