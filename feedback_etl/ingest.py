@@ -955,10 +955,31 @@ def _event_select(deferred: Deferred, *, context: str = 'CAST(NULL AS VARCHAR) A
 
 
 def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
-    """``typed_content``: every typed column of this run's rows (stg_resolution reads the content
-    of contested impressions from it)."""
+    """``typed_content``: every typed column of this run's impressions that stg_resolution may
+    find contested, the only rows whose content it reads: those of an exposure with impressions
+    of two or more event_ids, this run's or the warehouse's (what it ranks: a repeated event_id is
+    a duplicate). Their content is read again from their files only; a run that contests no
+    impression (most do not) reads none."""
+    impressions = 'SELECT "exposure_id", "event_id" FROM "typed_events" WHERE "reject_reason" IS NULL AND "event_type" = \'impression\''
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE "contested_rows" AS
+        SELECT "file_index", "row_number" FROM "typed_events"
+        WHERE "reject_reason" IS NULL AND "event_type" = 'impression' AND "exposure_id" IN (
+            SELECT "exposure_id" FROM (
+                {impressions}
+                UNION ALL
+                SELECT "exposure_id", "event_id" FROM "warehouse_events"
+                WHERE "event_type" = 'impression' AND "exposure_id" IN (SELECT "exposure_id" FROM ({impressions}))
+            ) GROUP BY "exposure_id" HAVING COUNT(DISTINCT "event_id") > 1
+        )"""
+    )
+    files = [int(k) for (k,) in conn.execute('SELECT DISTINCT "file_index" FROM "contested_rows"').fetchall()]
+    content = deferred.content(files, only='SELECT * FROM "contested_rows"')
     picked = ", ".join(f'"w"."{c}"' for c in deferred.columns)
-    conn.execute(f'CREATE OR REPLACE TEMP VIEW "typed_content" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" {deferred.join("t")}')
+    conn.execute(
+        f'CREATE OR REPLACE TEMP VIEW "typed_content" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" '
+        f'JOIN ({content}) AS "w" ON "w"."file_index" = "t"."file_index" AND "w"."row_number" = "t"."row_number"'
+    )
 
 
 def _late_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred, lean: bool = False) -> None:
