@@ -954,6 +954,15 @@ def _event_select(deferred: Deferred, *, context: str = 'CAST(NULL AS VARCHAR) A
     return ", ".join(columns)
 
 
+def _rows_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred, table: str, rows: str, extra: tuple[str, ...] = ()) -> str:
+    """SQL of the deferred content (and ``extra`` typed columns) of the input rows ``rows`` (SQL of
+    ``file_index``, ``row_number``), read again from their files only: ``rows`` is kept as the temp
+    table ``table`` (each file's read picks its rows from it)."""
+    conn.execute(f'CREATE OR REPLACE TEMP TABLE "{table}" AS {rows}')
+    files = [int(k) for (k,) in conn.execute(f'SELECT DISTINCT "file_index" FROM "{table}"').fetchall()]
+    return deferred.content(files, only=f'SELECT * FROM "{table}"', extra=extra)
+
+
 def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
     """``typed_content``: every typed column of this run's impressions that stg_resolution may
     find contested, the only rows whose content it reads: those of an exposure with impressions
@@ -961,9 +970,7 @@ def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
     a duplicate). Their content is read again from their files only; a run that contests no
     impression (most do not) reads none."""
     impressions = 'SELECT "exposure_id", "event_id" FROM "typed_events" WHERE "reject_reason" IS NULL AND "event_type" = \'impression\''
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE "contested_rows" AS
-        SELECT "file_index", "row_number" FROM "typed_events"
+    contested = f"""SELECT "file_index", "row_number" FROM "typed_events"
         WHERE "reject_reason" IS NULL AND "event_type" = 'impression' AND "exposure_id" IN (
             SELECT "exposure_id" FROM (
                 {impressions}
@@ -972,9 +979,7 @@ def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
                 WHERE "event_type" = 'impression' AND "exposure_id" IN (SELECT "exposure_id" FROM ({impressions}))
             ) GROUP BY "exposure_id" HAVING COUNT(DISTINCT "event_id") > 1
         )"""
-    )
-    files = [int(k) for (k,) in conn.execute('SELECT DISTINCT "file_index" FROM "contested_rows"').fetchall()]
-    content = deferred.content(files, only='SELECT * FROM "contested_rows"')
+    content = _rows_content(conn, deferred, "contested_rows", contested)
     picked = ", ".join(f'"w"."{c}"' for c in deferred.columns)
     conn.execute(
         f'CREATE OR REPLACE TEMP VIEW "typed_content" AS SELECT "t".*, {picked} FROM "typed_events" AS "t" '
@@ -990,10 +995,8 @@ def _late_content(conn: duckdb.DuckDBPyConnection, deferred: Deferred, lean: boo
     late = 'SELECT "file_index", "row_number" FROM "resolution" WHERE "rule" IN (\'impression_loser\', \'orphan\')'
     if lean:  # asking for the payload builds every picked row's STRUCT: only when some are missing
         late += ' UNION ALL SELECT "file_index", "row_number" FROM "typed_events" WHERE "reject_reason" IS NOT NULL AND "payload" IS NULL'
-    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_rows" AS {late}')  # read once per file below
-    files = [int(k) for (k,) in conn.execute('SELECT DISTINCT "file_index" FROM "late_rows"').fetchall()]
-    extra = ("payload",) if lean else ()
-    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_content" AS {deferred.content(files, only="SELECT * FROM late_rows", extra=extra)}')
+    content = _rows_content(conn, deferred, "late_rows", late, extra=("payload",) if lean else ())
+    conn.execute(f'CREATE OR REPLACE TEMP TABLE "late_content" AS {content}')
     payload = ' REPLACE (COALESCE("t"."payload", "c"."payload") AS "payload")' if lean else ""
     # Every row's source_file, from the file's own (typing names each file's rows alike).
     picked = ", ".join(f'"f"."{c}"' if c == "source_file" else f'"c"."{c}"' for c in deferred.columns)
