@@ -1263,8 +1263,8 @@ _SAMPLED_ROWS = 20_000
 class _Frame:
     """One COPY of the feedback table's rows: the days ``first`` to ``last``; ``split``: a single
     day larger than ``batch_rows``, written as several files by that one COPY; ``ranged``: a single
-    day larger than a part may hold in memory, to be cut into exposure_id ranges ``[low, high)``
-    (:func:`_day_ranges`; None: unbounded)."""
+    day larger than a part may hold in memory, to be cut into exposure_id ranges, each a frame of
+    its own with bounds ``[low, high)`` (:func:`_day_ranges`; None: unbounded)."""
 
     first: Any
     last: Any
@@ -1323,7 +1323,7 @@ def _day_ranges(conn: duckdb.DuckDBPyConnection, day: Any, rows: int) -> list[_F
         ).fetchall()
     ]
     edges = [None, *bounds, None]
-    return [_Frame(day, day, ranged=True, low=low, high=high) for low, high in zip(edges, edges[1:])]
+    return [_Frame(day, day, low=low, high=high) for low, high in zip(edges, edges[1:])]
 
 
 def _feedback_row_bytes(conn: duckdb.DuckDBPyConnection, deferred: bool) -> int:
