@@ -511,12 +511,16 @@ def _pipeline(
     hook_report = stage(conn, parts, run_id, files=files, steps=steps, typed_hook=typed_hook, deferred=deferred,
                         typing_parts=typing_parts)
 
-    counts = steps.run("reconcile", lambda: reconcile(conn, source_relations))
     if _has_relation(conn, "new_events"):
+        counts = steps.run("reconcile", lambda: reconcile(conn, source_relations))
         # new_events is a table (custom context columns): free the typed copy before the mart.
         conn.execute('DROP TABLE "typed_events"')
     else:
+        # The rows read are counted first; the accepted ones once only they are left in
+        # typed_events, where counting them is a plain scan rather than new_events' anti-joins.
+        read = _rows_per_file(conn)
         steps.run("keep_accepted", lambda: _keep_accepted_only(conn, deferred))
+        counts = steps.run("reconcile", lambda: reconcile(conn, source_relations, rows_per_file=read))
     # With deferred content, every step up to the writes reads key columns only: the warehouse's
     # content columns are left out too (read where the feedback table is written).
     context = '"context"'
@@ -769,13 +773,23 @@ def build_user_splits(conn: duckdb.DuckDBPyConnection, feedback: Any = None) -> 
     run_sql(conn, "marts/user_splits", into="user_splits")
 
 
-def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> dict:
-    """Rule 7: rows read = accepted + rejected + duplicates, else ReconciliationError."""
+def _rows_per_file(conn) -> dict[int, int]:
+    """Rows of ``typed_events`` (every input row of this run) by ``file_index``."""
+    return {int(k): int(v) for k, v in conn.execute('SELECT "file_index", COUNT(*) FROM "typed_events" GROUP BY 1').fetchall()}
+
+
+def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str], *, rows_per_file: dict[int, int] | None = None) -> dict:
+    """Rule 7: rows read = accepted + rejected + duplicates, else ReconciliationError.
+
+    ``rows_per_file``: the rows read by file, counted before typed_events lost the rows that are
+    not accepted (:func:`_keep_accepted_only`); by default counted here."""
 
     def scalar(sql: str) -> int:
         return int(conn.execute(sql).fetchone()[0])
 
-    rows_read = scalar('SELECT COUNT(*) FROM "typed_events"')
+    if rows_per_file is None:
+        rows_per_file = _rows_per_file(conn)
+    rows_read = sum(rows_per_file.values())
     # One pass over the accepted rows gives both their number and their types.
     by_type = dict(conn.execute('SELECT "event_type", COUNT(*) FROM "new_events" GROUP BY 1 ORDER BY 1').fetchall())
     accepted = int(sum(by_type.values()))
@@ -797,7 +811,6 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
             where="ingest reconciliation",
             fix="this is a bug in the ETL; report it with the input files",
         )
-    rows_per_file = dict(conn.execute('SELECT "file_index", COUNT(*) FROM "typed_events" GROUP BY 1').fetchall())
     # Per file and reason, with one example detail per reason: what run_checks judges (issue 18).
     rejected_by_file: dict[str, dict[str, int]] = {}
     for source_file, reason, n in conn.execute('SELECT "source_file", "reason", COUNT(*) FROM "rejects" GROUP BY 1, 2').fetchall():
@@ -817,7 +830,7 @@ def reconcile(conn: duckdb.DuckDBPyConnection, source_relations: list[str]) -> d
         "rejected_total": rejected_total,
         "duplicates": duplicates,
         "reconciliation": reconciliation,
-        "_rows_per_file": {int(k): int(v) for k, v in rows_per_file.items()},
+        "_rows_per_file": rows_per_file,
         "_source_rows_per_file": None if source_rows is None else {int(k): int(v) for k, v in source_rows.items()},
         "_rejected_by_file": rejected_by_file,
         "_reject_details": reject_details,
@@ -967,8 +980,9 @@ def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
     """``typed_content``: every typed column of this run's impressions that stg_resolution may
     find contested, the only rows whose content it reads: those of an exposure with impressions
     of two or more event_ids, this run's or the warehouse's (what it ranks: a repeated event_id is
-    a duplicate). Their content is read again from their files only; a run that contests no
-    impression (most do not) reads none."""
+    a duplicate). Two or more ids is MIN <> MAX: one aggregate, not a distinct set per exposure.
+    Their content is read again from their files only; a run that contests no impression (most
+    do not) reads none."""
     impressions = 'SELECT "exposure_id", "event_id" FROM "typed_events" WHERE "reject_reason" IS NULL AND "event_type" = \'impression\''
     contested = f"""SELECT "file_index", "row_number" FROM "typed_events"
         WHERE "reject_reason" IS NULL AND "event_type" = 'impression' AND "exposure_id" IN (
@@ -977,7 +991,7 @@ def _content_views(conn: duckdb.DuckDBPyConnection, deferred: Deferred) -> None:
                 UNION ALL
                 SELECT "exposure_id", "event_id" FROM "warehouse_events"
                 WHERE "event_type" = 'impression' AND "exposure_id" IN (SELECT "exposure_id" FROM ({impressions}))
-            ) GROUP BY "exposure_id" HAVING COUNT(DISTINCT "event_id") > 1
+            ) GROUP BY "exposure_id" HAVING MIN("event_id") <> MAX("event_id")
         )"""
     content = _rows_content(conn, deferred, "contested_rows", contested)
     picked = ", ".join(f'"w"."{c}"' for c in deferred.columns)
