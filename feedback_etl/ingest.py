@@ -1088,6 +1088,14 @@ def _narrow_mart(conn: duckdb.DuckDBPyConnection, window: timedelta) -> list[str
     key columns, the impressions' content would be null). Returns the mart's full column order."""
     text = sqlfiles.load_sql("marts/feedback")
     order = [d[0] for d in conn.execute(f'SELECT * FROM (\n{text}\n) AS "mart" LIMIT 0', {"window": window}).description]
+    # The file's last join fetches each exposure's impression (one per exposure: rule 6) for the
+    # content columns alone, which are left out here: kept, it would be a hash join of every
+    # exposure for nothing (issue 19: an eighth of the mart at 10M events). Joined to an empty
+    # relation instead, the query's names stay bound and the optimizer drops the join.
+    join = 'JOIN "all_events" AS i\n    ON i."exposure_id" = r."exposure_id"'
+    if text.count(join) != 1:
+        raise ValueError("sql/marts/feedback.sql no longer ends with the impression join _narrow_mart leaves out")
+    text = text.replace(join, 'LEFT JOIN (SELECT * FROM "all_events" WHERE FALSE) AS i\n    ON i."exposure_id" = r."exposure_id"')
     excluded = ", ".join(f'"{c}"' for c in MART_CONTENT)
     conn.execute(f'CREATE OR REPLACE TEMP TABLE "feedback_mart" AS SELECT * EXCLUDE ({excluded}) FROM (\n{text}\n) AS "mart"', {"window": window})
     return order
