@@ -142,6 +142,39 @@ def test_mart_content_is_what_feedback_sql_computes():
     assert set(CONTENT_COLUMNS) == {c for c in MART_CONTENT if c != "response_chars"}
 
 
+def test_the_key_column_mart_is_the_mart_without_its_content_columns(batches, tmp_path, monkeypatch):
+    """_narrow_mart leaves out feedback.sql's last join (the impression, for the content columns
+    only): on a warehouse with conflicts, repeats and orphans it gives the file's own rows with
+    those columns dropped, and a feedback.sql that no longer ends with that join is refused."""
+    from datetime import timedelta
+
+    from feedback_etl import ingest as ingest_module, sqlfiles
+
+    warehouse = tmp_path / "wh"
+    for inputs in batches.values():
+        ingest(IngestConfig(inputs=inputs, warehouse=str(warehouse)))
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone = 'UTC'")
+    ingest_module.register_warehouse_events(conn, warehouse)
+    conn.execute('CREATE TEMP VIEW "all_events" AS SELECT * FROM "warehouse_events"')
+    ingest_module.build_user_splits(conn)
+    window = timedelta(hours=24)
+    order = ingest_module._narrow_mart(conn, window)
+    kept = ", ".join(f'"{c}"' for c in order if c not in MART_CONTENT)
+    whole = f'SELECT {kept} FROM (\n{load_sql("marts/feedback")}\n) AS "mart"'
+    differ = conn.execute(
+        f'SELECT COUNT(*) FROM (({whole} EXCEPT ALL SELECT {kept} FROM "feedback_mart") '
+        f'UNION ALL (SELECT {kept} FROM "feedback_mart" EXCEPT ALL {whole}))', {"window": window}
+    ).fetchall()[0][0]
+    assert differ == 0
+    exposures = conn.execute('SELECT COUNT(DISTINCT "exposure_id") FROM "warehouse_events" WHERE "event_type" = \'impression\'').fetchall()[0][0]
+    assert conn.execute('SELECT COUNT(*) FROM "feedback_mart"').fetchall()[0][0] == exposures == 4  # x1, x2, x5, x9
+    text = load_sql("marts/feedback").replace('JOIN "all_events" AS i', 'JOIN "warehouse_events" AS i')
+    monkeypatch.setattr(sqlfiles, "load_sql", lambda name: text)
+    with pytest.raises(ValueError, match="impression join"):
+        ingest_module._narrow_mart(conn, window)
+
+
 def test_deferred_content_in_many_parts_and_day_groups(messy_logs, tmp_path):
     """Small parts: the events are written in several parts (each joined to its files' content)
     and the feedback table in several day groups (each joined to those days' impressions)."""
