@@ -44,7 +44,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import duckdb
 
@@ -470,6 +470,9 @@ class _connect:
         self.conn = duckdb.connect(config=config)
         self.conn.execute("SET TimeZone = 'UTC'")
         self.conn.execute("SET enable_progress_bar = false")
+        # The warehouse's files never change once written: their footers are read once, not at
+        # every query that binds a view over them.
+        self.conn.execute("SET parquet_metadata_cache = true")
         return self.conn
 
     def __exit__(self, *exc: object) -> None:
@@ -738,21 +741,43 @@ def _resolve(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def register_warehouse_events(conn: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
-    """``warehouse_events``: the events earlier runs accepted (read-only; we hold the lock).
-
-    DuckDB scans the committed version's files as an Arrow dataset: a literal file list, so no
-    warehouse name is ever read as a pattern (issue 16)."""
+    """``warehouse_events``: the events earlier runs accepted (read-only; we hold the lock), over
+    exactly the committed version's files (:func:`_snapshot_view`)."""
     events = snapshot(warehouse, "events")
-    present = set(events.schema.names) if events is not None else set()
-    # A table written before custom features (issue 17) has no context column: null there.
-    sources = {name: "NULL" if name == "context" and name not in present else f'"{name}"' for name in _EVENT_COLUMNS}
-    columns = ", ".join(f'CAST({sources[name]} AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
     if events is not None and events.files:
-        conn.register("warehouse_events_files", events.dataset())
-        conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {columns} FROM "warehouse_events_files"')
+        # A table written before custom features (issue 17) has no context column: null there.
+        _snapshot_view(conn, "warehouse_events", events, _EVENT_COLUMNS)
     else:
         nulls = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in _EVENT_COLUMNS.items())
         conn.execute(f'CREATE OR REPLACE TEMP VIEW "warehouse_events" AS SELECT {nulls} WHERE FALSE')
+
+
+def _parquet_listing(paths: "Iterable[str | Path]") -> str:
+    """A DuckDB list literal of ``paths`` as plain links (``paths.engine_file``): read_parquet
+    expands patterns, and a warehouse or input name may hold ``*`` or ``[``."""
+    from feedback_etl.paths import engine_file
+
+    return "[" + ", ".join("'" + engine_file(path).replace("'", "''") + "'" for path in paths) + "]"
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _snapshot_view(conn: duckdb.DuckDBPyConnection, view: str, table: Any, columns: dict[str, str]) -> None:
+    """The temp view ``view`` over a committed table version's files (``warehouse.Snapshot``):
+    ``columns`` (name -> DuckDB type) cast, one that no file holds read as null.
+
+    The files are a literal list of plain links (``paths.engine_file``), so no warehouse name is
+    ever read as a pattern (issue 16), read by DuckDB's own Parquet reader: its memory counts
+    against the limit and the feedback write's date bounds prune row groups. A registered
+    pyarrow dataset did neither (issue 19: an ingest into a warehouse of 10M events peaked at
+    3.4 GB under a 2GB limit, and its feedback write took 65 CPU s). ``union_by_name``: files of
+    older runs lack columns added since."""
+    source = f"read_parquet({_parquet_listing(table.files)}, union_by_name = true)"
+    present = {row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    select = ", ".join(f'CAST({_quoted(name) if name in present else "NULL"} AS {kind}) AS "{name}"' for name, kind in columns.items())
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {select} FROM {source}')
 
 
 def build_user_splits(conn: duckdb.DuckDBPyConnection, feedback: Any = None) -> None:
@@ -760,11 +785,8 @@ def build_user_splits(conn: duckdb.DuckDBPyConnection, feedback: Any = None) -> 
     ``feedback`` (the committed feedback table's ``warehouse.snapshot``, None on a first run) keep
     their split (``previous_splits``), new users are assigned balanced in rows."""
     if feedback is not None and feedback.files:
-        conn.register("previous_feedback_files", feedback.dataset())
-        conn.execute(
-            'CREATE OR REPLACE TEMP VIEW "previous_splits" AS '
-            'SELECT DISTINCT CAST("user_id" AS VARCHAR) AS "user_id", CAST("split" AS VARCHAR) AS "split" FROM "previous_feedback_files"'
-        )
+        _snapshot_view(conn, "previous_feedback_files", feedback, {"user_id": "VARCHAR", "split": "VARCHAR"})
+        conn.execute('CREATE OR REPLACE TEMP VIEW "previous_splits" AS SELECT DISTINCT "user_id", "split" FROM "previous_feedback_files"')
     else:
         conn.execute(
             'CREATE OR REPLACE TEMP VIEW "previous_splits" AS '
@@ -1032,14 +1054,11 @@ def _staging_sql(name: str, deferred: Deferred) -> str:
 def _written_view(conn: duckdb.DuckDBPyConnection, write: TableWrite, view: str) -> bool:
     """The view ``view`` over the files ``write`` holds (not committed yet; ``run_id`` left out);
     False when it holds no row."""
-    from feedback_etl.paths import engine_file
-
-    paths = [engine_file(path) for path, rows in write.files if rows]
+    paths = [path for path, rows in write.files if rows]
     if not paths:
         return False
-    listing = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
     extra = ' EXCLUDE ("run_id")' if "run_id" in write.schema.names else ""
-    conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT *{extra} FROM read_parquet({listing})')
+    conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT *{extra} FROM read_parquet({_parquet_listing(paths)})')
     return True
 
 

@@ -374,3 +374,28 @@ def test_an_old_parquet_folder_warehouse_is_refused_then_migrated(tmp_path, batc
     _run(wh, batches["two"])
     assert read_feedback(old).equals(read_feedback(wh))
     assert _run(old, batches["one"])["files"][0]["status"] == "skipped"
+
+
+def test_a_snapshot_view_reads_exactly_its_files_with_columns_added_since_as_nulls(tmp_path):
+    # The ingest reads a committed version through DuckDB's own Parquet reader (issue 19): each
+    # file by its literal name, files of older runs lacking a column read that column as null,
+    # a column no file holds is null, and a file beside them that the version does not list is
+    # never read.
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feedback_etl.warehouse import Snapshot
+
+    folder = tmp_path / "wh[1]"
+    folder.mkdir()
+    old, new = folder / "star*.parquet", folder / "b[c].parquet"
+    pq.write_table(pa.table({"event_id": ["a", "b"], "n": pa.array([1, 2], pa.int32())}), old)
+    pq.write_table(pa.table({"event_id": ["c"], "n": pa.array([3], pa.int64()), "context": ['{"k": 1}']}), new)
+    pq.write_table(pa.table({"event_id": ["stray"], "n": [9]}), folder / "star-stray.parquet")
+    snap = Snapshot("events", 2, (old, new), pa.schema([("event_id", pa.string()), ("n", pa.int64()), ("context", pa.string())]))
+    conn = duckdb.connect()
+    ingest_module._snapshot_view(conn, "v", snap, {"event_id": "VARCHAR", "n": "BIGINT", "context": "VARCHAR", "later": "DOUBLE"})
+    rows = conn.execute('SELECT * FROM "v" ORDER BY "event_id"').fetchall()
+    assert rows == [("a", 1, None, None), ("b", 2, None, None), ("c", 3, '{"k": 1}', None)]
+    assert [r[1] for r in conn.execute('DESCRIBE "v"').fetchall()] == ["VARCHAR", "BIGINT", "VARCHAR", "DOUBLE"]
