@@ -156,7 +156,7 @@ class IngestConfig:
     rating_threshold : ratings source: label = 1 when rating >= this.
     force : re-read files already ingested (same sha256); by default they are skipped.
     memory_limit : DuckDB memory limit (it spills to a temp folder inside the warehouse beyond it).
-        It also bounds what one write holds: a feedback part at most a quarter of it (wide rows,
+        It also bounds what one write holds: a feedback part at most a third of it (wide rows,
         e.g. chat-length texts, give parts of fewer than ``batch_rows`` rows), a row group of any
         table a sixteenth (64 MiB at most).
     threads : DuckDB threads, or Spark's local[threads] (None: all cores).
@@ -1231,7 +1231,7 @@ def _write_feedback(
     their declared types (:func:`features.feature_sql`); exposure_id uniqueness is checked on the
     whole table first.
 
-    With ``memory_bytes`` (DuckDB's memory limit), a part also holds at most a quarter of it, at
+    With ``memory_bytes`` (DuckDB's memory limit), a part also holds at most a third of it, at
     the bytes a row measures (:func:`_feedback_row_bytes`): each part is joined and sorted in
     memory, and with chat-length texts a million rows hold 1.5 GB, which a 2GB limit cannot sort
     (3M events of such logs failed with DuckDB's out-of-memory error). A day larger than that is
@@ -1289,9 +1289,12 @@ def _write_feedback(
 
 
 # The share of DuckDB's memory limit one feedback part may hold (its rows are joined to their
-# content, then sorted): a quarter. 1M rows of chat-length texts (1.5 KB a row) held at once failed
-# under a 2GB limit; parts of a quarter of it wrote the same rows with the same CPU and peaked lower.
-_FRAME_MEMORY_SHARE = 4
+# content, then sorted): a third. 1M rows of chat-length texts (1.5 KB a row) held at once failed
+# under a 2GB limit. Each part reads the events files again, and where they are not in time order
+# (the simulator's) every row group spans every day, so a part's date bounds prune nothing: at 10M
+# events a quarter made 14 parts of one day and a third 7 of two, 30.2 -> 22.9 CPU s for the write
+# (-10% for the run); 3M events of chat-length texts peaked at 1.79 / 1.74 GB with the same CPU (issue 19).
+_FRAME_MEMORY_SHARE = 3
 # The most bytes of one row group of a written table: 122,880 rows of ~100 bytes (the simulator's
 # logs) stay whole; of 8 KB texts, they would be 1 GB held by each writer thread.
 _ROW_GROUP_BYTES = 64 * 2**20

@@ -216,9 +216,9 @@ def test_a_day_larger_than_batch_rows_is_written_in_parts_of_batch_rows(tmp_path
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_wide_rows_are_written_in_parts_a_quarter_of_the_memory_limit_holds(tmp_path: Path, fmt: str) -> None:
+def test_wide_rows_are_written_in_parts_a_third_of_the_memory_limit_holds(tmp_path: Path, fmt: str) -> None:
     """Chat-length texts: 1M rows of them (1.5 KB each) held in one part failed DuckDB's 2GB limit.
-    A part holds at most a quarter of --memory-limit at the bytes a row measures: days are grouped
+    A part holds at most a third of --memory-limit at the bytes a row measures: days are grouped
     into such parts, and a day larger than one is cut into exposure_id ranges. The rows are the same
     as one part's, in exposure_id order within each part and across a day's ranges (Parquet input:
     content joined back from the events files; JSON Lines: the mart holds the texts)."""
@@ -243,16 +243,16 @@ def test_wide_rows_are_written_in_parts_a_quarter_of_the_memory_limit_holds(tmp_
         logs = tmp_path / "events.jsonl"
         logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tables = {}
-    for limit in ("256MB", "2GB"):  # a quarter of 256 MB holds about 7,800 of these rows
+    for limit in ("192MB", "2GB"):  # a third of 192 MB holds about 7,800 of these rows
         wh = tmp_path / f"wh{limit}"
         ingest(IngestConfig(inputs=(str(logs),), warehouse=str(wh), memory_limit=limit))
         parts = [pl.read_parquet(f) for f in snapshot(wh, "feedback").files]
         tables[limit] = parts
-    small, whole = tables["256MB"], tables["2GB"]
+    small, whole = tables["192MB"], tables["2GB"]
     assert [p.height for p in whole] == [14_000]
-    # day 1 cut into two exposure_id ranges, then day 2 whole; each part's texts within a quarter of 256 MB
+    # day 1 cut into two exposure_id ranges, then day 2 whole; each part's texts within a third of 192 MB
     assert len(small) == 3 and small[2].height == 4_000 and small[0].height + small[1].height == 10_000
-    assert all(p["response_text"].str.len_bytes().sum() < 256 * 2**20 // 4 for p in small)
+    assert all(p["response_text"].str.len_bytes().sum() < 192 * 2**20 // 3 for p in small)
     assert [p["impression_date"].n_unique() for p in small] == [1, 1, 1]
     day_one = pl.concat(small[:2])["exposure_id"].to_list()
     assert day_one == sorted(day_one)  # ranges in exposure_id order across files
