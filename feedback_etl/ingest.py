@@ -604,12 +604,17 @@ def _pipeline(
     content = None
     if deferred.columns:  # each impression's content: from the events files, this run's as just written
         content = lambda frame: _feedback_full(conn, mart_columns, frame)  # noqa: E731
+    # Days before the first one this run's events touch are as committed: their files are kept
+    # (issue 19: a daily run no longer rewrites the whole history).
+    unchanged = None
+    if not types and not cfg.force:
+        unchanged = steps.run("feedback_unchanged", lambda: _unchanged_days(conn, previous_feedback, tables, writes["events"], window))
     # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
             conn.execute(f'DROP TABLE "{table}"')
     summary = steps.run("write_feedback", lambda: _write_feedback(conn, writes["feedback"], cfg.batch_rows, types, content,
-                                                                  memory_bytes=parse_memory(cfg.memory_limit)))
+                                                                  memory_bytes=parse_memory(cfg.memory_limit), unchanged=unchanged))
 
     new_tables = {
         "events": int(totals),
@@ -617,14 +622,99 @@ def _pipeline(
         "feedback": summary["exposures"],
         "feedback_window_seconds": cfg.window_seconds,
         "feedback_summary": summary,
+        "feedback_fingerprint": _mart_fingerprint(window),
         "features": {name: {"type": spec["type"], "source": spec["source"]} for name, spec in kept.items()},
     }
     counts["feedback"] = {"rebuilt": True, **summary}
+    if unchanged is not None:
+        counts["feedback"].update(kept_before=unchanged.first_day.isoformat(), kept_rows=unchanged.rows)
     counts["features"] = kept
     counts["_adapter_warnings"] = [*counts.get("_adapter_warnings", []), *feature_warnings]
     if hook_report is not None:
         counts["privacy"] = hook_report
     return counts, new_tables
+
+
+def _mart_fingerprint(window: timedelta) -> str:
+    """What a committed feedback row depends on besides the events: the marts' SQL, the table's
+    contract and the attribution window. A run whose fingerprint differs from the one the manifest
+    recorded rebuilds every day (:func:`_unchanged_days`)."""
+    digest = hashlib.sha256()
+    for name in ("marts/feedback", "marts/user_splits"):
+        digest.update(load_sql(name).encode())
+    digest.update(",".join(sql_checks.contract_columns("feedback")).encode())
+    digest.update(str(window.total_seconds()).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _UnchangedDays:
+    """The committed feedback files holding every row dated before ``first_day`` (and no other):
+    ``files`` as (path, rows), ``rows`` in all."""
+
+    files: tuple[tuple[Path, int], ...]
+    first_day: Any
+    rows: int
+
+
+def _unchanged_days(conn: duckdb.DuckDBPyConnection, previous: Any, tables: dict, events: TableWrite,
+                    window: timedelta) -> _UnchangedDays | None:
+    """The days of the committed feedback table (``previous``, a snapshot) that this run leaves as
+    they are, or None to rewrite every day.
+
+    A feedback row depends on its exposure's events, its user's split and its user's earlier
+    impressions and votes (sql/marts/feedback.sql). This run's accepted events (``events``, as
+    written) touch exposures; a touched exposure dated d changes its own row and rows of its user
+    dated d or later, and a new user's rows all lie on or after its first (new) impression. So
+    every row dated before the earliest touched exposure's impression_date is what the committed
+    table holds, and the files holding only such rows are kept. Not when the marts' SQL, the
+    contract or the window changed (:func:`_mart_fingerprint`), nor with custom feature columns
+    (the caller), nor when the files' dates are unknown or their row count differs from the mart's
+    for those days."""
+    if previous is None or not previous.files or tables.get("feedback_fingerprint") != _mart_fingerprint(window):
+        return None
+    if sorted(previous.schema.names) != sorted(sql_checks.contract_columns("feedback")):
+        return None
+    touched = None
+    if _written_view(conn, events, "run_events"):
+        touched = conn.execute(
+            'SELECT MIN("impression_date") FROM "feedback_mart" WHERE "exposure_id" IN (SELECT "exposure_id" FROM "run_events")'
+        ).fetchone()[0]
+    spans = [(path, *_date_span(path)) for path in previous.files]
+    if any(span[1] is None for span in spans):
+        return None
+    # No exposure touched: every day is kept. Else a file holding a rewritten day is rewritten
+    # whole, so the first rewritten day moves back to its first day, until no kept file holds a
+    # day from there on.
+    first_day = touched if touched is not None else max(last for _, _, last, _ in spans) + timedelta(days=1)
+    while (earlier := min((first for _, first, last, _ in spans if last >= first_day), default=first_day)) < first_day:
+        first_day = earlier
+    files = tuple((path, rows) for path, _, last, rows in spans if last < first_day)
+    if not files:
+        return None
+    rows = sum(n for _, n in files)
+    mart_rows = conn.execute('SELECT COUNT(*) FROM "feedback_mart" WHERE "impression_date" < $day', {"day": first_day}).fetchone()[0]
+    if rows != mart_rows:
+        log.warning("feedback: the committed files hold %d rows before %s, the mart %d: every day is rewritten", rows, first_day, mart_rows)
+        return None
+    return _UnchangedDays(files, first_day, rows)
+
+
+def _date_span(path: Path) -> tuple[Any, Any, int]:
+    """(first, last) impression_date of a feedback file from its Parquet statistics (None, None
+    when a row group lacks them), and its rows."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    column = meta.schema.names.index("impression_date")
+    first = last = None
+    for k in range(meta.num_row_groups):
+        stats = meta.row_group(k).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None, None, meta.num_rows
+        first = stats.min if first is None else min(first, stats.min)
+        last = stats.max if last is None else max(last, stats.max)
+    return first, last, meta.num_rows
 
 
 def _side_tables(cfg: IngestConfig) -> list:
@@ -1221,6 +1311,7 @@ def _check_unique(conn: duckdb.DuckDBPyConnection, relation: str, key: str, tabl
 def _write_feedback(
     conn: duckdb.DuckDBPyConnection, write: TableWrite, batch_rows: int, types: dict[str, str] | None = None,
     content: "Callable[[_Frame | None], str] | None" = None, *, memory_bytes: int | None = None,
+    unchanged: "_UnchangedDays | None" = None,
 ) -> dict:
     """Validate and write the feedback table's files, whole impression_date days at a time.
 
@@ -1240,6 +1331,10 @@ def _write_feedback(
     ``content(frame)``, when given, is the SQL of the rows of one part (None: every row) with the
     columns ``feedback_mart`` lacks (deferred content, issue 19; it binds the part's parameters);
     the rows are then checked as written, one read of the files rather than a second join.
+
+    ``unchanged``: the committed files that already hold every row before its ``first_day``
+    (:func:`_unchanged_days`); only the later days are written, and those files join the new
+    version as they are (linked into the run's folder, ahead of the new parts).
     """
     _check_unique(conn, "feedback_mart", "exposure_id", "feedback")
     relation = "feedback_mart"
@@ -1255,8 +1350,10 @@ def _write_feedback(
     write.set_schema(schema)  # also the schema of an emptied table
     if content is None:
         _validate_relation(conn, relation, "feedback", types)
+    from_day = '' if unchanged is None else ' WHERE "impression_date" >= $day'
     day_rows = conn.execute(
-        'SELECT "impression_date", COUNT(*) FROM "feedback_mart" GROUP BY 1 ORDER BY 1'
+        f'SELECT "impression_date", COUNT(*) FROM "feedback_mart"{from_day} GROUP BY 1 ORDER BY 1',
+        {} if unchanged is None else {"day": unchanged.first_day},
     ).fetchall()
     frame_rows = batch_rows
     if memory_bytes is not None and day_rows:
@@ -1278,10 +1375,13 @@ def _write_feedback(
         'SELECT COUNT(*), COUNT(*) FILTER (WHERE "observed"), COUNT(*) FILTER (WHERE "copied"), '
         'COUNT(*) FILTER (WHERE "regenerated"), COUNT(*) FILTER (WHERE "shared") FROM "feedback_mart"'
     ).fetchone()
-    if written != exposures:  # each exposure's content joined exactly once
-        raise TableValidationError("feedback", 1, f"{written} rows written for {exposures} exposures")
+    kept = 0 if unchanged is None else unchanged.rows
+    if written + kept != exposures:  # each exposure's content joined exactly once
+        raise TableValidationError("feedback", 1, f"{written} rows written and {kept} kept for {exposures} exposures")
     if content is not None:
         _validate_written(conn, write, "feedback", types)
+    if unchanged is not None:
+        write.keep(unchanged.files)
     return {
         "exposures": int(exposures), "observed": int(observed), "copied": int(copied),
         "regenerated": int(regenerated), "shared": int(shared), "days": len(day_rows),

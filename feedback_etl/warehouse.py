@@ -495,6 +495,21 @@ class TableWrite:
         self.schema = self.schema or schema
         return rows
 
+    def keep(self, files: "Iterable[tuple[Path, int]]") -> None:
+        """Committed files of this table, as (path, rows), to carry into this write's version as
+        they are, ahead of its own parts: hard-linked into the run's folder (copied where links are
+        not possible), so ``vacuum`` of the version that listed them never removes this one's."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for k, (source, rows) in enumerate(files):
+            target = self.folder / f"kept-{k:05d}.parquet"
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+            kept.append((target, rows))
+        self.files[:0] = kept
+
     def _copy_files(self, conn, query: str, params: dict | None, rows_per_file: int) -> int:
         """:meth:`copy` with ``rows_per_file``: DuckDB writes the files into a scratch folder, in
         the query's order, and they become the next parts."""

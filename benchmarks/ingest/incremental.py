@@ -8,13 +8,16 @@ table rebuilt from all events), so what a run costs grows with the warehouse. Th
   inputs, kept under ``--work``);
 * builds, once, an increment from the logs of ``--increment`` events whose ``event_id`` and
   ``exposure_id`` are prefixed ``inc-`` (every event new; the users are the base's, so they keep
-  their split);
+  their split), its times moved ``--shift-days`` later (0: the base's 14 days, so every committed
+  feedback day is rewritten; 14: the two weeks after them, as a later batch of a production log,
+  whose run keeps the committed days, issue 19);
 * runs, ``--repeat`` times and interleaved across ``--trees`` (checkouts of this repository, to
   compare commits on the same machine load), a fresh process that ingests the increment into a
   copy of the base warehouse, and reports its wall and CPU seconds and peak RSS (the process's
   ``ru_maxrss``) with medians::
 
     .venv/bin/python benchmarks/ingest/incremental.py --base 10M --increment 1M --work /tmp/ib --repeat 2
+    .venv/bin/python benchmarks/ingest/incremental.py --shift-days 14 --repeat 2   # a later batch
     .venv/bin/python benchmarks/ingest/incremental.py --trees /tmp/old . --repeat 2   # A/B two checkouts
 """
 
@@ -50,11 +53,13 @@ def _child(args: argparse.Namespace) -> None:
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "accepted": report["accepted"],
         "feedback": report["feedback"]["exposures"],
+        "kept_before": report["feedback"].get("kept_before"),
     }))
 
 
-def _increment(logs: Path, target: Path) -> Path:
-    """``logs``' events with every event_id and exposure_id prefixed ``inc-`` (kept for reruns)."""
+def _increment(logs: Path, target: Path, shift_days: int = 0) -> Path:
+    """``logs``' events with every event_id and exposure_id prefixed ``inc-`` and every time that
+    parses moved ``shift_days`` later (kept for reruns)."""
     import duckdb
 
     events = target / "events"
@@ -64,10 +69,13 @@ def _increment(logs: Path, target: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "events").mkdir(parents=True)
     conn = duckdb.connect()
+    conn.execute("SET TimeZone = 'UTC'")
+    moved = (f"COALESCE(STRFTIME(TRY_CAST(event_time AS TIMESTAMPTZ) + INTERVAL {int(shift_days)} DAY, '%Y-%m-%dT%H:%M:%S.%fZ'), "
+             "event_time) AS event_time")
     for path in sorted((logs / "events").glob("*.parquet")):
         source, out = str(path).replace("'", "''"), str(staging / "events" / path.name).replace("'", "''")
         conn.execute(
-            "COPY (SELECT * REPLACE ('inc-' || event_id AS event_id, 'inc-' || exposure_id AS exposure_id) "
+            f"COPY (SELECT * REPLACE ('inc-' || event_id AS event_id, 'inc-' || exposure_id AS exposure_id, {moved}) "
             f"FROM read_parquet('{source}')) TO '{out}' (FORMAT parquet, COMPRESSION snappy)"
         )
     conn.close()
@@ -93,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="10M", help="events in the warehouse before the run")
     parser.add_argument("--increment", default="1M", help="new events the measured run ingests")
+    parser.add_argument("--shift-days", type=int, default=0, help="move the increment's times this many days later")
     parser.add_argument("--work", default="/tmp/causalrm-ingest-bench", help="scratch folder (inputs and the base warehouse are kept)")
     parser.add_argument("--trees", nargs="+", default=[str(ROOT)], help="checkouts of this repository to compare, interleaved")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tree; medians reported")
@@ -113,9 +122,9 @@ def main() -> None:
     _simulate(_size(args.base), base_logs)
     increment_logs = work / f"logs-{args.increment}"
     _simulate(_size(args.increment), increment_logs)
-    increment = _increment(increment_logs, work / f"increment-{args.increment}")
+    increment = _increment(increment_logs, work / f"increment-{args.increment}-shift{args.shift_days}", args.shift_days)
     base = work / f"base-{args.base}-wh"
-    if not base.is_dir():  # built once with this checkout's code
+    if not base.is_dir():  # built once with this checkout's code (its manifest is what a later run compares)
         sys.path.insert(0, str(ROOT))
         from feedback_etl.ingest import IngestConfig, ingest
 
@@ -129,18 +138,20 @@ def main() -> None:
             print(json.dumps({"tree": tree, "round": k, **runs[tree][-1]}), flush=True)
     rows = []
     for tree, measured in runs.items():
-        row = {"tree": tree, "base": args.base, "increment": args.increment, "runs": len(measured),
-               "accepted": measured[0]["accepted"], "feedback_rows": measured[0]["feedback"]}
+        row = {"tree": tree, "base": args.base, "increment": args.increment, "shift_days": args.shift_days, "runs": len(measured),
+               "accepted": measured[0]["accepted"], "feedback_rows": measured[0]["feedback"],
+               "feedback_kept_before": measured[0].get("kept_before")}
         for key in ("seconds", "cpu_s", "peak_rss_mb"):
             row[key] = round(statistics.median(m[key] for m in measured), 2)
         rows.append(row)
     if args.results:
         Path(args.results).write_text(json.dumps({"meta": {"cpu_count": os.cpu_count(), "memory_limit": args.memory_limit,
                                                            "threads": args.threads or os.cpu_count()}, "rows": rows}, indent=2) + "\n")
-    print("\n| tree | warehouse events | new events accepted | feedback rows after | wall s | CPU s | peak RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n| tree | warehouse events | new events accepted | shift days | feedback rows after | feedback days kept before | wall s | CPU s | peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['tree']} | {args.base} | {r['accepted']:,} | {r['feedback_rows']:,} | {r['seconds']} | {r['cpu_s']} | {r['peak_rss_mb']:,.0f} |")
+        print(f"| {r['tree']} | {args.base} | {r['accepted']:,} | {args.shift_days} | {r['feedback_rows']:,} | {r['feedback_kept_before'] or '-'} | "
+              f"{r['seconds']} | {r['cpu_s']} | {r['peak_rss_mb']:,.0f} |")
 
 
 if __name__ == "__main__":
