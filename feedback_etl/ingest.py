@@ -15,7 +15,8 @@ stg_new_events              what this run adds to ``WH/events/``
 stg_rejects                 what it adds to ``WH/rejects/``
 reconcile                   rows read = accepted + rejected + duplicates, or the run fails (rule 7)
 marts/user_splits           each user's split: kept from the committed feedback table, new users balanced in rows
-marts/feedback              the feedback table, rebuilt from all events (rules 2-4, history, split)
+marts/feedback              the feedback table, computed from all events (rules 2-4, history, split);
+                            days before the first one this run touches keep their files
 write + commit              validate every table on its full data, write aside, swap atomically
 ==========================  ====================================================================
 
