@@ -706,7 +706,8 @@ def _date_span(path: Path) -> tuple[Any, Any, int]:
     when a row group lacks them), and its rows."""
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
+    with open(path, "rb") as handle:  # a file object: the name is never parsed as a URI
+        meta = pq.ParquetFile(handle).metadata
     column = meta.schema.names.index("impression_date")
     first = last = None
     for k in range(meta.num_row_groups):

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import polars as pl
 
 from feedback_etl import features
-from feedback_etl.ingest import _EVENT_COLUMNS, IngestConfig, _Steps, reconcile
+from feedback_etl.ingest import _EVENT_COLUMNS, IngestConfig, _mart_fingerprint, _Steps, reconcile
 from feedback_etl.io import validate_feedback
 from feedback_etl.mapping import CONTEXT_COLUMN, FieldMapping, path_segments
 from feedback_etl.sources import CANONICAL_COLUMNS, InputFile
@@ -289,6 +289,8 @@ def _pipeline(
         "rejects": int(tables.get("rejects", 0)) + counts["rejected_total"],
         "feedback": summary["exposures"],
         "feedback_window_seconds": cfg.window_seconds,
+        # The same marts and contract as the DuckDB engine's: a later DuckDB run may keep its days.
+        "feedback_fingerprint": _mart_fingerprint(window),
         "feedback_summary": summary,
         "features": {name: {"type": spec["type"], "source": spec["source"]} for name, spec in kept.items()},
     }
