@@ -607,9 +607,10 @@ def _pipeline(
         content = lambda frame: _feedback_full(conn, mart_columns, frame)  # noqa: E731
     # Days before the first one this run's events touch are as committed: their files are kept
     # (issue 19: a daily run no longer rewrites the whole history).
-    unchanged = None
+    unchanged, kept_warnings = None, []
     if not types and not cfg.force:
-        unchanged = steps.run("feedback_unchanged", lambda: _unchanged_days(conn, previous_feedback, tables, writes["events"], window))
+        unchanged = steps.run("feedback_unchanged",
+                              lambda: _unchanged_days(conn, previous_feedback, tables, writes["events"], window, kept_warnings))
     # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
@@ -630,7 +631,7 @@ def _pipeline(
     if unchanged is not None:
         counts["feedback"].update(kept_before=unchanged.first_day.isoformat(), kept_rows=unchanged.rows)
     counts["features"] = kept
-    counts["_adapter_warnings"] = [*counts.get("_adapter_warnings", []), *feature_warnings]
+    counts["_adapter_warnings"] = [*counts.get("_adapter_warnings", []), *feature_warnings, *kept_warnings]
     if hook_report is not None:
         counts["privacy"] = hook_report
     return counts, new_tables
@@ -659,7 +660,7 @@ class _UnchangedDays:
 
 
 def _unchanged_days(conn: duckdb.DuckDBPyConnection, previous: Any, tables: dict, events: TableWrite,
-                    window: timedelta) -> _UnchangedDays | None:
+                    window: timedelta, warnings: list[str]) -> _UnchangedDays | None:
     """The days of the committed feedback table (``previous``, a snapshot) that this run leaves as
     they are, or None to rewrite every day.
 
@@ -671,7 +672,7 @@ def _unchanged_days(conn: duckdb.DuckDBPyConnection, previous: Any, tables: dict
     table holds, and the files holding only such rows are kept. Not when the marts' SQL, the
     contract or the window changed (:func:`_mart_fingerprint`), nor with custom feature columns
     (the caller), nor when the files' dates are unknown or their row count differs from the mart's
-    for those days."""
+    for those days (a line in ``warnings``, kept in the run's manifest record)."""
     if previous is None or not previous.files or tables.get("feedback_fingerprint") != _mart_fingerprint(window):
         return None
     if sorted(previous.schema.names) != sorted(sql_checks.contract_columns("feedback")):
@@ -696,7 +697,9 @@ def _unchanged_days(conn: duckdb.DuckDBPyConnection, previous: Any, tables: dict
     rows = sum(n for _, n in files)
     mart_rows = conn.execute('SELECT COUNT(*) FROM "feedback_mart" WHERE "impression_date" < $day', {"day": first_day}).fetchone()[0]
     if rows != mart_rows:
-        log.warning("feedback: the committed files hold %d rows before %s, the mart %d: every day is rewritten", rows, first_day, mart_rows)
+        warnings.append(f"feedback: the committed files hold {rows} rows dated before {first_day}, the events give {mart_rows}: "
+                        "every day was rewritten")
+        log.warning(warnings[-1])
         return None
     return _UnchangedDays(files, first_day, rows)
 
