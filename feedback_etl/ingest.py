@@ -855,10 +855,6 @@ def _parquet_listing(paths: "Iterable[str | Path]") -> str:
     return "[" + ", ".join("'" + engine_file(path).replace("'", "''") + "'" for path in paths) + "]"
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _snapshot_view(conn: duckdb.DuckDBPyConnection, view: str, table: Any, columns: dict[str, str]) -> None:
     """The temp view ``view`` over a committed table version's files (``warehouse.Snapshot``):
     ``columns`` (name -> DuckDB type) cast, one that no file holds read as null.
@@ -871,7 +867,7 @@ def _snapshot_view(conn: duckdb.DuckDBPyConnection, view: str, table: Any, colum
     older runs lack columns added since."""
     source = f"read_parquet({_parquet_listing(table.files)}, union_by_name = true)"
     present = {row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-    select = ", ".join(f'CAST({_quoted(name) if name in present else "NULL"} AS {kind}) AS "{name}"' for name, kind in columns.items())
+    select = ", ".join(f'CAST({sql_checks.quote_identifier(name) if name in present else "NULL"} AS {kind}) AS "{name}"' for name, kind in columns.items())
     conn.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {select} FROM {source}')
 
 

@@ -179,7 +179,8 @@ FRAME_CHECKS: dict[str, dict[str, str]] = {
 _CHECK_NAMES = {"ge": "greater_than_or_equal_to", "le": "less_than_or_equal_to", "isin": "isin"}
 
 
-def _quote(name: str) -> str:
+def quote_identifier(name: str) -> str:
+    """A SQL identifier in double quotes (a quote inside doubled): any column name, literally."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -191,7 +192,7 @@ def aggregate_checks(table: str, *, skip_unique: bool = False) -> list[tuple[str
     """(name, DuckDB SQL counting the rows that break it) for every rule of ``table``'s contract."""
     checks: list[tuple[str, str]] = []
     for name, (_, nullable, unique, value_checks) in _SPEC[table].items():
-        ref = _quote(name)
+        ref = quote_identifier(name)
         if not nullable:
             checks.append((f"{name} not null", f"COUNT_IF({ref} IS NULL)"))
         if unique and not skip_unique:
@@ -218,14 +219,14 @@ def validate_relation(conn: duckdb.DuckDBPyConnection, relation: str, table: str
     TableValidationError : the columns differ from the contract's (strict), or rows break a rule
         (each failing rule with its number of rows).
     """
-    columns = [row[0] for row in conn.execute(f"DESCRIBE {_quote(relation)}").fetchall()]
+    columns = [row[0] for row in conn.execute(f"DESCRIBE {quote_identifier(relation)}").fetchall()]
     wanted = list(_SPEC[table])
     if sorted(columns) != sorted(wanted):
         raise TableValidationError(table, 1, f"columns {sorted(set(columns) ^ set(wanted))} differ from the contract")
     checks = aggregate_checks(table, skip_unique=skip_unique)
     if not checks:
         return
-    row = conn.execute(f"SELECT {', '.join(sql for _, sql in checks)} FROM {_quote(relation)}").fetchall()[0]
+    row = conn.execute(f"SELECT {', '.join(sql for _, sql in checks)} FROM {quote_identifier(relation)}").fetchall()[0]
     failing = {name: int(n) for (name, _), n in zip(checks, row) if n}
     if failing:
         raise TableValidationError(table, len(failing), f"on all rows: {failing}")
