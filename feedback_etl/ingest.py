@@ -607,10 +607,10 @@ def _pipeline(
         content = lambda frame: _feedback_full(conn, mart_columns, frame)  # noqa: E731
     # Days before the first one this run's events touch are as committed: their files are kept
     # (issue 19: a daily run no longer rewrites the whole history).
-    unchanged, kept_warnings = None, []
+    unchanged, kept_warnings, fingerprint = None, [], _mart_fingerprint(window)
     if not types and not cfg.force:
         unchanged = steps.run("feedback_unchanged",
-                              lambda: _unchanged_days(conn, previous_feedback, tables, writes["events"], window, kept_warnings))
+                              lambda: _unchanged_days(conn, previous_feedback, tables, writes["events"], fingerprint, kept_warnings))
     # Nothing reads the events past this point: free their memory for the feedback table's sort (issue 19).
     for table in ("typed_events", "new_events"):
         if _has_relation(conn, table):
@@ -624,7 +624,7 @@ def _pipeline(
         "feedback": summary["exposures"],
         "feedback_window_seconds": cfg.window_seconds,
         "feedback_summary": summary,
-        "feedback_fingerprint": _mart_fingerprint(window),
+        "feedback_fingerprint": fingerprint,
         "features": {name: {"type": spec["type"], "source": spec["source"]} for name, spec in kept.items()},
     }
     counts["feedback"] = {"rebuilt": True, **summary}
@@ -660,7 +660,7 @@ class _UnchangedDays:
 
 
 def _unchanged_days(conn: duckdb.DuckDBPyConnection, previous: Any, tables: dict, events: TableWrite,
-                    window: timedelta, warnings: list[str]) -> _UnchangedDays | None:
+                    fingerprint: str, warnings: list[str]) -> _UnchangedDays | None:
     """The days of the committed feedback table (``previous``, a snapshot) that this run leaves as
     they are, or None to rewrite every day.
 
@@ -670,10 +670,10 @@ def _unchanged_days(conn: duckdb.DuckDBPyConnection, previous: Any, tables: dict
     dated d or later, and a new user's rows all lie on or after its first (new) impression. So
     every row dated before the earliest touched exposure's impression_date is what the committed
     table holds, and the files holding only such rows are kept. Not when the marts' SQL, the
-    contract or the window changed (:func:`_mart_fingerprint`), nor with custom feature columns
-    (the caller), nor when the files' dates are unknown or their row count differs from the mart's
+    contract or the window changed (``fingerprint``, this run's :func:`_mart_fingerprint`), nor
+    with custom feature columns (the caller), nor when the files' dates are unknown or their row count differs from the mart's
     for those days (a line in ``warnings``, kept in the run's manifest record)."""
-    if previous is None or not previous.files or tables.get("feedback_fingerprint") != _mart_fingerprint(window):
+    if previous is None or not previous.files or tables.get("feedback_fingerprint") != fingerprint:
         return None
     if sorted(previous.schema.names) != sorted(sql_checks.contract_columns("feedback")):
         return None
